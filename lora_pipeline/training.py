@@ -1,0 +1,214 @@
+"""ONE training loop for all three variants (scratch, full, LoRA).
+
+AdamW (no decay on biases/LayerNorm), linear warm-up then decay, gradient clipping, evaluation
+on the validation split after every epoch, best epoch kept by validation macro-F1, length-grouped
+dynamically padded batches. The loop does no file I/O: it reports through a tracker and an
+optional checkpointer, so stage scripts decide what lands on disk.
+
+A run is resumable: the checkpoint holds the trainable weights, optimizer, scheduler, RNG state
+and position; batch order is a pure function of (seed, epoch), so on CPU a resumed run ends with
+exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from .data.loaders import EncodedSplit, iterate, train_batches
+from .evaluation import macro_f1, predict
+from .tracking import NullTracker, Tracker
+
+__all__ = ["FitConfig", "TrainResult", "Checkpointer", "fit", "resolve_device", "peak_memory_mb"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Hyper-parameters of one run (assembled by the stage from ``train`` + the variant's section)."""
+
+    lr: float
+    epochs: int
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    checkpoint_every: int = 0
+    log_every: int = 20
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the model holds the best epoch's weights when ``fit`` returns."""
+
+    best_epoch: int
+    best_val_macro_f1: float
+    history: list[dict[str, float]]
+    train_seconds: float
+    samples_per_second: float
+    steps: int
+    resumed_from_step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Checkpointer(Protocol):
+    """Persists resumable state; the stage provides one backed by a DVC ``persist`` directory."""
+
+    def load(self) -> Optional[dict[str, Any]]: ...
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _optimizer(model: nn.Module, cfg: FitConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None, foreach=None if fused else True)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device) -> float:
+    return macro_f1(val.labels, predict(model, val, cfg.eval_batch_size, pad_id, device))
+
+
+def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
+        device: torch.device, tracker: Tracker = NullTracker(),
+        checkpointer: Optional[Checkpointer] = None, progress: bool = True) -> TrainResult:
+    """Train ``model`` in place and leave it holding the best epoch's weights.
+
+    Args:
+        model: any HF sequence classifier; only parameters with ``requires_grad`` are optimised.
+        train, val: tokenised splits.
+        cfg: hyper-parameters.
+        pad_id: the tokenizer's pad token id.
+        device: where to train; bf16 autocast is used on CUDA (fp32 master weights).
+        tracker: receives per-step loss/lr and per-epoch metrics.
+        checkpointer: when given, state is saved every ``cfg.checkpoint_every`` steps and at every
+            epoch end, and a saved state is resumed from.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        TrainResult with per-epoch history (train_loss, val_macro_f1) and throughput.
+    """
+    model.to(device).train()
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = _optimizer(model, cfg, device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    st = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "samples": 0,
+          "loss_sum": 0.0, "history": [], "best_f1": -1.0, "best_epoch": -1, "best_state": None}
+    resumed = 0
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"], device)
+        st = saved["loop"]
+        resumed = st["global_step"]
+        log.info("resuming from checkpoint at step %d (epoch %d)", resumed, st["epoch"] + 1)
+
+    def checkpoint() -> None:
+        if checkpointer is not None:
+            checkpointer.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "rng": _rng_state(device), "loop": st})
+
+    lengths = train.lengths()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=total_steps, initial=st["global_step"], disable=not progress, mininterval=5,
+               desc="train", unit="step", file=sys.stderr)
+    while st["epoch"] < cfg.epochs:
+        batches = train_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
+        loss_acc = torch.zeros((), device=device)  # summed on device: no host sync per step
+        t0 = time.perf_counter()
+        for rows, batch in iterate(train, batches, pad_id, skip=st["step_in_epoch"]):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast:
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_acc += loss.detach()
+            st["step_in_epoch"] += 1
+            st["global_step"] += 1
+            st["samples"] += len(rows)
+            bar.update(1)
+            if st["global_step"] % cfg.log_every == 0:
+                tracker.log_metrics({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]},
+                                    step=st["global_step"])
+            if cfg.checkpoint_every and st["global_step"] % cfg.checkpoint_every == 0 \
+                    and st["step_in_epoch"] < len(batches):
+                st["loss_sum"] += loss_acc.item()
+                loss_acc.zero_()
+                st["seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                checkpoint()
+        st["seconds"] += time.perf_counter() - t0
+        st["loss_sum"] += loss_acc.item()
+        _end_epoch(model, val, cfg, pad_id, device, st, len(batches), tracker)
+        checkpoint()
+    bar.close()
+    model.load_state_dict(st["best_state"], strict=False)
+    return TrainResult(best_epoch=st["best_epoch"], best_val_macro_f1=st["best_f1"], history=st["history"],
+                       train_seconds=st["seconds"], samples_per_second=st["samples"] / max(st["seconds"], 1e-9),
+                       steps=st["global_step"], resumed_from_step=resumed)
+
+
+def _end_epoch(model, val, cfg, pad_id, device, st: dict, n_batches: int, tracker: Tracker) -> None:
+    f1 = _evaluate(model, val, cfg, pad_id, device)
+    epoch = st["epoch"] + 1
+    row = {"epoch": epoch, "train_loss": st["loss_sum"] / n_batches, "val_macro_f1": f1}
+    st["history"].append(row)
+    tracker.log_metrics({"epoch_train_loss": row["train_loss"], "val_macro_f1": f1}, step=st["global_step"])
+    log.info("epoch %d: train_loss %.4f  val_macro_f1 %.4f", epoch, row["train_loss"], f1)
+    if f1 > st["best_f1"]:
+        st["best_f1"], st["best_epoch"], st["best_state"] = f1, epoch, _trainable_state(model)
+    st["epoch"], st["step_in_epoch"], st["loss_sum"] = epoch, 0, 0.0

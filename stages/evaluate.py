@@ -1,0 +1,69 @@
+"""evaluate: every variant and a TF-IDF + logistic-regression reference on the same test split."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lora_pipeline.config import load_params
+from lora_pipeline.data.loaders import EncodedSplit
+from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
+from lora_pipeline.io import atomic_dir, read_json, write_json
+from lora_pipeline.models import load_tokenizer, load_trained
+from lora_pipeline.tracking import open_tracker
+from lora_pipeline.training import resolve_device
+from stages._cli import run_stage
+
+VARIANTS = ("scratch", "full", "lora")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split", required=True, help="directory from the split stage")
+    parser.add_argument("--models", required=True, help="directory holding scratch/, full/, lora/")
+    parser.add_argument("--metrics", required=True, help="metrics JSON file, keyed by variant")
+    parser.add_argument("--predictions", required=True, help="directory of actual/predicted CSVs (dvc plots)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params, sections=["model", "train", "baseline", "mlflow"])
+        torch.manual_seed(params.train.seed)
+        labels = read_json(Path(args.split) / "labels.json")
+        train_df = pd.read_parquet(Path(args.split) / "train.parquet")
+        test_df = pd.read_parquet(Path(args.split) / "test.parquet")
+        test = EncodedSplit.from_frame(test_df)
+        tokenizer = load_tokenizer(params.model)
+        device = resolve_device(params.train.device)
+        preds = {}
+        for variant in VARIANTS:
+            model = load_trained(variant, Path(args.models) / variant, params.model, labels, tokenizer).to(device)
+            preds[variant] = predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id, device)
+        preds["tfidf_logreg"] = predict_tfidf(fit_tfidf_baseline(train_df, params.baseline, params.train.seed),
+                                              test_df)
+        results = {name: classification_metrics(test.labels, p, labels) for name, p in preds.items()}
+        with atomic_dir(args.predictions) as tmp:
+            for name, p in preds.items():
+                pd.DataFrame({"actual": [labels[i] for i in test.labels],
+                              "predicted": [labels[i] for i in p]}).to_csv(tmp / f"{name}.csv", index=False)
+        write_json(args.metrics, results)
+        tracker = open_tracker(params.mlflow, "evaluate", {"stage": "evaluate"})
+        tracker.log_params({"baseline": dataclasses.asdict(params.baseline)})
+        tracker.log_metrics({f"{n}.{k}": r[k] for n, r in results.items() for k in ("accuracy", "macro_f1")})
+        tracker.log_artifact(args.metrics)
+        tracker.log_artifact(args.predictions)
+        tracker.close()
+
+    return run_stage("evaluate", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

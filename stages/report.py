@@ -1,0 +1,57 @@
+"""report: reports/report.md with the comparison table, curves and confusion matrices (PNG)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from lora_pipeline.config import load_params
+from lora_pipeline.io import atomic_dir, atomic_file, read_json
+from lora_pipeline.reporting import comparison_table, plot_confusions, plot_curves, render_markdown
+from lora_pipeline.tracking import open_tracker
+from stages._cli import run_stage
+
+VARIANTS = ("scratch", "full", "lora")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--metrics-dir", required=True, help="holds evaluate.json and train_<variant>.json")
+    parser.add_argument("--curves", required=True, help="directory of per-epoch CSVs")
+    parser.add_argument("--labels", required=True, help="labels.json from the split stage")
+    parser.add_argument("--report", required=True, help="the Markdown report file")
+    parser.add_argument("--figures", required=True, help="directory for PNG figures, beside the report")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params, sections=["mlflow"])
+        metrics = Path(args.metrics_dir)
+        evaluate = read_json(metrics / "evaluate.json")
+        train = {v: read_json(metrics / f"train_{v}.json") for v in VARIANTS}
+        curves = {v: pd.read_csv(Path(args.curves) / f"{v}.csv") for v in VARIANTS}
+        table = comparison_table(evaluate, train)
+        report = Path(args.report)
+        rel = Path(args.figures).resolve().relative_to(report.parent.resolve()).as_posix()
+        with atomic_dir(args.figures) as tmp:
+            plot_curves(curves, tmp / "curves.png")
+            plot_confusions(evaluate, read_json(args.labels), tmp / "confusion.png")
+        text = render_markdown(table, evaluate, {"curves": f"{rel}/curves.png", "confusion": f"{rel}/confusion.png"})
+        with atomic_file(report) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        tracker = open_tracker(params.mlflow, "report", {"stage": "report"})
+        tracker.log_artifact(report)
+        tracker.log_artifact(args.figures)
+        tracker.close()
+
+    return run_stage("report", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
