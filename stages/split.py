@@ -11,7 +11,7 @@ from lora_pipeline.config import load_params
 from lora_pipeline.data.splitting import label_map, split_frame
 from lora_pipeline.data.tokenization import tokenize_frame
 from lora_pipeline.io import atomic_dir, write_json
-from lora_pipeline.models import load_tokenizer
+from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.tracking import open_tracker
 from stages._cli import run_stage
 

@@ -1,0 +1,115 @@
+"""dvc.yaml must agree with the code: every stage depends on the modules it imports and on exactly
+the params sections it reads, or DVC reruns too little (or too much)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC["stages"]
+EXPECTED = ["ingest", "validate", "split", "train_scratch", "train_full", "train_lora", "evaluate", "report"]
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Project modules imported by ``path`` (absolute and relative imports), resolved to dotted names."""
+    tree = ast.parse(path.read_text())
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(path.relative_to(ROOT).parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m.split(".")[0] in ("lora_pipeline", "stages") and _module_file(m)}
+
+
+def _closure(entry: Path) -> set[Path]:
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_module_file(m) for m in _imports(path))
+    return {p for p in seen if not (p.name == "__init__.py" and p.stat().st_size == 0)}
+
+
+def _stage_script(stage: dict) -> Path:
+    match = re.search(r"python -m (stages\.\w+)", stage["cmd"])
+    assert match, f"stage cmd does not run a stages module: {stage['cmd']}"
+    return _module_file(match.group(1))
+
+
+def test_stage_names_are_exactly_the_pipeline():
+    assert list(STAGES) == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_deps_cover_every_imported_module(name):
+    stage = STAGES[name]
+    deps = [ROOT / d for d in stage["deps"]]
+    for module in _closure(_stage_script(stage)):
+        covered = any(module == d or d in module.parents for d in deps)
+        assert covered, f"stage {name}: {module.relative_to(ROOT)} is imported but not in deps"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_code_dep_is_superfluous(name):
+    stage = STAGES[name]
+    closure = _closure(_stage_script(stage))
+    for dep in stage["deps"]:
+        path = ROOT / dep
+        if dep.split("/")[0] in ("lora_pipeline", "stages"):
+            used = any(m == path or path in m.parents for m in closure)
+            assert used, f"stage {name}: dep {dep} is not imported by the stage (it would rerun needlessly)"
+
+
+def _sections_read(script: Path, name: str) -> set[str]:
+    """The ``sections=[...]`` passed to load_params by the stage (train stages: built from the variant)."""
+    source = script.read_text()
+    if "train_main(" in source:
+        variant = name.removeprefix("train_")
+        source = (ROOT / "stages" / "_train.py").read_text().replace("variant,", f"'{variant}',")
+    match = re.search(r"load_params\([^)]*sections=\[([^\]]*)\]", source)
+    assert match, f"{script} does not call load_params(..., sections=[...])"
+    return {s.strip().strip("'\"") for s in match.group(1).split(",") if s.strip()}
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_params_match_sections_read(name):
+    stage = STAGES[name]
+    declared = {p.split(".")[0] for p in stage.get("params", [])}
+    assert declared == _sections_read(_stage_script(stage), name)
+
+
+def test_metrics_are_uncached_and_plots_declared():
+    for name, stage in STAGES.items():
+        for entry in stage.get("metrics", []):
+            (path, opts), = entry.items()
+            assert opts.get("cache") is False, f"{name}: metric {path} must be cache: false"
+    assert DVC.get("plots"), "dvc.yaml declares no plots"
+    ckpt = [o for o in STAGES["train_lora"]["outs"] if isinstance(o, dict) and any("checkpoints" in k for k in o)]
+    assert ckpt and next(iter(ckpt[0].values()))["persist"] is True

