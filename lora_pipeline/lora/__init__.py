@@ -1,0 +1,38 @@
+"""LoRA (arXiv:2106.09685): adapter layers, model surgery, adapter files and peft interoperability."""
+
+from .adapter_io import base_fingerprint, load_adapter, lora_state_dict, save_adapter
+from .layers import LoRAConv1D, LoRALayer, LoRALinear, wrap_layer
+from .peft_compat import export_peft, import_peft
+from .surgery import (
+    DEFAULT_TARGET_MODULES,
+    apply_lora,
+    count_parameters,
+    lora_layers,
+    mark_only_lora_as_trainable,
+    merge_and_unload,
+    merge_lora,
+    trainable_summary,
+    unmerge_lora,
+)
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "LoRAConv1D",
+    "LoRALayer",
+    "LoRALinear",
+    "apply_lora",
+    "base_fingerprint",
+    "count_parameters",
+    "export_peft",
+    "import_peft",
+    "load_adapter",
+    "lora_layers",
+    "lora_state_dict",
+    "mark_only_lora_as_trainable",
+    "merge_and_unload",
+    "merge_lora",
+    "save_adapter",
+    "trainable_summary",
+    "unmerge_lora",
+    "wrap_layer",
+]

@@ -1,0 +1,152 @@
+"""Read and write peft's LoRA adapter format (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+The key layout is peft 0.21's ``save_pretrained`` output: ``base_model.model.<module>.lora_A.weight``
+(``(r, in)``) and ``.lora_B.weight`` (``(out, r)``) for every LoRA layer — the same for ``Conv1D``, whose
+transposition peft handles with ``fan_in_fan_out`` —, ``.base_layer.bias`` for trained biases of wrapped layers,
+and plain ``base_model.model.<name>`` keys for ``modules_to_save`` (the head). peft itself is not imported:
+these functions only read and write files, so peft stays a test/dev dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..io import atomic_dir, write_json
+from .adapter_io import adapter_settings, head_state_dict, load_into, lora_state_dict, write_tensors
+from .layers import LoRAConv1D
+from .surgery import apply_lora, lora_layers
+
+__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "export_peft", "import_peft"]
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+# peft's PeftModelForSequenceClassification always adds these to modules_to_save.
+_SEQ_CLS_HEADS = ("classifier", "score")
+# peft features our layers do not implement: importing such an adapter would silently compute something else.
+_UNSUPPORTED = ("use_dora", "lora_bias", "layers_to_transform", "layers_pattern", "exclude_modules",
+                "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
+                "alora_invocation_tokens")
+
+
+def _peft_key_names(model: nn.Module) -> dict[str, str]:
+    """Our state-dict key -> peft's key (without prefix) for the tensors of every LoRA layer."""
+    names: dict[str, str] = {}
+    for name, _ in lora_layers(model):
+        names[f"{name}.lora_a"] = f"{name}.lora_A.weight"
+        names[f"{name}.lora_b"] = f"{name}.lora_B.weight"
+        names[f"{name}.base.bias"] = f"{name}.base_layer.bias"
+    return names
+
+
+def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str, task_type: str = "SEQ_CLS",
+                modules_to_save: Iterable[str] = ("classifier",)) -> Path:
+    """Write the adapter of ``model`` so that ``peft.PeftModel.from_pretrained(base, directory)`` loads it.
+
+    Args:
+        model: a model with unmerged LoRA layers.
+        directory: output directory (replaced whole, atomically).
+        base_model_name: recorded as ``base_model_name_or_path``.
+        task_type: peft's task type; with ``"SEQ_CLS"`` peft also treats ``classifier``/``score`` as
+            modules_to_save, so their weights are written too.
+        modules_to_save: fully trained modules (the head), matched by name suffix as peft does.
+
+    Returns:
+        The directory.
+
+    Raises:
+        ValueError: if the model has no LoRA layer, a layer is merged, or the layers disagree on settings.
+    """
+    settings = adapter_settings(model)
+    modules_to_save = list(modules_to_save)
+    heads = modules_to_save + [h for h in _SEQ_CLS_HEADS if task_type == "SEQ_CLS" and h not in modules_to_save]
+    keys = _peft_key_names(model)
+    tensors = {**head_state_dict(model, heads), **lora_state_dict(model, bias=settings["bias"])}
+    config = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name,
+        "r": settings["rank"],
+        "lora_alpha": settings["alpha"],
+        "lora_dropout": settings["dropout"],
+        "use_rslora": settings["rslora"],
+        "bias": settings["bias"],
+        "target_modules": settings["target_modules"],
+        "rank_pattern": settings["rank_pattern"],
+        "alpha_pattern": settings["alpha_pattern"],
+        "modules_to_save": modules_to_save,
+        # peft turns this on per Conv1D layer anyway; saying so avoids its warning.
+        "fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for _, layer in lora_layers(model)),
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        write_tensors(tmp / PEFT_WEIGHTS, {_PREFIX + keys.get(k, k): v for k, v in tensors.items()})
+        write_json(tmp / PEFT_CONFIG, config)
+    return directory
+
+
+def _read_peft_config(directory: Path) -> dict[str, Any]:
+    path = directory / PEFT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}; is it a peft adapter directory?")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type {config.get('peft_type')!r} is not 'LORA'")
+    used = [key for key in _UNSUPPORTED if config.get(key) not in (None, False, {}, [], "")]
+    if used:
+        raise ValueError(f"{path}: peft options {used} are not supported by lora_pipeline's LoRA layers")
+    if not (directory / PEFT_WEIGHTS).is_file():
+        raise FileNotFoundError(f"no {PEFT_WEIGHTS} in {directory} (pickled adapter_model.bin is not read)")
+    return config
+
+
+def _from_peft_keys(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft checkpoint keys -> our keys.
+
+    peft stores a modules_to_save head under its plain name; with ``bias="all"`` it also saves the head's
+    biases again as ``.modules_to_save.<bias>`` and ``.original_module.<bias>``: those copies are dropped.
+    """
+    ours = {peft: own for own, peft in _peft_key_names(model).items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        key = key.removeprefix(_PREFIX)
+        if ".original_module." not in key and ".modules_to_save." not in key:
+            out[ours.get(key, key)] = value
+    return out
+
+
+def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
+    """Load a LoRA adapter saved by peft's ``save_pretrained`` into ``model`` with our LoRA layers.
+
+    Args:
+        model: the base model, without LoRA layers (they are applied here from the peft config).
+        directory: a peft adapter directory with ``adapter_model.safetensors``.
+
+    Returns:
+        The peft config dict.
+
+    Raises:
+        FileNotFoundError: if the config or the safetensors file is missing.
+        ValueError: if the model already has LoRA layers, the adapter uses unsupported peft options, or the
+            tensors do not fit the model.
+    """
+    directory = Path(directory)
+    config = _read_peft_config(directory)
+    if lora_layers(model):
+        raise ValueError("import_peft needs a model without LoRA layers; it applies them from the peft config")
+    apply_lora(model, config["target_modules"], rank=config["r"], alpha=config["lora_alpha"],
+               dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False),
+               bias=config.get("bias", "none"), rank_pattern=config.get("rank_pattern"),
+               alpha_pattern=config.get("alpha_pattern"))
+    tensors = _from_peft_keys(model, load_file(str(directory / PEFT_WEIGHTS)))
+    load_into(model, tensors, str(directory / PEFT_WEIGHTS))
+    return config

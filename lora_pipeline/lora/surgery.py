@@ -1,0 +1,271 @@
+"""Model surgery: put LoRA layers into a model, choose what trains, merge and unload.
+
+Target matching follows peft so that configs mean the same thing in both: a list entry matches a module
+whose full name equals it or ends with ``"." + entry``; a string is a regex that must match the full name;
+``"all-linear"`` takes every ``nn.Linear``/``Conv1D`` outside the output head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Optional, Union
+
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .layers import BiasMode, LoRALayer, check_bias_mode, wrap_layer
+
+__all__ = [
+    "ALL_LINEAR",
+    "DEFAULT_TARGET_MODULES",
+    "HEAD_NAMES",
+    "apply_lora",
+    "count_parameters",
+    "default_target_modules",
+    "lora_layers",
+    "mark_only_lora_as_trainable",
+    "merge_and_unload",
+    "merge_lora",
+    "module_under",
+    "trainable_summary",
+    "unmerge_lora",
+]
+
+ALL_LINEAR = "all-linear"
+
+# Attention projections the LoRA paper adapts (W_q, W_v), per Hugging Face model_type.
+DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "distilbert": ("q_lin", "v_lin"),
+    "gpt2": ("c_attn",),
+}
+
+# Classification heads are new, randomly initialised layers: trained in full, never given an adapter.
+# Matched like peft's modules_to_save (plain suffix), so "classifier" also covers DistilBERT's "pre_classifier".
+HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
+
+TargetModules = Union[str, Sequence[str], None]
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALayer]]:
+    """All LoRA layers of ``model`` with their module names, found by type (never by name)."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoRALayer)]
+
+
+def module_under(name: str, suffixes: Iterable[str]) -> bool:
+    """Whether module ``name`` or one of its ancestors has a name ending with one of ``suffixes``.
+
+    This is peft's ``modules_to_save`` rule extended to children, so ``"classifier"`` selects
+    ``classifier.dense`` of a RoBERTa head as well as a plain ``classifier`` Linear.
+    """
+    suffixes = tuple(suffixes)
+    parts = name.split(".")
+    return any(".".join(parts[:i]).endswith(suffixes) for i in range(1, len(parts) + 1)) if suffixes else False
+
+
+def default_target_modules(model: nn.Module) -> tuple[str, ...]:
+    """The default ``target_modules`` for ``model.config.model_type``.
+
+    Raises:
+        ValueError: if the model type has no default (pass ``target_modules`` explicitly).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULT_TARGET_MODULES:
+        raise ValueError(f"no default LoRA target_modules for model_type {model_type!r} (known: "
+                         f"{sorted(DEFAULT_TARGET_MODULES)}); pass target_modules explicitly")
+    return DEFAULT_TARGET_MODULES[model_type]
+
+
+def _head_module_names(model: nn.Module) -> set[str]:
+    """Names of output layers that "all-linear" must skip: LM heads and classification heads."""
+    heads = {name for name, _ in model.named_modules() if name and module_under(name, HEAD_NAMES)}
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    if output is not None:
+        heads |= {name for name, module in model.named_modules() if module is output}
+    return heads
+
+
+def _matcher(model: nn.Module, target_modules: TargetModules) -> Callable[[str], bool]:
+    """A predicate on full module names implementing peft's target_modules semantics."""
+    if target_modules is None:
+        target_modules = default_target_modules(model)
+    if isinstance(target_modules, str):
+        if target_modules.lower() == ALL_LINEAR:
+            heads = _head_module_names(model)
+            return lambda name: name not in heads
+        pattern = re.compile(target_modules)
+        return lambda name: pattern.fullmatch(name) is not None
+    targets = tuple(target_modules)
+    if not targets:
+        raise ValueError("target_modules is empty; name at least one module, a regex or 'all-linear'")
+    return lambda name: any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _linear_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear/Conv1D modules and existing LoRA layers by name; a LoRA layer's own children are skipped."""
+    found: dict[str, nn.Module] = {}
+    wrapped: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(w + ".") for w in wrapped):
+            continue
+        if isinstance(module, LoRALayer):
+            wrapped.append(name)
+            found[name] = module
+        elif isinstance(module, (nn.Linear, Conv1D)):
+            found[name] = module
+    return found
+
+
+def _pattern_value(name: str, pattern: Optional[Mapping[str, float]], default: float) -> float:
+    """peft's rank_pattern/alpha_pattern lookup: the first key matching a name suffix (as a regex)."""
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int = 8, alpha: float = 16.0,
+               dropout: float = 0.0, rslora: bool = False, bias: BiasMode = "none",
+               rank_pattern: Optional[Mapping[str, int]] = None,
+               alpha_pattern: Optional[Mapping[str, float]] = None) -> list[str]:
+    """Replace the targeted ``nn.Linear``/``Conv1D`` modules of ``model`` by LoRA layers, in place.
+
+    Args:
+        model: any module; a Hugging Face model also gets per-architecture defaults.
+        target_modules: names or name suffixes, a full-match regex string, ``"all-linear"``, or None for the
+            default of ``model.config.model_type`` (see :data:`DEFAULT_TARGET_MODULES`).
+        rank, alpha, dropout, rslora, bias: see :class:`~lora_pipeline.lora.layers.LoRALayer`.
+        rank_pattern, alpha_pattern: per-module overrides keyed by a name suffix or regex (as peft).
+
+    Returns:
+        The full names of the replaced modules, in model order.
+
+    Raises:
+        ValueError: if nothing matches (the message lists candidate module names), if a matched module
+            already has LoRA, or if the model type has no default targets.
+    """
+    check_bias_mode(bias)
+    matches = _matcher(model, target_modules)
+    candidates = _linear_modules(model)
+    names = [name for name in candidates if matches(name)]
+    if not names:
+        suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
+        raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear/Conv1D module; candidate "
+                         f"names (suffixes): {suffixes}; e.g. {list(candidates)[:6]}")
+    already = [name for name in names if isinstance(candidates[name], LoRALayer)]
+    if already:
+        raise ValueError(f"LoRA is already applied to {already}; use a fresh model or merge_and_unload() first")
+    for name in names:
+        layer = wrap_layer(candidates[name], rank=int(_pattern_value(name, rank_pattern, rank)),
+                           alpha=_pattern_value(name, alpha_pattern, alpha), dropout=dropout, rslora=rslora,
+                           bias=bias)
+        model.set_submodule(name, layer)
+    return names
+
+
+def mark_only_lora_as_trainable(model: nn.Module, bias: BiasMode = "none",
+                                also: Iterable[str] = ("classifier", "score")) -> None:
+    """Freeze everything except the LoRA matrices, the chosen biases and the modules named in ``also``.
+
+    Args:
+        model: a model with LoRA layers.
+        bias: ``"none"``: no bias trains; ``"lora_only"``: biases of LoRA-wrapped layers; ``"all"``: every bias.
+        also: modules kept fully trainable (typically the new head), matched by :func:`module_under`.
+
+    Raises:
+        ValueError: on a bad ``bias`` or if ``model`` has no LoRA layer.
+    """
+    check_bias_mode(bias)
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model has no LoRA layers; call apply_lora() first")
+    also = tuple(also)
+    for name, param in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        param.requires_grad_((bias == "all" and leaf == "bias") or module_under(owner, also))
+    for _, layer in layers:
+        layer.lora_a.requires_grad_(True)
+        layer.lora_b.requires_grad_(True)
+        if bias == "lora_only" and layer.base.bias is not None:
+            layer.base.bias.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Count parameters (shared ones once).
+
+    Returns:
+        ``(trainable, total)``.
+    """
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """One line like peft's ``print_trainable_parameters``: ``trainable params: X || all params: Y || trainable%: Z``."""
+    trainable, total = count_parameters(model)
+    share = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}"
+
+
+def merge_lora(model: nn.Module, safe: bool = False) -> list[str]:
+    """Merge every unmerged LoRA layer of ``model``.
+
+    Args:
+        safe: refuse non-finite merged weights; then no layer stays merged by this call.
+
+    Returns:
+        The names of the layers merged by this call.
+
+    Raises:
+        ValueError: with ``safe=True``, if a merged weight would not be finite.
+    """
+    done: list[tuple[str, LoRALayer]] = []
+    try:
+        for name, layer in lora_layers(model):
+            if not layer.merged:
+                layer.merge(safe=safe)
+                done.append((name, layer))
+    except ValueError:
+        for _, layer in done:  # all or nothing, so a refused merge leaves the model as it was
+            layer.unmerge()
+        raise
+    return [name for name, _ in done]
+
+
+def unmerge_lora(model: nn.Module) -> list[str]:
+    """Unmerge every merged LoRA layer of ``model``.
+
+    Returns:
+        The names of the layers unmerged.
+    """
+    done = []
+    for name, layer in lora_layers(model):
+        if layer.merged:
+            layer.unmerge()
+            done.append(name)
+    return done
+
+
+def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
+    """Merge all adapters and put the original ``nn.Linear``/``Conv1D`` modules back: zero added latency.
+
+    The base weights stay frozen (``requires_grad=False``) as LoRA left them.
+
+    Args:
+        model: a model with LoRA layers (modified in place).
+        safe: see :func:`merge_lora`.
+
+    Returns:
+        ``model``, now free of LoRA layers.
+
+    Raises:
+        ValueError: with ``safe=True``, if a merged weight would not be finite (nothing is changed).
+    """
+    merge_lora(model, safe=safe)
+    for name, layer in lora_layers(model):
+        model.set_submodule(name, layer.base)
+    return model
