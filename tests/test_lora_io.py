@@ -1,0 +1,147 @@
+"""Adapter files: what is saved, round trips, the base fingerprint check, no pickle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_pipeline.lora import (
+    apply_lora,
+    base_fingerprint,
+    load_adapter,
+    lora_layers,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    save_adapter,
+)
+from lora_pipeline.lora.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT_VERSION
+from tests.lora_tiny_models import logits, seeded, tiny_batch, tiny_model, train_steps  # noqa: F401
+
+
+def trained(arch: str = "bert", bias: str = "none", **kwargs) -> torch.nn.Module:
+    model = tiny_model(arch)
+    apply_lora(model, rank=4, alpha=8, bias=bias, **kwargs)
+    mark_only_lora_as_trainable(model, bias=bias)
+    train_steps(model, tiny_batch())
+    return model
+
+
+@pytest.mark.parametrize("bias", ["none", "lora_only", "all"])
+def test_lora_state_dict_keys_follow_the_bias_mode(bias: str) -> None:
+    model = tiny_model("bert")
+    names = apply_lora(model, ["query"])
+    state = lora_state_dict(model, bias=bias)
+    adapters = {f"{n}.{m}" for n in names for m in ("lora_a", "lora_b")}
+    lora_biases = {f"{n}.base.bias" for n in names}
+    all_biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    assert set(state) == {"none": adapters, "lora_only": adapters | lora_biases, "all": adapters | all_biases}[bias]
+
+
+@pytest.mark.parametrize("arch, bias", [("bert", "none"), ("bert", "lora_only"), ("gpt2", "all")])
+def test_save_load_round_trip_reproduces_logits(arch: str, bias: str, tmp_path) -> None:
+    model, batch = trained(arch, bias), tiny_batch()
+    save_adapter(model, tmp_path / "adapter", base_model_name=f"tiny-{arch}", metadata={"run": "test"})
+
+    fresh = tiny_model(arch)
+    config = load_adapter(fresh, tmp_path / "adapter")
+    torch.testing.assert_close(logits(fresh, batch), logits(model, batch), atol=0, rtol=0)
+    assert config["bias"] == bias and config["metadata"] == {"run": "test"}
+    assert [n for n, _ in lora_layers(fresh)] == [n for n, _ in lora_layers(model)]
+
+
+def test_saved_files_hold_only_adapter_and_head(tmp_path) -> None:
+    model = trained()
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
+    tensors = load_file(str(tmp_path / "adapter" / ADAPTER_WEIGHTS))
+    expected = set(lora_state_dict(model)) | {"classifier.weight", "classifier.bias"}
+    assert set(tensors) == expected
+    config = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())
+    names = [n for n, _ in lora_layers(model)]
+    assert config["format_version"] == FORMAT_VERSION and config["target_modules"] == names
+    assert (config["rank"], config["alpha"], config["rslora"], config["dropout"]) == (4, 8.0, False, 0.0)
+    assert config["base_model_name"] == "tiny-bert"
+    assert config["base_fingerprint"] == base_fingerprint(tiny_model("bert"), names)
+
+
+def test_load_into_a_model_that_already_has_the_same_layers(tmp_path) -> None:
+    model, batch = trained(), tiny_batch()
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    fresh = tiny_model("bert")
+    apply_lora(fresh, rank=4, alpha=8)
+    load_adapter(fresh, tmp_path / "adapter")
+    torch.testing.assert_close(logits(fresh, batch), logits(model, batch), atol=0, rtol=0)
+
+
+def test_load_refuses_other_lora_layers(tmp_path) -> None:
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    other = tiny_model("bert")
+    apply_lora(other, ["key"])
+    with pytest.raises(ValueError, match="already has LoRA"):
+        load_adapter(other, tmp_path / "adapter")
+
+
+def test_base_mismatch_raises_naming_both_fingerprints(tmp_path) -> None:
+    model = trained()
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    expected = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())["base_fingerprint"]
+    other = tiny_model("bert", seed=1)
+    actual = base_fingerprint(other, [n for n, _ in lora_layers(model)])
+    with pytest.raises(ValueError, match="fingerprint") as err:
+        load_adapter(other, tmp_path / "adapter")
+    assert expected in str(err.value) and actual in str(err.value) and "tiny-bert" in str(err.value)
+    assert not lora_layers(other)  # refused before touching the model
+
+
+def test_fingerprint_ignores_adapters_and_head_but_not_base_weights() -> None:
+    model = tiny_model("bert")
+    names = apply_lora(model)
+    before = base_fingerprint(model, names)
+    assert before == base_fingerprint(tiny_model("bert"), names)  # plain model, same weights
+    mark_only_lora_as_trainable(model)
+    train_steps(model, tiny_batch())
+    assert base_fingerprint(model, names) == before
+    with torch.no_grad():
+        lora_layers(model)[0][1].base.weight[0, 0] += 1e-3
+    assert base_fingerprint(model, names) != before
+
+
+def test_rank_and_alpha_patterns_round_trip(tmp_path) -> None:
+    model = trained(rank_pattern={"layer.1.*": 2}, alpha_pattern={"value": 3.0})
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    fresh = tiny_model("bert")
+    config = load_adapter(fresh, tmp_path / "adapter")
+    assert config["rank_pattern"] == {"bert.encoder.layer.1.attention.self.query": 2,
+                                      "bert.encoder.layer.1.attention.self.value": 2}
+    assert {n: (l.rank, l.alpha) for n, l in lora_layers(fresh)} == {n: (l.rank, l.alpha)
+                                                                      for n, l in lora_layers(model)}
+    torch.testing.assert_close(logits(fresh, tiny_batch()), logits(model, tiny_batch()), atol=0, rtol=0)
+
+
+def test_saving_a_merged_model_raises(tmp_path) -> None:
+    model = trained()
+    merge_lora(model)
+    with pytest.raises(ValueError, match="merged"):
+        save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+
+
+def test_missing_or_foreign_directory_raises(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_adapter(tiny_model("bert"), tmp_path)
+    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(ValueError, match="format_version"):
+        load_adapter(tiny_model("bert"), tmp_path)
+
+
+def test_tensors_that_do_not_fit_raise(tmp_path) -> None:
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    config_path = tmp_path / "adapter" / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text())
+    config["rank"] = 3
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="wrong shape"):
+        load_adapter(tiny_model("bert"), tmp_path / "adapter")
