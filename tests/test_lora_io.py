@@ -19,7 +19,9 @@ from lora_pipeline.lora import (
     save_adapter,
 )
 from lora_pipeline.lora.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT_VERSION
-from tests.lora_tiny_models import logits, seeded, tiny_batch, tiny_model, train_steps  # noqa: F401
+# `seeded` is the autouse fixture that fixes the RNG seeds.
+from tests.lora_tiny_models import seeded  # noqa: F401
+from tests.lora_tiny_models import logits, tiny_batch, tiny_model, train_steps
 
 
 def trained(arch: str = "bert", bias: str = "none", **kwargs) -> torch.nn.Module:

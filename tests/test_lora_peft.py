@@ -18,7 +18,9 @@ from lora_pipeline.lora import (
     lora_layers,
     mark_only_lora_as_trainable,
 )
-from tests.lora_tiny_models import ARCHS, logits, randomize_lora, seeded, tiny_batch, tiny_model, train_steps  # noqa: F401
+# `seeded` is the autouse fixture that fixes the RNG seeds.
+from tests.lora_tiny_models import seeded  # noqa: F401
+from tests.lora_tiny_models import logits, randomize_lora, tiny_batch, tiny_model, train_steps
 
 peft = pytest.importorskip("peft")
 
@@ -79,7 +81,8 @@ def test_outputs_and_gradients_match_peft(arch: str, rslora: bool, bias: str) ->
         torch.testing.assert_close(grad, their_grads[name], **TIGHT, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("arch, bias", [("bert", "none"), ("bert", "lora_only"), ("bert", "all"), ("gpt2", "lora_only")])
+@pytest.mark.parametrize("arch, bias", [("bert", "none"), ("bert", "lora_only"), ("bert", "all"),
+                                        ("gpt2", "lora_only")])
 def test_export_loads_in_peft_with_same_logits(arch: str, bias: str, tmp_path) -> None:
     model = tiny_model(arch)
     apply_lora(model, rank=4, alpha=8, bias=bias, rank_pattern={"layer.1.*": 2} if arch == "bert" else None)

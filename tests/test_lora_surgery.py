@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 from torch import nn
+from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from lora_pipeline.lora import (
@@ -21,7 +22,9 @@ from lora_pipeline.lora import (
     trainable_summary,
     unmerge_lora,
 )
-from tests.lora_tiny_models import ARCHS, logits, randomize_lora, seeded, tiny_batch, tiny_model, train_steps  # noqa: F401
+# `seeded` is the autouse fixture that fixes the RNG seeds.
+from tests.lora_tiny_models import seeded  # noqa: F401
+from tests.lora_tiny_models import ARCHS, CONFIGS, logits, randomize_lora, tiny_batch, tiny_model, train_steps
 
 LAYERS = 2  # num_hidden_layers of every tiny config
 
@@ -73,10 +76,6 @@ def test_all_linear_skips_the_head(arch: str, excluded: set[str]) -> None:
 
 
 def test_all_linear_skips_a_tied_lm_head() -> None:
-    from transformers import GPT2LMHeadModel
-
-    from tests.lora_tiny_models import CONFIGS
-
     model = GPT2LMHeadModel(CONFIGS["gpt2"])
     assert "lm_head" not in apply_lora(model, "all-linear")
 

@@ -35,7 +35,8 @@ __all__ = [
     "load_into",
     "lora_state_dict",
     "save_adapter",
-    "write_tensors",
+    "trained_tensors",
+    "write_adapter_dir",
 ]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -133,10 +134,20 @@ def adapter_settings(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Write ``tensors`` to a safetensors file."""
-    # safetensors refuses shared or strided storage: give it its own contiguous CPU copies.
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+def trained_tensors(model: nn.Module, heads: Iterable[str], bias: BiasMode) -> dict[str, torch.Tensor]:
+    """What an adapter file holds: the head modules ``heads``, the LoRA matrices and the biases of ``bias``."""
+    return {**head_state_dict(model, heads), **lora_state_dict(model, bias=bias)}
+
+
+def write_adapter_dir(directory: str | Path, weights_name: str, tensors: Mapping[str, torch.Tensor],
+                      config: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` (safetensors) and ``adapter_config.json`` to ``directory``, replacing it atomically."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        # safetensors refuses shared or strided storage: give it its own contiguous CPU copies.
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / weights_name))
+        write_json(tmp / ADAPTER_CONFIG, config)
+    return directory
 
 
 def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: str,
@@ -159,7 +170,6 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: st
     """
     settings = adapter_settings(model)
     trainable_extra = list(trainable_extra)
-    tensors = {**head_state_dict(model, trainable_extra), **lora_state_dict(model, bias=settings["bias"])}
     config = {
         "format_version": FORMAT_VERSION,
         **settings,
@@ -168,11 +178,8 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: st
         "base_fingerprint": base_fingerprint(model, settings["target_modules"]),
         "metadata": dict(metadata or {}),
     }
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        write_tensors(tmp / ADAPTER_WEIGHTS, tensors)
-        write_json(tmp / ADAPTER_CONFIG, config)
-    return directory
+    tensors = trained_tensors(model, trainable_extra, settings["bias"])
+    return write_adapter_dir(directory, ADAPTER_WEIGHTS, tensors, config)
 
 
 def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:

@@ -18,14 +18,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..io import atomic_dir, write_json
-from .adapter_io import adapter_settings, head_state_dict, load_into, lora_state_dict, write_tensors
+from .adapter_io import ADAPTER_CONFIG, adapter_settings, load_into, trained_tensors, write_adapter_dir
 from .layers import LoRAConv1D
 from .surgery import apply_lora, lora_layers
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "export_peft", "import_peft"]
 
-PEFT_CONFIG = "adapter_config.json"
+PEFT_CONFIG = ADAPTER_CONFIG  # both formats name their config file alike
 PEFT_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 # peft's PeftModelForSequenceClassification always adds these to modules_to_save.
@@ -67,8 +66,6 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
     settings = adapter_settings(model)
     modules_to_save = list(modules_to_save)
     heads = modules_to_save + [h for h in _SEQ_CLS_HEADS if task_type == "SEQ_CLS" and h not in modules_to_save]
-    keys = _peft_key_names(model)
-    tensors = {**head_state_dict(model, heads), **lora_state_dict(model, bias=settings["bias"])}
     config = {
         "peft_type": "LORA",
         "task_type": task_type,
@@ -87,11 +84,9 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
         "init_lora_weights": True,
         "inference_mode": True,
     }
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        write_tensors(tmp / PEFT_WEIGHTS, {_PREFIX + keys.get(k, k): v for k, v in tensors.items()})
-        write_json(tmp / PEFT_CONFIG, config)
-    return directory
+    keys = _peft_key_names(model)
+    tensors = {_PREFIX + keys.get(k, k): v for k, v in trained_tensors(model, heads, settings["bias"]).items()}
+    return write_adapter_dir(directory, PEFT_WEIGHTS, tensors, config)
 
 
 def _read_peft_config(directory: Path) -> dict[str, Any]:

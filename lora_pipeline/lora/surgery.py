@@ -205,7 +205,11 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def trainable_summary(model: nn.Module) -> str:
-    """One line like peft's ``print_trainable_parameters``: ``trainable params: X || all params: Y || trainable%: Z``."""
+    """One line like peft's ``print_trainable_parameters``.
+
+    Returns:
+        ``"trainable params: X || all params: Y || trainable%: Z"``.
+    """
     trainable, total = count_parameters(model)
     share = 100 * trainable / total if total else 0.0
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}"
