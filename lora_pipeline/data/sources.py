@@ -184,7 +184,7 @@ def _from_file(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
     if cfg.sha256 is not None and actual != cfg.sha256:
         raise DataError(f"sha256 mismatch for '{path}': expected {cfg.sha256} (data.sha256), got {actual}. "
                         "The file changed; check it, then update data.sha256 (or set it to null).")
-    frame, fmt = read_table(data, path.name, cfg)
+    frame, fmt = read_table(data, str(path), cfg)
     provenance = {"path": cfg.path, "sha256": actual, "format": fmt, "encoding": cfg.encoding}
     return frame, provenance, str(path)
 
