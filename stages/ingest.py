@@ -1,0 +1,35 @@
+"""ingest: fetch the raw data (params section ``data``) into ``<out>/data.parquet`` + ``manifest.json``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from lora_pipeline.config import load_params
+from lora_pipeline.data.sources import ingest
+from stages._cli import run_stage
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (section 'data')")
+    parser.add_argument("--out", required=True, help="output directory (data.parquet, manifest.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params, sections=["data"])
+        manifest = ingest(params.data, Path(args.out))
+        logging.getLogger("ingest").info("wrote %d rows to %s (columns %s)", manifest["rows"], args.out,
+                                         manifest["columns"])
+        # MLflow tracking hook (wired by the lead): log params.data and the manifest here.
+
+    return run_stage("ingest", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

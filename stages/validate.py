@@ -1,0 +1,57 @@
+"""validate: Great Expectations suite + cleaning policy (params section ``validate``) on the raw data.
+
+Writes ``<out>/data.parquet`` (clean), the flat ``--metrics`` JSON and the HTML ``--report`` directory
+(``index.html``, GX Data Docs under ``gx/``, ``summary.json``). A hard failure writes none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from lora_pipeline.config import load_params
+from lora_pipeline.data.sources import DATA_FILE
+from lora_pipeline.data.validation import flat_metrics, validate
+from lora_pipeline.errors import DataError
+from lora_pipeline.io import atomic_dir, write_json
+from stages._cli import run_stage
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (section 'validate')")
+    parser.add_argument("--raw", required=True, help="directory with data.parquet from ingest")
+    parser.add_argument("--out", required=True, help="output directory for the clean data.parquet")
+    parser.add_argument("--metrics", required=True, help="flat metrics JSON file")
+    parser.add_argument("--report", required=True, help="HTML report directory (index.html)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params, sections=["validate"])
+        raw_file = Path(args.raw) / DATA_FILE
+        if not raw_file.is_file():
+            raise DataError(f"{raw_file} not found: run the ingest stage first (--raw points at its output)")
+        raw = pd.read_parquet(raw_file)
+        with atomic_dir(args.report) as report_tmp:  # discarded if validation raises
+            clean, report = validate(raw, params.validate, docs_dir=report_tmp)
+            write_json(report_tmp / "summary.json", report)
+            with atomic_dir(args.out) as out_tmp:
+                clean.to_parquet(out_tmp / DATA_FILE, index=False)
+            metrics = flat_metrics(report)
+            write_json(args.metrics, metrics)
+        logging.getLogger("validate").info("kept %d of %d rows: %s", report["rows_clean"], report["rows_raw"],
+                                           report["rows_per_class"])
+        # MLflow tracking hook (wired by the lead): log params.validate, metrics and the report dir here.
+
+    return run_stage("validate", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
