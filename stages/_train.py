@@ -17,7 +17,7 @@ from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
-from lora_pipeline.models import Variant, build_model
+from lora_pipeline.models import HEAD_MODULES, Variant, build_model
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.tracking import open_tracker
 from lora_pipeline.training import FitConfig, fit, peak_memory_mb, resolve_device
@@ -60,7 +60,7 @@ def _save_model(model, tokenizer, variant: Variant, params: Params, out: str) ->
         if variant == "lora":
             from lora_pipeline.lora import save_adapter
 
-            save_adapter(model, tmp, base_model_name=params.model.name)
+            save_adapter(model, tmp, base_model_name=params.model.name, trainable_extra=HEAD_MODULES)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

@@ -1,0 +1,51 @@
+"""The real default encoder (all-MiniLM-L6-v2 from its PyPI package) through the project's own code."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from lora_pipeline.config import LoraConfig, ModelConfig
+from lora_pipeline.data.loaders import EncodedSplit
+from lora_pipeline.data.tokenization import tokenize_frame
+from lora_pipeline.models import build_model
+from lora_pipeline.pretrained import load_tokenizer
+from lora_pipeline.training import FitConfig, fit
+
+pytestmark = pytest.mark.slow
+LABELS = ["neg", "pos"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(ModelConfig())
+
+
+def _split(tokenizer, n: int) -> EncodedSplit:
+    texts = ["a wonderful, moving film", "dull and far too long", "the cast is superb",
+             "a tedious mess of a script"] * (n // 4)
+    df = pd.DataFrame({"text": texts, "label": ["pos", "neg", "pos", "neg"] * (n // 4)})
+    return EncodedSplit.from_frame(tokenize_frame(df, tokenizer, 32, LABELS))
+
+
+def test_minilm_loads_with_a_fresh_head(tokenizer):
+    model = build_model("full", ModelConfig(), LABELS, tokenizer)
+    assert model.config.model_type == "bert" and model.config.num_hidden_layers == 6
+    assert model.config.hidden_size == 384 and model.num_labels == 2
+
+
+def test_minilm_lora_trains_a_few_steps(tokenizer):
+    torch.manual_seed(0)
+    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(rank=4, alpha=8))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) / total < 0.01
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = _split(tokenizer, 16)
+    result = fit(model, data, data, FitConfig(lr=5e-3, epochs=3, batch_size=8, warmup_ratio=0.0),
+                 pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), progress=False)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
+    assert len(changed) == len(trainable), f"trainable but unchanged: {sorted(trainable - changed)[:5]}"
