@@ -25,13 +25,19 @@ def _pretrained(cfg: ModelConfig, labels: list[str], pad_token_id: int) -> nn.Mo
     from transformers import AutoModelForSequenceClassification
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        # a classifier checkpoint made for another label count has a head of another shape: that head is
+        # replaced anyway, so size mismatches are allowed there (and only there, checked below)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             resolve_model_path(cfg.name), num_labels=len(labels),
             id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-            trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
+            trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+            ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise PipelineError(f"model.name '{cfg.name}': cannot load safetensors weights ({err}). "
                             "Only safetensors checkpoints are loaded (no pickle).") from err
+    body = sorted(m[0] for m in info.get("mismatched_keys", ()) if not set(m[0].split(".")) & set(HEAD_MODULES))
+    if body:
+        raise PipelineError(f"model.name '{cfg.name}': weights of another shape than its config: {body[:5]}")
     model.config.pad_token_id = pad_token_id  # decoders classify the last non-pad token
     return model
 

@@ -1,0 +1,162 @@
+"""training.fit: learns, keeps the best epoch, touches only trainable weights, follows the schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from lora_pipeline import training
+from lora_pipeline.config import ModelConfig, ScratchConfig
+from lora_pipeline.models import build_model
+from lora_pipeline.training import FitConfig, fit, resolve_device
+from tests.conftest import LABELS, load_encoded, save_tiny_bert
+
+CPU = torch.device("cpu")
+
+
+class RecordingTracker:
+    """Keeps every ``log_metrics`` call."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[int | None, dict]] = []
+
+    def log_params(self, params): pass
+    def set_tags(self, tags): pass
+    def log_artifact(self, path): pass
+    def close(self, failed: bool = False): pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+
+def _model(model_dir: Path, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def data(split_dir):
+    return load_encoded(split_dir, "train"), load_encoded(split_dir, "val")
+
+
+def test_fit_learns_the_toy_task(tiny_model_dir, data, tiny_tokenizer):
+    train, val = data
+    model = _model(tiny_model_dir)
+    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1)
+    result = fit(model, train, val, cfg, pad_id=tiny_tokenizer.pad_token_id, device=CPU, progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.best_val_macro_f1 > 0.6  # 3 balanced classes: chance is ~0.33
+    assert result.best_val_macro_f1 == max(row["val_macro_f1"] for row in result.history)
+    assert result.steps == 4 * -(-len(train) // 16)
+    assert result.resumed_from_step == 0
+    assert result.train_seconds > 0 and result.samples_per_second > 0
+
+
+def test_fit_restores_the_best_epoch(monkeypatch, tiny_model_dir, data):
+    train, val = data
+    scores = iter([0.2, 0.9, 0.5])
+    at_epoch_end: list[dict[str, torch.Tensor]] = []
+
+    def scripted(model, *_args):
+        at_epoch_end.append(_state(model))
+        return next(scores)
+
+    monkeypatch.setattr(training, "_evaluate", scripted)
+    model = _model(tiny_model_dir)
+    result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32), pad_id=0, device=CPU,
+                 progress=False)
+    assert result.best_epoch == 2 and result.best_val_macro_f1 == 0.9
+    assert [row["val_macro_f1"] for row in result.history] == [0.2, 0.9, 0.5]
+    final = _state(model)
+    for name, value in at_epoch_end[1].items():
+        torch.testing.assert_close(final[name], value, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(final[n], v) for n, v in at_epoch_end[2].items())  # epoch 3 really differed
+
+
+def test_only_trainable_parameters_change(tiny_model_dir, data):
+    train, val = data
+    model = _model(tiny_model_dir)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("classifier.")
+    before = _state(model)
+    fit(model, train, val, FitConfig(lr=1e-2, epochs=1, batch_size=32, weight_decay=0.1), pad_id=0, device=CPU,
+        progress=False)
+    after = _state(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"classifier.weight", "classifier.bias"}
+
+
+def test_no_weight_decay_on_biases_and_layer_norms(tiny_model_dir):
+    model = _model(tiny_model_dir)
+    opt = training._optimizer(model, FitConfig(lr=1e-3, epochs=1, weight_decay=0.05), CPU)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = ({names[id(p)] for p in g["params"]} for g in opt.param_groups)
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert decayed | plain == set(names.values()) and not decayed & plain
+    assert all(n.endswith(".bias") or "LayerNorm" in n for n in plain)
+    assert "classifier.weight" in decayed and "bert.embeddings.word_embeddings.weight" in decayed
+
+
+def test_linear_warmup_then_linear_decay_to_zero(tiny_model_dir, data):
+    train, val = data
+    tracker = RecordingTracker()
+    cfg = FitConfig(lr=1e-3, epochs=2, batch_size=16, warmup_ratio=0.25, log_every=1)
+    fit(_model(tiny_model_dir), train, val, cfg, pad_id=0, device=CPU, tracker=tracker, progress=False)
+    total = 2 * -(-len(train) // 16)
+    warmup = int(0.25 * total)
+    lrs = {step: m["lr"] for step, m in tracker.metrics if "lr" in m}
+    assert sorted(lrs) == list(range(1, total + 1))
+    for step, lr in lrs.items():  # the lr that the *next* step will use
+        expected = cfg.lr * (step / warmup if step < warmup else (total - step) / (total - warmup))
+        assert lr == pytest.approx(expected, abs=1e-12), step
+    assert max(lrs.values()) == pytest.approx(cfg.lr) and lrs[total] == 0.0
+    epochs = [(step, m) for step, m in tracker.metrics if "val_macro_f1" in m]
+    assert [step for step, _ in epochs] == [total // 2, total]
+    assert all("epoch_train_loss" in m for _, m in epochs)
+
+
+def test_two_fits_with_the_same_seed_are_identical(tiny_model_dir, data):
+    train, val = data
+    cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=3)
+    runs = []
+    for _ in range(2):
+        model = _model(tiny_model_dir, seed=11)  # dropout draws from the global RNG
+        result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
+        runs.append((result.history, _state(model)))
+    assert runs[0][0] == runs[1][0]
+    for name in runs[0][1]:
+        assert torch.equal(runs[0][1][name], runs[1][1][name]), name
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_full_variant_loads_a_classifier_checkpoint_with_another_label_count(tmp_path, tiny_tokenizer):
+    """A fine-tuned 2-label checkpoint as the base of a 3-label task: the head is replaced, the body kept."""
+    src = save_tiny_bert(tmp_path / "two_labels", num_labels=2)
+    reference = AutoModelForSequenceClassification.from_pretrained(src, use_safetensors=True)
+    model = build_model("full", ModelConfig(name=str(src), max_length=32), LABELS, tiny_tokenizer)
+    assert model.classifier.out_features == 3
+    assert model.config.id2label == dict(enumerate(LABELS))
+    torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight,
+                               reference.bert.embeddings.word_embeddings.weight)
+
+
+def test_scratch_variant_uses_the_tokenizer_vocabulary(tiny_model_dir, tiny_tokenizer):
+    cfg = ScratchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model = build_model("scratch", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer,
+                        scratch=cfg)
+    assert model.config.vocab_size == len(tiny_tokenizer)
+    assert model.config.num_hidden_layers == 1 and model.config.num_labels == 3
+    assert model.config.pad_token_id == tiny_tokenizer.pad_token_id
