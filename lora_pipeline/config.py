@@ -317,11 +317,11 @@ def parse_params(raw: Any, sections: Optional[typing.Iterable[str]] = None) -> P
     fields = {f.name: f for f in dataclasses.fields(Params)}
     unknown = sorted(set(raw) - set(fields))
     _check(not unknown, unknown[0] if unknown else "", f"is not a known section; known: {sorted(fields)}")
+    hints = typing.get_type_hints(Params)
+    built = {name: _build(hints[name], raw[name], name) for name in raw}
     required = list(fields) if sections is None else list(sections)
     for name in required:
         _check(name in raw, name, "section is missing from params.yaml")
-    hints = typing.get_type_hints(Params)
-    built = {name: _build(hints[name], raw[name], name) for name in raw}
     return Params(**built)
 
 

@@ -17,7 +17,11 @@ def _umask_mode(base: int) -> int:
     return base & ~mask
 
 
-__all__ = ["atomic_dir", "atomic_file", "write_json", "read_json", "sha256_file", "sha256_bytes"]
+# File names inside the directory outs that pass tables between stages (ingest → validate → split).
+DATA_FILE = "data.parquet"
+MANIFEST_FILE = "manifest.json"
+
+__all__ = ["DATA_FILE", "MANIFEST_FILE", "atomic_dir", "atomic_file", "write_json", "read_json", "sha256_file", "sha256_bytes"]
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
-from lora_pipeline.config import ConfigError
+from lora_pipeline.config import ConfigError, MlflowConfig
 from lora_pipeline.errors import PipelineError
+from lora_pipeline.tracking import open_tracker
 
 EXIT_USER_ERROR = 2
 
@@ -25,3 +27,17 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
         print(f"\n{name} failed: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
+
+
+def log_stage_run(cfg: MlflowConfig, stage: str, *, params: Mapping[str, Any] | None = None,
+                  metrics: Mapping[str, Any] | None = None, artifacts: Iterable[str | Path] = (),
+                  tags: Mapping[str, Any] | None = None) -> None:
+    """Mirror one finished stage into MLflow: a run with its params, metrics and small artifacts."""
+    tracker = open_tracker(cfg, stage, {"stage": stage, **(tags or {})})
+    if params:
+        tracker.log_params(params)
+    if metrics:
+        tracker.log_metrics(metrics)
+    for path in artifacts:
+        tracker.log_artifact(path)
+    tracker.close()

@@ -15,9 +15,8 @@ from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline,
 from lora_pipeline.io import atomic_dir, read_json, write_json
 from lora_pipeline.models import load_trained
 from lora_pipeline.pretrained import load_tokenizer
-from lora_pipeline.tracking import open_tracker
 from lora_pipeline.training import resolve_device
-from stages._cli import run_stage
+from stages._cli import log_stage_run, run_stage
 
 VARIANTS = ("scratch", "full", "lora")
 
@@ -56,12 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                 pd.DataFrame({"actual": [labels[i] for i in test.labels],
                               "predicted": [labels[i] for i in p]}).to_csv(tmp / f"{name}.csv", index=False)
         write_json(args.metrics, results)
-        tracker = open_tracker(params.mlflow, "evaluate", {"stage": "evaluate"})
-        tracker.log_params({"baseline": dataclasses.asdict(params.baseline)})
-        tracker.log_metrics({f"{n}.{k}": r[k] for n, r in results.items() for k in ("accuracy", "macro_f1")})
-        tracker.log_artifact(args.metrics)
-        tracker.log_artifact(args.predictions)
-        tracker.close()
+        log_stage_run(params.mlflow, "evaluate", params={"baseline": dataclasses.asdict(params.baseline)},
+                      metrics={f"{n}.{k}": r[k] for n, r in results.items() for k in ("accuracy", "macro_f1")},
+                      artifacts=[args.metrics, args.predictions])
 
     return run_stage("evaluate", body)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 from lora_pipeline.config import load_params
-from lora_pipeline.data.sources import ingest
-from stages._cli import run_stage
+from lora_pipeline.data.sources import MANIFEST_FILE, ingest
+from stages._cli import log_stage_run, run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -22,11 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        params = load_params(args.params, sections=["data"])
+        params = load_params(args.params, sections=["data", "mlflow"])
         manifest = ingest(params.data, Path(args.out))
         logging.getLogger("ingest").info("wrote %d rows to %s (columns %s)", manifest["rows"], args.out,
                                          manifest["columns"])
-        # MLflow tracking hook (wired by the lead): log params.data and the manifest here.
+        log_stage_run(params.mlflow, "ingest", params={"data": dataclasses.asdict(params.data)},
+                      metrics={"rows": manifest["rows"]}, artifacts=[Path(args.out) / MANIFEST_FILE])
 
     return run_stage("ingest", body)
 

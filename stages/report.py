@@ -10,8 +10,7 @@ import pandas as pd
 from lora_pipeline.config import load_params
 from lora_pipeline.io import atomic_dir, atomic_file, read_json
 from lora_pipeline.reporting import comparison_table, plot_confusions, plot_curves, render_markdown
-from lora_pipeline.tracking import open_tracker
-from stages._cli import run_stage
+from stages._cli import log_stage_run, run_stage
 
 VARIANTS = ("scratch", "full", "lora")
 
@@ -45,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         text = render_markdown(table, evaluate, {"curves": f"{rel}/curves.png", "confusion": f"{rel}/confusion.png"})
         with atomic_file(report) as tmp:
             tmp.write_text(text, encoding="utf-8")
-        tracker = open_tracker(params.mlflow, "report", {"stage": "report"})
-        tracker.log_artifact(report)
-        tracker.log_artifact(args.figures)
-        tracker.close()
+        log_stage_run(params.mlflow, "report", artifacts=[report, args.figures],
+                      metrics={f"test_macro_f1.{n}": r["macro_f1"] for n, r in evaluate.items()})
 
     return run_stage("report", body)
 

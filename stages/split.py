@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 
 from lora_pipeline.config import load_params
 from lora_pipeline.data.splitting import label_map, split_frame
 from lora_pipeline.data.tokenization import tokenize_frame
-from lora_pipeline.io import atomic_dir, write_json
+from lora_pipeline.io import DATA_FILE, atomic_dir, write_json
 from lora_pipeline.pretrained import load_tokenizer
-from lora_pipeline.tracking import open_tracker
-from stages._cli import run_stage
+from stages._cli import log_stage_run, run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params, sections=["split", "model", "mlflow"])
-        df = pd.read_parquet(f"{args.clean}/data.parquet")
+        df = pd.read_parquet(Path(args.clean) / DATA_FILE)
         labels = label_map(df["label"])
         parts = split_frame(df, params.split)
         tokenizer = load_tokenizer(params.model)
@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[f"rows_{name}"] = len(part)
             write_json(tmp / "labels.json", labels)
         write_json(args.metrics, metrics)
-        tracker = open_tracker(params.mlflow, "split", {"stage": "split"})
-        tracker.log_params({"split": dataclasses.asdict(params.split), "model": dataclasses.asdict(params.model)})
-        tracker.log_metrics(metrics)
-        tracker.close()
+        log_stage_run(params.mlflow, "split", metrics=metrics, artifacts=[args.metrics],
+                      params={"split": dataclasses.asdict(params.split), "model": dataclasses.asdict(params.model)})
 
     return run_stage("split", body)
 

@@ -7,17 +7,17 @@ Writes ``<out>/data.parquet`` (clean), the flat ``--metrics`` JSON and the HTML 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 import pandas as pd
 
 from lora_pipeline.config import load_params
-from lora_pipeline.data.sources import DATA_FILE
 from lora_pipeline.data.validation import flat_metrics, validate
 from lora_pipeline.errors import DataError
-from lora_pipeline.io import atomic_dir, write_json
-from stages._cli import run_stage
+from lora_pipeline.io import DATA_FILE, atomic_dir, write_json
+from stages._cli import log_stage_run, run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        params = load_params(args.params, sections=["validate"])
+        params = load_params(args.params, sections=["validate", "mlflow"])
         raw_file = Path(args.raw) / DATA_FILE
         if not raw_file.is_file():
             raise DataError(f"{raw_file} not found: run the ingest stage first (--raw points at its output)")
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.metrics, metrics)
         logging.getLogger("validate").info("kept %d of %d rows: %s", report["rows_clean"], report["rows_raw"],
                                            report["rows_per_class"])
-        # MLflow tracking hook (wired by the lead): log params.validate, metrics and the report dir here.
+        log_stage_run(params.mlflow, "validate", params={"validate": dataclasses.asdict(params.validate)},
+                      metrics=metrics, artifacts=[args.metrics, Path(args.report) / "summary.json"])
 
     return run_stage("validate", body)
 

