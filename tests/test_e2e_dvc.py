@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -142,4 +143,37 @@ def test_rank_experiment_moves_only_lora(repo):
     assert changed["trainable_params"]["new"] < changed["trainable_params"]["old"]
     assert "metrics/train_full.json" not in diff or not diff["metrics/train_full.json"]
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    assert "lora.rank" in json.dumps(shown)
+    assert 4 in _exp_values(shown, "rank")
+
+
+def _exp_values(shown, key: str) -> list:
+    """Every value of ``lora.<key>`` in the experiments of ``dvc exp show --json``."""
+    found = []
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                found.append(rev["data"]["params"]["params.yaml"]["data"]["lora"][key])
+    return found
+
+
+def test_queued_rank_grid_logs_to_one_mlflow_store(repo):
+    """`dvc exp run --queue` runs in temporary copies; the default SQLite store must still be the repo's."""
+    repo, env = repo
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], repo, env)
+    _run(["dvc", "queue", "start"], repo, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = _run(["dvc", "queue", "status"], repo, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, _run(["dvc", "queue", "logs", status.split()[-1]], repo, env).stdout
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    assert {2, 8} <= set(_exp_values(shown, "rank"))
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id])
+    ranks = {r.data.tags.get("lora_rank") for r in runs if r.data.tags.get("dvc_exp_name")}
+    assert {"2", "8"} <= ranks
