@@ -61,9 +61,18 @@ def plot_confusions(evaluate: Mapping[str, dict], labels: list[str], path: Path)
     fig.savefig(path, dpi=110)
 
 
-def _fmt(value) -> str:
+# the baseline row has no training costs, so these columns hold NaN and pandas makes the counts floats
+_SCORES = ("test macro-F1", "test accuracy")
+_COUNTS = ("trainable params",)
+
+
+def _fmt(value, column: str = "") -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
+    if column in _SCORES:
+        return f"{value:.4f}"  # 1.0 as 1.0000, like every other score
+    if column in _COUNTS:
+        return f"{int(value):,}"  # 75,000, not 75,000.0
     if isinstance(value, float):
         return f"{value:.4f}" if value < 1 else f"{value:,.1f}"
     if isinstance(value, int):
@@ -74,7 +83,8 @@ def _fmt(value) -> str:
 def render_markdown(table: pd.DataFrame, evaluate: Mapping[str, dict], figures: Mapping[str, str]) -> str:
     """The report body: comparison table, per-class F1, and links to the figures."""
     head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    body = "".join("| " + " | ".join(_fmt(v, c) for c, v in zip(table.columns, row)) + " |\n"
+                   for row in table.itertuples(index=False))
     labels = list(next(iter(evaluate.values()))["per_class"])
     per_class = "| variant | " + " | ".join(f"F1 {label}" for label in labels) + " |\n|" + "---|" * (len(labels) + 1)
     per_class += "\n" + "".join(

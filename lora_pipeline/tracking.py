@@ -14,7 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from .config import MlflowConfig
 
@@ -29,15 +28,19 @@ _SECRET_QUERY = re.compile(r"(?i)((?:token|password|passwd|secret|key|sig|signat
 def redact(text: str) -> str:
     """Hide credentials in URIs (``user:password@`` → ``user:***@``) and secret-looking query values."""
     def _one(match: re.Match) -> str:
-        parts = urlsplit(match.group(0))
-        netloc = parts.netloc
-        if "@" in netloc:
-            creds, host = netloc.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            netloc = f"{user}:***@{host}" if ":" in creds else f"***@{host}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        # split by hand: urlunsplit rewrites URIs without credentials (sqlite:////abs → sqlite://abs) and
+        # urlsplit raises on a '[' in a password, which would turn a logging call into a crash
+        scheme, rest = match.group(0).split("://", 1)
+        end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+        netloc, tail = rest[:end], rest[end:]
+        if "@" not in netloc:
+            return match.group(0)
+        creds, host = netloc.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}{tail}" if ":" in creds else f"{scheme}://***@{host}{tail}"
 
-    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", _one, text)
+    # quotes are valid in a password (RFC 3986 sub-delims): only whitespace ends a URI here
+    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", _one, text)
     return _SECRET_QUERY.sub(r"\1***", text)
 
 
@@ -117,9 +120,10 @@ class MlflowTracker:
         self._lost: dict[str, int] = {}
         self._error: Optional[str] = None
         self._mlflow = None
-        # fail fast instead of retrying an unreachable server for minutes
+        # fail fast instead of retrying an unreachable server for minutes: one retry, 5 s per attempt, so a
+        # server that accepts connections but never answers costs a stage ~10 s, not ~20 s
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.uri = default_tracking_uri(cfg)
         self._call("start", lambda: self._start(cfg, run_name, tags))
 

@@ -3,12 +3,13 @@ a tiny random BERT saved to disk with the embedded MiniLM tokenizer, and tiny la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -38,29 +39,55 @@ def seeded() -> None:
 
 
 @pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU busy-waiting OpenMP threads make
+    them 10-50x slower; stage runs set train.num_threads: 1 themselves (see write_params)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
     """Keep every test away from the repository's MLflow store and from the caller's DVC/MLflow env.
 
     ``MLFLOW_TRACKING_URI`` points at a session-wide SQLite file in a temp dir (tests that inspect
     runs set their own). The logging configuration that stage ``main()`` installs is undone afterwards.
     """
+    isolate_env(monkeypatch, tmp_path_factory)
+    with restored_logging():
+        yield
+    _end_mlflow_runs()
+
+
+def isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Unset DVC/MLflow variables of the caller; point MLflow at the session's temp store. Returns its URI."""
     for name in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                 "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+                 "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     store = tmp_path_factory.getbasetemp() / "session-mlflow"
     store.mkdir(exist_ok=True)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Undo the ``logging.basicConfig(force=True)`` of a stage's ``main()``."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    yield
-    _end_mlflow_runs()
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 def _end_mlflow_runs() -> None:
@@ -128,7 +155,9 @@ def write_params(path: Path, model_dir: Path, overrides: dict[str, Any] | None =
     params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2, lr=2e-3)
     params["full"].update(epochs=2, lr=2e-3)
     params["lora"].update(epochs=2, lr=5e-3, rank=4, alpha=8.0)
-    params["train"].update(seed=7, batch_size=16, eval_batch_size=64, checkpoint_every=0, warmup_ratio=0.1)
+    # one thread: a hidden-32 model gains nothing from more, and busy-waiting OpenMP threads crawl on a shared CPU
+    params["train"].update(seed=7, batch_size=16, eval_batch_size=64, checkpoint_every=0, warmup_ratio=0.1,
+                           num_threads=1)
     params["baseline"].update(max_features=2000)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)

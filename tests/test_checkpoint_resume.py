@@ -1,0 +1,241 @@
+"""Resumable checkpoints (issue 4): safe loading, run keys, and an interrupted run that ends exactly
+like an uninterrupted one -- in process, and with a real training subprocess killed by SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from lora_pipeline import checkpoint as checkpoint_mod
+from lora_pipeline.checkpoint import DirCheckpointer, run_key
+from lora_pipeline.training import FitConfig, fit
+from tests.conftest import ROOT, WALL_CLOCK_KEYS, load_encoded, make_frame, write_params, write_split
+
+CPU = torch.device("cpu")
+
+
+def _state() -> dict:
+    return {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "loop": {"epoch": 1, "history": [{"a": 0.5}]},
+            "rng": {"torch": torch.get_rng_state()}}
+
+
+# ------------------------------------------------------------------------------ DirCheckpointer
+
+
+def test_round_trip_with_the_same_key(tmp_path):
+    ck = DirCheckpointer(tmp_path / "ck", "k1")
+    assert ck.load() is None  # nothing saved yet
+    ck.save(_state())
+    loaded = DirCheckpointer(tmp_path / "ck", "k1").load()
+    torch.testing.assert_close(loaded["model"]["w"], _state()["model"]["w"])
+    assert loaded["loop"] == {"epoch": 1, "history": [{"a": 0.5}]}
+    assert (tmp_path / "ck" / "key.txt").read_text().strip() == "k1"
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["key.txt", "state.pt"]  # no temp leftovers
+
+
+def test_a_checkpoint_of_another_run_is_ignored(tmp_path, caplog):
+    DirCheckpointer(tmp_path, "rank8").save(_state())
+    with caplog.at_level(logging.INFO, logger="lora_pipeline.checkpoint"):
+        assert DirCheckpointer(tmp_path, "rank4").load() is None
+    assert "other params or data" in caplog.text
+    (tmp_path / "key.txt").unlink()  # a state without its key (killed between the two writes)
+    assert DirCheckpointer(tmp_path, "rank8").load() is None
+
+
+def test_saving_over_another_runs_checkpoint_replaces_its_key(tmp_path):
+    DirCheckpointer(tmp_path, "old").save(_state())
+    DirCheckpointer(tmp_path, "new").save({"model": {}, "loop": {"epoch": 2}})
+    assert (tmp_path / "key.txt").read_text().strip() == "new"
+    assert DirCheckpointer(tmp_path, "old").load() is None
+    assert DirCheckpointer(tmp_path, "new").load()["loop"] == {"epoch": 2}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_torn_or_garbage_state_is_ignored_with_a_warning(tmp_path, caplog, damage):
+    ck = DirCheckpointer(tmp_path, "k")
+    ck.save(_state())
+    state = tmp_path / "state.pt"
+    data = state.read_bytes()
+    state.write_bytes({"garbage": os.urandom(4096), "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    with caplog.at_level(logging.WARNING, logger="lora_pipeline.checkpoint"):
+        assert ck.load() is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unreadable checkpoint" in warnings[0].getMessage()
+
+
+class Payload:
+    """Not on torch's weights-only allowlist; unpickling it would run code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_arbitrary_pickled_objects_are_refused(tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    ck = DirCheckpointer(tmp_path / "ck", "k")
+    ck.save({"model": {}, "loop": {"evil": Payload(str(marker))}})
+    assert not marker.exists()
+    with caplog.at_level(logging.WARNING, logger="lora_pipeline.checkpoint"):
+        assert ck.load() is None
+    assert not marker.exists(), "torch.load ran a pickled callable: weights_only is not in effect"
+    assert "unreadable checkpoint" in caplog.text
+
+
+def test_load_asks_torch_for_weights_only(tmp_path, monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_mod.torch, "load", spy)
+    ck = DirCheckpointer(tmp_path, "k")
+    ck.save(_state())
+    assert ck.load() is not None
+    assert calls and calls[0].get("weights_only") is True and str(calls[0].get("map_location")) == "cpu"
+
+
+def test_clear_leaves_an_empty_directory(tmp_path):
+    ck = DirCheckpointer(tmp_path / "ck", "k")
+    ck.save(_state())
+    ck.clear()
+    assert (tmp_path / "ck").is_dir() and not any((tmp_path / "ck").iterdir())
+    assert ck.load() is None
+
+
+def test_run_key_is_stable_and_sensitive():
+    a = run_key("lora", {"lora": {"rank": 8, "alpha": 16.0}}, "sha-train")
+    assert a == run_key("lora", {"lora": {"alpha": 16.0, "rank": 8}}, "sha-train")  # key order is irrelevant
+    assert a != run_key("lora", {"lora": {"rank": 4, "alpha": 16.0}}, "sha-train")
+    assert a != run_key("lora", {"lora": {"rank": 8, "alpha": 16.0}}, "sha-other")
+    assert len(a) == 16 and int(a, 16) >= 0
+
+
+# ------------------------------------------------------------------ interrupted fit, in process
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingCheckpointer(DirCheckpointer):
+    """Dies right after its ``crash_after``-th save, like a process killed there."""
+
+    def __init__(self, directory, key, crash_after: int | None):
+        super().__init__(directory, key)
+        self.crash_after, self.saves = crash_after, 0
+
+    def save(self, state):
+        super().save(state)
+        self.saves += 1
+        if self.saves == self.crash_after:
+            raise Crash
+
+
+def _run(model_dir, data, ck):
+    torch.manual_seed(5)  # what the stage does before build_model; dropout draws from this RNG too
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=9, checkpoint_every=3)
+    result = fit(model, *data, cfg, pad_id=0, device=CPU, checkpointer=ck, progress=False)
+    return result, {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+# 8 steps per epoch, checkpoint_every 3: saves at steps 3, 6, end of epoch 1 (8), 9, 12, 15, end (16)
+@pytest.mark.parametrize("crash_after", [1, 3, 5, 7])
+def test_interrupted_fit_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after, caplog):
+    data = (load_encoded(split_dir, "train"), load_encoded(split_dir, "val"))
+    assert -(-len(data[0]) // 16) == 8
+    reference, ref_weights = _run(tiny_model_dir, data, CrashingCheckpointer(tmp_path / "a", "k", None))
+    with pytest.raises(Crash):
+        _run(tiny_model_dir, data, CrashingCheckpointer(tmp_path / "b", "k", crash_after))
+    with caplog.at_level(logging.INFO, logger="lora_pipeline.training"):
+        resumed, weights = _run(tiny_model_dir, data, CrashingCheckpointer(tmp_path / "b", "k", None))
+    assert "resuming from checkpoint" in caplog.text
+    assert resumed.resumed_from_step == [3, 6, 8, 9, 12, 15, 16][crash_after - 1]
+    assert resumed.history == reference.history
+    assert (resumed.best_epoch, resumed.best_val_macro_f1, resumed.steps) == \
+           (reference.best_epoch, reference.best_val_macro_f1, reference.steps)
+    assert weights.keys() == ref_weights.keys()
+    for name in weights:
+        assert torch.equal(weights[name], ref_weights[name]), name
+
+
+# ------------------------------------------------------- interrupted stage, a real killed process
+
+
+def _train_cmd(work: Path, params: Path, split: Path) -> list[str]:
+    return [sys.executable, "-m", "stages.train_full", "--params", str(params), "--split", str(split),
+            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"),
+            "--curve", str(work / "curve.csv"), "--checkpoints", str(work / "ck"), "--no-progress"]
+
+
+def _popen(cmd: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    return err
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    assert files, f"no safetensors in {model_dir}"
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
+    assert ma.keys() == mb.keys() and WALL_CLOCK_KEYS <= ma.keys()
+    assert {k: v for k, v in ma.items() if k not in WALL_CLOCK_KEYS} == \
+           {k: v for k, v in mb.items() if k not in WALL_CLOCK_KEYS}
+    assert (a / "curve.csv").read_text() == (b / "curve.csv").read_text()
+    wa, wb = _weights(a / "model"), _weights(b / "model")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.mark.slow
+def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
+    split = write_split(tmp_path / "split", tiny_model_dir, make_frame(300))  # 37 steps per epoch
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {
+        "full.epochs": 3, "full.lr": 5e-3, "train.checkpoint_every": 10, "train.num_threads": 1,
+        "mlflow.enabled": False})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    ref, victim = tmp_path / "reference", tmp_path / "victim"
+    ref_proc = _popen(_train_cmd(ref, params, split), env)  # both at once: one thread each
+    proc = _popen(_train_cmd(victim, params, split), env)
+    key = victim / "ck" / "key.txt"
+    deadline = time.monotonic() + 90
+    while not key.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"finished or failed before the kill ({proc.returncode}):\n{err}"
+    assert not (victim / "metrics.json").exists() and (victim / "ck" / "state.pt").is_file()
+
+    err = _finish(_popen(_train_cmd(victim, params, split), env))
+    assert "resuming from checkpoint" in err
+    assert "resuming" not in _finish(ref_proc)
+    _assert_same_run(ref, victim)
+    assert not any((victim / "ck").iterdir())  # cleared once the outputs were written

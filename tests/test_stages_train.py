@@ -1,0 +1,209 @@
+"""Stage entry points called as ``main([...])`` on tiny fixture data: split → train_* → evaluate → report.
+
+The whole chain runs once per module (a few seconds with a hidden-32 BERT); the tests read its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_pipeline.checkpoint import DirCheckpointer
+from tests.conftest import (LABELS, WALL_CLOCK_KEYS, isolate_env, lora_importable, make_frame, restored_logging,
+                            write_clean, write_params)
+
+EXPERIMENT = "stages-test"
+TRAIN_KEYS = {"val_macro_f1", "best_epoch", "epochs", "steps", "train_seconds", "samples_per_second",
+              "peak_memory_mb", "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb"}
+HAS_LORA = lora_importable()
+needs_lora = pytest.mark.skipif(not HAS_LORA, reason="lora_pipeline.lora is not importable yet")
+
+
+def _train_args(base: Path, variant: str, params: Path, split: Path, tag: str = "") -> list[str]:
+    return ["--params", str(params), "--split", str(split), "--out", str(base / f"models{tag}" / variant),
+            "--metrics", str(base / f"metrics{tag}" / f"train_{variant}.json"),
+            "--curve", str(base / f"metrics{tag}" / "curves" / f"{variant}.csv"),
+            "--checkpoints", str(base / f"checkpoints{tag}" / variant), "--no-progress"]
+
+
+def _train(variant: str, argv: list[str]) -> int:
+    from stages import train_full, train_lora, train_scratch
+
+    return {"scratch": train_scratch, "full": train_full, "lora": train_lora}[variant].main(argv)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model_dir):
+    """Run every stage after validate once; returns (base dir, params file, {stage: exit code}, uri)."""
+    from stages import evaluate, report, split
+
+    base = tmp_path_factory.mktemp("stages")
+    clean = write_clean(base / "clean", make_frame(60))
+    params = write_params(base / "params.yaml", tiny_model_dir,
+                          {"mlflow.experiment": EXPERIMENT, "train.checkpoint_every": 4})
+    codes, seconds = {}, {}
+    with pytest.MonkeyPatch.context() as mp, restored_logging():
+        uri = isolate_env(mp, tmp_path_factory)
+        start = time.monotonic()
+        codes["split"] = split.main(["--params", str(params), "--clean", str(clean), "--out", str(base / "split"),
+                                     "--metrics", str(base / "metrics" / "split.json")])
+        for variant in ("scratch", "full") + (("lora",) if HAS_LORA else ()):
+            codes[f"train_{variant}"] = _train(variant, _train_args(base, variant, params, base / "split"))
+        if HAS_LORA:
+            codes["evaluate"] = evaluate.main([
+                "--params", str(params), "--split", str(base / "split"), "--models", str(base / "models"),
+                "--metrics", str(base / "metrics" / "evaluate.json"),
+                "--predictions", str(base / "metrics" / "predictions")])
+            codes["report"] = report.main([
+                "--params", str(params), "--metrics-dir", str(base / "metrics"),
+                "--curves", str(base / "metrics" / "curves"), "--labels", str(base / "split" / "labels.json"),
+                "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
+        seconds["all"] = time.monotonic() - start
+    return base, params, codes, uri
+
+
+def test_every_stage_exits_zero(pipeline):
+    _, _, codes, _ = pipeline
+    assert codes and all(code == 0 for code in codes.values()), codes
+
+
+def test_split_outputs(pipeline):
+    base, _, _, _ = pipeline
+    assert json.loads((base / "split" / "labels.json").read_text()) == LABELS
+    metrics = json.loads((base / "metrics" / "split.json").read_text())
+    total = 0
+    for name in ("train", "val", "test"):
+        df = pd.read_parquet(base / "split" / f"{name}.parquet")
+        assert {"text", "label", "input_ids", "label_id"} <= set(df.columns)
+        assert metrics[f"rows_{name}"] == len(df) > 0
+        assert df["input_ids"].map(len).max() <= 32  # model.max_length
+        assert df["label_id"].tolist() == [LABELS.index(x) for x in df["label"]]
+        total += len(df)
+    assert total == 180 and metrics["n_labels"] == 3
+
+
+@pytest.mark.parametrize("variant", ["scratch", "full", pytest.param("lora", marks=needs_lora)])
+def test_train_outputs(pipeline, variant):
+    base, params, _, _ = pipeline
+    metrics = json.loads((base / "metrics" / f"train_{variant}.json").read_text())
+    assert set(metrics) == TRAIN_KEYS
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] in (1, 2)
+    train_rows = len(pd.read_parquet(base / "split" / "train.parquet"))
+    assert metrics["steps"] == 2 * -(-train_rows // 16)
+    assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    assert (metrics["trainable_percent"] == 100.0) == (variant != "lora")
+    assert metrics["size_on_disk_mb"] > 0 and metrics["train_seconds"] > 0
+    curve = pd.read_csv(base / "metrics" / "curves" / f"{variant}.csv")
+    assert list(curve.columns) == ["epoch", "train_loss", "val_macro_f1"] and curve["epoch"].tolist() == [1, 2]
+    assert metrics["val_macro_f1"] == pytest.approx(curve["val_macro_f1"].max())
+    out = base / "models" / variant
+    assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
+    ck = base / "checkpoints" / variant
+    assert ck.is_dir() and not any(ck.iterdir())  # checkpoints were written (every 4 steps), then cleared
+
+
+@pytest.mark.parametrize("variant", ["scratch", "full"])
+def test_trained_model_reloads_and_predicts_like_at_the_end_of_training(pipeline, variant, tiny_tokenizer):
+    from lora_pipeline.config import load_params
+    from lora_pipeline.data.loaders import EncodedSplit
+    from lora_pipeline.evaluation import macro_f1, predict
+    from lora_pipeline.models import load_trained
+
+    base, params_file, _, _ = pipeline
+    params = load_params(params_file)
+    model = load_trained(variant, base / "models" / variant, params.model, LABELS, tiny_tokenizer)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    val = EncodedSplit.from_frame(pd.read_parquet(base / "split" / "val.parquet"))
+    preds = predict(model, val, 64, tiny_tokenizer.pad_token_id, torch.device("cpu"))
+    best = json.loads((base / "metrics" / f"train_{variant}.json").read_text())["val_macro_f1"]
+    assert macro_f1(val.labels, preds) == pytest.approx(best)  # the saved weights are the best epoch's
+
+
+def test_runs_are_mirrored_to_mlflow(pipeline):
+    import mlflow
+
+    _, _, codes, uri = pipeline
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert set(by_stage) == set(codes) and len(runs) == len(codes)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    full = by_stage["train_full"]
+    assert full.data.tags["variant"] == "full" and full.data.tags["resumed_from_step"] == "0"
+    assert full.data.params["train.seed"] == "7" and full.data.params["full.epochs"] == "2"
+    assert {"val_macro_f1", "trainable_params", "epoch_train_loss"} <= set(full.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(full.info.run_id)}
+    assert artifacts == {"train_full.json", "full.csv"}
+    if HAS_LORA:
+        assert by_stage["train_lora"].data.tags["lora_rank"] == "4"
+
+
+@needs_lora
+def test_evaluate_outputs(pipeline):
+    base, _, _, _ = pipeline
+    results = json.loads((base / "metrics" / "evaluate.json").read_text())
+    assert set(results) == {"scratch", "full", "lora", "tfidf_logreg"}
+    test_rows = len(pd.read_parquet(base / "split" / "test.parquet"))
+    for name, res in results.items():
+        assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(res)
+        assert sum(map(sum, res["confusion_matrix"])) == test_rows
+        preds = pd.read_csv(base / "metrics" / "predictions" / f"{name}.csv")
+        assert list(preds.columns) == ["actual", "predicted"] and len(preds) == test_rows
+        assert set(preds["actual"]) <= set(LABELS) and set(preds["predicted"]) <= set(LABELS)
+        assert res["accuracy"] == pytest.approx((preds["actual"] == preds["predicted"]).mean())
+    assert results["tfidf_logreg"]["macro_f1"] > 0.9  # separable by vocabulary
+
+
+@needs_lora
+def test_report_outputs(pipeline):
+    base, _, _, _ = pipeline
+    text = (base / "reports" / "report.md").read_text()
+    for title in ("BERT from scratch", "full fine-tuning", "LoRA (ours)", "TF-IDF + logistic regression"):
+        assert f"| {title} |" in text
+    for name in ("curves.png", "confusion.png"):
+        assert (base / "reports" / "figures" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert f"](figures/{name})" in text
+
+
+def test_same_seed_same_result_even_over_a_foreign_checkpoint(pipeline, tmp_path, capsys):
+    """Determinism (issue 4): a second run reproduces the first; a stale checkpoint of another run is ignored."""
+    base, params, _, _ = pipeline
+    DirCheckpointer(tmp_path / "checkpoints2" / "full", "another-run").save({"loop": {"epoch": 1}})
+    assert _train("full", _train_args(tmp_path, "full", params, base / "split", tag="2")) == 0
+    err = capsys.readouterr().err  # the stage logs to stderr (run_stage replaces the root handlers)
+    assert "ignoring checkpoint" in err and "resuming" not in err
+    first = json.loads((base / "metrics" / "train_full.json").read_text())
+    second = json.loads((tmp_path / "metrics2" / "train_full.json").read_text())
+    assert {k: v for k, v in first.items() if k not in WALL_CLOCK_KEYS} == \
+           {k: v for k, v in second.items() if k not in WALL_CLOCK_KEYS}
+    assert (base / "metrics" / "curves" / "full.csv").read_text() == \
+           (tmp_path / "metrics2" / "curves" / "full.csv").read_text()
+    a, b = load_file(base / "models" / "full" / "model.safetensors"), \
+        load_file(tmp_path / "models2" / "full" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["split", "train_scratch", "train_full"])
+def test_unknown_param_exits_2_naming_the_key_and_writes_nothing(tmp_path, tiny_model_dir, split_dir, capsys, stage):
+    from stages import split
+
+    key = "split.sed" if stage == "split" else "train.learning_rate"
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {key: 1})
+    clean = write_clean(tmp_path / "clean", make_frame(20))
+    before = set(tmp_path.iterdir())
+    if stage == "split":
+        rc = split.main(["--params", str(params), "--clean", str(clean), "--out", str(tmp_path / "split"),
+                         "--metrics", str(tmp_path / "metrics" / "split.json")])
+    else:
+        rc = _train(stage.split("_")[1], _train_args(tmp_path, stage.split("_")[1], params, split_dir))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"'{key}'" in err and "not a known key" in err and "Traceback" not in err
+    assert set(tmp_path.iterdir()) == before  # no model, metrics, curve, checkpoint or split directory
+
