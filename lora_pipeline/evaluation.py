@@ -34,7 +34,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": macro_f1(y_true, y_pred),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                              "support": int(s[i])} for i, name in enumerate(labels)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),

@@ -16,6 +16,7 @@ import torch
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
 from lora_pipeline.models import HEAD_MODULES, Variant, build_model
 from lora_pipeline.pretrained import load_tokenizer
@@ -79,6 +80,9 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
         torch.set_num_threads(params.train.num_threads)
     seed_everything(params.train.seed)
     split = Path(args.split)
+    missing = [n for n in ("labels.json", "train.parquet", "val.parquet") if not (split / n).is_file()]
+    if missing:
+        raise PipelineError(f"{split} lacks {', '.join(missing)}: run the split stage first (dvc repro split)")
     labels = read_json(split / "labels.json")
     train = EncodedSplit.from_frame(pd.read_parquet(split / "train.parquet"))
     val = EncodedSplit.from_frame(pd.read_parquet(split / "val.parquet"))
