@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure; their results are recorded in BENCHMARKS.md."""

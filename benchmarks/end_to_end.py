@@ -1,0 +1,102 @@
+"""Item 4: our ``train_lora`` stage for one epoch vs HF ``Trainer`` + peft (``trainer_peft.py``), wall clock.
+
+Both run as subprocesses from the repository root, with the same params file (the repository's
+``params.yaml`` with ``lora.epochs: 1``, the parent's torch thread count and MLflow off, since the Trainer
+reports to nothing either), the same split and the same device. Wall time counts everything a user waits
+for: interpreter start, imports, model load, (tokenisation for the Trainer), training, the validation pass.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from ._common import ROOT, ratio
+
+
+def write_params(directory: Path, threads: int, device: str) -> Path:
+    """The repository's params with one LoRA epoch, a fixed thread count and MLflow off."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["lora"]["epochs"] = 1
+    raw["train"]["num_threads"] = threads
+    raw["train"]["device"] = device
+    raw.setdefault("mlflow", {})["enabled"] = False
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def subset_split(split: Path, directory: Path, train_rows: int, val_rows: int, seed: int = 0) -> Path:
+    """A smaller copy of ``split`` (random rows, same columns) for ``--quick``."""
+    out = directory / "split"
+    out.mkdir(parents=True)
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        df = pd.read_parquet(split / f"{name}.parquet")
+        df.sample(n=min(rows, len(df)), random_state=seed).to_parquet(out / f"{name}.parquet")
+    (out / "labels.json").write_text((split / "labels.json").read_text())
+    return out
+
+
+def _timed(cmd: list[str], what: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def run_stage(params: Path, split: Path, work: Path) -> dict:
+    """``python -m stages.train_lora`` as dvc.yaml runs it, into ``work``."""
+    cmd = [sys.executable, "-m", "stages.train_lora", "--params", str(params), "--split", str(split),
+           "--out", str(work / "model"), "--metrics", str(work / "metrics.json"), "--curve",
+           str(work / "curve.csv"), "--checkpoints", str(work / "checkpoints"), "--no-progress"]
+    wall = _timed(cmd, "stages.train_lora")
+    metrics = json.loads((work / "metrics.json").read_text())
+    return {"wall_seconds": round(wall, 2), "val_macro_f1": round(metrics["val_macro_f1"], 4),
+            "train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
+            "peak_memory_mb": metrics["peak_memory_mb"]}
+
+
+def run_trainer(params: Path, split: Path, work: Path, threads: int, group_by_length: bool = False) -> dict:
+    """``benchmarks/trainer_peft.py`` into ``work``."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "trainer_peft.py"), "--params", str(params), "--split",
+           str(split), "--out", str(work / "out"), "--metrics", str(work / "metrics.json"),
+           "--threads", str(threads)] + (["--group-by-length"] if group_by_length else [])
+    wall = _timed(cmd, "benchmarks/trainer_peft.py")
+    metrics = json.loads((work / "metrics.json").read_text())
+    return {"wall_seconds": round(wall, 2), "val_macro_f1": round(metrics["val_macro_f1"], 4),
+            "train_seconds": metrics["train_seconds"], "steps": metrics["steps"]}
+
+
+def measure(split: Path, device: torch.device, quick: bool, grouped_trainer: bool) -> dict:
+    """Run both (and, when asked, the Trainer with ``group_by_length``); ratios of wall time."""
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        tmp = Path(tmp)
+        params = write_params(tmp, threads, device.type)
+        if quick:
+            split = subset_split(split, tmp, train_rows=960, val_rows=400)
+        dirs = {name: tmp / name for name in ("stage", "trainer", "trainer_grouped")}
+        for d in dirs.values():
+            d.mkdir()
+        rows = {"train_rows": len(pd.read_parquet(split / "train.parquet", columns=["label_id"])),
+                "val_rows": len(pd.read_parquet(split / "val.parquet", columns=["label_id"])), "threads": threads}
+        ours = run_stage(params, split, dirs["stage"])
+        trainer = run_trainer(params, split, dirs["trainer"], threads)
+        result = {**rows, "stage": ours, "trainer_peft": trainer,
+                  "stage_over_trainer_epoch": ratio(ours["wall_seconds"], trainer["wall_seconds"]),
+                  "f1_stage_minus_trainer": round(ours["val_macro_f1"] - trainer["val_macro_f1"], 4)}
+        if grouped_trainer:
+            grouped = run_trainer(params, split, dirs["trainer_grouped"], threads, group_by_length=True)
+            result["trainer_peft_group_by_length"] = grouped
+            result["stage_over_grouped_trainer_epoch"] = ratio(ours["wall_seconds"], grouped["wall_seconds"])
+    return result

@@ -1,0 +1,87 @@
+"""Item 1: one training step (forward + backward + clipping + AdamW + schedule) of each variant.
+
+All variants run in this process on the same fixed batch, through the training loop's own
+``train_step`` and ``make_optimizer``, round-robin, and the median over the timed steps is kept.
+Before every step the RNG is seeded with the step number, so the LoRA variants (ours eager, ours compiled,
+peft) draw the same dropout masks and, starting from the same weights, follow the same loss curve: the
+largest loss difference is reported as the check that they compute the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from lora_pipeline.training import FitConfig, compile_for_training, make_optimizer, train_step
+
+from ._common import STEP_BATCH, STEP_LENGTH, Models, fixed_batch, interleaved_medians, ratio, sync
+
+
+def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: torch.device,
+            compiled: Optional[str] = None) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """A closure doing one seeded step of ``model`` and the list its losses go to (left on the device).
+
+    Args:
+        compiled: None (eager), ``"inductor_rng"`` or ``"eager_rng"`` (see ``compile_for_training``).
+    """
+    t = models.params.train
+    model.to(device).train()
+    cfg = FitConfig(lr=lr, epochs=1, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
+    optimizer = make_optimizer(model, cfg, device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10**9)  # same work as the loop's, ~constant lr
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    forward = compile_for_training(model, eager_random=compiled == "eager_rng") if compiled else model
+    losses: list[torch.Tensor] = []
+
+    def step() -> None:
+        torch.manual_seed(len(losses))  # the same dropout masks for every variant at its n-th step
+        losses.append(train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device))
+
+    return step, losses
+
+
+def measure(split: Path, models: Models, device: torch.device, repeats: int, warmup: int,
+            compiled: bool = True, extra: bool = False) -> dict:
+    """Median step seconds of full, ours, peft and (``compiled``) ours compiled; ratios; loss agreement.
+
+    ``extra`` adds ours compiled with eager dropout masks and peft compiled (what compile alone gives peft).
+    """
+    batch = fixed_batch(split, models.tokenizer, STEP_BATCH, STEP_LENGTH, device)
+    p = models.params
+    ours = models.ours()
+    build = {"full": (models.full, p.full.lr, None), "ours": (lambda: ours, p.lora.lr, None),
+             "peft": (lambda: models.peft(like=ours), p.lora.lr, None)}
+    if compiled:
+        build["ours_compiled"] = (models.ours, p.lora.lr, "inductor_rng")
+    if compiled and extra:
+        build["ours_compiled_eager_rng"] = (models.ours, p.lora.lr, "eager_rng")
+        build["peft_compiled"] = (lambda: models.peft(like=ours), p.lora.lr, "inductor_rng")
+    steps, losses, first_ms = {}, {}, {}
+    for name, (make, lr, mode) in build.items():
+        steps[name], losses[name] = stepper(make(), lr, models, batch, device, compiled=mode)
+        start = time.perf_counter()
+        steps[name]()  # the first step (compilation for the compiled variants) is timed on its own
+        sync(device)
+        first_ms[name] = round((time.perf_counter() - start) * 1000, 1)
+    seconds = interleaved_medians(steps, repeats, device, warmup=warmup)
+    ms = {name: round(s * 1000, 1) for name, s in seconds.items()}
+    result = {"batch": STEP_BATCH, "length": STEP_LENGTH, "repeats": repeats, "median_ms": ms,
+              "first_step_ms": first_ms, "ours_over_peft_step": ratio(ms["ours"], ms["peft"]),
+              "ours_over_full_step": ratio(ms["ours"], ms["full"]),
+              "peft_over_full_step": ratio(ms["peft"], ms["full"])}
+    best = "ours_compiled" if compiled and ms["ours_compiled"] < ms["ours"] else "ours"
+    result.update(ours_best=best, ours_best_over_peft_step=ratio(ms[best], ms["peft"]),
+                  ours_best_over_full_step=ratio(ms[best], ms["full"]))
+    for name in ms:
+        if name.endswith("_compiled") or name.endswith("_eager_rng"):
+            result[f"{name}_over_peft_step"] = ratio(ms[name], ms["peft"])
+    reference = torch.stack(losses["ours"]).float().cpu()
+    result["max_loss_diff_vs_ours"] = {  # ours_compiled draws other dropout masks: it differs by design
+        name: float((torch.stack(ls).float().cpu() - reference).abs().max())
+        for name, ls in losses.items() if name not in ("ours", "full")}
+    return result
