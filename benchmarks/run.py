@@ -75,7 +75,8 @@ def summary(out: dict, device: torch.device, started: float, quick: bool) -> dic
     head = {"device": device.type, "quick": quick, "date": datetime.date.today().isoformat()}
     if "step" in out:
         s = out["step"]
-        head.update(ours_over_peft_step=s["ours_best_over_peft_step"], lora_over_full_step=s["ours_best_over_full_step"],
+        head.update(ours_over_peft_step=s["ours_best_over_peft_step"],
+                    lora_over_full_step=s["ours_best_over_full_step"],
                     ours_variant=s["ours_best"], ours_eager_over_peft_step=s["ours_over_peft_step"],
                     ours_eager_over_full_step=s["ours_over_full_step"], peft_over_full_step=s["peft_over_full_step"])
     if "memory" in out:
@@ -85,7 +86,8 @@ def summary(out: dict, device: torch.device, started: float, quick: bool) -> dic
     if "e2e" in out:
         e = out["e2e"]
         head.update(stage_over_trainer_epoch=e["stage_over_trainer_epoch"],
-                    stage_val_macro_f1=e["stage"]["val_macro_f1"], trainer_val_macro_f1=e["trainer_peft"]["val_macro_f1"])
+                    stage_val_macro_f1=e["stage"]["val_macro_f1"],
+                    trainer_val_macro_f1=e["trainer_peft"]["val_macro_f1"])
     head["seconds"] = round(time.perf_counter() - started, 1)
     return head
 

@@ -2,6 +2,10 @@
 
 All variants run in this process on the same fixed batch, through the training loop's own
 ``train_step`` and ``make_optimizer``, round-robin, and the median over the timed steps is kept.
+"ours" is our LoRA exactly as ``fit`` trains it: eager, last layer trimmed to the token the head reads
+(``first_token_last_layer``); "ours_untrimmed" is the same model without the trim. "full" is plain full
+fine-tuning (the reference the targets are stated against); "full_trimmed" is full fine-tuning as our
+``train_full`` stage runs it, trim included, so the LoRA/full ratio within our own loop is shown too.
 Before every step the RNG is seeded with the step number, so the LoRA variants (ours eager, ours compiled,
 peft) draw the same dropout masks and, starting from the same weights, follow the same loss curve: the
 largest loss difference is reported as the check that they compute the same thing.
@@ -9,6 +13,7 @@ largest loss difference is reported as the check that they compute the same thin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,20 +22,26 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from lora_pipeline.training import FitConfig, compile_for_training, make_optimizer, train_step
+from lora_pipeline.training import (FitConfig, compile_for_training, first_token_last_layer, make_optimizer,
+                                    train_step)
 
 from ._common import STEP_BATCH, STEP_LENGTH, Models, fixed_batch, interleaved_medians, ratio, sync
 
 
 def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: torch.device,
-            compiled: Optional[str] = None) -> tuple[Callable[[], None], list[torch.Tensor]]:
+            compiled: Optional[str] = None, trim: Optional[contextlib.ExitStack] = None
+            ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     """A closure doing one seeded step of ``model`` and the list its losses go to (left on the device).
 
     Args:
         compiled: None (eager), ``"inductor_rng"`` or ``"eager_rng"`` (see ``compile_for_training``).
+        trim: enter ``first_token_last_layer(model)`` on this stack (kept until the caller closes it, as in
+            ``fit``, which trains inside one such context).
     """
     t = models.params.train
     model.to(device).train()
+    if trim is not None:
+        trim.enter_context(first_token_last_layer(model))
     cfg = FitConfig(lr=lr, epochs=1, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10**9)  # same work as the loop's, ~constant lr
@@ -54,26 +65,33 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
     batch = fixed_batch(split, models.tokenizer, STEP_BATCH, STEP_LENGTH, device)
     p = models.params
     ours = models.ours()
-    build = {"full": (models.full, p.full.lr, None), "ours": (lambda: ours, p.lora.lr, None),
-             "peft": (lambda: models.peft(like=ours), p.lora.lr, None)}
+    build = {"full": (models.full, p.full.lr, None, False), "full_trimmed": (models.full, p.full.lr, None, True),
+             "ours": (lambda: ours, p.lora.lr, None, True), "ours_untrimmed": (models.ours, p.lora.lr, None, False),
+             "peft": (lambda: models.peft(like=ours), p.lora.lr, None, False)}
     if compiled:
-        build["ours_compiled"] = (models.ours, p.lora.lr, "inductor_rng")
+        build["ours_compiled"] = (models.ours, p.lora.lr, "inductor_rng", True)
     if compiled and extra:
-        build["ours_compiled_eager_rng"] = (models.ours, p.lora.lr, "eager_rng")
-        build["peft_compiled"] = (lambda: models.peft(like=ours), p.lora.lr, "inductor_rng")
+        build["ours_compiled_eager_rng"] = (models.ours, p.lora.lr, "eager_rng", True)
+        build["peft_compiled"] = (lambda: models.peft(like=ours), p.lora.lr, "inductor_rng", False)
     steps, losses, first_ms = {}, {}, {}
-    for name, (make, lr, mode) in build.items():
-        steps[name], losses[name] = stepper(make(), lr, models, batch, device, compiled=mode)
-        start = time.perf_counter()
-        steps[name]()  # the first step (compilation for the compiled variants) is timed on its own
-        sync(device)
-        first_ms[name] = round((time.perf_counter() - start) * 1000, 1)
-    seconds = interleaved_medians(steps, repeats, device, warmup=warmup)
+    with contextlib.ExitStack() as stack:
+        for name, (make, lr, mode, trim) in build.items():  # every model before any step: peft copies ours
+            steps[name], losses[name] = stepper(make(), lr, models, batch, device, compiled=mode,
+                                                trim=stack if trim else None)
+        for name in build:
+            start = time.perf_counter()
+            steps[name]()  # the first step (compilation for the compiled variants) is timed on its own
+            sync(device)
+            first_ms[name] = round((time.perf_counter() - start) * 1000, 1)
+        seconds = interleaved_medians(steps, repeats, device, warmup=warmup)
     ms = {name: round(s * 1000, 1) for name, s in seconds.items()}
     result = {"batch": STEP_BATCH, "length": STEP_LENGTH, "repeats": repeats, "median_ms": ms,
               "first_step_ms": first_ms, "ours_over_peft_step": ratio(ms["ours"], ms["peft"]),
               "ours_over_full_step": ratio(ms["ours"], ms["full"]),
-              "peft_over_full_step": ratio(ms["peft"], ms["full"])}
+              "peft_over_full_step": ratio(ms["peft"], ms["full"]),
+              "ours_untrimmed_over_peft_step": ratio(ms["ours_untrimmed"], ms["peft"]),
+              "ours_over_full_trimmed_step": ratio(ms["ours"], ms["full_trimmed"]),
+              "full_trimmed_over_full_step": ratio(ms["full_trimmed"], ms["full"])}
     best = "ours_compiled" if compiled and ms["ours_compiled"] < ms["ours"] else "ours"
     result.update(ours_best=best, ours_best_over_peft_step=ratio(ms[best], ms["peft"]),
                   ours_best_over_full_step=ratio(ms[best], ms["full"]))
@@ -83,5 +101,5 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
     reference = torch.stack(losses["ours"]).float().cpu()
     result["max_loss_diff_vs_ours"] = {  # ours_compiled draws other dropout masks: it differs by design
         name: float((torch.stack(ls).float().cpu() - reference).abs().max())
-        for name, ls in losses.items() if name not in ("ours", "full")}
+        for name, ls in losses.items() if name not in ("ours", "full", "full_trimmed")}
     return result

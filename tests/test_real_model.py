@@ -49,3 +49,32 @@ def test_minilm_lora_trains_a_few_steps(tokenizer):
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
     assert len(changed) == len(trainable), f"trainable but unchanged: {sorted(trainable - changed)[:5]}"
+
+
+def test_minilm_first_token_last_layer_gives_the_same_step(tokenizer):
+    """The trimmed last layer on the real encoder, LoRA dropout on: same loss, gradients and RNG stream."""
+    from lora_pipeline.training import first_token_last_layer
+
+    torch.manual_seed(0)
+    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(rank=8, alpha=16, dropout=0.1))
+    model.train()
+    texts = tokenizer(["a wonderful, moving film", "dull"] * 4, padding=True, return_tensors="pt")
+    batch = {**texts, "labels": torch.tensor([1, 0] * 4)}
+    runs = []
+    for trimmed in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        if trimmed:
+            with first_token_last_layer(model) as active:
+                assert active
+                loss = model(**batch).loss
+        else:
+            loss = model(**batch).loss
+        loss.backward()
+        runs.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                     torch.get_rng_state()))
+    (loss_a, grads_a, rng_a), (loss_b, grads_b, rng_b) = runs
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert torch.equal(rng_a, rng_b)

@@ -1,0 +1,126 @@
+"""training.first_token_last_layer: the last layer computes only token 0, and nothing else changes.
+
+Reference = the same model without the context. Compared: loss, every gradient, the RNG state after the
+step (so later dropout masks stay aligned), eval-mode outputs, and that leaving the context restores the
+layer's own forward. Dropout is ON here (0.1 / 0.2), padded rows included, both attention implementations.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from lora_pipeline.lora import apply_lora, mark_only_lora_as_trainable
+from lora_pipeline.training import first_token_last_layer
+from tests.lora_tiny_models import CONFIGS
+
+SUPPORTED = ("bert", "roberta")
+UNSUPPORTED = ("distilbert", "deberta-v2", "gpt2")
+
+
+def _model(arch: str, attn: str | None = "sdpa", dropout: float = 0.1, seed: int = 0):
+    config = copy.deepcopy(CONFIGS[arch])
+    if arch in SUPPORTED:
+        config.hidden_dropout_prob = dropout
+        config.attention_probs_dropout_prob = 2 * dropout
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn).train()
+
+
+def _padded_batch(arch: str, batch: int = 5, length: int = 11) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, CONFIGS[arch].vocab_size, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, keep in enumerate((11, 7, 4, 11, 2)[:batch]):  # right padding of different lengths
+        mask[row, keep:] = 0
+        ids[row, keep:] = CONFIGS[arch].pad_token_id or 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 3, (batch,), generator=gen)}
+
+
+def _step(model, batch, seed: int = 11) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Loss, gradients of the trainable parameters, and the RNG state after one seeded forward/backward."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, torch.get_rng_state()
+
+
+def _assert_same_step(reference, trimmed) -> None:
+    (loss_a, grads_a, rng_a), (loss_b, grads_b, rng_b) = reference, trimmed
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert grads_b.keys() == grads_a.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert torch.equal(rng_b, rng_a), "the trimmed layer must draw exactly the random numbers the full one does"
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_full_fine_tuning_step_is_unchanged_with_dropout_and_padding(arch, attn):
+    model, batch = _model(arch, attn), _padded_batch(arch)
+    reference = _step(model, batch)
+    with first_token_last_layer(model) as trimmed:
+        assert trimmed
+        result = _step(model, batch)
+    _assert_same_step(reference, result)
+    assert reference[1]["classifier.weight" if arch == "bert" else "classifier.out_proj.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_lora_step_is_unchanged_and_reaches_the_last_layer_adapters(arch):
+    model = _model(arch)
+    apply_lora(model, ["query", "value"], rank=4, alpha=8.0, dropout=0.1)
+    mark_only_lora_as_trainable(model)
+    with torch.no_grad():  # non-zero B, so the adapters' A receive gradient too
+        for name, p in model.named_parameters():
+            if "lora_b" in name:
+                p.normal_(0.0, 0.3)
+    batch = _padded_batch(arch)
+    reference = _step(model, batch)
+    with first_token_last_layer(model):
+        result = _step(model, batch)
+    _assert_same_step(reference, result)
+    last = [n for n in result[1] if ".layer.1.attention.self.query.lora_a" in n]
+    assert last and result[1][last[0]].abs().sum() > 0
+
+
+def test_the_trimmed_layer_returns_one_row_and_the_forward_comes_back(monkeypatch):
+    model, batch = _model("bert"), _padded_batch("bert")
+    layer = model.bert.encoder.layer[-1]
+    shapes = []
+    layer.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+    keys = list(model.state_dict())
+    with first_token_last_layer(model):
+        model(**batch)
+        model.eval()
+        with torch.no_grad():
+            inside = model(**batch).logits
+        model.train()
+    assert shapes == [(5, 1, 32), (5, 11, 32)]  # train: one row; eval: the class's own forward, every token
+    assert "forward" not in vars(layer) and list(model.state_dict()) == keys
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, inside, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", UNSUPPORTED)
+def test_other_heads_are_left_alone(arch):
+    model = _model(arch, attn=None)  # each architecture's default attention
+    batch = {k: v.clamp(max=CONFIGS[arch].vocab_size - 1) for k, v in _padded_batch("bert").items()}
+    reference = _step(model, batch)
+    with first_token_last_layer(model) as trimmed:
+        result = _step(model, batch)
+    assert not trimmed
+    _assert_same_step(reference, result)
+
+
+def test_hidden_states_output_is_not_trimmed():
+    model = _model("bert")
+    model.config.output_hidden_states = True  # a caller reading every layer's tokens needs the full last layer
+    with first_token_last_layer(model) as trimmed:
+        assert not trimmed
