@@ -22,12 +22,13 @@ import yaml
 from ._common import ROOT, ratio
 
 
-def write_params(directory: Path, threads: int, device: str) -> Path:
+def write_params(directory: Path, threads: int, device: str, precision: str) -> Path:
     """The repository's params with one LoRA epoch, a fixed thread count and MLflow off."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     raw["lora"]["epochs"] = 1
     raw["train"]["num_threads"] = threads
     raw["train"]["device"] = device
+    raw["train"]["precision"] = precision
     raw.setdefault("mlflow", {})["enabled"] = False
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -77,12 +78,12 @@ def run_trainer(params: Path, split: Path, work: Path, threads: int, group_by_le
             "train_seconds": metrics["train_seconds"], "steps": metrics["steps"]}
 
 
-def measure(split: Path, device: torch.device, quick: bool, grouped_trainer: bool) -> dict:
+def measure(split: Path, device: torch.device, quick: bool, grouped_trainer: bool, precision: str = "auto") -> dict:
     """Run both (and, when asked, the Trainer with ``group_by_length``); ratios of wall time."""
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         tmp = Path(tmp)
-        params = write_params(tmp, threads, device.type)
+        params = write_params(tmp, threads, device.type, precision)
         if quick:
             split = subset_split(split, tmp, train_rows=960, val_rows=400)
         dirs = {name: tmp / name for name in ("stage", "trainer", "trainer_grouped")}

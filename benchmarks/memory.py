@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from lora_pipeline.training import peak_rss_mb
+
 from ._common import ROOT, STEP_BATCH, STEP_LENGTH, Models, fixed_batch, load_bench_params, pick_device, ratio
 
 VARIANTS = ("full", "ours", "peft")
@@ -29,11 +31,10 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-def child(variant: str, split: Path, params_path: Path, device_name: str, steps: int, threads: int) -> dict:
+def child(variant: str, split: Path, params_path: Path, device_name: str, steps: int, threads: int,
+          bf16: bool = False) -> dict:
     """Train ``variant`` for ``steps`` steps in this process and return its memory figures."""
     from .step_time import stepper
 
@@ -44,7 +45,7 @@ def child(variant: str, split: Path, params_path: Path, device_name: str, steps:
     model = {"full": models.full, "ours": models.ours, "peft": models.peft}[variant]()
     lr = models.params.full.lr if variant == "full" else models.params.lora.lr
     batch = fixed_batch(split, models.tokenizer, STEP_BATCH, STEP_LENGTH, device)
-    step, _ = stepper(model, lr, models, batch, device)
+    step, _ = stepper(model, lr, models, batch, device, bf16=bf16)
     before = _rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -52,7 +53,7 @@ def child(variant: str, split: Path, params_path: Path, device_name: str, steps:
     for _ in range(steps):
         step()
     result = {"variant": variant, "device": device.type, "steps": steps,
-              "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_training_mb": round(before, 1)}
+              "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_training_mb": round(before, 1)}
     result["rss_rise_mb"] = round(result["peak_rss_mb"] - before, 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -60,13 +61,13 @@ def child(variant: str, split: Path, params_path: Path, device_name: str, steps:
     return result
 
 
-def measure(split: Path, params_path: Path, device: torch.device, steps: int) -> dict:
+def measure(split: Path, params_path: Path, device: torch.device, steps: int, bf16: bool = False) -> dict:
     """Run one child per variant (sequentially) and compare LoRA with full fine-tuning."""
     rows = {}
     for variant in VARIANTS:
         cmd = [sys.executable, "-m", "benchmarks.memory", "--variant", variant, "--split", str(split),
                "--params", str(params_path), "--device", device.type, "--steps", str(steps),
-               "--threads", str(torch.get_num_threads())]
+               "--threads", str(torch.get_num_threads())] + (["--bf16"] if bf16 else [])
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"memory child {variant} failed:\n{proc.stderr[-3000:]}")
@@ -86,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as the pipeline's precision")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    print(json.dumps(child(args.variant, args.split, args.params, args.device, args.steps, args.threads)))
+    print(json.dumps(child(args.variant, args.split, args.params, args.device, args.steps, args.threads,
+                           args.bf16)))
     return 0
 
 

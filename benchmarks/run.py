@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from benchmarks import end_to_end, latency, memory, step_time  # noqa: E402
 from benchmarks._common import (DEFAULT_SPLIT, ROOT, Models, ensure_split, load_bench_params,  # noqa: E402
                                 machine, pick_device)
+from lora_pipeline.training import resolve_bf16  # noqa: E402
 from stages._train import seed_everything  # noqa: E402
 
 ITEMS = ("step", "memory", "latency", "e2e")
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {ITEMS}")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd variant")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="as params.yaml train.precision: auto = bf16 where the hardware runs it natively")
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     return parser.parse_args(argv)
 
@@ -53,26 +56,29 @@ def run_items(args: argparse.Namespace, items: list[str], device: torch.device) 
     params_path = ROOT / "params.yaml"
     models = Models.load(load_bench_params(params_path), split)
     quick = args.quick
-    out: dict = {}
+    bf16 = resolve_bf16(args.precision, device)
+    out: dict = {"precision": "bf16" if bf16 else "fp32"}
     if "step" in items:
         _log("item 1: step time")
         out["step"] = step_time.measure(split, models, device, repeats=4 if quick else 20, warmup=2,
-                                        compiled=not args.no_compile, extra=not quick)
+                                        compiled=not args.no_compile, extra=not quick, bf16=bf16)
     if "memory" in items:
         _log("item 2: peak memory (child processes)")
-        out["memory"] = memory.measure(split, params_path, device, steps=3)
+        out["memory"] = memory.measure(split, params_path, device, steps=3, bf16=bf16)
     if "latency" in items:
         _log("item 3: inference latency")
         out["latency"] = latency.measure(split, models, device, repeats=8 if quick else 40)
     if "e2e" in items:
         _log("item 4: train_lora stage vs Trainer + peft (subprocesses)")
-        out["e2e"] = end_to_end.measure(split, device, quick, grouped_trainer=not quick)
+        out["e2e"] = end_to_end.measure(split, device, quick, grouped_trainer=not quick,
+                                        precision="bf16" if bf16 else "fp32")
     return out
 
 
 def summary(out: dict, device: torch.device, started: float, quick: bool) -> dict:
     """The flat headline object: one ratio per target, plus where it was measured."""
-    head = {"device": device.type, "quick": quick, "date": datetime.date.today().isoformat()}
+    head = {"device": device.type, "precision": out["precision"], "quick": quick,
+            "date": datetime.date.today().isoformat()}
     if "step" in out:
         s = out["step"]
         head.update(ours_over_peft_step=s["ours_best_over_peft_step"],

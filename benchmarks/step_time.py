@@ -29,7 +29,7 @@ from ._common import STEP_BATCH, STEP_LENGTH, Models, fixed_batch, interleaved_m
 
 
 def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: torch.device,
-            compiled: Optional[str] = None, trim: Optional[contextlib.ExitStack] = None
+            compiled: Optional[str] = None, trim: Optional[contextlib.ExitStack] = None, bf16: bool = False
             ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     """A closure doing one seeded step of ``model`` and the list its losses go to (left on the device).
 
@@ -37,6 +37,7 @@ def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: to
         compiled: None (eager), ``"inductor_rng"`` or ``"eager_rng"`` (see ``compile_for_training``).
         trim: enter ``first_token_last_layer(model)`` on this stack (kept until the caller closes it, as in
             ``fit``, which trains inside one such context).
+        bf16: bf16 autocast for the forward (every variant of one measurement gets the same).
     """
     t = models.params.train
     model.to(device).train()
@@ -51,13 +52,13 @@ def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: to
 
     def step() -> None:
         torch.manual_seed(len(losses))  # the same dropout masks for every variant at its n-th step
-        losses.append(train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device))
+        losses.append(train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device, bf16))
 
     return step, losses
 
 
 def measure(split: Path, models: Models, device: torch.device, repeats: int, warmup: int,
-            compiled: bool = True, extra: bool = False) -> dict:
+            compiled: bool = True, extra: bool = False, bf16: bool = False) -> dict:
     """Median step seconds of full, ours, peft and (``compiled``) ours compiled; ratios; loss agreement.
 
     ``extra`` adds ours compiled with eager dropout masks and peft compiled (what compile alone gives peft).
@@ -77,7 +78,7 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
     with contextlib.ExitStack() as stack:
         for name, (make, lr, mode, trim) in build.items():  # every model before any step: peft copies ours
             steps[name], losses[name] = stepper(make(), lr, models, batch, device, compiled=mode,
-                                                trim=stack if trim else None)
+                                                trim=stack if trim else None, bf16=bf16)
         for name in build:
             start = time.perf_counter()
             steps[name]()  # the first step (compilation for the compiled variants) is timed on its own
@@ -85,7 +86,8 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
             first_ms[name] = round((time.perf_counter() - start) * 1000, 1)
         seconds = interleaved_medians(steps, repeats, device, warmup=warmup)
     ms = {name: round(s * 1000, 1) for name, s in seconds.items()}
-    result = {"batch": STEP_BATCH, "length": STEP_LENGTH, "repeats": repeats, "median_ms": ms,
+    result = {"batch": STEP_BATCH, "length": STEP_LENGTH, "repeats": repeats,
+              "precision": "bf16" if bf16 else "fp32", "median_ms": ms,
               "first_step_ms": first_ms, "ours_over_peft_step": ratio(ms["ours"], ms["peft"]),
               "ours_over_full_step": ratio(ms["ours"], ms["full"]),
               "peft_over_full_step": ratio(ms["peft"], ms["full"]),

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from lora_pipeline.config import load_params  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path  # noqa: E402
+from lora_pipeline.training import resolve_bf16  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     val = Encoded(val_df, tokenizer, params.model.max_length)
     t = params.train
     cuda = torch.cuda.is_available() and t.device != "cpu"
+    bf16 = resolve_bf16(t.precision, torch.device("cuda" if cuda else "cpu"))  # as the stage resolves it
     targs = TrainingArguments(
         output_dir=args.out, learning_rate=params.lora.lr, num_train_epochs=params.lora.epochs,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         lr_scheduler_type="linear", seed=t.seed, eval_strategy="no", save_strategy="no",
-        logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not cuda, bf16=cuda,
+        logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not cuda, bf16=bf16,
         train_sampling_strategy="group_by_length" if args.group_by_length else "random")
     trainer = Trainer(model=build(params, labels, tokenizer), args=targs, train_dataset=train,
                       data_collator=DataCollatorWithPadding(tokenizer))
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         zero_division=0))
     result = {"val_macro_f1": f1, "train_seconds": round(output.metrics["train_runtime"], 2),
               "eval_seconds": round(eval_seconds, 2), "steps": output.global_step,
-              "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
+              "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu", "precision": "bf16" if bf16 else "fp32",
               "sampler": "group_by_length" if args.group_by_length else "random",
               "wall_seconds": round(time.perf_counter() - START, 2)}
     Path(args.metrics).write_text(json.dumps(result, indent=2) + "\n")

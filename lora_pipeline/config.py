@@ -207,6 +207,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     device: str = "auto"
+    precision: str = "auto"
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -219,6 +220,7 @@ class TrainConfig:
         _check(self.num_threads >= 0, "train.num_threads", "must be >= 0 (0 = torch default)")
         _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "train.device",
                "must be 'auto', 'cpu' or 'cuda[:N]'")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", "must be 'auto', 'fp32' or 'bf16'")
 
 
 @dataclass(frozen=True)

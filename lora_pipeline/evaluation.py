@@ -43,14 +43,19 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, split: EncodedSplit, batch_size: int, pad_id: int,
-            device: torch.device) -> np.ndarray:
-    """Class ids for every row of ``split`` in row order (length-sorted batches, no grad)."""
+            device: torch.device, bf16: bool = False) -> np.ndarray:
+    """Class ids for every row of ``split`` in row order (length-sorted batches, no grad).
+
+    Args:
+        bf16: run the forward under bf16 autocast (as the model was trained with ``train.precision``).
+    """
     was_training = model.training
     model.eval()
     preds = np.empty(len(split), dtype=np.int64)
     for rows, batch in iterate(split, eval_batches(split.lengths(), batch_size), pad_id):
         batch.pop("labels")
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (B, C)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (B, C)
         preds[rows] = logits.argmax(dim=-1).cpu().numpy()
     model.train(was_training)
     return preds

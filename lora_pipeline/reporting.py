@@ -24,7 +24,7 @@ def comparison_table(evaluate: Mapping[str, dict], train: Mapping[str, dict]) ->
             "test macro-F1": res["macro_f1"], "test accuracy": res["accuracy"],
             "trainable params": t.get("trainable_params"), "% trainable": t.get("trainable_percent"),
             "train time (s)": t.get("train_seconds"), "peak memory (MB)": t.get("peak_memory_mb"),
-            "size on disk (MB)": t.get("size_on_disk_mb"),
+            "size on disk (MB)": t.get("size_on_disk_mb"), "precision": t.get("precision"),
         })
     return pd.DataFrame(rows)
 

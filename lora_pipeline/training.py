@@ -34,7 +34,7 @@ from .lora.layers import LoRALinear
 from .tracking import NullTracker, Tracker
 
 __all__ = ["FitConfig", "TrainResult", "Checkpointer", "fit", "resolve_device", "peak_memory_mb", "make_optimizer",
-           "train_step", "compile_for_training", "first_token_last_layer"]
+           "train_step", "compile_for_training", "first_token_last_layer", "resolve_bf16", "peak_rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class FitConfig:
     compile: bool = False  # torch.compile the model for training (see compile_for_training)
     compile_eager_random: bool = False  # with compile: draw dropout masks exactly as eager mode does
     first_token_last_layer: bool = True  # last encoder layer computes only the token the head reads
+    bf16: bool = False  # bf16 autocast for forward passes (fp32 weights, gradients and optimizer state)
 
 
 @dataclass
@@ -86,12 +87,43 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` (auto | fp32 | bf16) means bf16 autocast on ``device``.
+
+    ``auto`` picks bf16 where the hardware runs it natively: a CUDA GPU with bf16 support, or a CPU that
+    oneDNN can run bf16 GEMMs on (AVX-512/AMX); else fp32. An explicit ``bf16`` is honoured everywhere.
+    """
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() \
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MiB.
+
+    On Linux from ``VmHWM`` in ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` of a child started by
+    fork + exec also counts the parent's resident size at the fork (the kernel folds the forked copy's
+    high-water mark in at exec), so every child of a big parent would report at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated on GPU; peak resident set size of this process on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    return peak_rss_mb()
 
 
 def make_optimizer(model: nn.Module, cfg: FitConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -243,18 +275,19 @@ def first_token_last_layer(model: nn.Module) -> Iterator[bool]:
 
 def train_step(forward: Callable[..., Any], batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                scheduler: Any, params: list[torch.Tensor], max_grad_norm: float,
-               device: torch.device) -> torch.Tensor:
-    """One optimiser step: forward (bf16 autocast on CUDA), backward, clipping, AdamW, schedule.
+               device: torch.device, bf16: bool = False) -> torch.Tensor:
+    """One optimiser step: forward (bf16 autocast if asked), backward, clipping, AdamW, schedule.
 
     Args:
         forward: the model or its :func:`compile_for_training` version.
         batch: tensors already on ``device``, with ``labels``.
         params: the optimised parameters (clipped together).
+        bf16: autocast the forward to bf16; weights, gradients and optimizer state stay fp32.
 
     Returns:
         The loss, detached and left on the device (no host sync).
     """
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = forward(**batch).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -282,7 +315,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device) -> float:
-    return macro_f1(val.labels, predict(model, val, cfg.eval_batch_size, pad_id, device))
+    return macro_f1(val.labels, predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16))
 
 
 def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
@@ -295,7 +328,7 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         train, val: tokenised splits.
         cfg: hyper-parameters.
         pad_id: the tokenizer's pad token id.
-        device: where to train; bf16 autocast is used on CUDA (fp32 master weights).
+        device: where to train (``cfg.bf16``: bf16 autocast, fp32 master weights).
         tracker: receives per-step loss/lr and per-epoch metrics.
         checkpointer: when given, state is saved every ``cfg.checkpoint_every`` steps and at every
             epoch end, and a saved state is resumed from.
@@ -340,7 +373,7 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
             t0 = time.perf_counter()
             for rows, batch in iterate(train, batches, pad_id, skip=st["step_in_epoch"]):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                loss = train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device)
+                loss = train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device, cfg.bf16)
                 loss_acc += loss
                 st["step_in_epoch"] += 1
                 st["global_step"] += 1

@@ -21,7 +21,7 @@ from lora_pipeline.io import atomic_dir, atomic_file, read_json, sha256_file, wr
 from lora_pipeline.models import HEAD_MODULES, Variant, build_model
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.tracking import open_tracker
-from lora_pipeline.training import FitConfig, fit, peak_memory_mb, resolve_device
+from lora_pipeline.training import FitConfig, fit, peak_memory_mb, resolve_bf16, resolve_device
 from stages._cli import run_stage
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def fit_config(params: Params, variant: Variant) -> FitConfig:
+def fit_config(params: Params, variant: Variant, device: torch.device) -> FitConfig:
     section = getattr(params, variant)
     t = params.train
     return FitConfig(lr=section.lr, epochs=section.epochs, batch_size=t.batch_size,
                      eval_batch_size=t.eval_batch_size, weight_decay=t.weight_decay,
                      warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm, seed=t.seed,
-                     checkpoint_every=t.checkpoint_every)
+                     checkpoint_every=t.checkpoint_every, bf16=resolve_bf16(t.precision, device))
 
 
 def _save_model(model, tokenizer, variant: Variant, params: Params, out: str) -> None:
@@ -88,8 +88,8 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
     val = EncodedSplit.from_frame(pd.read_parquet(split / "val.parquet"))
     tokenizer = load_tokenizer(params.model)
     model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
-    cfg = fit_config(params, variant)
     device = resolve_device(params.train.device)
+    cfg = fit_config(params, variant, device)
     sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
                 variant: dataclasses.asdict(getattr(params, variant))}
     key = run_key(variant, sections, sha256_file(split / "train.parquet"), sha256_file(split / "val.parquet"))
@@ -98,12 +98,12 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
     if variant == "lora":
         tags["lora_rank"] = params.lora.rank
     tracker = open_tracker(params.mlflow, f"train_{variant}", tags)
-    tracker.log_params(sections)
+    tracker.log_params({**sections, "resolved": {"device": str(device), "precision": "bf16" if cfg.bf16 else "fp32"}})
     try:
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
                      checkpointer=checkpointer if cfg.checkpoint_every else None, progress=not args.no_progress)
         _save_model(model, tokenizer, variant, params, args.out)
-        metrics = _metrics(model, result, device, args.out)
+        metrics = _metrics(model, result, device, args.out, cfg)
         write_json(args.metrics, metrics)
         _write_curve(result.history, args.curve)
         checkpointer.clear()
@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
     tracker.close()
 
 
-def _metrics(model, result, device: torch.device, out: str) -> dict:
+def _metrics(model, result, device: torch.device, out: str, cfg: FitConfig) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {
@@ -132,6 +132,8 @@ def _metrics(model, result, device: torch.device, out: str) -> dict:
         "total_params": total,
         "trainable_percent": round(100.0 * trainable / total, 4),
         "size_on_disk_mb": round(sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20, 3),
+        "device": device.type,
+        "precision": "bf16" if cfg.bf16 else "fp32",
     }
 
 

@@ -15,7 +15,7 @@ from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline,
 from lora_pipeline.io import atomic_dir, read_json, write_json
 from lora_pipeline.models import load_trained
 from lora_pipeline.pretrained import load_tokenizer
-from lora_pipeline.training import resolve_device
+from lora_pipeline.training import resolve_bf16, resolve_device
 from stages._cli import log_stage_run, run_stage
 
 VARIANTS = ("scratch", "full", "lora")
@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         test = EncodedSplit.from_frame(test_df)
         tokenizer = load_tokenizer(params.model)
         device = resolve_device(params.train.device)
+        bf16 = resolve_bf16(params.train.precision, device)
         preds = {}
         for variant in VARIANTS:
             model = load_trained(variant, Path(args.models) / variant, params.model, labels, tokenizer).to(device)
-            preds[variant] = predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id, device)
+            preds[variant] = predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id, device,
+                                     bf16=bf16)
         preds["tfidf_logreg"] = predict_tfidf(fit_tfidf_baseline(train_df, params.baseline, params.train.seed),
                                               test_df)
         results = {name: classification_metrics(test.labels, p, labels) for name, p in preds.items()}

@@ -11,7 +11,7 @@ from lora_pipeline.reporting import VARIANT_TITLES, comparison_table, plot_confu
 LABELS = ["neg", "plot", "pos"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COLUMNS = ["variant", "test macro-F1", "test accuracy", "trainable params", "% trainable", "train time (s)",
-           "peak memory (MB)", "size on disk (MB)"]
+           "peak memory (MB)", "size on disk (MB)", "precision"]
 
 
 @pytest.fixture()
@@ -22,11 +22,11 @@ def results():
     evaluate = {name: classification_metrics(truth, p, LABELS) for name, p in preds.items()}
     train = {
         "scratch": {"trainable_params": 900_000, "trainable_percent": 100.0, "train_seconds": 12.5,
-                    "peak_memory_mb": 800.0, "size_on_disk_mb": 3.4},
+                    "peak_memory_mb": 800.0, "size_on_disk_mb": 3.4, "precision": "bf16"},
         "full": {"trainable_params": 22_700_000, "trainable_percent": 100.0, "train_seconds": 95.0,
-                 "peak_memory_mb": 2100.0, "size_on_disk_mb": 87.0},
+                 "peak_memory_mb": 2100.0, "size_on_disk_mb": 87.0, "precision": "bf16"},
         "lora": {"trainable_params": 75_000, "trainable_percent": 0.33, "train_seconds": 60.0,
-                 "peak_memory_mb": 1500.0, "size_on_disk_mb": 0.3},
+                 "peak_memory_mb": 1500.0, "size_on_disk_mb": 0.3, "precision": "bf16"},
     }
     return evaluate, train
 

@@ -20,7 +20,8 @@ from tests.conftest import (LABELS, WALL_CLOCK_KEYS, isolate_env, lora_importabl
 
 EXPERIMENT = "stages-test"
 TRAIN_KEYS = {"val_macro_f1", "best_epoch", "epochs", "steps", "train_seconds", "samples_per_second",
-              "peak_memory_mb", "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb"}
+              "peak_memory_mb", "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb",
+              "device", "precision"}
 HAS_LORA = lora_importable()
 needs_lora = pytest.mark.skipif(not HAS_LORA, reason="lora_pipeline.lora is not importable yet")
 

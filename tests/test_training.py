@@ -160,3 +160,39 @@ def test_scratch_variant_uses_the_tokenizer_vocabulary(tiny_model_dir, tiny_toke
     assert model.config.vocab_size == len(tiny_tokenizer)
     assert model.config.num_hidden_layers == 1 and model.config.num_labels == 3
     assert model.config.pad_token_id == tiny_tokenizer.pad_token_id
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux-only")
+def test_peak_rss_of_a_child_is_its_own_not_the_parents():
+    """getrusage's ru_maxrss in a fork+exec child includes the parent's size; peak_rss_mb must not."""
+    import subprocess
+    import sys
+
+    ballast = torch.ones(512 * 2**20 // 4 * 4)  # 2 GiB resident in this (parent) process
+    code = ("import resource; from lora_pipeline.training import peak_rss_mb; "
+            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")  # rusage: 2 GiB+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    own, _rusage = map(float, out.stdout.split())
+    assert ballast.sum() > 0
+    assert 50 < own < 1500, own  # torch + transformers imported, nothing else
+
+
+def test_resolve_bf16():
+    assert training.resolve_bf16("fp32", CPU) is False
+    assert training.resolve_bf16("bf16", CPU) is True
+    native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert training.resolve_bf16("auto", CPU) == native
+
+
+def test_bf16_fit_learns_and_keeps_fp32_weights(tiny_model_dir, data, tiny_tokenizer, monkeypatch):
+    """bf16 autocast reaches the forward passes (train and eval); weights and optimizer state stay fp32."""
+    train, val = data
+    model = _model(tiny_model_dir)
+    seen = []
+    model.classifier.register_forward_hook(lambda mod, args, out: seen.append((mod.training, out.dtype)))
+    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, bf16=True)
+    result = fit(model, train, val, cfg, pad_id=tiny_tokenizer.pad_token_id, device=CPU, progress=False)
+    assert result.best_val_macro_f1 > 0.6
+    assert {dtype for _, dtype in seen} == {torch.bfloat16} and {mode for mode, _ in seen} == {True, False}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
