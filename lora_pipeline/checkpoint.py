@@ -63,4 +63,3 @@ class DirCheckpointer:
         """Remove the saved state once the run's outputs are safely written."""
         if self.dir.exists():
             shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)

@@ -223,11 +223,13 @@ def _first_token_forward(self: nn.Module, hidden_states: torch.Tensor, attention
     if att.training and att.dropout.p > 0:
         probs = probs * _dropout_noise((b, heads, t, t), att.dropout.p, probs)[:, :, :1]
     context = torch.matmul(probs, v).transpose(1, 2).reshape(b, 1, hidden)  # (B, 1, C)
-    out = self.attention.output
-    attended = out.LayerNorm(_first_row_dropout(out.dense(context), out.dropout, (b, t, hidden)) + first)
-    ffn = self.output
-    return ffn.LayerNorm(_first_row_dropout(ffn.dense(self.intermediate(attended)), ffn.dropout, (b, t, hidden))
-                         + attended)  # (B, 1, C)
+    out, mid, ffn = self.attention.output, self.intermediate, self.output
+    full = (b, t, hidden)
+    attended = out.LayerNorm(_first_row_dropout(_first_row_linear(out.dense, context, full), out.dropout, full)
+                             + first)  # (B, 1, C)
+    inner = mid.intermediate_act_fn(_first_row_linear(mid.dense, attended, full))  # (B, 1, I)
+    projected = _first_row_linear(ffn.dense, inner, (b, t, inner.shape[-1]))  # (B, 1, C)
+    return ffn.LayerNorm(_first_row_dropout(projected, ffn.dropout, full) + attended)  # (B, 1, C)
 
 
 def _last_layer_if_supported(model: nn.Module) -> Optional[nn.Module]:
@@ -242,9 +244,10 @@ def _last_layer_if_supported(model: nn.Module) -> Optional[nn.Module]:
     layer = model.base_model.encoder.layer[-1]
     needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.self.dropout",
               "attention.output.dense", "attention.output.dropout", "attention.output.LayerNorm",
-              "intermediate", "output.dense", "output.dropout", "output.LayerNorm")
+              "intermediate.dense", "output.dense", "output.dropout", "output.LayerNorm")
     names = {name for name, _ in layer.named_modules()}
-    return layer if all(n in names for n in needed) else None
+    has_act = callable(getattr(getattr(layer, "intermediate", None), "intermediate_act_fn", None))
+    return layer if has_act and all(n in names for n in needed) else None
 
 
 @contextlib.contextmanager

@@ -71,10 +71,12 @@ def test_full_fine_tuning_step_is_unchanged_with_dropout_and_padding(arch, attn)
     assert reference[1]["classifier.weight" if arch == "bert" else "classifier.out_proj.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("targets", [["query", "value"], ["query", "key", "value", "attention.output.dense"],
+                                     "all-linear"])
 @pytest.mark.parametrize("arch", SUPPORTED)
-def test_lora_step_is_unchanged_and_reaches_the_last_layer_adapters(arch):
+def test_lora_step_is_unchanged_and_reaches_the_last_layer_adapters(arch, targets):
     model = _model(arch)
-    apply_lora(model, ["query", "value"], rank=4, alpha=8.0, dropout=0.1)
+    apply_lora(model, targets, rank=4, alpha=8.0, dropout=0.1)
     mark_only_lora_as_trainable(model)
     with torch.no_grad():  # non-zero B, so the adapters' A receive gradient too
         for name, p in model.named_parameters():
