@@ -132,15 +132,15 @@ class Models:
                             target_modules=list(lora.target_modules) if lora.target_modules else None,
                             use_rslora=lora.rslora, bias=lora.bias)
         base = self.full()
-        config.modules_to_save = [h for h in HEAD_MODULES if hasattr(base, h)]  # the head trains fully
+        config.modules_to_save = [h for h in HEAD_MODULES if hasattr(base, h)] + list(lora.modules_to_save)
         model = get_peft_model(base, config)
         if like is not None:
-            copy_adapter(like, model)
+            copy_adapter(like, model, tuple(lora.modules_to_save))
         return model
 
 
-def copy_adapter(ours: nn.Module, peft_model: nn.Module) -> None:
-    """Give a peft model the LoRA matrices and head weights of one of ours (exported to peft's format)."""
+def copy_adapter(ours: nn.Module, peft_model: nn.Module, extra: tuple[str, ...] = ()) -> None:
+    """Give a peft model the LoRA matrices, head and ``extra`` module weights of one of ours (peft format)."""
     import tempfile
 
     from peft import set_peft_model_state_dict
@@ -150,8 +150,8 @@ def copy_adapter(ours: nn.Module, peft_model: nn.Module) -> None:
     from lora_pipeline.lora.peft_compat import PEFT_WEIGHTS
 
     with tempfile.TemporaryDirectory() as tmp:
-        export_peft(ours, tmp, base_model_name="bench", modules_to_save=[h for h in HEAD_MODULES
-                                                                         if hasattr(ours, h)])
+        heads = [h for h in HEAD_MODULES if hasattr(ours, h)] + list(extra)
+        export_peft(ours, tmp, base_model_name="bench", modules_to_save=heads)
         result = set_peft_model_state_dict(peft_model, load_file(str(Path(tmp) / PEFT_WEIGHTS)))
     if result.unexpected_keys:
         raise RuntimeError(f"peft did not take our adapter keys: {result.unexpected_keys[:5]}")

@@ -71,7 +71,7 @@ def build(params, labels: list[str], tokenizer):
     lora = params.lora
     config = LoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules) if lora.target_modules else None,
-                        use_rslora=lora.rslora, bias=lora.bias, modules_to_save=["classifier"])
+                        use_rslora=lora.rslora, bias=lora.bias, modules_to_save=["classifier", *lora.modules_to_save])
     return get_peft_model(model, config)
 
 

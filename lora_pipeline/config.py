@@ -182,6 +182,7 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: Optional[tuple[str, ...]] = None
+    modules_to_save: tuple[str, ...] = ()
     rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
     lr: float = 1e-3

@@ -80,10 +80,16 @@ def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tok
         if lora is None:
             raise PipelineError("build_model('lora') needs the lora params section")
         from .lora import apply_lora, mark_only_lora_as_trainable, trainable_summary
+        from .lora.surgery import module_under
 
         apply_lora(model, target_modules=list(lora.target_modules) if lora.target_modules else None,
                    rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora, bias=lora.bias)
-        mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES)
+        extra = tuple(lora.modules_to_save)
+        missing = [m for m in extra if not any(module_under(n, (m,)) for n, _ in model.named_modules())]
+        if missing:  # e.g. the default [pooler] on RoBERTa/DistilBERT/GPT-2, whose heads have no pooler
+            log.warning("lora.modules_to_save: %s has no module named %s; training without it",
+                        type(model).__name__, ", ".join(missing))
+        mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES + extra)
         log.info("%s", trainable_summary(model))
     return model
 

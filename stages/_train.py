@@ -61,7 +61,8 @@ def _save_model(model, tokenizer, variant: Variant, params: Params, out: str) ->
         if variant == "lora":
             from lora_pipeline.lora import save_adapter
 
-            save_adapter(model, tmp, base_model_name=params.model.name, trainable_extra=HEAD_MODULES)
+            save_adapter(model, tmp, base_model_name=params.model.name,
+                         trainable_extra=HEAD_MODULES + tuple(params.lora.modules_to_save))
         else:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)

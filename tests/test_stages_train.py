@@ -106,7 +106,7 @@ def test_train_outputs(pipeline, variant):
     out = base / "models" / variant
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
     ck = base / "checkpoints" / variant
-    assert ck.is_dir() and not any(ck.iterdir())  # checkpoints were written (every 4 steps), then cleared
+    assert not ck.exists()  # checkpoints (every 4 steps) are removed once the outputs are written
 
 
 @pytest.mark.parametrize("variant", ["scratch", "full"])

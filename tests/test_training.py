@@ -196,3 +196,34 @@ def test_bf16_fit_learns_and_keeps_fp32_weights(tiny_model_dir, data, tiny_token
     assert result.best_val_macro_f1 > 0.6
     assert {dtype for _, dtype in seen} == {torch.bfloat16} and {mode for mode, _ in seen} == {True, False}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_lora_modules_to_save_trains_the_pooler_and_round_trips(tiny_model_dir, tiny_tokenizer, tmp_path, caplog):
+    """lora.modules_to_save: the pooler trains with the head, is saved with the adapter, reloads exactly."""
+    from lora_pipeline.config import LoraConfig
+    from lora_pipeline.lora import save_adapter
+    from lora_pipeline.models import HEAD_MODULES, load_trained
+
+    cfg = ModelConfig(name=str(tiny_model_dir), max_length=32)
+    lora = LoraConfig(rank=2, alpha=4.0, modules_to_save=("pooler",))
+    model = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=lora)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight"} <= trainable
+    assert not any("encoder" in n and "lora_" not in n for n in trainable)
+    plain = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, alpha=4.0))
+    assert not any("pooler" in n for n, p in plain.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        model.bert.pooler.dense.weight.add_(0.5)  # as if trained
+        for name, p in model.named_parameters():
+            if "lora_b" in name:
+                p.normal_(0.0, 0.5)
+    save_adapter(model, tmp_path / "a", base_model_name=cfg.name, trainable_extra=HEAD_MODULES + ("pooler",))
+    batch = tiny_tokenizer(["a great film", "dull"], padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        got = load_trained("lora", tmp_path / "a", cfg, LABELS, tiny_tokenizer).eval()(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    with caplog.at_level("WARNING"):
+        build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, modules_to_save=("nopool",)))
+    assert "no module named nopool" in caplog.text
