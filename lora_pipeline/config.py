@@ -209,6 +209,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     precision: str = "auto"
+    cpu_dropout: str = "fast"
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -222,6 +223,7 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "train.device",
                "must be 'auto', 'cpu' or 'cuda[:N]'")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", "must be 'auto', 'fp32' or 'bf16'")
+        _check(self.cpu_dropout in ("fast", "torch"), "train.cpu_dropout", "must be 'fast' or 'torch'")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from .data.loaders import EncodedSplit, iterate, train_batches
 from .evaluation import macro_f1, predict
+from .fast_dropout import fast_cpu_dropout
 from .lora.layers import LoRALinear
 from .tracking import NullTracker, Tracker
 
@@ -57,6 +58,7 @@ class FitConfig:
     compile_eager_random: bool = False  # with compile: draw dropout masks exactly as eager mode does
     first_token_last_layer: bool = True  # last encoder layer computes only the token the head reads
     bf16: bool = False  # bf16 autocast for forward passes (fp32 weights, gradients and optimizer state)
+    fast_cpu_dropout: bool = True  # on CPU, dropout masks from fast_dropout.fast_cpu_dropout (same p, other units)
 
 
 @dataclass
@@ -369,7 +371,7 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     bar = tqdm(total=total_steps, initial=st["global_step"], disable=not progress, mininterval=5,
                desc="train", unit="step", file=sys.stderr)
     trim = first_token_last_layer(model) if cfg.first_token_last_layer else contextlib.nullcontext()
-    with trim:
+    with trim, fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
         while st["epoch"] < cfg.epochs:
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
             loss_acc = torch.zeros((), device=device)  # summed on device: no host sync per step

@@ -53,7 +53,8 @@ def fit_config(params: Params, variant: Variant, device: torch.device) -> FitCon
     return FitConfig(lr=section.lr, epochs=section.epochs, batch_size=t.batch_size,
                      eval_batch_size=t.eval_batch_size, weight_decay=t.weight_decay,
                      warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm, seed=t.seed,
-                     checkpoint_every=t.checkpoint_every, bf16=resolve_bf16(t.precision, device))
+                     checkpoint_every=t.checkpoint_every, bf16=resolve_bf16(t.precision, device),
+                     fast_cpu_dropout=t.cpu_dropout == "fast")
 
 
 def _save_model(model, tokenizer, variant: Variant, params: Params, out: str) -> None:

@@ -61,6 +61,7 @@ def test_int_is_accepted_where_a_float_is_expected():
     ("train.checkpoint_every", -1),
     ("train.device", "tpu"),
     ("train.precision", "fp16"),
+    ("train.cpu_dropout", "numpy"),
     ("split.test_size", 0.0),
     ("model.max_length", 4),
     ("scratch.hidden_size", 30),  # not divisible by num_heads = 4

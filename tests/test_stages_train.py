@@ -208,3 +208,16 @@ def test_unknown_param_exits_2_naming_the_key_and_writes_nothing(tmp_path, tiny_
     assert f"'{key}'" in err and "not a known key" in err and "Traceback" not in err
     assert set(tmp_path.iterdir()) == before  # no model, metrics, curve, checkpoint or split directory
 
+
+
+@pytest.mark.parametrize("choice, fast", [("fast", True), ("torch", False)])
+def test_cpu_dropout_param_reaches_the_fit_config(choice, fast):
+    import dataclasses
+    import types
+
+    from lora_pipeline.config import FullConfig, TrainConfig
+    from stages._train import fit_config
+
+    params = types.SimpleNamespace(train=TrainConfig(cpu_dropout=choice), full=FullConfig())
+    assert fit_config(params, "full", torch.device("cpu")).fast_cpu_dropout is fast
+    assert dataclasses.asdict(params.train)["cpu_dropout"] == choice  # logged to MLflow with the train section
