@@ -3,22 +3,35 @@
 DVC owns artifacts, lineage and metrics files; MLflow mirrors params, metrics, curves and small
 artifacts for browsing. Tracking must never cost a result: if the server is unreachable or the
 SQLite store is locked or corrupt, the stage still finishes and one warning says what was lost.
+A SQLite store keeps its artifacts in ``mlartifacts/`` beside it, also after the project is moved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol
+from time import monotonic
+from time import sleep as wait  # the lock's poll, apart from the retry backoff (tests patch time)
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock on store creation
+    fcntl = None  # type: ignore[assignment]
 
 from .config import MlflowConfig
 
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
-           "flatten"]
+           "flatten", "run_display_name"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +99,123 @@ def _git_commit() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# what parallel workers on one SQLite file raise while another holds the write lock or is creating the schema
+_TRANSIENT = re.compile(r"(?i)database is locked|already exists|duplicate column|no such table|alembic_version")
+STORE_LOCK_TIMEOUT = 300.0  # s: a first migration takes seconds, even on a loaded machine
+
+
+def run_display_name(stage: str, tags: Mapping[str, Any]) -> str:
+    """``train_lora r8 s42 [exp-name]``: stage, variant (when not in the stage name), rank, seed, DVC exp."""
+    parts = [stage]
+    if tags.get("variant") and str(tags["variant"]) not in stage:
+        parts.append(str(tags["variant"]))
+    parts += [f"{prefix}{tags[key]}" for key, prefix in (("lora_rank", "r"), ("seed", "s"))
+              if tags.get(key) is not None]
+    if os.environ.get("DVC_EXP_NAME"):
+        parts.append(f"[{os.environ['DVC_EXP_NAME']}]")
+    return " ".join(parts)
+
+
+def _sqlite_db(uri: str) -> Optional[Path]:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<db>-lock`` (beside a SQLite store) exclusively; other stores need no lock."""
+    db = _sqlite_db(uri)
+    if db is None or fcntl is None:
+        yield
+        return
+    with open(f"{db}-lock", "a") as handle:  # the OS drops the lock when the holder dies, even by SIGKILL
+        deadline = monotonic() + STORE_LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if monotonic() > deadline:
+                    raise TimeoutError(f"{db}-lock held by another process for {STORE_LOCK_TIMEOUT:.0f} s")
+                wait(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _experiment(mlflow: Any, name: str, uri: str) -> Any:
+    """The experiment ``name``; a SQLite store keeps its artifacts in ``mlartifacts/`` beside the db file."""
+    db = _sqlite_db(uri)
+    location = (Path(os.path.abspath(db)).parent / "mlartifacts").as_uri() if db is not None else None
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - a parallel run may have created it first
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+        return mlflow.get_experiment_by_name(name)
+    old = getattr(experiment, "artifact_location", None)
+    if location and isinstance(old, str) and old.startswith("file:") and old.endswith("/mlartifacts") \
+            and old != location:
+        _relocate_artifacts(db, experiment.experiment_id, old, location)
+    return experiment
+
+
+def _relocate_artifacts(db: Path, experiment_id: str, old: str, new: str) -> None:
+    """The store was moved or copied: new runs write beside it, and earlier runs whose artifacts came along
+    (``mlartifacts/`` copied too) point there. MLflow has no API to change an artifact location."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        runs = con.execute("SELECT run_uuid, artifact_uri FROM runs WHERE experiment_id = ?",
+                           (int(experiment_id),)).fetchall()
+        moved = [(new + uri[len(old):], run) for run, uri in runs if (uri or "").startswith(old + "/")
+                 and Path(url2pathname(urlsplit(new + uri[len(old):]).path)).exists()]
+        con.executemany("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", moved)
+    log.info("MLflow store %s was moved or copied: artifacts now go to %s (was %s); %d of %d earlier runs "
+             "found their artifacts there", db, new, old, len(moved), len(runs))
+
+
+def _sweep_orphans(mlflow: Any, experiment_id: str, checkpoint_key: Optional[str]) -> Any:
+    """Mark RUNNING runs of dead processes on this host KILLED; return the newest one of them with
+    ``checkpoint_key`` (left RUNNING, to resume), or None. Runs of live or remote processes are left alone."""
+    host = socket.gethostname()
+    running = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 output_format="list") or []  # newest first
+    resume = None
+    for run in running:
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit() or _alive(int(tags["pid"])):
+            continue
+        if resume is None and checkpoint_key is not None and tags.get("checkpoint_key") == checkpoint_key:
+            resume = run
+        else:
+            _mark_killed(mlflow, run.info.run_id)
+    return resume
+
+
+def _mark_killed(mlflow: Any, run_id: str) -> None:
+    try:
+        mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
+    except Exception as err:  # noqa: BLE001 - tidying up someone's orphan must not cost this run
+        if _TRANSIENT.search(str(err)):
+            raise
+        why = redact(f"{type(err).__name__}: {err}")[:300]
+        log.info("could not mark orphaned MLflow run %s KILLED: %s", run_id, why)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # a recycled pid: this process has no run yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class Tracker(Protocol):
     """What stages and the training loop report through."""
 
@@ -109,9 +239,14 @@ class NullTracker:
 class MlflowTracker:
     """One MLflow run per stage execution; every call degrades to a counted no-op on failure.
 
-    Transient "database is locked" errors (parallel ``dvc queue start -j 2`` on SQLite) are
-    retried with backoff; anything else disables logging for the rest of the run and is reported
-    once at ``close()`` with counts of what was not logged.
+    Transient errors of parallel ``dvc queue start -j 2`` workers on one SQLite file ("database is
+    locked", and the schema races of a brand-new store) are retried with backoff; anything else
+    disables logging for the rest of the run and is reported once at ``close()`` with counts of
+    what was not logged.
+
+    A run records its host and pid. A new tracker marks RUNNING runs of dead processes on this host
+    KILLED, except the newest one with the same ``checkpoint_key`` tag (the same training, killed and
+    now resumed from its checkpoint): that run is continued instead of starting a new one.
     """
 
     RETRIES = 8
@@ -120,29 +255,37 @@ class MlflowTracker:
         self._lost: dict[str, int] = {}
         self._error: Optional[str] = None
         self._mlflow = None
+        self._logged_params: dict[str, str] = {}  # params of a resumed run
+        self._resume_tags: dict[str, str] = {}
         # fail fast instead of retrying an unreachable server for minutes: one retry, 5 s per attempt, so a
         # server that accepts connections but never answers costs a stage ~10 s, not ~20 s
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.uri = default_tracking_uri(cfg)
         self._call("start", lambda: self._start(cfg, run_name, tags))
+        if self._resume_tags:
+            self.set_tags(self._resume_tags)
 
     def _start(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        if mlflow.get_experiment_by_name(cfg.experiment) is None:
-            location = None
-            if self.uri.startswith("sqlite:///"):  # keep artifacts beside the store, never in a temp copy
-                location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-            try:
-                mlflow.create_experiment(cfg.experiment, artifact_location=location)
-            except Exception:  # noqa: BLE001 - a parallel run may have created it first
-                if mlflow.get_experiment_by_name(cfg.experiment) is None:
-                    raise
-        mlflow.set_experiment(cfg.experiment)
-        all_tags = {"git_commit": _git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), **tags}
-        mlflow.start_run(run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
+        all_tags = {"git_commit": _git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), **tags,
+                    "host": socket.gethostname(), "pid": os.getpid()}
+        all_tags = {k: redact(str(v)) for k, v in all_tags.items() if v is not None}
+        # the first access of a brand-new SQLite store runs MLflow's schema migrations, and two queued workers
+        # doing it at once break each other ("table … already exists"): serialise store access until the run
+        # exists; the same lock keeps two trackers from claiming one orphaned run
+        with _store_lock(self.uri):
+            experiment = _experiment(mlflow, cfg.experiment, self.uri)
+            mlflow.set_experiment(experiment_id=experiment.experiment_id)
+            orphan = _sweep_orphans(mlflow, experiment.experiment_id, all_tags.get("checkpoint_key"))
+            if orphan is None:
+                mlflow.start_run(run_name=run_display_name(run_name, tags), tags=all_tags)
+            else:  # the same training killed and resumed: one run holds its whole curve and final status
+                mlflow.start_run(run_id=orphan.info.run_id)  # last: a retried start must not find a run active
+                self._logged_params = dict(orphan.data.params)
+                self._resume_tags = {**all_tags, "resumed_after_kill": "true"}
         self._mlflow = mlflow
 
     def _call(self, what: str, fn: Callable[[], None], count: int = 1) -> None:
@@ -154,7 +297,7 @@ class MlflowTracker:
                 fn()
                 return
             except Exception as err:  # noqa: BLE001 - tracking must never fail a stage
-                if "locked" in str(err).lower() and attempt + 1 < self.RETRIES:
+                if _TRANSIENT.search(str(err)) and attempt + 1 < self.RETRIES:
                     time.sleep(min(0.2 * 2 ** attempt, 5.0))
                     continue
                 self._error = redact(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
@@ -163,6 +306,11 @@ class MlflowTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         clean = {k: redact(str(v)) for k, v in flatten(params).items()}
+        if self._logged_params:  # a resumed run: MLflow refuses to change a logged param, so a change becomes a tag
+            changed = {f"resumed.{k}": v for k, v in clean.items() if self._logged_params.get(k, v) != v}
+            clean = {k: v for k, v in clean.items() if k not in self._logged_params}
+            if changed:
+                self.set_tags(changed)
         self._call("params", lambda: self._mlflow.log_params(clean), len(clean))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.metrics, results)
         log_stage_run(params.mlflow, "evaluate", params={"baseline": dataclasses.asdict(params.baseline)},
                       metrics={f"{n}.{k}": r[k] for n, r in results.items() for k in ("accuracy", "macro_f1")},
-                      artifacts=[args.metrics, args.predictions])
+                      artifacts=[args.metrics, args.predictions], tags={"seed": params.train.seed})
 
     return run_stage("evaluate", body)
 

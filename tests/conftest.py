@@ -78,9 +78,12 @@ def restored_logging() -> Iterator[None]:
     """Undo the ``logging.basicConfig(force=True)`` of a stage's ``main()``."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    factory, hook = logging.getLogRecordFactory(), sys.excepthook  # run_stage installs redacting ones
     try:
         yield
     finally:
+        logging.setLogRecordFactory(factory)
+        sys.excepthook = hook
         for handler in list(root.handlers):
             if handler not in handlers:
                 root.removeHandler(handler)

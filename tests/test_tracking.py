@@ -152,7 +152,7 @@ def test_mlflow_tracker_logs_everything(store, tmp_path, caplog):
         tracker.close()
     assert not [r for r in caplog.records if r.name.startswith("lora_pipeline")]
     (run,) = _runs(uri, cfg.experiment)
-    assert run.info.status == "FINISHED" and run.info.run_name == "train_lora"
+    assert run.info.status == "FINISHED" and run.info.run_name == "train_lora r8"
     assert run.data.params == {"lora.rank": "8", "lora.target_modules": "('query', 'value')", "train.seed": "1"}
     assert run.data.metrics == {"train_loss": 0.5, "lr": 1e-3, "nested.f1": 0.75}
     assert run.data.tags["stage"] == "train_lora" and run.data.tags["lora_rank"] == "8"
@@ -277,7 +277,11 @@ class FakeMlflow(types.ModuleType):
 
     def get_experiment_by_name(self, name):
         self._record("get_experiment_by_name", name)
-        return object()
+        return types.SimpleNamespace(experiment_id="1", artifact_location="s3://elsewhere")
+
+    def search_runs(self, *args, **kwargs):
+        self._record("search_runs", *args, **kwargs)
+        return []
 
     def active_run(self):
         return None
@@ -346,8 +350,8 @@ def test_split_stage_finishes_when_tracking_is_broken(monkeypatch, tmp_path, cap
 
     uri = f"http://alice:{SECRET}@127.0.0.1:9" if kind == "unreachable" else _corrupt_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir,
-                          {"mlflow.tracking_uri": f"https://alice:{SECRET}@params.example/"})
+    # credentials belong in the environment only: params.yaml refuses them (it is copied into dvc.lock)
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir)
     clean = write_clean(tmp_path / "clean", make_frame(30))
     start = time.monotonic()
     rc = split.main(["--params", str(params), "--clean", str(clean), "--out", str(tmp_path / "split"),
@@ -362,3 +366,35 @@ def test_split_stage_finishes_when_tracking_is_broken(monkeypatch, tmp_path, cap
     err = capfd.readouterr().err
     assert len([line for line in err.splitlines() if "not logged" in line]) == 1
     assert SECRET not in err and SECRET not in (tmp_path / "split.json").read_text()
+
+
+# ------------------------------------------------------------------ a brand-new store, two workers
+
+
+@pytest.mark.parametrize("message", [
+    "(sqlite3.OperationalError) table experiments already exists",
+    "(sqlite3.OperationalError) table alembic_version already exists",
+    "(sqlite3.OperationalError) duplicate column name: step",
+    "(sqlite3.OperationalError) no such table: experiments",
+])
+def test_schema_races_of_a_new_store_are_retried(monkeypatch, caplog, message):
+    fake = FakeMlflow({"start_run": [sqlite3.OperationalError(message)] * 2})
+    sleeps = _install(monkeypatch, fake)
+    with caplog.at_level(logging.WARNING):
+        MlflowTracker(MlflowConfig(), "x", {}).close()
+    assert [c[0] for c in fake.calls].count("start_run") == 3 and len(sleeps) == 2
+    assert not _tracker_warnings(caplog)
+
+
+def test_a_store_lock_that_is_never_released_costs_one_warning(monkeypatch, tmp_path, caplog):
+    import fcntl
+
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setattr(tracking, "STORE_LOCK_TIMEOUT", 0.3)
+    with open(f"{db}-lock", "a") as held, caplog.at_level(logging.WARNING):
+        fcntl.flock(held, fcntl.LOCK_EX)  # a worker stuck while creating the store
+        _exercise(MlflowTracker(MlflowConfig(), "x", {}), tmp_path)
+    (warning,) = _tracker_warnings(caplog)
+    assert f"TimeoutError: {db}-lock held by another process" in warning and "1 start" in warning
+    assert not db.exists()  # nothing touched the store while another process held it
