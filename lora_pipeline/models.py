@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -10,6 +12,7 @@ from torch import nn
 
 from .config import LoraConfig, ModelConfig, ScratchConfig
 from .errors import PipelineError
+from .lora.surgery import HEAD_NAMES, module_under
 from .pretrained import resolve_model_path
 
 __all__ = ["Variant", "HEAD_MODULES", "build_model", "load_trained"]
@@ -17,8 +20,42 @@ __all__ = ["Variant", "HEAD_MODULES", "build_model", "load_trained"]
 log = logging.getLogger(__name__)
 
 Variant = Literal["scratch", "full", "lora"]
-# Names of freshly initialised classification heads across BERT/RoBERTa/DeBERTa/DistilBERT/GPT-2.
-HEAD_MODULES = ("classifier", "pre_classifier", "score")
+# Freshly initialised classification heads: one list for the whole project, owned by the LoRA package
+# (kept under this name because stages import it from here).
+HEAD_MODULES: tuple[str, ...] = HEAD_NAMES
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report table and "Loading weights" bar; :func:`_log_load` says it in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _modules_of(keys) -> list[str]:
+    """Distinct module names of parameter keys, in order (``classifier.weight`` -> ``classifier``)."""
+    return list(dict.fromkeys(str(key).rpartition(".")[0] or str(key) for key in keys))
+
+
+def _log_load(name: str, info: dict) -> None:
+    """One line per loading event instead of transformers' tables."""
+    fresh = _modules_of(info.get("missing_keys", ())) + _modules_of(m[0] for m in info.get("mismatched_keys", ()))
+    if fresh:
+        log.info("model.name %s: newly initialised (not in the checkpoint, trained here): %s", name,
+                 ", ".join(dict.fromkeys(fresh)))
+    unused = _modules_of(info.get("unexpected_keys", ()))
+    if unused:
+        log.info("model.name %s: checkpoint weights not used by this model: %s", name,
+                 ", ".join(unused[:5]) + (f" … and {len(unused) - 5} more" if len(unused) > 5 else ""))
 
 
 def _pretrained(cfg: ModelConfig, labels: list[str], pad_token_id: int) -> nn.Module:
@@ -27,17 +64,19 @@ def _pretrained(cfg: ModelConfig, labels: list[str], pad_token_id: int) -> nn.Mo
     try:
         # a classifier checkpoint made for another label count has a head of another shape: that head is
         # replaced anyway, so size mismatches are allowed there (and only there, checked below)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(cfg.name), num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-            trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
-            ignore_mismatched_sizes=True, output_loading_info=True)
+        with _quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(cfg.name), num_labels=len(labels),
+                id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise PipelineError(f"model.name '{cfg.name}': cannot load safetensors weights ({err}). "
                             "Only safetensors checkpoints are loaded (no pickle).") from err
-    body = sorted(m[0] for m in info.get("mismatched_keys", ()) if not set(m[0].split(".")) & set(HEAD_MODULES))
+    body = sorted(m[0] for m in info.get("mismatched_keys", ()) if not module_under(m[0], HEAD_NAMES))
     if body:
         raise PipelineError(f"model.name '{cfg.name}': weights of another shape than its config: {body[:5]}")
+    _log_load(cfg.name, info)
     model.config.pad_token_id = pad_token_id  # decoders classify the last non-pad token
     return model
 
@@ -67,7 +106,8 @@ def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tok
         scratch, lora: the variant's own section.
 
     Raises:
-        PipelineError: unknown variant, missing section, or unloadable model.
+        PipelineError: unknown variant, missing section, unloadable model, or LoRA settings the model refuses
+            (the message starts with the `lora.*` key).
     """
     if variant == "scratch":
         if scratch is None:
@@ -79,19 +119,36 @@ def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tok
     if variant == "lora":
         if lora is None:
             raise PipelineError("build_model('lora') needs the lora params section")
-        from .lora import apply_lora, mark_only_lora_as_trainable, trainable_summary
-        from .lora.surgery import module_under
-
-        apply_lora(model, target_modules=list(lora.target_modules) if lora.target_modules else None,
-                   rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora, bias=lora.bias)
-        extra = tuple(lora.modules_to_save)
-        missing = [m for m in extra if not any(module_under(n, (m,)) for n, _ in model.named_modules())]
-        if missing:  # e.g. the default [pooler] on RoBERTa/DistilBERT/GPT-2, whose heads have no pooler
-            log.warning("lora.modules_to_save: %s has no module named %s; training without it",
-                        type(model).__name__, ", ".join(missing))
-        mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES + extra)
-        log.info("%s", trainable_summary(model))
+        _add_lora(model, lora)
     return model
+
+
+def _add_lora(model: nn.Module, lora: LoraConfig) -> None:
+    """Apply LoRA as ``lora`` says and freeze all but adapters, head and modules_to_save.
+
+    Raises:
+        PipelineError: one line naming the ``lora.*`` key when the LoRA package refuses the settings.
+    """
+    from .lora import LoRAArgumentError, apply_lora, mark_only_lora_as_trainable, trainable_summary
+
+    # a string is a regex or "all-linear" and must stay one; a YAML list (a tuple here) is names/suffixes
+    targets = lora.target_modules
+    if targets is not None and not isinstance(targets, str):
+        targets = list(targets)
+    extra = tuple(lora.modules_to_save)
+    try:
+        apply_lora(model, target_modules=targets, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                   rslora=lora.rslora, bias=lora.bias, modules_to_save=extra)
+    except LoRAArgumentError as err:
+        raise PipelineError(f"lora.{err.argument}: {err}") from err
+    except ValueError as err:
+        raise PipelineError(f"lora: {err}") from err
+    missing = [m for m in extra if not any(module_under(n, (m,)) for n, _ in model.named_modules())]
+    if missing:  # e.g. the default [pooler] on RoBERTa/DistilBERT/GPT-2, whose heads have no pooler
+        log.warning("lora.modules_to_save: %s has no module named %s; training without it",
+                    type(model).__name__, ", ".join(missing))
+    mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES + extra)
+    log.info("%s", trainable_summary(model))
 
 
 def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig, labels: list[str],
@@ -99,7 +156,8 @@ def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig
     """Load what a train stage saved; a LoRA adapter is put on a fresh base and merged for inference.
 
     Raises:
-        PipelineError: the directory is missing or does not match the configured base model.
+        PipelineError: the directory is missing, does not match the configured base model, or its merged
+            weights would not be finite.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -113,5 +171,8 @@ def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig
     from .lora import load_adapter, merge_and_unload
 
     model = _pretrained(model_cfg, labels, tokenizer.pad_token_id)
-    load_adapter(model, directory)
-    return merge_and_unload(model)
+    try:
+        load_adapter(model, directory)
+        return merge_and_unload(model)
+    except (OSError, ValueError) as err:  # other base, broken or non-finite adapter: one line, exit 2
+        raise PipelineError(f"{directory}: cannot use this LoRA adapter: {err}") from err

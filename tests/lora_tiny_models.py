@@ -13,9 +13,11 @@ from transformers import (
     BertConfig,
     DebertaV2Config,
     DistilBertConfig,
+    ElectraConfig,
     GPT2Config,
     PretrainedConfig,
     RobertaConfig,
+    XLMRobertaConfig,
 )
 
 VOCAB = 99
@@ -34,6 +36,9 @@ CONFIGS: dict[str, PretrainedConfig] = {
     "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=2, eos_token_id=2,
                        num_labels=NUM_LABELS),
+    # embedding_size != hidden_size gives ELECTRA its embeddings_project Linear, one more all-linear target
+    "electra": ElectraConfig(max_position_embeddings=64, embedding_size=16, **_ENCODER),
+    "xlm-roberta": XLMRobertaConfig(max_position_embeddings=66, pad_token_id=1, **_ENCODER),
 }
 ARCHS = tuple(CONFIGS)
 
@@ -49,6 +54,15 @@ def tiny_model(arch: str, seed: int = 0) -> nn.Module:
     """A tiny random sequence classifier of ``arch`` in eval mode; the same seed gives the same weights."""
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(copy.deepcopy(CONFIGS[arch])).eval()
+
+
+# Each head type, with the modules_to_save that make it train a module besides the final Linear.
+HEAD_CASES: dict[str, tuple[str, ...]] = {
+    "bert": ("pooler",),  # pooler.dense feeds BERT's classifier
+    "roberta": (),  # classifier.dense + classifier.out_proj
+    "distilbert": (),  # pre_classifier + classifier
+    "gpt2": (),  # score
+}
 
 
 def tiny_batch(batch: int = 4, length: int = 8) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_pipeline.lora import (
+    HEAD_NAMES,
     apply_lora,
     base_fingerprint,
     load_adapter,
@@ -22,6 +23,8 @@ from lora_pipeline.lora.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMA
 # `seeded` is the autouse fixture that fixes the RNG seeds.
 from tests.lora_tiny_models import seeded  # noqa: F401
 from tests.lora_tiny_models import logits, tiny_batch, tiny_model, train_steps
+
+HEAD = {"classifier.weight", "classifier.bias"}  # what a BERT adapter replaces besides LoRA
 
 
 def trained(arch: str = "bert", bias: str = "none", **kwargs) -> torch.nn.Module:
@@ -66,8 +69,8 @@ def test_saved_files_hold_only_adapter_and_head(tmp_path) -> None:
     names = [n for n, _ in lora_layers(model)]
     assert config["format_version"] == FORMAT_VERSION and config["target_modules"] == names
     assert (config["rank"], config["alpha"], config["rslora"], config["dropout"]) == (4, 8.0, False, 0.0)
-    assert config["base_model_name"] == "tiny-bert"
-    assert config["base_fingerprint"] == base_fingerprint(tiny_model("bert"), names)
+    assert config["base_model_name"] == "tiny-bert" and config["trainable_extra"] == ["classifier"]
+    assert config["base_fingerprint"] == base_fingerprint(tiny_model("bert"), HEAD)
 
 
 def test_load_into_a_model_that_already_has_the_same_layers(tmp_path) -> None:
@@ -92,24 +95,88 @@ def test_base_mismatch_raises_naming_both_fingerprints(tmp_path) -> None:
     save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
     expected = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())["base_fingerprint"]
     other = tiny_model("bert", seed=1)
-    actual = base_fingerprint(other, [n for n, _ in lora_layers(model)])
+    actual = base_fingerprint(other, HEAD)
     with pytest.raises(ValueError, match="fingerprint") as err:
         load_adapter(other, tmp_path / "adapter")
     assert expected in str(err.value) and actual in str(err.value) and "tiny-bert" in str(err.value)
     assert not lora_layers(other)  # refused before touching the model
 
 
-def test_fingerprint_ignores_adapters_and_head_but_not_base_weights() -> None:
+def test_fingerprint_ignores_adapters_and_skipped_tensors_but_not_other_base_weights() -> None:
     model = tiny_model("bert")
-    names = apply_lora(model)
-    before = base_fingerprint(model, names)
-    assert before == base_fingerprint(tiny_model("bert"), names)  # plain model, same weights
+    apply_lora(model)
+    before = base_fingerprint(model, HEAD)
+    assert before == base_fingerprint(tiny_model("bert"), HEAD)  # plain model, same weights
+    assert before != base_fingerprint(model)  # the head counts unless skipped
     mark_only_lora_as_trainable(model)
     train_steps(model, tiny_batch())
-    assert base_fingerprint(model, names) == before
+    assert base_fingerprint(model, HEAD) == before
+    for name in ("bert.encoder.layer.0.attention.self.query.base.weight", "bert.embeddings.word_embeddings.weight",
+                 "bert.encoder.layer.1.intermediate.dense.weight", "bert.pooler.dense.bias"):
+        param = model.get_parameter(name)
+        with torch.no_grad():
+            param.view(-1)[0] += 1e-3
+        assert base_fingerprint(model, HEAD) != before, name
+        with torch.no_grad():
+            param.view(-1)[0] -= 1e-3
+    assert base_fingerprint(model.to(torch.float64), HEAD) != before  # dtype counts
+
+
+@pytest.mark.parametrize("param", ["bert.embeddings.word_embeddings.weight",
+                                   "bert.encoder.layer.1.output.dense.weight", "bert.pooler.dense.weight"])
+def test_load_refuses_a_base_that_differs_outside_the_targets(param: str, tmp_path) -> None:
+    """The fingerprint covers every frozen base parameter, not only the targeted weights."""
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    other = tiny_model("bert")
     with torch.no_grad():
-        lora_layers(model)[0][1].base.weight[0, 0] += 1e-3
-    assert base_fingerprint(model, names) != before
+        other.get_parameter(param).view(-1)[0] += 1e-3
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_adapter(other, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("settings, differs", [({"alpha": 32, "rslora": True}, ["alpha 32.0", "rslora True"]),
+                                               ({"rank": 4, "alpha": 8, "bias": "lora_only"}, ["bias 'lora_only'"]),
+                                               ({"alpha": 8, "dropout": 0.1}, ["dropout 0.1"])])
+def test_load_into_lora_layers_with_other_settings_raises(settings: dict, differs: list[str], tmp_path) -> None:
+    """An alpha-8 adapter loaded into alpha-32 + rsLoRA layers would keep the wrong scaling (logits off ~4 %)."""
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    other = tiny_model("bert")
+    apply_lora(other, **{"rank": 4, **settings})
+    with pytest.raises(ValueError, match="settings differ") as err:
+        load_adapter(other, tmp_path / "adapter")
+    assert all(d in str(err.value) for d in differs), str(err.value)
+
+
+def test_load_makes_trainable_exactly_what_trained(tmp_path) -> None:
+    model = tiny_model("bert")
+    apply_lora(model, "all-linear", rank=4, modules_to_save=["pooler"])
+    mark_only_lora_as_trainable(model, also=HEAD_NAMES + ("pooler",))
+    train_steps(model, tiny_batch())
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    fresh = tiny_model("bert")
+    config = load_adapter(fresh, tmp_path / "adapter")
+    assert config["trainable_extra"] == ["bert.pooler", "classifier"]  # derived from what trained
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == \
+        {n for n, p in model.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(logits(fresh, tiny_batch()), logits(model, tiny_batch()), atol=0, rtol=0)
+
+
+def test_save_refuses_trainable_extra_that_leaves_out_trained_tensors(tmp_path) -> None:
+    model = tiny_model("bert")
+    apply_lora(model, rank=4)
+    mark_only_lora_as_trainable(model, also=HEAD_NAMES + ("pooler",))
+    with pytest.raises(ValueError, match=r"trainable_extra=\['classifier'\] leaves out trained tensors "
+                                         r"\['bert.pooler.dense.weight', 'bert.pooler.dense.bias'\]"):
+        save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert", trainable_extra=["classifier"])
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_format_version_1_is_refused_with_a_retrain_hint(tmp_path) -> None:
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    config_path = tmp_path / "adapter" / ADAPTER_CONFIG
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "format_version": 1}))
+    with pytest.raises(ValueError, match="format_version 1 .* retrain"):
+        load_adapter(tiny_model("bert"), tmp_path / "adapter")
 
 
 def test_rank_and_alpha_patterns_round_trip(tmp_path) -> None:

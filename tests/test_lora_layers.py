@@ -161,14 +161,38 @@ def test_merge_twice_and_unmerge_unmerged_raise() -> None:
         layer.merge()
 
 
-def test_safe_merge_refuses_non_finite_and_leaves_weights(kind: str) -> None:
+@pytest.mark.parametrize("explicit", [True, False])
+def test_merge_refuses_non_finite_by_default_and_leaves_weights(kind: str, explicit: bool) -> None:
     layer = with_random_b(wrap_layer(make_base(kind), rank=RANK))
     with torch.no_grad():
         layer.lora_b[0, 0] = float("inf")
     weight = layer.base.weight.detach().clone()
-    with pytest.raises(ValueError, match="not finite"):
-        layer.merge(safe=True)
+    with pytest.raises(ValueError, match="not finite.*safe=False"):
+        layer.merge(safe=True) if explicit else layer.merge()
     assert torch.equal(layer.base.weight, weight) and not layer.merged
+    layer.merge(safe=False)  # the explicit opt-out still merges
+    assert layer.merged and not torch.isfinite(layer.base.weight).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unmerge_restores_the_weight_bit_for_bit(kind: str, dtype: torch.dtype) -> None:
+    """W0 + ΔW - ΔW is not W0 in floating point (bf16: ~44 % of elements moved): unmerge restores the original."""
+    layer = with_random_b(wrap_layer(make_base(kind, 64, 48).to(dtype), rank=RANK, alpha=7))
+    weight = layer.base.weight.detach().clone()
+    layer.merge()
+    assert not torch.equal(layer.base.weight, weight)
+    layer.unmerge()
+    assert torch.equal(layer.base.weight, weight)
+    assert "original_weight" not in layer.state_dict() and layer.original_weight is None
+
+
+def test_merge_without_keeping_the_original_unmerges_by_subtraction(kind: str) -> None:
+    layer = with_random_b(wrap_layer(make_base(kind, 64, 48), rank=RANK, alpha=7))
+    weight = layer.base.weight.detach().clone()
+    layer.merge(keep_original=False)
+    assert layer.original_weight is None
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, weight, atol=1e-5, rtol=1e-5)
 
 
 def test_train_and_eval_never_merge(kind: str) -> None:
@@ -203,5 +227,5 @@ def test_merge_invariants_property(n_in: int, n_out: int, rank: int, alpha: floa
     layer.merge(safe=True)
     torch.testing.assert_close(layer(x), unmerged, atol=1e-4, rtol=1e-4)
     layer.unmerge()
-    torch.testing.assert_close(layer.base.weight, weight, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=1e-5)
+    assert torch.equal(layer.base.weight, weight)  # exact: the original is restored, not recomputed
+    assert torch.equal(layer(x), unmerged)

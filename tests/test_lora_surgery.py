@@ -12,6 +12,8 @@ from transformers.pytorch_utils import Conv1D
 
 from lora_pipeline.lora import (
     DEFAULT_TARGET_MODULES,
+    HEAD_NAMES,
+    LoRAArgumentError,
     LoRALayer,
     apply_lora,
     count_parameters,
@@ -22,6 +24,7 @@ from lora_pipeline.lora import (
     trainable_summary,
     unmerge_lora,
 )
+from lora_pipeline.lora.surgery import module_under
 # `seeded` is the autouse fixture that fixes the RNG seeds.
 from tests.lora_tiny_models import seeded  # noqa: F401
 from tests.lora_tiny_models import ARCHS, CONFIGS, logits, randomize_lora, tiny_batch, tiny_model, train_steps
@@ -55,7 +58,7 @@ def test_unknown_model_type_without_targets_raises() -> None:
 def test_suffix_matching_is_by_whole_name_parts() -> None:
     model = nn.ModuleDict({"query": nn.Linear(2, 2), "query_proj": nn.Linear(2, 2),
                            "block": nn.ModuleDict({"query": nn.Linear(2, 2), "subquery": nn.Linear(2, 2)})})
-    assert apply_lora(model, ["query"]) == ["query", "block.query"]
+    assert apply_lora(model, ["query"], rank=1) == ["query", "block.query"]
 
 
 def test_regex_target_must_match_the_full_name() -> None:
@@ -66,9 +69,11 @@ def test_regex_target_must_match_the_full_name() -> None:
         apply_lora(tiny_model("bert"), r"query")  # a search would match, a full match does not
 
 
-@pytest.mark.parametrize("arch, excluded", [("bert", {"classifier"}), ("roberta", {"classifier.dense",
-                                             "classifier.out_proj"}), ("distilbert", {"pre_classifier",
-                                             "classifier"}), ("gpt2", {"score"})])
+@pytest.mark.parametrize("arch, excluded", [
+    ("bert", {"classifier"}), ("roberta", {"classifier.dense", "classifier.out_proj"}),
+    ("xlm-roberta", {"classifier.dense", "classifier.out_proj"}), ("deberta-v2", {"classifier"}),
+    ("electra", {"classifier.dense", "classifier.out_proj"}), ("distilbert", {"pre_classifier", "classifier"}),
+    ("gpt2", {"score"})])
 def test_all_linear_skips_the_head(arch: str, excluded: set[str]) -> None:
     model = tiny_model(arch)
     linear = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
@@ -78,6 +83,63 @@ def test_all_linear_skips_the_head(arch: str, excluded: set[str]) -> None:
 def test_all_linear_skips_a_tied_lm_head() -> None:
     model = GPT2LMHeadModel(CONFIGS["gpt2"])
     assert "lm_head" not in apply_lora(model, "all-linear")
+
+
+@pytest.mark.parametrize("arch, targets, modules_to_save, skipped", [
+    ("bert", "all-linear", ["pooler"], {"bert.pooler.dense", "classifier"}),
+    ("roberta", ["dense"], [], {"classifier.dense"}),
+    ("electra", ["dense"], [], {"classifier.dense"}),
+    ("distilbert", ["pre_classifier", "q_lin"], [], {"pre_classifier"}),
+])
+def test_targets_under_the_head_or_modules_to_save_are_never_wrapped(arch, targets, modules_to_save, skipped,
+                                                                     caplog) -> None:
+    """As peft: a module that trains in full never gets an adapter (its "frozen" W0 would train too)."""
+    model = tiny_model(arch)
+    linear = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    with caplog.at_level("INFO", logger="lora_pipeline.lora.surgery"):
+        names = apply_lora(model, targets, rank=4, modules_to_save=modules_to_save)
+    assert not set(names) & skipped and names
+    assert not any(module_under(n, HEAD_NAMES + tuple(modules_to_save)) for n in names)
+    if targets == "all-linear":
+        assert set(names) == linear - skipped
+    logged = [r.getMessage() for r in caplog.records if "not wrapping" in r.getMessage()]
+    reported = skipped - {"classifier"} if targets == "all-linear" else skipped  # all-linear drops heads itself
+    assert len(logged) == 1 and all(n in logged[0] for n in reported)
+
+
+def test_targets_only_under_the_head_raise_saying_why() -> None:
+    with pytest.raises(LoRAArgumentError, match=r"matched only \['classifier.out_proj'\].*train in full") as err:
+        apply_lora(tiny_model("roberta"), ["out_proj"])
+    assert err.value.argument == "target_modules"
+
+
+def test_mark_only_never_trains_a_wrapped_base_weight() -> None:
+    """Even when ``also`` names a module that holds a LoRA layer, its base weight (and bias, with bias="none")
+    stays frozen: the adapter file and its base fingerprint rely on it."""
+    model, batch = tiny_model("bert"), tiny_batch()
+    names = apply_lora(model, ["dense"], rank=4)  # no modules_to_save given: pooler.dense is wrapped
+    assert "bert.pooler.dense" in names
+    mark_only_lora_as_trainable(model, also=HEAD_NAMES + ("pooler",))
+    pooler = model.get_submodule("bert.pooler.dense")
+    assert not pooler.base.weight.requires_grad and not pooler.base.bias.requires_grad
+    assert pooler.lora_a.requires_grad and pooler.lora_b.requires_grad
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_steps(model, batch)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(".base." in n for n in changed) and "classifier.weight" in changed
+
+
+def test_rank_above_the_layer_size_raises_naming_the_layer_before_allocating() -> None:
+    model = tiny_model("bert")  # hidden 32
+    with pytest.raises(LoRAArgumentError, match=r"rank 33 exceeds .* = 32 of bert\.encoder\.layer\.0\.attention"
+                                                r"\.self\.query \(32 -> 32\); use rank <= 32") as err:
+        apply_lora(model, rank=33)
+    assert err.value.argument == "rank" and not lora_layers(model)  # nothing was wrapped
+    with pytest.raises(LoRAArgumentError, match="rank 1000000 exceeds"):  # refused before a 128 MB allocation
+        apply_lora(model, rank=10**6)
+    with pytest.raises(LoRAArgumentError, match="rank 40 exceeds .* of bert.encoder.layer.1.attention.self.value"):
+        apply_lora(model, rank=4, rank_pattern={"layer.1.attention.self.value": 40})
+    assert apply_lora(model, rank=32)  # min(in, out) itself is allowed
 
 
 def test_no_match_raises_listing_candidates() -> None:
@@ -179,7 +241,7 @@ def test_merged_equals_unmerged_and_unmerge_restores(arch: str) -> None:
     assert merge_lora(model) == []  # nothing left to merge
     unmerge_lora(model)
     for name, param in model.named_parameters():
-        torch.testing.assert_close(param, weights[name], msg=lambda m: f"{name}: {m}")
+        assert torch.equal(param, weights[name]), name  # exact: a saved adapter still matches the pristine base
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
@@ -195,8 +257,9 @@ def test_merge_and_unload_gives_plain_modules_and_same_logits(arch: str) -> None
     torch.testing.assert_close(logits(model, batch), expected)
 
 
-def test_safe_merge_of_a_model_is_all_or_nothing() -> None:
-    model, batch = tiny_model("bert"), tiny_batch()
+@pytest.mark.parametrize("merge", [merge_and_unload, merge_lora])
+def test_merge_refuses_non_finite_by_default_all_or_nothing(merge) -> None:
+    model = tiny_model("bert")
     apply_lora(model)
     randomize_lora(model)
     last = lora_layers(model)[-1][1]
@@ -204,10 +267,20 @@ def test_safe_merge_of_a_model_is_all_or_nothing() -> None:
         last.lora_b[0, 0] = float("nan")
     weights = {name: layer.base.weight.detach().clone() for name, layer in lora_layers(model)}
     with pytest.raises(ValueError, match="not finite"):
-        merge_and_unload(model, safe=True)
+        merge(model)  # safe is the default
     assert not any(layer.merged for _, layer in lora_layers(model)) and len(lora_layers(model)) == 4
     for name, layer in lora_layers(model):
-        torch.testing.assert_close(layer.base.weight, weights[name])
+        assert torch.equal(layer.base.weight, weights[name])  # bit for bit, also for the rolled-back layers
+
+
+def test_merge_and_unload_keeps_no_copy_of_the_weights() -> None:
+    model = tiny_model("bert")
+    apply_lora(model)
+    merge_lora(model)  # keeps W0 for an exact unmerge ...
+    assert all(layer.original_weight is not None for _, layer in lora_layers(model))
+    layers = [layer for _, layer in lora_layers(model)]
+    merge_and_unload(model)  # ... which unloading drops
+    assert all(layer.original_weight is None for layer in layers)
 
 
 def test_train_and_eval_never_merge() -> None:

@@ -1,10 +1,12 @@
 """LoRA (arXiv:2106.09685): adapter layers, model surgery, adapter files and peft interoperability."""
 
-from .adapter_io import base_fingerprint, load_adapter, lora_state_dict, save_adapter
+from .adapter_io import base_fingerprint, load_adapter, lora_state_dict, save_adapter, trained_modules
+from .errors import LoRAArgumentError
 from .layers import LoRAConv1D, LoRALayer, LoRALinear, wrap_layer
 from .peft_compat import export_peft, import_peft
 from .surgery import (
     DEFAULT_TARGET_MODULES,
+    HEAD_NAMES,
     apply_lora,
     count_parameters,
     lora_layers,
@@ -17,6 +19,8 @@ from .surgery import (
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
+    "HEAD_NAMES",
+    "LoRAArgumentError",
     "LoRAConv1D",
     "LoRALayer",
     "LoRALinear",
@@ -33,6 +37,7 @@ __all__ = [
     "merge_lora",
     "save_adapter",
     "trainable_summary",
+    "trained_modules",
     "unmerge_lora",
     "wrap_layer",
 ]

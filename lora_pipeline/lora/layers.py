@@ -75,6 +75,9 @@ class LoRALayer(nn.Module):
         self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **factory))  # (r, in)
         self.lora_b = nn.Parameter(torch.empty(self.out_features, rank, **factory))  # (out, r)
         self.merged = False
+        # W0 as it was before merge(): a non-persistent buffer, so it moves with .to()/.cuda() but never enters
+        # state_dict or adapter files; None while unmerged.
+        self.register_buffer("original_weight", None, persistent=False)
         weight.requires_grad_(False)
         if base.bias is not None:
             base.bias.requires_grad_(bias != "none")
@@ -122,38 +125,43 @@ class LoRALayer(nn.Module):
         return self._to_base_layout(delta).to(self.base.weight.dtype)
 
     @torch.no_grad()
-    def merge(self, safe: bool = False) -> None:
+    def merge(self, safe: bool = True, keep_original: bool = True) -> None:
         """Fold ``ΔW`` into the base weight; forward then skips the adapter path.
 
         Args:
-            safe: compute the merged weight out of place and refuse it if it is not finite.
+            safe: refuse a merged weight that is not finite (the weight is left untouched).
+            keep_original: keep a copy of ``W0`` so that :meth:`unmerge` restores it bit for bit
+                (``W0 + ΔW - ΔW`` is not ``W0`` in floating point); ``merge_and_unload`` passes False.
 
         Raises:
             RuntimeError: if already merged.
-            ValueError: with ``safe=True``, if the merged weight has NaN/inf (the weight is left untouched).
+            ValueError: with ``safe=True``, if the merged weight has NaN/inf.
         """
         if self.merged:
             raise RuntimeError("LoRA layer is already merged; call unmerge() first")
         weight = self.base.weight
-        if safe:
-            merged = weight + self.delta_weight()
-            if not torch.isfinite(merged).all():
-                raise ValueError("merge(safe=True): merged weight is not finite; the adapter looks broken")
-            weight.copy_(merged)
-        else:
-            weight.add_(self.delta_weight())
+        merged = weight + self.delta_weight()  # out of place: W0 stays intact until the check passed
+        if safe and not torch.isfinite(merged).all():
+            raise ValueError(f"merge refused: W0 + ΔW is not finite (NaN/inf; {self.extra_repr()}): the adapter "
+                             "is broken (diverged training?); pass safe=False to merge anyway")
+        self.original_weight = weight.detach().clone() if keep_original else None
+        weight.copy_(merged)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract ``ΔW`` from the base weight again (equal up to float rounding).
+        """Undo :meth:`merge`: restore the ``W0`` kept at merge time exactly (else subtract ``ΔW``).
 
         Raises:
             RuntimeError: if not merged.
         """
         if not self.merged:
             raise RuntimeError("LoRA layer is not merged")
-        self.base.weight.sub_(self.delta_weight())
+        if self.original_weight is not None:
+            self.base.weight.copy_(self.original_weight)
+        else:  # merged with keep_original=False: only equal up to float rounding
+            self.base.weight.sub_(self.delta_weight())
+        self.original_weight = None
         self.merged = False
 
     def extra_repr(self) -> str:

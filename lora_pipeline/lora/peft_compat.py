@@ -12,23 +12,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .adapter_io import ADAPTER_CONFIG, adapter_settings, load_into, trained_tensors, write_adapter_dir
+from .adapter_io import ADAPTER_CONFIG, adapter_settings, load_into, resolve_heads, trained_tensors, write_adapter_dir
 from .layers import LoRAConv1D
-from .surgery import apply_lora, lora_layers
+from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "export_peft", "import_peft"]
 
 PEFT_CONFIG = ADAPTER_CONFIG  # both formats name their config file alike
 PEFT_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-# peft's PeftModelForSequenceClassification always adds these to modules_to_save.
-_SEQ_CLS_HEADS = ("classifier", "score")
+# The heads peft's task models add to modules_to_save (all within surgery.HEAD_NAMES, which we never wrap).
+_TASK_HEADS: dict[str, tuple[str, ...]] = {"SEQ_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
 # peft features our layers do not implement: importing such an adapter would silently compute something else.
 _UNSUPPORTED = ("use_dora", "lora_bias", "layers_to_transform", "layers_pattern", "exclude_modules",
                 "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
@@ -46,26 +46,31 @@ def _peft_key_names(model: nn.Module) -> dict[str, str]:
 
 
 def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str, task_type: str = "SEQ_CLS",
-                modules_to_save: Iterable[str] = ("classifier",)) -> Path:
+                modules_to_save: Optional[Iterable[str]] = None) -> Path:
     """Write the adapter of ``model`` so that ``peft.PeftModel.from_pretrained(base, directory)`` loads it.
+
+    Every tensor that trains is written: the LoRA matrices, the biases of the bias mode, and the modules
+    trained in full (head, ``modules_to_save`` such as BERT's pooler) — derived from ``requires_grad`` unless
+    given. peft loads a missing module silently from the base, which would give other logits.
 
     Args:
         model: a model with unmerged LoRA layers.
         directory: output directory (replaced whole, atomically).
         base_model_name: recorded as ``base_model_name_or_path``.
         task_type: peft's task type; with ``"SEQ_CLS"`` peft also treats ``classifier``/``score`` as
-            modules_to_save, so their weights are written too.
-        modules_to_save: fully trained modules (the head), matched by name suffix as peft does.
+            modules_to_save.
+        modules_to_save: fully trained modules, matched by name suffix as peft does; None derives them
+            (:func:`~lora_pipeline.lora.adapter_io.trained_modules`).
 
     Returns:
         The directory.
 
     Raises:
-        ValueError: if the model has no LoRA layer, a layer is merged, or the layers disagree on settings.
+        ValueError: if the model has no LoRA layer, a layer is merged, the layers disagree on settings, or
+            ``modules_to_save`` leaves out a trained tensor.
     """
     settings = adapter_settings(model)
-    modules_to_save = list(modules_to_save)
-    heads = modules_to_save + [h for h in _SEQ_CLS_HEADS if task_type == "SEQ_CLS" and h not in modules_to_save]
+    modules_to_save = resolve_heads(model, modules_to_save, settings["bias"], "modules_to_save")
     config = {
         "peft_type": "LORA",
         "task_type": task_type,
@@ -85,8 +90,9 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
         "inference_mode": True,
     }
     keys = _peft_key_names(model)
-    tensors = {_PREFIX + keys.get(k, k): v for k, v in trained_tensors(model, heads, settings["bias"]).items()}
-    return write_adapter_dir(directory, PEFT_WEIGHTS, tensors, config)
+    tensors = trained_tensors(model, modules_to_save, settings["bias"])
+    return write_adapter_dir(directory, PEFT_WEIGHTS, {_PREFIX + keys.get(k, k): v for k, v in tensors.items()},
+                             config)
 
 
 def _read_peft_config(directory: Path) -> dict[str, Any]:
@@ -138,10 +144,21 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     config = _read_peft_config(directory)
     if lora_layers(model):
         raise ValueError("import_peft needs a model without LoRA layers; it applies them from the peft config")
+    # peft records the target list from before it excluded modules_to_save and the task's heads (all-linear
+    # gives bare suffixes such as "dense"): exclude them here too, as peft does when it loads.
+    full = _modules_to_save(config)
+    bias = config.get("bias", "none")
     apply_lora(model, config["target_modules"], rank=config["r"], alpha=config["lora_alpha"],
-               dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False),
-               bias=config.get("bias", "none"), rank_pattern=config.get("rank_pattern"),
-               alpha_pattern=config.get("alpha_pattern"))
+               dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False), bias=bias,
+               rank_pattern=config.get("rank_pattern"), alpha_pattern=config.get("alpha_pattern"),
+               modules_to_save=full)
     tensors = _from_peft_keys(model, load_file(str(directory / PEFT_WEIGHTS)))
     load_into(model, tensors, str(directory / PEFT_WEIGHTS))
+    mark_only_lora_as_trainable(model, bias=bias, also=full)  # trainable as peft trained it
     return config
+
+
+def _modules_to_save(config: Mapping[str, Any]) -> list[str]:
+    """peft's effective modules_to_save: the config's list plus the heads its task type adds."""
+    heads = list(config.get("modules_to_save") or [])
+    return heads + [h for h in _TASK_HEADS.get(config.get("task_type"), ()) if h not in heads]

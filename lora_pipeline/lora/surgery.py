@@ -7,13 +7,16 @@ whose full name equals it or ends with ``"." + entry``; a string is a regex that
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Optional, Union
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .errors import LoRAArgumentError
 from .layers import BiasMode, LoRALayer, check_bias_mode, wrap_layer
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "unmerge_lora",
 ]
 
+log = logging.getLogger(__name__)
+
 ALL_LINEAR = "all-linear"
 
 # Attention projections the LoRA paper adapts (W_q, W_v), per Hugging Face model_type.
@@ -40,11 +45,15 @@ DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "roberta": ("query", "value"),
     "deberta-v2": ("query_proj", "value_proj"),
     "distilbert": ("q_lin", "v_lin"),
+    "electra": ("query", "value"),
     "gpt2": ("c_attn",),
+    "xlm-roberta": ("query", "value"),
 }
 
-# Classification heads are new, randomly initialised layers: trained in full, never given an adapter.
-# Matched like peft's modules_to_save (plain suffix), so "classifier" also covers DistilBERT's "pre_classifier".
+# THE list of head module names (everything else derives from it: models.HEAD_MODULES, the default of
+# mark_only_lora_as_trainable/save_adapter, peft export). Classification heads are new, randomly initialised
+# layers: trained in full, never given an adapter. Matched by module_under (plain name suffix, as peft's
+# modules_to_save), so "classifier" also covers DistilBERT's "pre_classifier" and RoBERTa's "classifier.dense".
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "qa_outputs")
 
 TargetModules = Union[str, Sequence[str], None]
@@ -74,8 +83,8 @@ def default_target_modules(model: nn.Module) -> tuple[str, ...]:
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in DEFAULT_TARGET_MODULES:
-        raise ValueError(f"no default LoRA target_modules for model_type {model_type!r} (known: "
-                         f"{sorted(DEFAULT_TARGET_MODULES)}); pass target_modules explicitly")
+        raise LoRAArgumentError("target_modules", f"no default LoRA target_modules for model_type {model_type!r} "
+                                f"(known: {sorted(DEFAULT_TARGET_MODULES)}); pass target_modules explicitly")
     return DEFAULT_TARGET_MODULES[model_type]
 
 
@@ -101,7 +110,8 @@ def _matcher(model: nn.Module, target_modules: TargetModules) -> Callable[[str],
         return lambda name: pattern.fullmatch(name) is not None
     targets = tuple(target_modules)
     if not targets:
-        raise ValueError("target_modules is empty; name at least one module, a regex or 'all-linear'")
+        raise LoRAArgumentError("target_modules", "target_modules is empty; name at least one module, a regex or "
+                                "'all-linear'")
     return lambda name: any(name == t or name.endswith("." + t) for t in targets)
 
 
@@ -128,11 +138,48 @@ def _pattern_value(name: str, pattern: Optional[Mapping[str, float]], default: f
     return default
 
 
+def _check_ranks(layers: Mapping[str, nn.Module], ranks: Mapping[str, int]) -> None:
+    """Refuse a rank above min(in, out) of its layer before allocating (rank 1e9 would ask for 100s of GB)."""
+    for name, module in layers.items():
+        n_in, n_out = (module.in_features, module.out_features) if isinstance(module, nn.Linear) \
+            else tuple(module.weight.shape)  # Conv1D stores (in, out)
+        limit = min(n_in, n_out)
+        if ranks[name] > limit:
+            raise LoRAArgumentError("rank", f"rank {ranks[name]} exceeds min(in_features, out_features) = {limit} "
+                                    f"of {name} ({n_in} -> {n_out}); use rank <= {limit}")
+
+
+def _select(model: nn.Module, target_modules: TargetModules, modules_to_save: Sequence[str]
+            ) -> tuple[dict[str, nn.Module], list[str]]:
+    """The modules to wrap, and the matched ones skipped because they train in full (head, modules_to_save)."""
+    matches = _matcher(model, target_modules)
+    candidates = _linear_modules(model)
+    names = [name for name in candidates if matches(name)]
+    full = HEAD_NAMES + tuple(modules_to_save)
+    skipped = [name for name in names if module_under(name, full)]
+    chosen = {name: candidates[name] for name in names if name not in skipped}
+    if not chosen:
+        suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
+        why = f" (matched only {skipped}, which train in full as head/modules_to_save)" if skipped else ""
+        raise LoRAArgumentError("target_modules", f"target_modules={target_modules!r} matched no nn.Linear/Conv1D "
+                                f"module{why}; candidate names (suffixes): {suffixes[:40]}; e.g. "
+                                f"{list(candidates)[:6]}")
+    already = [name for name, module in chosen.items() if isinstance(module, LoRALayer)]
+    if already:
+        raise ValueError(f"LoRA is already applied to {already[:8]}; use a fresh model or merge_and_unload() first")
+    return chosen, skipped
+
+
 def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int = 8, alpha: float = 16.0,
                dropout: float = 0.0, rslora: bool = False, bias: BiasMode = "none",
                rank_pattern: Optional[Mapping[str, int]] = None,
-               alpha_pattern: Optional[Mapping[str, float]] = None) -> list[str]:
+               alpha_pattern: Optional[Mapping[str, float]] = None,
+               modules_to_save: Sequence[str] = ()) -> list[str]:
     """Replace the targeted ``nn.Linear``/``Conv1D`` modules of ``model`` by LoRA layers, in place.
+
+    As peft, a target that lies under a classification head (:data:`HEAD_NAMES`) or under a
+    ``modules_to_save`` entry is never wrapped: that module trains in full, and an adapter on it would make its
+    "frozen" weight train too. Such skips are logged.
 
     Args:
         model: any module; a Hugging Face model also gets per-architecture defaults.
@@ -140,41 +187,41 @@ def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int
             default of ``model.config.model_type`` (see :data:`DEFAULT_TARGET_MODULES`).
         rank, alpha, dropout, rslora, bias: see :class:`~lora_pipeline.lora.layers.LoRALayer`.
         rank_pattern, alpha_pattern: per-module overrides keyed by a name suffix or regex (as peft).
+        modules_to_save: name suffixes of modules trained in full besides the head (e.g. ``["pooler"]``).
 
     Returns:
         The full names of the replaced modules, in model order.
 
     Raises:
-        ValueError: if nothing matches (the message lists candidate module names), if a matched module
-            already has LoRA, or if the model type has no default targets.
+        LoRAArgumentError: (a ValueError naming the argument) if nothing matches (the message lists candidate
+            names), the model type has no default targets, or a rank exceeds ``min(in, out)`` of its layer.
+        ValueError: if a matched module already has LoRA.
     """
     check_bias_mode(bias)
-    matches = _matcher(model, target_modules)
-    candidates = _linear_modules(model)
-    names = [name for name in candidates if matches(name)]
-    if not names:
-        suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
-        raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear/Conv1D module; candidate "
-                         f"names (suffixes): {suffixes}; e.g. {list(candidates)[:6]}")
-    already = [name for name in names if isinstance(candidates[name], LoRALayer)]
-    if already:
-        raise ValueError(f"LoRA is already applied to {already}; use a fresh model or merge_and_unload() first")
-    for name in names:
-        layer = wrap_layer(candidates[name], rank=int(_pattern_value(name, rank_pattern, rank)),
-                           alpha=_pattern_value(name, alpha_pattern, alpha), dropout=dropout, rslora=rslora,
-                           bias=bias)
+    chosen, skipped = _select(model, target_modules, tuple(modules_to_save))
+    ranks = {name: int(_pattern_value(name, rank_pattern, rank)) for name in chosen}
+    _check_ranks(chosen, ranks)
+    if skipped:
+        more = f" … and {len(skipped) - 8} more" if len(skipped) > 8 else ""
+        log.info("LoRA: not wrapping %d targeted module(s) that train in full (head/modules_to_save): %s%s",
+                 len(skipped), ", ".join(skipped[:8]), more)
+    for name, module in chosen.items():
+        layer = wrap_layer(module, rank=ranks[name], alpha=_pattern_value(name, alpha_pattern, alpha),
+                           dropout=dropout, rslora=rslora, bias=bias)
         model.set_submodule(name, layer)
-    return names
+    return list(chosen)
 
 
-def mark_only_lora_as_trainable(model: nn.Module, bias: BiasMode = "none",
-                                also: Iterable[str] = ("classifier", "score")) -> None:
+def mark_only_lora_as_trainable(model: nn.Module, bias: BiasMode = "none", also: Iterable[str] = HEAD_NAMES) -> None:
     """Freeze everything except the LoRA matrices, the chosen biases and the modules named in ``also``.
+
+    The base weight of a LoRA layer never trains, even under ``also`` (its bias only per ``bias``, as peft):
+    otherwise the saved "frozen" base would differ from the pristine one.
 
     Args:
         model: a model with LoRA layers.
         bias: ``"none"``: no bias trains; ``"lora_only"``: biases of LoRA-wrapped layers; ``"all"``: every bias.
-        also: modules kept fully trainable (typically the new head), matched by :func:`module_under`.
+        also: modules kept fully trainable (the head, modules_to_save), matched by :func:`module_under`.
 
     Raises:
         ValueError: on a bad ``bias`` or if ``model`` has no LoRA layer.
@@ -190,8 +237,9 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: BiasMode = "none",
     for _, layer in layers:
         layer.lora_a.requires_grad_(True)
         layer.lora_b.requires_grad_(True)
-        if bias == "lora_only" and layer.base.bias is not None:
-            layer.base.bias.requires_grad_(True)
+        layer.base.weight.requires_grad_(False)
+        if layer.base.bias is not None:
+            layer.base.bias.requires_grad_(bias != "none")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -215,8 +263,8 @@ def trainable_summary(model: nn.Module) -> str:
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}"
 
 
-def merge_lora(model: nn.Module, safe: bool = False) -> list[str]:
-    """Merge every unmerged LoRA layer of ``model``.
+def merge_lora(model: nn.Module, safe: bool = True) -> list[str]:
+    """Merge every unmerged LoRA layer of ``model``; :func:`unmerge_lora` restores ``W0`` bit for bit.
 
     Args:
         safe: refuse non-finite merged weights; then no layer stays merged by this call.
@@ -254,14 +302,22 @@ def unmerge_lora(model: nn.Module) -> list[str]:
     return done
 
 
-def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
+@torch.no_grad()
+def _non_finite_merges(layers: Sequence[tuple[str, LoRALayer]]) -> list[str]:
+    """Names of unmerged layers whose ``W0 + ΔW`` would hold NaN/inf (one layer's temporary at a time)."""
+    return [name for name, layer in layers
+            if not layer.merged and not torch.isfinite(layer.base.weight + layer.delta_weight()).all()]
+
+
+def merge_and_unload(model: nn.Module, safe: bool = True) -> nn.Module:
     """Merge all adapters and put the original ``nn.Linear``/``Conv1D`` modules back: zero added latency.
 
-    The base weights stay frozen (``requires_grad=False``) as LoRA left them.
+    The base weights stay frozen (``requires_grad=False``) as LoRA left them. No copy of ``W0`` is kept (the
+    adapters are gone afterwards), so peak memory grows by one layer's weight only.
 
     Args:
         model: a model with LoRA layers (modified in place).
-        safe: see :func:`merge_lora`.
+        safe: refuse (before changing anything) if a merged weight would hold NaN/inf.
 
     Returns:
         ``model``, now free of LoRA layers.
@@ -269,7 +325,14 @@ def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
     Raises:
         ValueError: with ``safe=True``, if a merged weight would not be finite (nothing is changed).
     """
-    merge_lora(model, safe=safe)
-    for name, layer in lora_layers(model):
+    layers = lora_layers(model)
+    bad = _non_finite_merges(layers) if safe else []
+    if bad:
+        raise ValueError(f"merge_and_unload refused: W0 + ΔW is not finite (NaN/inf) in {len(bad)} layer(s), e.g. "
+                         f"{bad[:3]}; the adapter is broken (diverged training?); pass safe=False to merge anyway")
+    for name, layer in layers:
+        if not layer.merged:
+            layer.merge(safe=False, keep_original=False)
+        layer.original_weight = None
         model.set_submodule(name, layer.base)
     return model
