@@ -4,21 +4,31 @@ Saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``: 
 strings and containers only, never arbitrary pickled objects. A checkpoint records the key of
 the run that wrote it (a hash of its hyper-parameters and data); a run with another key ignores
 it, so changing ``lora.rank`` never resumes a rank-8 state.
+
+One training process at a time owns a checkpoint folder: :func:`lock_dir` holds an exclusive ``flock`` on
+``<folder>.lock`` (beside the folder, so clearing the folder never drops it). The kernel releases it when
+the holder exits or is killed, so a lock left by a dead process never blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
 import logging
+import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
+from .errors import PipelineError
 from .io import atomic_file, sha256_bytes
 
-__all__ = ["DirCheckpointer", "run_key"]
+__all__ = ["DirCheckpointer", "run_key", "lock_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,59 @@ log = logging.getLogger(__name__)
 def run_key(*parts: Any) -> str:
     """A stable hash of JSON-serialisable ``parts`` (config dicts, data digests)."""
     return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:16]
+
+
+@contextlib.contextmanager
+def lock_dir(directory: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` (file ``<directory>.lock``) for this process; never waits.
+
+    Yields:
+        The lock file, which names the holder (JSON: pid, host, since) while it is held.
+
+    Raises:
+        PipelineError: another process (or another ``lock_dir`` of this one) holds it; says which pid and host.
+    """
+    directory = Path(directory)
+    path = directory.with_name(directory.name + ".lock")
+    fd = _acquire(path, directory)
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a process that opened this file sees it was replaced
+        os.close(fd)
+
+
+def _acquire(path: Path, directory: Path) -> int:
+    """An open descriptor of ``path`` holding its flock; the file is re-opened if its holder removed it meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise PipelineError(f"checkpoint folder {directory} is in use by another training process ({holder}); "
+                                "wait for it to finish or stop it (kill PID), then run the stage again") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder released and removed the file between our open and flock: take the new one
+
+
+def _holder(fd: int) -> str:
+    """'pid N on host H since T' from a held lock file, or why it is unknown."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on host {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder not yet recorded: it is starting"
 
 
 class DirCheckpointer:
@@ -58,6 +121,10 @@ class DirCheckpointer:
             torch.save(state, tmp)
         with atomic_file(self.dir / "key.txt") as tmp:
             tmp.write_text(self.key + "\n")
+
+    def lock(self) -> contextlib.AbstractContextManager[Path]:
+        """This folder's :func:`lock_dir`: take it before loading or saving, hold it until the run's outputs exist."""
+        return lock_dir(self.dir)
 
     def clear(self) -> None:
         """Remove the saved state once the run's outputs are safely written."""

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -181,7 +181,8 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: Optional[tuple[str, ...]] = None
+    # a list: module names or name suffixes; a string: "all-linear" or a full-match regex; None: the model's default
+    target_modules: Optional[Union[str, tuple[str, ...]]] = None
     modules_to_save: tuple[str, ...] = ()
     rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -194,6 +195,23 @@ class LoraConfig:
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
         _check(self.lr > 0, "lora.lr", "must be > 0")
         _check(self.epochs >= 1, "lora.epochs", "must be >= 1")
+        _check_targets(self.target_modules)
+
+
+def _check_targets(targets: Optional[Union[str, tuple[str, ...]]]) -> None:
+    """``lora.target_modules``: no empty names; a string other than all-linear must compile as a regex."""
+    key = "lora.target_modules"
+    if isinstance(targets, tuple):
+        _check(bool(targets) and all(targets), key, "must not be empty (or contain an empty name): list module "
+               "names/suffixes, or give a regex or all-linear")
+    elif isinstance(targets, str):
+        _check(bool(targets), key, "must not be empty: give a regex, all-linear, or a list of module names")
+        if targets.lower() != "all-linear":
+            try:
+                re.compile(targets)
+            except re.error as err:
+                raise ConfigError(f"params: '{key}' {targets[:80]!r} is not a valid regex ({err}); a list of "
+                                  "names/suffixes needs YAML list syntax: [query, value]") from None
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,8 @@ class TrainConfig:
     precision: str = "auto"
     cpu_dropout: str = "fast"
     num_threads: int = 0
+    # auto: the last layer computes only the token the head reads where that is exact; true: required; false: off
+    first_token_last_layer: Union[Literal["auto"], bool] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
@@ -250,6 +270,34 @@ class MlflowConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "mlflow.experiment", "must be a non-empty name")
+        _check(self.tracking_uri is None or not _has_credentials(self.tracking_uri), "mlflow.tracking_uri",
+               "carries credentials (a password before '@' or a secret query value); params.yaml is copied into "
+               "dvc.lock, `dvc params diff` and `dvc exp show`, so put only the bare URI here and set "
+               "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment "
+               "(or the whole URI in MLFLOW_TRACKING_URI)")
+
+
+# query parameter names (split at _ - .) that carry secrets: ?token=, ?access_token=, ?api_key=, ?X-Amz-Signature=
+_SECRET_WORDS = frozenset({"token", "password", "passwd", "pwd", "secret", "key", "apikey", "sig", "signature",
+                           "auth", "credential", "credentials"})
+
+
+def _has_credentials(uri: str) -> bool:
+    """Whether ``uri`` has a password in its netloc or a secret-looking query value (never echoes either)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return False
+    # split by hand: urlsplit raises on a '[' in a password, and a '@' after the netloc is part of a path
+    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
+        return True
+    query = tail.split("#", 1)[0].partition("?")[2]
+    for pair in filter(None, query.split("&")):
+        name, _, value = pair.partition("=")
+        if value and _SECRET_WORDS & set(re.split(r"[_.\-]", name.lower())):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -273,15 +321,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce_union(value, args, key)
     if origin is Literal:
         _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
         return value
     if origin is tuple:
-        if isinstance(value, str):
+        if isinstance(value, str):  # `modules_to_save: pooler` means [pooler]
             value = [value]
         _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
@@ -295,6 +340,31 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
     return value
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    """The first alternative of a Union that ``value`` fits, in declaration order (a str before a tuple)."""
+    if value is None and type(None) in args:
+        return None
+    alternatives = [a for a in args if a is not type(None)]
+    for alternative in alternatives:
+        try:
+            return _coerce(value, alternative, key)
+        except ConfigError:
+            continue
+    shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + "…"
+    raise ConfigError(f"params: '{key}' must be {' or '.join(map(_describe, alternatives))}, got {shown}")
+
+
+def _describe(hint: Any) -> str:
+    """``str`` → "a string", ``tuple[str, ...]`` → "a list of strings", ``Literal["auto"]`` → "'auto'"."""
+    names = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[-1]}s"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _build(cls: type, raw: Any, section: str) -> Any:

@@ -18,9 +18,13 @@ from .data.loaders import EncodedSplit, eval_batches, iterate
 __all__ = ["macro_f1", "classification_metrics", "predict", "fit_tfidf_baseline", "predict_tfidf"]
 
 
-def macro_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Macro-averaged F1 (the model-selection metric)."""
-    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> float:
+    """Macro-averaged F1 over the declared classes ``0..num_labels-1``: best-epoch selection and the report.
+
+    A class absent from both ``y_true`` and ``y_pred`` scores 0 and still counts, so a split that lacks a
+    class is scored the same way everywhere (scikit-learn alone would average over the classes present).
+    """
+    return float(f1_score(y_true, y_pred, labels=list(range(num_labels)), average="macro", zero_division=0))
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: list[str]) -> dict:
@@ -34,7 +38,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y_true, y_pred, len(labels)),
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                              "support": int(s[i])} for i, name in enumerate(labels)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),

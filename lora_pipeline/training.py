@@ -20,15 +20,18 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Literal, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .data.loaders import EncodedSplit, iterate, train_batches
+from .errors import PipelineError
 from .evaluation import macro_f1, predict
 from .fast_dropout import fast_cpu_dropout
 from .lora.layers import LoRALinear
@@ -56,7 +59,8 @@ class FitConfig:
     log_every: int = 20
     compile: bool = False  # torch.compile the model for training (see compile_for_training)
     compile_eager_random: bool = False  # with compile: draw dropout masks exactly as eager mode does
-    first_token_last_layer: bool = True  # last encoder layer computes only the token the head reads
+    # last encoder layer computes only the token the head reads: "auto" where exact, True required, False off
+    first_token_last_layer: Union[Literal["auto"], bool] = "auto"
     bf16: bool = False  # bf16 autocast for forward passes (fp32 weights, gradients and optimizer state)
     fast_cpu_dropout: bool = True  # on CPU, dropout masks from fast_dropout.fast_cpu_dropout (same p, other units)
 
@@ -83,10 +87,26 @@ class Checkpointer(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
+    """``auto`` → CUDA when available, else CPU; ``cpu`` and ``cuda[:N]`` as given.
+
+    Raises:
+        PipelineError: CUDA is asked for where torch has none, or ``cuda:N`` names a GPU that is not visible.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        why = f"this torch build ({torch.__version__}) has no CUDA" if torch.version.cuda is None \
+            else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)"
+        raise PipelineError(f"params: 'train.device' is '{name}' but {why}; set train.device to auto or cpu, "
+                            "or install a CUDA build of torch")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise PipelineError(f"params: 'train.device' is '{name}' but only {count} CUDA devices are visible "
+                            f"(cuda:0..cuda:{count - 1}); pick one of those or auto")
+    return device
 
 
 def resolve_bf16(precision: str, device: torch.device) -> bool:
@@ -169,10 +189,36 @@ def compile_for_training(model: nn.Module, *, eager_random: bool = False) -> Cal
     return torch.compile(model, dynamic=True, options={"fallback_random": eager_random})
 
 
-# Sequence classifiers whose head reads only the first token of the last hidden state, and whose encoder
-# layers have BERT's module layout (attention.self.{query,key,value}, attention.output, intermediate, output).
-_FIRST_TOKEN_CLASSIFIERS = ("BertForSequenceClassification", "RobertaForSequenceClassification",
-                            "XLMRobertaForSequenceClassification", "ElectraForSequenceClassification")
+# transformers major versions whose BERT-family layer forward _first_token_forward was checked against
+_VERIFIED_TRANSFORMERS_MAJORS = (5,)
+
+
+def _transformers_major() -> int:
+    return int(transformers.__version__.split(".", 1)[0])
+
+
+def _stock(module: Any, cls: type) -> bool:
+    """``module`` is exactly a ``cls`` whose forward is the class's own, unpatched on the class or instance."""
+    forward = getattr(cls, "forward", None)
+    return type(module) is cls and "forward" not in vars(module) \
+        and getattr(forward, "__qualname__", "") == f"{cls.__name__}.forward" \
+        and getattr(forward, "__module__", "") == cls.__module__
+
+
+def _first_token_models() -> dict[type, tuple[str, str]]:
+    """Sequence classifiers whose head reads only token 0 of the last layer, with BERT's layer layout.
+
+    Maps the exact class to (its modeling module's class-name prefix, the head module that reads token 0).
+    """
+    from transformers.models.bert import modeling_bert
+    from transformers.models.electra import modeling_electra
+    from transformers.models.roberta import modeling_roberta
+    from transformers.models.xlm_roberta import modeling_xlm_roberta
+
+    return {modeling_bert.BertForSequenceClassification: ("Bert", "pooler"),
+            modeling_roberta.RobertaForSequenceClassification: ("Roberta", "classifier"),
+            modeling_xlm_roberta.XLMRobertaForSequenceClassification: ("XLMRoberta", "classifier"),
+            modeling_electra.ElectraForSequenceClassification: ("Electra", "classifier")}
 
 
 def _dropout_noise(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
@@ -234,26 +280,47 @@ def _first_token_forward(self: nn.Module, hidden_states: torch.Tensor, attention
     return ffn.LayerNorm(_first_row_dropout(projected, ffn.dropout, full) + attended)  # (B, 1, C)
 
 
-def _last_layer_if_supported(model: nn.Module) -> Optional[nn.Module]:
-    config = getattr(model, "config", None)
-    if type(model).__name__ not in _FIRST_TOKEN_CLASSIFIERS or config is None:
-        return None
+def _trim_target(model: nn.Module) -> tuple[Optional[nn.Module], str]:
+    """The last encoder layer if trimming it is exact for ``model``, else None and the reason why not.
+
+    Exact means: a verified transformers major version, the stock classifier class itself (not a subclass or a
+    same-named class), and stock, unpatched forwards from the model down to the last layer and the head.
+    """
+    major = _transformers_major()
+    if major not in _VERIFIED_TRANSFORMERS_MAJORS:
+        verified = " and ".join(f"{m}.x" for m in _VERIFIED_TRANSFORMERS_MAJORS)
+        return None, f"it is verified against transformers {verified} only, not transformers {major} " \
+                     f"({transformers.__version__})"
+    spec = _first_token_models().get(type(model))
+    if spec is None:
+        return None, f"{type(model).__module__}.{type(model).__name__} is not one of the stock classifiers " \
+                     "whose head reads only token 0 (BERT, RoBERTa, XLM-R, ELECTRA)"
+    prefix, head = spec
+    config = model.config
     unsupported = ("is_decoder", "add_cross_attention", "chunk_size_feed_forward", "output_hidden_states",
                    "output_attentions")  # each changes what the last layer must return
     if any(getattr(config, key, False) for key in unsupported) \
             or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return None
-    layer = model.base_model.encoder.layer[-1]
-    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.self.dropout",
-              "attention.output.dense", "attention.output.dropout", "attention.output.LayerNorm",
-              "intermediate.dense", "output.dense", "output.dropout", "output.LayerNorm")
-    names = {name for name, _ in layer.named_modules()}
-    has_act = callable(getattr(getattr(layer, "intermediate", None), "intermediate_act_fn", None))
-    return layer if has_act and all(n in names for n in needed) else None
+        return None, f"{type(model).__name__}'s config asks for more than the head's token " \
+                     f"(one of {', '.join(unsupported)} is set, or attention is not sdpa/eager)"
+    classes = vars(sys.modules[type(model).__module__])  # the classes of the model's own modeling module
+    base, layer = model.base_model, model.base_model.encoder.layer[-1]
+    head_class = f"{prefix}Pooler" if head == "pooler" else f"{prefix}ClassificationHead"
+    parts = [("classifier", model, type(model).__name__), ("base model", base, f"{prefix}Model"),
+             ("encoder", base.encoder, f"{prefix}Encoder"), ("last layer", layer, f"{prefix}Layer"),
+             ("attention", layer.attention, f"{prefix}Attention"),
+             ("self-attention", layer.attention.self, f"{prefix}SelfAttention"),
+             ("attention output", layer.attention.output, f"{prefix}SelfOutput"),
+             ("intermediate", layer.intermediate, f"{prefix}Intermediate"), ("output", layer.output, f"{prefix}Output"),
+             ("head", getattr(base if head == "pooler" else model, head), head_class)]
+    for what, module, cls in parts:
+        if not _stock(module, classes[cls]):
+            return None, f"{type(model).__name__}'s {what} is not a stock {cls} with its own forward"
+    return layer, ""
 
 
 @contextlib.contextmanager
-def first_token_last_layer(model: nn.Module) -> Iterator[bool]:
+def first_token_last_layer(model: nn.Module, required: bool = False) -> Iterator[bool]:
     """While training, let the last encoder layer compute only the first token, the one the head reads.
 
     A BERT-style classifier pools ``last_hidden_state[:, 0]``, so in the last layer the queries, attention
@@ -262,13 +329,24 @@ def first_token_last_layer(model: nn.Module) -> Iterator[bool]:
     computes token 0 alone; the loss and every gradient are the same up to float rounding, and dropout draws
     the same random numbers in the same order (on CPU the very same masks; with CUDA SDPA's fused kernels the
     last layer's masks come from another kernel). ``eval()`` and everything outside the context are untouched,
-    and the state dict never changes.
+    and the state dict never changes. Only exact stock classes with stock forwards are trimmed (see
+    :func:`_trim_target`): a subclass or a same-named class may pool differently.
+
+    Args:
+        required: raise instead of leaving an unsupported model alone (``train.first_token_last_layer: true``).
 
     Yields:
-        Whether the model is supported (a BERT-layout sequence classifier); if not, nothing is changed.
+        Whether the last layer is trimmed; if not, nothing is changed.
+
+    Raises:
+        PipelineError: ``required`` and the model is not supported (the message says why).
     """
-    layer = _last_layer_if_supported(model)
+    layer, why = _trim_target(model)
     if layer is None:
+        if required:
+            raise PipelineError(f"params: 'train.first_token_last_layer' is true but cannot apply: {why}; "
+                                "set it to auto or false")
+        log.info("first_token_last_layer: off (%s)", why)
         yield False
         return
     layer.forward = types.MethodType(_first_token_forward, layer)
@@ -320,7 +398,16 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device) -> float:
-    return macro_f1(val.labels, predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16))
+    """Validation macro-F1 over the model's declared classes (``config.num_labels``), as the evaluate stage scores."""
+    preds = predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16)
+    return macro_f1(val.labels, preds, model.config.num_labels)
+
+
+def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManager:
+    """Route console log records through ``tqdm.write`` while a bar is shown, so a line never lands on the bar."""
+    console = any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+                  for h in logging.getLogger().handlers)
+    return logging_redirect_tqdm(tqdm_class=tqdm) if progress and console else contextlib.nullcontext()
 
 
 def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
@@ -370,8 +457,9 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     forward = compile_for_training(model, eager_random=cfg.compile_eager_random) if cfg.compile else model
     bar = tqdm(total=total_steps, initial=st["global_step"], disable=not progress, mininterval=5,
                desc="train", unit="step", file=sys.stderr)
-    trim = first_token_last_layer(model) if cfg.first_token_last_layer else contextlib.nullcontext()
-    with trim, fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
+    trim = first_token_last_layer(model, required=cfg.first_token_last_layer is True) \
+        if cfg.first_token_last_layer else contextlib.nullcontext()
+    with _console_logging_to_tqdm(progress), trim, fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
         while st["epoch"] < cfg.epochs:
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
             loss_acc = torch.zeros((), device=device)  # summed on device: no host sync per step

@@ -54,7 +54,18 @@ def fit_config(params: Params, variant: Variant, device: torch.device) -> FitCon
                      eval_batch_size=t.eval_batch_size, weight_decay=t.weight_decay,
                      warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm, seed=t.seed,
                      checkpoint_every=t.checkpoint_every, bf16=resolve_bf16(t.precision, device),
-                     fast_cpu_dropout=t.cpu_dropout == "fast")
+                     fast_cpu_dropout=t.cpu_dropout == "fast", first_token_last_layer=t.first_token_last_layer)
+
+
+def checkpoint_key(variant: Variant, sections: dict, device: torch.device, cfg: FitConfig, split: Path) -> str:
+    """The run key of the checkpoint folder: params, data, and the *resolved* device type and precision.
+
+    ``train.precision: auto`` means bf16 on one host and fp32 on another, so the key hashes what it resolved
+    to; a checkpoint of another resolution is then ignored instead of resumed under other numerics.
+    """
+    resolved = {"device": device.type, "precision": "bf16" if cfg.bf16 else "fp32"}
+    data = [sha256_file(split / f"{name}.parquet") for name in ("train", "val")]
+    return run_key(variant, sections, resolved, *data)
 
 
 def _save_model(model, tokenizer, variant: Variant, params: Params, out: str) -> None:
@@ -85,18 +96,25 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
     missing = [n for n in ("labels.json", "train.parquet", "val.parquet") if not (split / n).is_file()]
     if missing:
         raise PipelineError(f"{split} lacks {', '.join(missing)}: run the split stage first (dvc repro split)")
+    device = resolve_device(params.train.device)  # before any work: `cuda` on a CPU-only torch fails here
+    cfg = fit_config(params, variant, device)
+    sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
+                variant: dataclasses.asdict(getattr(params, variant))}
+    checkpointer = DirCheckpointer(args.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
+    with checkpointer.lock():  # a second process on this folder (an orphan of a killed `dvc repro`) stops here
+        _fit_and_save(args, variant, params, cfg, device, sections, checkpointer)
+
+
+def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
+                  sections: dict, checkpointer: DirCheckpointer) -> None:
+    split = Path(args.split)
     labels = read_json(split / "labels.json")
     train = EncodedSplit.from_frame(pd.read_parquet(split / "train.parquet"))
     val = EncodedSplit.from_frame(pd.read_parquet(split / "val.parquet"))
     tokenizer = load_tokenizer(params.model)
     model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
-    device = resolve_device(params.train.device)
-    cfg = fit_config(params, variant, device)
-    sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
-                variant: dataclasses.asdict(getattr(params, variant))}
-    key = run_key(variant, sections, sha256_file(split / "train.parquet"), sha256_file(split / "val.parquet"))
-    checkpointer = DirCheckpointer(args.checkpoints, key)
-    tags = {"stage": f"train_{variant}", "variant": variant}
+    tags = {"stage": f"train_{variant}", "variant": variant, "seed": params.train.seed,
+            "checkpoint_key": checkpointer.key}
     if variant == "lora":
         tags["lora_rank"] = params.lora.rank
     tracker = open_tracker(params.mlflow, f"train_{variant}", tags)
@@ -109,7 +127,7 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
         write_json(args.metrics, metrics)
         _write_curve(result.history, args.curve)
         checkpointer.clear()
-        tracker.log_metrics(metrics)
+        tracker.log_metrics(summary_for_tracking(metrics))
         tracker.set_tags({"resumed_from_step": result.resumed_from_step})
         for path in (args.metrics, args.curve):
             tracker.log_artifact(path)
@@ -117,6 +135,15 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
         tracker.close(failed=True)
         raise
     tracker.close()
+
+
+def summary_for_tracking(metrics: dict) -> dict:
+    """The end-of-run metrics under names that no per-step curve uses (MLflow puts a step-less value at step 0).
+
+    ``val_macro_f1`` is the per-epoch curve ``fit`` logs; the best epoch's value becomes ``best_val_macro_f1``.
+    The DVC metrics file keeps its own keys.
+    """
+    return {("best_val_macro_f1" if key == "val_macro_f1" else key): value for key, value in metrics.items()}
 
 
 def _metrics(model, result, device: torch.device, out: str, cfg: FitConfig) -> dict:

@@ -145,3 +145,90 @@ def test_config_error_is_a_value_error_and_a_pipeline_error_type_is_exported():
 
     assert issubclass(ConfigError, ValueError)
     assert errors.ConfigError is ConfigError
+
+
+# ------------------------------------------------------------ lora.target_modules forms (issue 10, item 1)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("all-linear", "all-linear"),  # a YAML string stays a string: all-linear, or a full-match regex
+    (r".*\.attention\.self\.(query|value)", r".*\.attention\.self\.(query|value)"),
+    (["query", "value"], ("query", "value")),  # a YAML list is names or name suffixes
+    (["attention.self.query"], ("attention.self.query",)),
+    (None, None),  # the model type's default targets
+])
+def test_target_modules_keeps_a_string_a_string_and_a_list_a_tuple(value, expected):
+    assert parse_params(_with("lora.target_modules", value)).lora.target_modules == expected
+
+
+def test_target_modules_from_yaml_text(tmp_path: Path):
+    raw = copy.deepcopy(RAW)
+    raw["lora"]["target_modules"] = "all-linear"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_params(path).lora.target_modules == "all-linear"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("(query", "not a valid regex"),
+    ("", "must not be empty"),
+    ([], "must not be empty"),
+    ([""], "must not be empty"),
+    ([3], "must be a string"),
+    ({"a": 1}, "string"),
+])
+def test_bad_target_modules_name_their_key(value, message):
+    with pytest.raises(ConfigError, match=rf"'lora\.target_modules.*{message}"):
+        parse_params(_with("lora.target_modules", value))
+
+
+# ------------------------------------------------- train.first_token_last_layer (issue 10, item 8)
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_first_token_last_layer_takes_auto_true_or_false(value):
+    assert parse_params(_with("train.first_token_last_layer", value)).train.first_token_last_layer == value
+
+
+def test_first_token_last_layer_defaults_to_auto_in_the_repo_params():
+    assert RAW["train"]["first_token_last_layer"] == "auto"
+    assert parse_params({k: v for k, v in RAW.items() if k != "train"}, sections=[]).train.first_token_last_layer \
+        == "auto"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, "on", None])
+def test_bad_first_token_last_layer_is_named(value):
+    with pytest.raises(ConfigError, match=r"'train\.first_token_last_layer'"):
+        parse_params(_with("train.first_token_last_layer", value))
+
+
+# ------------------------------------------------- credentials in mlflow.tracking_uri (issue 11, item 12)
+
+
+@pytest.mark.parametrize("uri, secret", [
+    ("http://alice:s3cr3t@mlflow.example.com:5000", "s3cr3t"),
+    ("https://alice:s3cr3t@mlflow.example.com/", "s3cr3t"),
+    ("postgresql://mlflow:s3cr3t@db:5432/mlflow", "s3cr3t"),
+    ("https://mlflow.example.com/?token=s3cr3t", "s3cr3t"),
+    ("https://mlflow.example.com/api?x=1&access_token=s3cr3t", "s3cr3t"),
+    ("https://mlflow.example.com/?password=s3cr3t", "s3cr3t"),
+    ("https://mlflow.example.com/?sig=s3cr3t&api_key=s3cr3t", "s3cr3t"),
+    ("http://al[ice:s3cr3t@host:5000", "s3cr3t"),  # urlsplit raises on '[' in a netloc: still refused
+])
+def test_tracking_uri_with_credentials_is_refused_without_echoing_them(uri, secret):
+    with pytest.raises(ConfigError) as info:
+        parse_params(_with("mlflow.tracking_uri", uri))
+    message = str(info.value)
+    assert "'mlflow.tracking_uri'" in message and secret not in message
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN"):
+        assert name in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("uri", ["http://mlflow.example.com:5000", "https://mlflow.example.com/prefix?x=1",
+                                 "sqlite:////abs/path/mlflow.db", "file:///tmp/mlruns", "databricks",
+                                 "http://alice@mlflow.example.com", "sqlite:////data/user@host/mlflow.db",
+                                 "https://mlflow.example.com/?monkey=1"])
+def test_tracking_uri_without_credentials_is_accepted(uri):
+    assert parse_params(_with("mlflow.tracking_uri", uri)).mlflow.tracking_uri == uri

@@ -27,7 +27,7 @@ def test_metrics_of_a_known_confusion_matrix():
         assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, r, f))
         assert got["support"] == s and isinstance(got["support"], int)
     assert m["macro_f1"] == pytest.approx((4 / 7 + 2 / 3 + 6 / 7) / 3)
-    assert m["macro_f1"] == pytest.approx(macro_f1(Y_TRUE, Y_PRED))
+    assert m["macro_f1"] == pytest.approx(macro_f1(Y_TRUE, Y_PRED, 3))
 
 
 def test_metrics_match_scikit_learn_and_are_json_native():
@@ -49,6 +49,22 @@ def test_a_class_never_predicted_scores_zero_without_warnings():
     m = classification_metrics([0, 1, 2, 2], [0, 1, 1, 1], ["a", "b", "c"])
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
     assert m["confusion_matrix"][2] == [0, 2, 0]
+
+
+@pytest.mark.parametrize("y_true, y_pred, expected", [
+    ([0, 0, 1, 1], [0, 0, 1, 1], 2 / 3),  # class 2 neither present nor predicted: F1 0, still averaged
+    ([0, 0, 1, 1], [0, 0, 1, 2], (1 + 2 / 3 + 0) / 3),
+    ([0, 1, 2, 2], [0, 1, 2, 2], 1.0),
+])
+def test_macro_f1_averages_over_the_declared_label_set(y_true, y_pred, expected):
+    """Issue 10, item 10: one function for best-epoch selection and the reported metric, over every class."""
+    assert macro_f1(y_true, y_pred, 3) == pytest.approx(expected)
+    assert classification_metrics(y_true, y_pred, ["a", "b", "c"])["macro_f1"] == pytest.approx(expected)
+
+
+def test_macro_f1_needs_the_label_count():
+    with pytest.raises(TypeError):
+        macro_f1([0, 1], [0, 1])  # type: ignore[call-arg]  # the classes present would silently decide
 
 
 def _toy_split(pairs: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -8,16 +8,22 @@ layer's own forward. Dropout is ON here (0.1 / 0.2), padded rows included, both 
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
+import transformers
 from transformers import AutoModelForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
 
+from lora_pipeline import training
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.lora import apply_lora, mark_only_lora_as_trainable
 from lora_pipeline.training import first_token_last_layer
 from tests.lora_tiny_models import CONFIGS
 
-SUPPORTED = ("bert", "roberta")
+SUPPORTED = ("bert", "roberta", "electra", "xlm-roberta")  # the exact classes trimmed
 UNSUPPORTED = ("distilbert", "deberta-v2", "gpt2")
 
 
@@ -126,3 +132,104 @@ def test_hidden_states_output_is_not_trimmed():
     model.config.output_hidden_states = True  # a caller reading every layer's tokens needs the full last layer
     with first_token_last_layer(model) as trimmed:
         assert not trimmed
+
+
+# ------------------------------------------- exact classes only, and a visible switch (issue 10, item 8)
+
+
+class BertForSequenceClassification(transformers.BertForSequenceClassification):
+    """A user's (or remote code's) subclass with the stock name whose head mean-pools every token."""
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        logits = self.classifier(self.dropout((hidden * mask).sum(1) / mask.sum(1)))  # (B, K)
+        return SequenceClassifierOutput(loss=F.cross_entropy(logits, labels), logits=logits)
+
+
+def _same_named_subclass():
+    config = copy.deepcopy(CONFIGS["bert"])
+    config.hidden_dropout_prob, config.attention_probs_dropout_prob = 0.1, 0.2
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).train()
+
+
+def test_a_same_named_subclass_that_pools_every_token_is_left_alone():
+    model, batch = _same_named_subclass(), _padded_batch("bert")
+    assert type(model).__name__ == "BertForSequenceClassification"
+    reference = _step(model, batch)
+    with first_token_last_layer(model) as trimmed:
+        result = _step(model, batch)
+    assert not trimmed
+    _assert_same_step(reference, result)  # trimmed, the mean over one row shifted the loss by ~2 %
+
+
+@pytest.mark.parametrize("where", ["instance", "class"])
+def test_a_last_layer_with_another_forward_is_left_alone(where):
+    model, batch = _model("bert"), _padded_batch("bert")
+    layer = model.bert.encoder.layer[-1]
+    calls = []
+
+    def traced(self, *args, **kwargs):
+        calls.append(1)
+        return type(self).__mro__[1].forward(self, *args, **kwargs) if where == "class" else \
+            transformers.models.bert.modeling_bert.BertLayer.forward(self, *args, **kwargs)
+
+    if where == "instance":
+        layer.forward = types.MethodType(traced, layer)
+    else:
+        layer.__class__ = type("BertLayer", (type(layer),), {"forward": traced})
+    with first_token_last_layer(model) as trimmed:
+        model(**batch)
+    assert not trimmed and calls == [1]
+    assert (vars(layer).get("forward") is not None) == (where == "instance")  # the user's forward is kept
+
+
+def test_required_on_an_unsupported_model_is_a_clear_error():
+    for model in (_model("distilbert", attn=None), _same_named_subclass()):
+        with pytest.raises(PipelineError, match=r"train\.first_token_last_layer.*true.*"
+                                                r"auto or false") as info:
+            with first_token_last_layer(model, required=True):
+                pass
+        assert type(model).__name__ in str(info.value) and "\n" not in str(info.value)
+    with first_token_last_layer(_model("bert"), required=True) as trimmed:
+        assert trimmed
+
+
+def test_an_unverified_transformers_major_is_not_trimmed(monkeypatch):
+    monkeypatch.setattr(training, "_transformers_major", lambda: 99)
+    with first_token_last_layer(_model("bert")) as trimmed:
+        assert not trimmed
+    with pytest.raises(PipelineError, match=r"transformers 99"):
+        with first_token_last_layer(_model("bert"), required=True):
+            pass
+
+
+@pytest.mark.parametrize("setting, calls", [("auto", [False]), (True, [True]), (False, [])])
+def test_fit_follows_the_switch(monkeypatch, setting, calls, tiny_model_dir, split_dir):
+    from tests.conftest import load_encoded
+
+    seen = []
+    real = training.first_token_last_layer
+
+    def spy(model, required=False):
+        seen.append(required)
+        return real(model, required=required)
+
+    monkeypatch.setattr(training, "first_token_last_layer", spy)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, use_safetensors=True)
+    cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=setting)
+    training.fit(model, load_encoded(split_dir, "train"), load_encoded(split_dir, "val"), cfg, pad_id=0,
+                 device=torch.device("cpu"), progress=False)
+    assert seen == calls
+
+
+def test_fit_refuses_to_run_untrimmed_when_trimming_is_required(monkeypatch, tiny_model_dir, split_dir):
+    from tests.conftest import load_encoded
+
+    monkeypatch.setattr(training, "_transformers_major", lambda: 99)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, use_safetensors=True)
+    cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=True)
+    with pytest.raises(PipelineError, match="first_token_last_layer"):
+        training.fit(model, load_encoded(split_dir, "train"), load_encoded(split_dir, "val"), cfg, pad_id=0,
+                     device=torch.device("cpu"), progress=False)

@@ -123,7 +123,7 @@ def test_trained_model_reloads_and_predicts_like_at_the_end_of_training(pipeline
     val = EncodedSplit.from_frame(pd.read_parquet(base / "split" / "val.parquet"))
     preds = predict(model, val, 64, tiny_tokenizer.pad_token_id, torch.device("cpu"))
     best = json.loads((base / "metrics" / f"train_{variant}.json").read_text())["val_macro_f1"]
-    assert macro_f1(val.labels, preds) == pytest.approx(best)  # the saved weights are the best epoch's
+    assert macro_f1(val.labels, preds, len(LABELS)) == pytest.approx(best)  # the saved weights are the best epoch's
 
 
 def test_runs_are_mirrored_to_mlflow(pipeline):
@@ -143,6 +143,38 @@ def test_runs_are_mirrored_to_mlflow(pipeline):
     assert artifacts == {"train_full.json", "full.csv"}
     if HAS_LORA:
         assert by_stage["train_lora"].data.tags["lora_rank"] == "4"
+
+
+def test_train_runs_are_tagged_with_seed_and_checkpoint_key(pipeline):
+    import mlflow
+
+    _, _, _, uri = pipeline
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    train_runs = [r for r in runs if r.data.tags["stage"].startswith("train_")]
+    assert train_runs
+    for run in train_runs:
+        assert run.data.tags["seed"] == "7"
+        assert len(run.data.tags["checkpoint_key"]) == 16 and int(run.data.tags["checkpoint_key"], 16) >= 0
+    assert len({r.data.tags["checkpoint_key"] for r in train_runs}) == len(train_runs)  # one per variant
+
+
+@pytest.mark.parametrize("variant", ["scratch", "full", pytest.param("lora", marks=needs_lora)])
+def test_the_end_of_run_summary_adds_no_point_to_the_epoch_curve(pipeline, variant):
+    """Issue 11, item 9: the summary's val_macro_f1 (step-less, so step 0) used to join the per-epoch curve."""
+    import mlflow
+
+    base, _, _, uri = pipeline
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+                              filter_string=f"tags.stage = 'train_{variant}'")
+    metrics = json.loads((base / "metrics" / f"train_{variant}.json").read_text())
+    curve = client.get_metric_history(runs[0].info.run_id, "val_macro_f1")
+    assert [m.step for m in curve] == [metrics["steps"] // 2, metrics["steps"]]  # one point per epoch
+    history = pd.read_csv(base / "metrics" / "curves" / f"{variant}.csv")["val_macro_f1"].tolist()
+    assert [m.value for m in curve] == pytest.approx(history)
+    assert runs[0].data.metrics["best_val_macro_f1"] == pytest.approx(metrics["val_macro_f1"])
+    assert "val_macro_f1" in metrics and "best_val_macro_f1" not in metrics  # the DVC metrics keys stay
 
 
 @needs_lora
@@ -208,6 +240,31 @@ def test_unknown_param_exits_2_naming_the_key_and_writes_nothing(tmp_path, tiny_
     assert f"'{key}'" in err and "not a known key" in err and "Traceback" not in err
     assert set(tmp_path.iterdir()) == before  # no model, metrics, curve, checkpoint or split directory
 
+
+
+def test_a_cuda_device_on_a_cpu_only_torch_exits_2_with_one_line(tmp_path, tiny_model_dir, split_dir, capsys,
+                                                                  monkeypatch):
+    """Issue 11, item 16: `train.device: cuda` without CUDA was a traceback (exit 1) after loading the model."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {"train.device": "cuda", "mlflow.enabled": False})
+    before = set(tmp_path.iterdir())
+    assert _train("full", _train_args(tmp_path, "full", params, split_dir)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    failure = [line for line in err.splitlines() if line.startswith("train_full failed:")]
+    assert len(failure) == 1 and "'train.device' is 'cuda'" in failure[0] and "auto or cpu" in failure[0]
+    assert set(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("choice", ["auto", True, False])
+def test_first_token_last_layer_param_reaches_the_fit_config(choice):
+    import types
+
+    from lora_pipeline.config import FullConfig, TrainConfig
+    from stages._train import fit_config
+
+    params = types.SimpleNamespace(train=TrainConfig(first_token_last_layer=choice), full=FullConfig())
+    assert fit_config(params, "full", torch.device("cpu")).first_token_last_layer == choice
 
 
 @pytest.mark.parametrize("choice, fast", [("fast", True), ("torch", False)])

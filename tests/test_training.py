@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from lora_pipeline import training
 from lora_pipeline.config import ModelConfig, ScratchConfig
+from lora_pipeline.data.loaders import EncodedSplit
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.models import build_model
 from lora_pipeline.training import FitConfig, fit, resolve_device
 from tests.conftest import LABELS, load_encoded, save_tiny_bert
@@ -140,6 +148,54 @@ def test_two_fits_with_the_same_seed_are_identical(tiny_model_dir, data):
 def test_resolve_device():
     assert resolve_device("cpu") == CPU
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_a_cuda_request_without_cuda_is_a_one_line_error(monkeypatch, name):
+    """Issue 11, item 16: `train.device: cuda` on a CPU-only torch was a traceback deep inside training."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PipelineError, match=rf"'train\.device' is '{name}' but .*no CUDA.*auto or cpu") as info:
+        resolve_device(name)
+    assert "\n" not in str(info.value)
+    assert resolve_device("auto") == CPU
+
+
+def test_a_cuda_index_beyond_the_visible_gpus_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(PipelineError, match=r"'train\.device' is 'cuda:2' but only 2 CUDA devices"):
+        resolve_device("cuda:2")
+
+
+def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, tiny_model_dir, split_dir):
+    """Issue 10, item 10: a class absent from the val split and the predictions still counts (as 0), exactly as
+    in the reported metric; without the declared set, selection scored 1.0 where the report says 2/3."""
+    frame = pd.read_parquet(split_dir / "val.parquet")
+    val = EncodedSplit.from_frame(frame[frame["label_id"] < 2].reset_index(drop=True))  # no class 2
+    monkeypatch.setattr(training, "predict", lambda model, split, *a, **k: np.asarray(split.labels))  # all right
+    result = fit(_model(tiny_model_dir), load_encoded(split_dir, "train"), val,
+                 FitConfig(lr=1e-3, epochs=1, batch_size=32), pad_id=0, device=CPU, progress=False)
+    reported = classification_metrics(val.labels, val.labels, LABELS)["macro_f1"]
+    assert reported == pytest.approx(2 / 3)
+    assert result.history[0]["val_macro_f1"] == pytest.approx(reported)
+    assert result.best_val_macro_f1 == pytest.approx(reported)
+
+
+def test_epoch_log_lines_are_not_glued_onto_the_progress_bar(tiny_model_dir, data, capsys):
+    """Issue 11, "Logs": with the bar on, each epoch summary starts its own line (tqdm's logging redirection)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)  # capsys's stderr, as run_stage's handler is the real one
+    handler.setFormatter(logging.Formatter("LOG %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    fit(_model(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16), pad_id=0, device=CPU,
+        progress=True)
+    assert handler in root.handlers  # the redirection is undone
+    err = capsys.readouterr().err
+    assert "train:" in err  # the bar was drawn
+    epoch_lines = [line for line in re.split(r"[\r\n]", err) if re.search(r"epoch \d: train_loss", line)]
+    assert len(epoch_lines) == 2 and all(line.startswith("LOG epoch") for line in epoch_lines), epoch_lines
 
 
 def test_full_variant_loads_a_classifier_checkpoint_with_another_label_count(tmp_path, tiny_tokenizer):
