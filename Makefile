@@ -25,8 +25,10 @@ setup-dev: $(VENV)/.installed-dev
 repro: setup
 	$(RUN) dvc repro
 
+# Bytecode writing stays ON for the tests, as on users' machines: PYTHONDONTWRITEBYTECODE=1 once hid that
+# __pycache__ changed the hash of DVC's code directory dependencies.
 test: setup-dev
-	$(RUN) python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(RUN) env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

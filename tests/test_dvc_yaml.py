@@ -98,11 +98,33 @@ def _sections_read(script: Path, name: str) -> set[str]:
     return {s.strip().strip("'\"") for s in match.group(1).split(",") if s.strip()}
 
 
+# Tracking settings change where runs are mirrored, never a result: declaring them would rerun every stage when
+# the MLflow URI changes and would copy the URI into dvc.lock, `dvc params diff` and `dvc exp show`.
+NOT_RESULT_SECTIONS = {"mlflow"}
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_params_match_sections_read(name):
     stage = STAGES[name]
     declared = {p.split(".")[0] for p in stage.get("params", [])}
-    assert declared == _sections_read(_stage_script(stage), name)
+    assert declared == _sections_read(_stage_script(stage), name) - NOT_RESULT_SECTIONS
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_tracking_settings_are_not_stage_params(name):
+    declared = {p.split(".")[0] for p in STAGES[name].get("params", [])}
+    assert not declared & NOT_RESULT_SECTIONS, f"stage {name} declares {declared & NOT_RESULT_SECTIONS}"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_stage_is_run_cacheable(name):
+    """DVC saves no run-cache entry for a stage with a ``cache: false`` out that is neither a metric nor a plot
+    (dvc/stage/__init__.py, ``Stage.run``): such a stage could never be restored, only retrained."""
+    for entry in STAGES[name].get("outs", []):
+        if isinstance(entry, dict):
+            (path, opts), = entry.items()
+            assert opts.get("cache", True), f"stage {name}: out {path} has cache: false (disables the run-cache)"
+            assert not opts.get("persist"), f"stage {name}: out {path} is persist (disables the run-cache)"
 
 
 def test_metrics_are_uncached_and_plots_declared():

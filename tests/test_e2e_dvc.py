@@ -58,7 +58,8 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     params["lora"].update(epochs=2, lr=5e-3)
     params["train"].update(batch_size=16, checkpoint_every=5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    # bytecode writing ON, as on users' machines (the development machines set PYTHONDONTWRITEBYTECODE=1)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@localhost", "PYTHONPATH": str(repo)}
@@ -97,12 +98,54 @@ def test_every_out_and_metric_exists_and_parses(repo):
     assert (repo / "reports/validation/index.html").is_file()
 
 
+def test_trained_lora_round_trips_through_peft(repo, tmp_path):
+    """models/lora, exported to peft's format, gives peft's PeftModel the logits of our merged model."""
+    import peft
+    import torch
+
+    from lora_pipeline.config import load_params
+    from lora_pipeline.lora import export_peft, load_adapter
+    from lora_pipeline.models import build_model, load_trained
+    from lora_pipeline.pretrained import load_tokenizer
+
+    repo, _ = repo
+    params = load_params(repo / "params.yaml")
+    labels = json.loads((repo / "data/split/labels.json").read_text())
+    tokenizer = load_tokenizer(params.model)
+    ours = build_model("full", params.model, labels, tokenizer)
+    load_adapter(ours, repo / "models/lora")
+    export_peft(ours, tmp_path / "peft", base_model_name=params.model.name)
+    theirs = peft.PeftModel.from_pretrained(build_model("full", params.model, labels, tokenizer), tmp_path / "peft")
+    merged = load_trained("lora", repo / "models/lora", params.model, labels, tokenizer)
+    batch = tokenizer(["great wonderful film", "dull tedious story", "detective village heist"], padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        expected = merged.eval()(**batch).logits
+        torch.testing.assert_close(theirs.eval()(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_second_repro_is_a_noop(repo):
     repo, env = repo
     proc = _run(["dvc", "repro"], repo, env)
     assert "Running stage" not in proc.stdout, proc.stdout
     status = _run(["dvc", "status"], repo, env)
     assert "up to date" in status.stdout
+
+
+def test_bytecode_does_not_change_dvc_status(repo):
+    """Code directories are DVC dependencies; bytecode comes and goes (a fresh checkout has none, an ordinary
+    `import` writes it, a `touch` rewrites it) and must never make DVC think the code changed."""
+    repo, env = repo
+    for cache in repo.rglob("__pycache__"):
+        shutil.rmtree(cache)
+    assert "up to date" in _run(["dvc", "status"], repo, env).stdout
+    for source in (repo / "lora_pipeline").rglob("*.py"):
+        source.touch()
+    _run([sys.executable, "-c", "import stages.train_lora, stages.evaluate, stages.report, stages.split, "
+          "stages.validate, stages.ingest"], repo, env)
+    assert list((repo / "lora_pipeline" / "lora").glob("__pycache__/*.pyc")), "no bytecode was written"
+    status = _run(["dvc", "status"], repo, env)
+    assert "up to date" in status.stdout, status.stdout
 
 
 def test_rank_experiment_moves_only_lora(repo):
@@ -118,6 +161,41 @@ def test_rank_experiment_moves_only_lora(repo):
     assert "metrics/train_full.json" not in diff or not diff["metrics/train_full.json"]
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     assert 4 in _exp_values(shown, "rank")
+    # README's readable table (the full `dvc exp show` is thousands of characters wide)
+    table = _run(["dvc", "exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep",
+                  r"Experiment|Created|lora\.rank|train\.seed|^(scratch|full|lora|tfidf_logreg)\.macro_f1$"],
+                 repo, env).stdout
+    header = table.splitlines()[0]
+    assert "lora.rank" in header and "lora.macro_f1" in header and "full.macro_f1" in header, table
+    assert max(len(line) for line in table.splitlines()) < 200, table
+    assert any("| 4 " in line for line in table.splitlines()[2:]), table
+
+
+def test_params_seen_before_restore_from_the_run_cache(repo):
+    """Back to the baseline's rank: DVC restores train_lora, evaluate and report from its run-cache (no training)."""
+    repo, env = repo
+    base_rank = yaml.safe_load(_run(["git", "show", "HEAD:params.yaml"], repo, env).stdout)["lora"]["rank"]
+    proc = _run(["dvc", "exp", "run", "-S", f"lora.rank={base_rank}"], repo, env)
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert "Stage 'train_lora' is cached - skipping run" in proc.stdout, proc.stdout
+
+
+def test_a_failed_stage_is_recovered_from_the_run_cache(repo):
+    """DVC deletes a stage's outs before running it, so a bad value costs the last good outputs; restoring the
+    params and running `dvc repro` brings them back from the run-cache without training."""
+    repo, env = repo
+    lora_model = repo / "models" / "lora"
+    before = sorted(p.name for p in lora_model.iterdir())
+    failed = subprocess.run(["dvc", "exp", "run", "-S", "lora.rank=0"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert failed.returncode != 0
+    assert "'lora.rank' must be >= 1" in failed.stdout + failed.stderr
+    assert not lora_model.exists()  # DVC removed the outs before the command failed
+    _run(["git", "checkout", "--", "params.yaml"], repo, env)
+    proc = _run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert sorted(p.name for p in lora_model.iterdir()) == before
+    assert "up to date" in _run(["dvc", "status"], repo, env).stdout
 
 
 def _exp_values(shown, key: str) -> list:
@@ -130,14 +208,26 @@ def _exp_values(shown, key: str) -> list:
     return found
 
 
-def test_queued_rank_grid_logs_to_one_mlflow_store(repo):
-    """`dvc exp run --queue` runs in temporary copies; the default SQLite store must still be the repo's."""
+def _exp_names_by_rank(shown) -> dict[int, str]:
+    names = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                if rev.get("name"):
+                    names[rev["data"]["params"]["params.yaml"]["data"]["lora"]["rank"]] = rev["name"]
+    return names
+
+
+def test_queued_rank_grid_logs_every_run_to_one_mlflow_store(repo):
+    """`dvc exp run --queue` runs in temporary copies; the default SQLite store must still be the repo's, and two
+    workers that find no store yet must not lose a run while both create MLflow's schema."""
     repo, env = repo
     repo_env_uri = env["MLFLOW_TRACKING_URI"]
     env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    assert not (repo / "mlflow.db").exists()
     _run(["git", "add", "-A"], repo, env)  # queued runs start from HEAD: it must hold the baseline's dvc.lock
     _run(["git", "commit", "-qm", "baseline for the queue", "--allow-empty"], repo, env)
-    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], repo, env)
+    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,16"], repo, env)  # ranks never trained before
     _run(["dvc", "queue", "start", "-j", "2"], repo, env)  # two workers write one SQLite store
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -146,20 +236,20 @@ def test_queued_rank_grid_logs_to_one_mlflow_store(repo):
             break
         time.sleep(3)
     assert "Failed" not in status, _run(["dvc", "queue", "logs", status.split()[-1]], repo, env).stdout
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    assert {2, 8} <= set(_exp_values(shown, "rank"))
+    names = _exp_names_by_rank(json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout))
+    assert {2, 16} <= set(names)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id])
-    queued = [r for r in runs if r.data.tags.get("dvc_exp_name")]
-    # Known gap (issue 5 notes): one of the two queued ranks sometimes has no run tagged with its dvc_exp_name,
-    # and which one varies (rank 2 in one run, rank 8 in another), so the run-cache alone does not explain it.
-    logged = {r.data.tags.get("lora_rank") for r in queued} - {None}
-    assert logged and logged <= {"2", "8"}, [(r.data.tags.get("stage"), r.data.tags.get("lora_rank")) for r in runs]
+    for rank in (2, 16):
+        stages = {r.data.tags.get("stage") for r in runs if r.data.tags.get("dvc_exp_name") == names[rank]}
+        # every stage that the new rank feeds ran (no run-cache entry exists for it) and logged its run; no
+        # checkpoint dir (not a DVC out) forces train_scratch/train_full to rerun in the temporary copy
+        assert stages == {"train_lora", "evaluate", "report"}, (rank, [(r.data.tags) for r in runs])
+    lora_runs = [r for r in runs if r.data.tags.get("stage") == "train_lora"]
+    assert sorted(r.data.tags["lora_rank"] for r in lora_runs) == ["16", "2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
     fixture_store = MlflowClient(tracking_uri=repo_env_uri)  # where the fixture's own repro logged
     original = fixture_store.search_runs([fixture_store.get_experiment_by_name("lora-pipeline").experiment_id])
     assert [r for r in original if r.data.tags.get("stage") == "train_lora" and r.data.tags.get("lora_rank") == "8"]
-    # the temporary copies restore every cached out: only what lora.rank feeds reruns (no checkpoint dir,
-    # which is not a DVC out, may force train_scratch/train_full to run again)
-    assert {r.data.tags.get("stage") for r in queued} <= {"train_lora", "evaluate", "report"}
