@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lora_pipeline.config import load_params
 from lora_pipeline.data.sources import MANIFEST_FILE, ingest
+from lora_pipeline.errors import listing
 from stages._cli import log_stage_run, run_stage
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, sections=["data", "mlflow"])
         manifest = ingest(params.data, Path(args.out))
         logging.getLogger("ingest").info("wrote %d rows to %s (columns %s)", manifest["rows"], args.out,
-                                         manifest["columns"])
+                                         listing(manifest["columns"]))
         log_stage_run(params.mlflow, "ingest", params={"data": dataclasses.asdict(params.data)},
                       metrics={"rows": manifest["rows"]}, artifacts=[Path(args.out) / MANIFEST_FILE])
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lora_pipeline.config import load_params
 from lora_pipeline.data.validation import flat_metrics, validate
-from lora_pipeline.errors import DataError
+from lora_pipeline.errors import DataError, listing
 from lora_pipeline.io import DATA_FILE, atomic_dir, write_json
 from stages._cli import log_stage_run, run_stage
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = flat_metrics(report)
             write_json(args.metrics, metrics)
         logging.getLogger("validate").info("kept %d of %d rows: %s", report["rows_clean"], report["rows_raw"],
-                                           report["rows_per_class"])
+                                           listing(report["rows_per_class"]))
         log_stage_run(params.mlflow, "validate", params={"validate": dataclasses.asdict(params.validate)},
                       metrics=metrics, artifacts=[args.metrics, Path(args.report) / "summary.json"])
 

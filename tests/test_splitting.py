@@ -82,3 +82,11 @@ def test_too_small_class_raises_a_data_error_naming_the_fix():
 def test_label_map_is_sorted_and_stringly():
     assert label_map(pd.Series(["pos", "neg", "plot", "neg"])) == ["neg", "plot", "pos"]
     assert label_map(pd.Series([1, 0, 1])) == ["0", "1"]
+
+
+def test_too_small_classes_error_lists_at_most_ten_classes():
+    rows = [(f"text {i} of class {i % 500}", f"class_{i % 500:03d}") for i in range(1000)]  # 2 rows per class
+    expected = r"rows per class, smallest first: \{'class_000': 2, .*'class_009': 2\} … and 490 more\)"
+    with pytest.raises(DataError, match=expected) as err:
+        split_frame(pd.DataFrame(rows, columns=["text", "label"]), CFG)
+    assert "class_499" not in str(err.value) and len(str(err.value)) < 1_500

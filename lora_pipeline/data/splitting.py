@@ -6,7 +6,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ..config import SplitConfig
-from ..errors import DataError
+from ..errors import DataError, excerpt, listing
 
 __all__ = ["split_frame", "label_map"]
 
@@ -20,9 +20,10 @@ def _split_groups(groups: pd.DataFrame, size: float, seed: int, what: str) -> tu
     try:
         return train_test_split(groups, test_size=size, random_state=seed, stratify=groups["label"])
     except ValueError as err:  # too few rows of a class to stratify
+        counts = groups["label"].value_counts().sort_index().sort_values(kind="stable")  # smallest first
         raise DataError(
             f"split: cannot carve a stratified {what} split of {size:.0%} from {len(groups)} texts "
-            f"(rows per class: {groups['label'].value_counts().to_dict()}): {err}. "
+            f"(rows per class, smallest first: {listing(counts.to_dict())}): {excerpt(str(err), 300, quote=False)}. "
             "Lower split.val_size/split.test_size or raise validate.min_rows_per_class."
         ) from err
 

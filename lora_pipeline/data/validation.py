@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from ..config import ValidateConfig
-from ..errors import ValidationFailed
+from ..errors import ValidationFailed, excerpt, listing
 
 __all__ = ["Check", "validate", "build_checks", "derive_columns", "flat_metrics", "write_html_index"]
 
@@ -33,6 +33,23 @@ log = logging.getLogger(__name__)
 SUITE_NAME = "raw_text_data"
 MAX_EXAMPLES = 3
 _PARTIAL_COUNT = 20  # unexpected rows GX reports per expectation; examples are picked from these
+# Unicode default-ignorable code points (zero-width space/joiners, BOM, bidi and variation-selector
+# marks, soft hyphen, Hangul fillers, tags): they render as nothing, so a text made only of these and
+# whitespace is blank, though Python's str.strip() and regex \s keep them.
+_INVISIBLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+              (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+              (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+              (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+
+
+def _escape(a: int, b: int) -> str:
+    one = (lambda c: f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}")
+    return one(a) if a == b else f"{one(a)}-{one(b)}"
+
+
+BLANK_REGEX = "^[\\s" + "".join(_escape(a, b) for a, b in _INVISIBLE) + "]*$"  # the GX text_not_blank check
+_STRIP_CHARS = "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "".join(
+    chr(c) for a, b in _INVISIBLE for c in range(a, b + 1))
 Describe = Callable[[dict, pd.DataFrame], str]
 
 
@@ -116,9 +133,11 @@ def write_html_index(docs_dir: Path, report: dict[str, Any]) -> None:
 def derive_columns(df: pd.DataFrame, cfg: ValidateConfig, required: list[str]) -> pd.DataFrame:
     """Add the pandas-derived columns the suite checks; ``kept`` marks rows the policy keeps.
 
-    Derived: ``chars`` (longest raw text length), ``chars_stripped`` (shortest stripped length; null
-    when empty), ``empty``, ``has_conflict`` (text occurs with >1 label), ``is_duplicate`` (repeats an
-    earlier (text, label) row), ``kept`` and ``class_rows`` (rows of the label among kept rows).
+    Derived: ``chars`` (longest raw text length), ``chars_stripped`` (shortest length without edge
+    whitespace and invisible characters; null when empty), ``empty``, ``invisible_only`` (empty only
+    because of invisible characters such as U+200B), ``has_conflict`` (text occurs with >1 label),
+    ``is_duplicate`` (repeats an earlier (text, label) row), ``kept`` and ``class_rows`` (rows of the
+    label among kept rows).
     """
     frame = df.reset_index(drop=True).copy()
     if any(c not in frame.columns for c in required):
@@ -126,8 +145,10 @@ def derive_columns(df: pd.DataFrame, cfg: ValidateConfig, required: list[str]) -
     texts = [c for c in required if c != "label"]
     for column in required:
         frame[column] = frame[column].astype("str")
-    stripped = pd.concat([frame[c].str.strip().str.len() for c in texts], axis=1)
+    stripped = pd.concat([frame[c].str.strip(_STRIP_CHARS).str.len() for c in texts], axis=1)
     frame["empty"] = (stripped.isna() | stripped.eq(0)).any(axis=1)
+    visible_space = pd.concat([frame[c].str.strip().str.len().gt(0) for c in texts], axis=1)
+    frame["invisible_only"] = (stripped.eq(0) & visible_space).any(axis=1)  # blank only by the rule above
     frame["chars"] = pd.concat([frame[c].str.len() for c in texts], axis=1).max(axis=1).astype(float)
     frame["chars_stripped"] = stripped.min(axis=1).where(~frame["empty"]).astype(float)
     valid = ~frame["empty"] & frame["label"].notna()
@@ -152,7 +173,7 @@ def build_checks(cfg: ValidateConfig, required: list[str], missing: list[str]) -
 
     E = gx.expectations
     checks = [_check(f"column_exists_{c}", E.ExpectColumnToExist(column=c), True, "column must exist",
-                     lambda r, f, c=c: f"column '{c}' is missing; columns: {list(f.columns)}") for c in required]
+                     lambda r, f, c=c: f"column '{c}' is missing; columns: {listing(f.columns)}") for c in required]
     checks.append(_check("row_count", E.ExpectTableRowCountToBeBetween(min_value=1), True, "at least one row",
                          lambda r, f: f"the data has {r.get('observed_value')} rows (need >= 1)"))
     if missing:
@@ -162,8 +183,10 @@ def build_checks(cfg: ValidateConfig, required: list[str], missing: list[str]) -
         checks += [
             _check(f"{c}_not_null", E.ExpectColumnValuesToNotBeNull(column=c), not cfg.drop_empty,
                    f"{c} is not null", _rows(f"rows with a null {c}", policy, cfg.drop_empty)),
-            _check(f"{c}_not_blank", E.ExpectColumnValuesToNotMatchRegex(column=c, regex=r"^\s*$"),
-                   not cfg.drop_empty, f"{c} is not blank", _rows(f"rows with a blank {c}", policy, cfg.drop_empty)),
+            _check(f"{c}_not_blank", E.ExpectColumnValuesToNotMatchRegex(column=c, regex=BLANK_REGEX),
+                   not cfg.drop_empty, f"{c} is not blank (whitespace or invisible characters only)",
+                   _rows(f"rows with a blank {c} (whitespace or invisible characters such as U+200B only)",
+                         policy, cfg.drop_empty)),
         ]
     checks += [
         _check("label_not_null", E.ExpectColumnValuesToNotBeNull(column="label"), True, "label is not null",
@@ -193,25 +216,25 @@ def _label_checks(cfg: ValidateConfig, E: Any, Column: Any) -> list[Check]:
     checks = []
     if cfg.labels:
         checks.append(_check("label_in_set", E.ExpectColumnValuesToBeInSet(column="label", value_set=list(cfg.labels)),
-                             True, f"labels in {list(cfg.labels)}",
-                             _rows(f"rows with a label outside validate.labels={list(cfg.labels)}")))
+                             True, f"labels in {listing(cfg.labels)}",
+                             _rows(f"rows with a label outside validate.labels={listing(cfg.labels)}")))
         checks.append(_check(
             "declared_labels_present",
             E.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(cfg.labels), row_condition=kept),
             True, "every declared label has rows after cleaning",
-            lambda r, f: f"declared labels with no rows after cleaning: {r.get('partial_missing_list')} "
-                         f"(present: {_labels(f)}); fix the data or validate.labels"))
+            lambda r, f: f"declared labels with no rows after cleaning: {listing(_missing(cfg.labels, f))} "
+                         f"(present: {listing(_labels(f))}); fix the data or validate.labels"))
     else:
         checks.append(_check(
             "max_classes", E.ExpectColumnUniqueValueCountToBeBetween(column="label", max_value=cfg.max_classes),
             True, f"at most {cfg.max_classes} distinct labels",
             lambda r, f: f"{r.get('observed_value')} distinct labels, more than validate.max_classes="
-                         f"{cfg.max_classes}; e.g. {_labels(f, kept_only=False)[:MAX_EXAMPLES]}"))
+                         f"{cfg.max_classes}; e.g. {listing(_labels(f, kept_only=False), MAX_EXAMPLES)}"))
     checks.append(_check(
         "n_classes", E.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2, max_value=max_classes,
                                                                row_condition=kept),
         True, "2 or more classes after cleaning",
-        lambda r, f: f"{r.get('observed_value')} distinct label(s) {_labels(f)} left after cleaning (need 2.."
+        lambda r, f: f"{r.get('observed_value')} distinct label(s) {listing(_labels(f))} left after cleaning (need 2.."
                      f"{max_classes}); {_drop_summary(f)}"))
     checks.append(_check(
         "min_rows_per_class",
@@ -255,9 +278,8 @@ def _rows(problem: str, policy: Optional[str] = None, policy_on: bool = False) -
 def _example(frame: pd.DataFrame, index: Any) -> str:
     row = frame.loc[index]
     text, label = row["text"], row["label"]
-    shown = "<null>" if not isinstance(text, str) else repr(text if len(text) <= 60 else f"{text[:57]}...")
-    size = f" ({len(text)} chars)" if isinstance(text, str) and len(text) > 60 else ""
-    return f"row {index}: text={shown}{size} label={'<null>' if pd.isna(label) else repr(label)}"
+    shown = "<null>" if not isinstance(text, str) else excerpt(text, 60)
+    return f"row {index}: text={shown} label={'<null>' if pd.isna(label) else excerpt(label, 40)}"
 
 
 def _labels(frame: pd.DataFrame, kept_only: bool = True) -> list[str]:
@@ -265,10 +287,16 @@ def _labels(frame: pd.DataFrame, kept_only: bool = True) -> list[str]:
     return sorted(rows["label"].dropna().unique().tolist())
 
 
+def _missing(declared: tuple[str, ...], frame: pd.DataFrame) -> list[str]:
+    """Declared labels without kept rows, in declared order (GX reports only an unordered sample)."""
+    present = set(_labels(frame))
+    return [label for label in declared if label not in present]
+
+
 def _small_classes(frame: pd.DataFrame, minimum: int) -> str:
     counts = frame.loc[frame["kept"], "label"].value_counts()
     small = counts[counts < minimum].sort_values()
-    return ", ".join(f"{label!r} ({n} rows)" for label, n in small.head(MAX_EXAMPLES).items()) + (
+    return ", ".join(f"{excerpt(label, 40)} ({n} rows)" for label, n in small.head(MAX_EXAMPLES).items()) + (
         f" and {len(small) - MAX_EXAMPLES} more" if len(small) > MAX_EXAMPLES else "")
 
 
@@ -317,7 +345,10 @@ def _entry(check: Check, result: Any, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    """A JSON scalar for the report; long values (e.g. the distinct labels GX observed) are cut."""
+    if isinstance(value, (int, float, bool, type(None))):
+        return value
+    return excerpt(value if isinstance(value, str) else str(value), 300, quote=False)
 
 
 def _report(frame: pd.DataFrame, clean: pd.DataFrame, entries: list[dict]) -> dict[str, Any]:
@@ -327,6 +358,7 @@ def _report(frame: pd.DataFrame, clean: pd.DataFrame, entries: list[dict]) -> di
         "rows_raw": rows, "rows_clean": len(clean),
         "dropped_empty": int(reasons.get("empty", 0)), "dropped_conflicting": int(reasons.get("conflicting", 0)),
         "dropped_duplicates": int(reasons.get("duplicate", 0)),
+        "invisible_only_texts": int(frame["invisible_only"].sum()),
         "duplicate_rate": round(float(frame["is_duplicate"].sum()) / rows, 6) if rows else 0.0,
         "conflicting_texts": int(frame.loc[frame["has_conflict"], "text"].nunique()),
         "n_classes": int(clean["label"].nunique()),
