@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, no
     sys.path.insert(0, str(ROOT))
 
 from lora_pipeline.config import Params, load_params  # noqa: E402
-from lora_pipeline.io import read_json  # noqa: E402
+from lora_pipeline.files import LABELS_FILE, read_json, read_split, split_part_file  # noqa: E402
 from lora_pipeline.models import HEAD_MODULES, build_model  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer  # noqa: E402
 
@@ -49,7 +49,7 @@ def ensure_split(split: Path, build: bool) -> Path:
 
     The split must be named ``split`` (its siblings hold the raw and clean data while building).
     """
-    if (split / "train.parquet").is_file() and (split / "val.parquet").is_file():
+    if all((split / split_part_file(p)).is_file() for p in ("train", "val")):
         return split
     command = split_command(split)
     if not build or split.name != "split":
@@ -91,7 +91,7 @@ def machine(device: torch.device) -> dict:
 def fixed_batch(split: Path, tokenizer, batch_size: int, length: int, device: torch.device,
                 seed: int = 0) -> dict[str, torch.Tensor]:
     """``batch_size`` random training rows, cut or padded to exactly ``length`` tokens (a fixed shape)."""
-    df = pd.read_parquet(split / "train.parquet", columns=["input_ids", "label_id"])
+    df = read_split(split, ("train",), columns=["input_ids", "label_id"])[1]["train"]
     rows = df.sample(n=batch_size, random_state=seed)
     ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros((batch_size, length), dtype=torch.long)  # (B, T)
@@ -113,7 +113,7 @@ class Models:
 
     @classmethod
     def load(cls, params: Params, split: Path) -> "Models":
-        return cls(params, read_json(split / "labels.json"), load_tokenizer(params.model))
+        return cls(params, read_json(split / LABELS_FILE), load_tokenizer(params.model))
 
     def full(self) -> nn.Module:
         torch.manual_seed(self.params.train.seed)

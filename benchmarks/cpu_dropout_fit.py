@@ -10,6 +10,7 @@ seconds of each run and, as the last line, one JSON object {variant: {"fast": [.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -17,17 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import ROOT  # noqa: E402
 from lora_pipeline.config import load_params  # noqa: E402
 from lora_pipeline.data.loaders import EncodedSplit  # noqa: E402
-from lora_pipeline.io import read_json  # noqa: E402
+from lora_pipeline.files import read_split  # noqa: E402
 from lora_pipeline.models import build_model  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer  # noqa: E402
-from lora_pipeline.training import FitConfig, fit, resolve_bf16  # noqa: E402
-from stages._train import seed_everything  # noqa: E402
+from lora_pipeline.runtime import seed_everything  # noqa: E402
+from lora_pipeline.training import FitConfig, fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,20 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     params = load_params(ROOT / "params.yaml")
-    labels = read_json(args.split / "labels.json")
-    train = EncodedSplit.from_frame(pd.read_parquet(args.split / "train.parquet").iloc[: args.rows])
-    val = EncodedSplit.from_frame(pd.read_parquet(args.split / "val.parquet").iloc[:64])
+    labels, frames = read_split(args.split, ("train", "val"))
+    train = EncodedSplit.from_frame(frames["train"].iloc[: args.rows])
+    val = EncodedSplit.from_frame(frames["val"].iloc[:64])
     tokenizer = load_tokenizer(params.model)
     device = torch.device("cpu")
     result: dict[str, dict[str, list[float]]] = {}
     for variant in args.variants.split(","):
         result[variant] = {"fast": [], "torch": []}
-        section = getattr(params, variant)
         for fast in (True, False, True, False):
             seed_everything(params.train.seed)
             model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
-            cfg = FitConfig(lr=section.lr, epochs=1, batch_size=params.train.batch_size,
-                            bf16=resolve_bf16(params.train.precision, device), fast_cpu_dropout=fast)
+            cfg = dataclasses.replace(FitConfig.from_params(params, variant, device), epochs=1,
+                                      fast_cpu_dropout=fast, checkpoint_every=0)
             run = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, progress=False)
             name = "fast" if fast else "torch"
             result[variant][name].append(round(run.train_seconds, 2))

@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 import yaml
+
+from lora_pipeline.files import read_split, write_split
 
 from ._common import ROOT, ratio
 
@@ -39,10 +40,10 @@ def subset_split(split: Path, directory: Path, train_rows: int, val_rows: int, s
     """A smaller copy of ``split`` (random rows, same columns) for ``--quick``."""
     out = directory / "split"
     out.mkdir(parents=True)
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        df = pd.read_parquet(split / f"{name}.parquet")
-        df.sample(n=min(rows, len(df)), random_state=seed).to_parquet(out / f"{name}.parquet")
-    (out / "labels.json").write_text((split / "labels.json").read_text())
+    labels, frames = read_split(split, ("train", "val"))
+    sizes = {"train": train_rows, "val": val_rows}
+    write_split(out, labels, {name: df.sample(n=min(sizes[name], len(df)), random_state=seed)
+                              for name, df in frames.items()})
     return out
 
 
@@ -89,8 +90,8 @@ def measure(split: Path, device: torch.device, quick: bool, grouped_trainer: boo
         dirs = {name: tmp / name for name in ("stage", "trainer", "trainer_grouped")}
         for d in dirs.values():
             d.mkdir()
-        rows = {"train_rows": len(pd.read_parquet(split / "train.parquet", columns=["label_id"])),
-                "val_rows": len(pd.read_parquet(split / "val.parquet", columns=["label_id"])), "threads": threads}
+        _, frames = read_split(split, ("train", "val"), columns=["label_id"])
+        rows = {"train_rows": len(frames["train"]), "val_rows": len(frames["val"]), "threads": threads}
         ours = run_stage(params, split, dirs["stage"])
         trainer = run_trainer(params, split, dirs["trainer"], threads)
         result = {**rows, "stage": ours, "trainer_peft": trainer,

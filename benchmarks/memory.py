@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lora_pipeline.training import peak_rss_mb
+from lora_pipeline.runtime import peak_rss_mb
 
 from ._common import ROOT, STEP_BATCH, STEP_LENGTH, Models, fixed_batch, load_bench_params, pick_device, ratio
 

@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--split /tmp/bench/split] [--quick] [--only step,memory,latency,e2e]
 
-1. step time of full fine-tuning, our LoRA (eager and torch.compile'd) and peft's LoRA;
+1. step time of full fine-tuning, our LoRA (eager with torch's / the fast CPU dropout, torch.compile'd) and peft's;
 2. peak training memory, full vs LoRA (CUDA: max_memory_allocated; CPU: peak RSS of a child process);
 3. inference latency of the merged and unmerged LoRA model vs the base model;
 4. the ``train_lora`` stage for one epoch vs HF Trainer + peft (wall time, validation macro-F1).
@@ -27,8 +27,7 @@ import torch  # noqa: E402
 from benchmarks import end_to_end, latency, memory, step_time  # noqa: E402
 from benchmarks._common import (DEFAULT_SPLIT, ROOT, Models, ensure_split, load_bench_params,  # noqa: E402
                                 machine, pick_device)
-from lora_pipeline.training import resolve_bf16  # noqa: E402
-from stages._train import seed_everything  # noqa: E402
+from lora_pipeline.runtime import resolve_bf16, seed_everything  # noqa: E402
 
 ITEMS = ("step", "memory", "latency", "e2e")
 
@@ -84,7 +83,9 @@ def summary(out: dict, device: torch.device, started: float, quick: bool) -> dic
         head.update(ours_over_peft_step=s["ours_best_over_peft_step"],
                     lora_over_full_step=s["ours_best_over_full_step"],
                     ours_variant=s["ours_best"], ours_eager_over_peft_step=s["ours_over_peft_step"],
-                    ours_eager_over_full_step=s["ours_over_full_step"], peft_over_full_step=s["peft_over_full_step"])
+                    ours_eager_over_full_step=s["ours_over_full_step"], peft_over_full_step=s["peft_over_full_step"],
+                    ours_fast_dropout_over_peft_step=s["ours_fast_dropout_over_peft_step"],
+                    ours_fast_dropout_over_full_step=s["ours_fast_dropout_over_full_step"])
     if "memory" in out:
         head["lora_over_full_peak_memory"] = out["memory"]["lora_over_full_peak_memory"]
     if "latency" in out:

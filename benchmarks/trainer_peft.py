@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lora_pipeline.config import load_params  # noqa: E402
+from lora_pipeline.files import read_split  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path  # noqa: E402
-from lora_pipeline.training import resolve_bf16  # noqa: E402
+from lora_pipeline.runtime import resolve_bf16  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,12 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     params = load_params(args.params, sections=["model", "train", "lora"])
-    split = Path(args.split)
-    labels = json.loads((split / "labels.json").read_text())
+    labels, frames = read_split(args.split, ("train", "val"), columns=["text", "label_id"])
     tokenizer = load_tokenizer(params.model)
-    cols = ["text", "label_id"]
-    train = Encoded(pd.read_parquet(split / "train.parquet", columns=cols), tokenizer, params.model.max_length)
-    val_df = pd.read_parquet(split / "val.parquet", columns=cols)
+    train = Encoded(frames["train"], tokenizer, params.model.max_length)
+    val_df = frames["val"]
     val = Encoded(val_df, tokenizer, params.model.max_length)
     t = params.train
     cuda = torch.cuda.is_available() and t.device != "cpu"

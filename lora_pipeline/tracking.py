@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from time import monotonic
 from time import sleep as wait  # the lock's poll, apart from the retry backoff (tests patch time)
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
+from types import TracebackType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -31,7 +32,7 @@ except ImportError:  # Windows: no cross-process lock on store creation
 from .config import MlflowConfig
 
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
-           "flatten", "run_display_name"]
+           "log_stage_run", "flatten", "run_display_name"]
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,21 @@ class Tracker(Protocol):
     def close(self, failed: bool = False) -> None: ...
 
 
-class NullTracker:
+class _ClosedOnExit:
+    """``with tracker:`` closes the run on leaving: FAILED when an exception (or Ctrl-C) left the block."""
+
+    def close(self, failed: bool = False) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind: Optional[type[BaseException]], err: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.close(failed=kind is not None)
+
+
+class NullTracker(_ClosedOnExit):
     """Logs nothing (tests, ``mlflow.enabled: false``)."""
 
     def log_params(self, params: Mapping[str, Any]) -> None: pass
@@ -236,7 +251,7 @@ class NullTracker:
     def close(self, failed: bool = False) -> None: pass
 
 
-class MlflowTracker:
+class MlflowTracker(_ClosedOnExit):
     """One MLflow run per stage execution; every call degrades to a counted no-op on failure.
 
     Transient errors of parallel ``dvc queue start -j 2`` workers on one SQLite file ("database is
@@ -335,6 +350,26 @@ class MlflowTracker:
                         "metrics files are complete.", redact(self.uri), self._error, lost)
 
 
-def open_tracker(cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> Tracker:
-    """An :class:`MlflowTracker`, or a :class:`NullTracker` when ``cfg.enabled`` is false."""
+def open_tracker(cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> NullTracker | MlflowTracker:
+    """An :class:`MlflowTracker`, or a :class:`NullTracker` when ``cfg.enabled`` is false.
+
+    Use it as ``with open_tracker(...) as tracker:``; the run ends FINISHED, or FAILED on an exception.
+    """
     return MlflowTracker(cfg, run_name, tags) if cfg.enabled else NullTracker()
+
+
+def log_stage_run(cfg: MlflowConfig, stage: str, *, params: Mapping[str, Any] | None = None,
+                  metrics: Mapping[str, Any] | None = None, artifacts: Iterable[str | Path] = (),
+                  tags: Mapping[str, Any] | None = None) -> None:
+    """Mirror one finished stage into MLflow: a run with its params, metrics and small artifacts.
+
+    The run is tagged ``stage``, ``git_commit``, ``dvc_exp_name`` (queued experiments), host and pid, plus
+    ``tags``; its name is built from them (``evaluate s42 [exp-name]``, see :func:`run_display_name`).
+    """
+    with open_tracker(cfg, stage, {"stage": stage, **(tags or {})}) as tracker:
+        if params:
+            tracker.log_params(params)
+        if metrics:
+            tracker.log_metrics(metrics)
+        for path in artifacts:
+            tracker.log_artifact(path)

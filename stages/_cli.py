@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable
 
-from lora_pipeline.config import ConfigError, MlflowConfig
-from lora_pipeline.errors import PipelineError
-from lora_pipeline.tracking import open_tracker, redact
+from lora_pipeline.errors import ConfigError, PipelineError
+from lora_pipeline.tracking import log_stage_run, redact
+
+# log_stage_run lives in lora_pipeline.tracking; re-exported here until ingest/validate/split import it from there
+__all__ = ["EXIT_USER_ERROR", "run_stage", "install_redaction", "RedactingFormatter", "log_stage_run"]
 
 EXIT_USER_ERROR = 2
 
@@ -77,21 +78,3 @@ def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., 
 
     factory.redacts = True  # type: ignore[attr-defined]
     return factory
-
-
-def log_stage_run(cfg: MlflowConfig, stage: str, *, params: Mapping[str, Any] | None = None,
-                  metrics: Mapping[str, Any] | None = None, artifacts: Iterable[str | Path] = (),
-                  tags: Mapping[str, Any] | None = None) -> None:
-    """Mirror one finished stage into MLflow: a run with its params, metrics and small artifacts.
-
-    The run is tagged ``stage``, ``git_commit``, ``dvc_exp_name`` (queued experiments), host and pid, plus
-    ``tags``; its name is built from them (``evaluate s42 [exp-name]``, see ``run_display_name``).
-    """
-    tracker = open_tracker(cfg, stage, {"stage": stage, **(tags or {})})
-    if params:
-        tracker.log_params(params)
-    if metrics:
-        tracker.log_metrics(metrics)
-    for path in artifacts:
-        tracker.log_artifact(path)
-    tracker.close()

@@ -6,22 +6,20 @@ import argparse
 import csv
 import dataclasses
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
-from lora_pipeline.errors import PipelineError
-from lora_pipeline.io import atomic_dir, atomic_file, read_json, sha256_file, write_json
-from lora_pipeline.models import HEAD_MODULES, Variant, build_model
+from lora_pipeline.files import atomic_file, read_split, split_digests, write_json
+from lora_pipeline.lora import count_parameters
+from lora_pipeline.models import Variant, build_model, save_trained
 from lora_pipeline.pretrained import load_tokenizer
+from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
 from lora_pipeline.tracking import open_tracker
-from lora_pipeline.training import FitConfig, fit, peak_memory_mb, resolve_bf16, resolve_device
+from lora_pipeline.training import FitConfig, fit
 from stages._cli import run_stage
 
 log = logging.getLogger(__name__)
@@ -34,27 +32,9 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="model output directory")
     parser.add_argument("--metrics", required=True, help="metrics JSON file")
     parser.add_argument("--curve", required=True, help="per-epoch CSV for dvc plots")
-    parser.add_argument("--checkpoints", required=True, help="resumable state (DVC persist out)")
+    parser.add_argument("--checkpoints", required=True, help="resumable state (git-ignored, not a DVC out)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every RNG and ask torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def fit_config(params: Params, variant: Variant, device: torch.device) -> FitConfig:
-    section = getattr(params, variant)
-    t = params.train
-    return FitConfig(lr=section.lr, epochs=section.epochs, batch_size=t.batch_size,
-                     eval_batch_size=t.eval_batch_size, weight_decay=t.weight_decay,
-                     warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm, seed=t.seed,
-                     checkpoint_every=t.checkpoint_every, bf16=resolve_bf16(t.precision, device),
-                     fast_cpu_dropout=t.cpu_dropout == "fast", first_token_last_layer=t.first_token_last_layer)
 
 
 def checkpoint_key(variant: Variant, sections: dict, device: torch.device, cfg: FitConfig, split: Path) -> str:
@@ -64,20 +44,7 @@ def checkpoint_key(variant: Variant, sections: dict, device: torch.device, cfg: 
     to; a checkpoint of another resolution is then ignored instead of resumed under other numerics.
     """
     resolved = {"device": device.type, "precision": "bf16" if cfg.bf16 else "fp32"}
-    data = [sha256_file(split / f"{name}.parquet") for name in ("train", "val")]
-    return run_key(variant, sections, resolved, *data)
-
-
-def _save_model(model, tokenizer, variant: Variant, params: Params, out: str) -> None:
-    with atomic_dir(out) as tmp:
-        if variant == "lora":
-            from lora_pipeline.lora import save_adapter
-
-            save_adapter(model, tmp, base_model_name=params.model.name,
-                         trainable_extra=HEAD_MODULES + tuple(params.lora.modules_to_save))
-        else:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+    return run_key(variant, sections, resolved, *split_digests(split, ("train", "val")))
 
 
 def _write_curve(history: list[dict], path: str) -> None:
@@ -93,11 +60,8 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
         torch.set_num_threads(params.train.num_threads)
     seed_everything(params.train.seed)
     split = Path(args.split)
-    missing = [n for n in ("labels.json", "train.parquet", "val.parquet") if not (split / n).is_file()]
-    if missing:
-        raise PipelineError(f"{split} lacks {', '.join(missing)}: run the split stage first (dvc repro split)")
     device = resolve_device(params.train.device)  # before any work: `cuda` on a CPU-only torch fails here
-    cfg = fit_config(params, variant, device)
+    cfg = FitConfig.from_params(params, variant, device)
     sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
                 variant: dataclasses.asdict(getattr(params, variant))}
     checkpointer = DirCheckpointer(args.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
@@ -107,22 +71,20 @@ def _train(args: argparse.Namespace, variant: Variant) -> None:
 
 def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
                   sections: dict, checkpointer: DirCheckpointer) -> None:
-    split = Path(args.split)
-    labels = read_json(split / "labels.json")
-    train = EncodedSplit.from_frame(pd.read_parquet(split / "train.parquet"))
-    val = EncodedSplit.from_frame(pd.read_parquet(split / "val.parquet"))
+    labels, frames = read_split(args.split, ("train", "val"))
+    train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
     tokenizer = load_tokenizer(params.model)
     model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
     tags = {"stage": f"train_{variant}", "variant": variant, "seed": params.train.seed,
             "checkpoint_key": checkpointer.key}
     if variant == "lora":
         tags["lora_rank"] = params.lora.rank
-    tracker = open_tracker(params.mlflow, f"train_{variant}", tags)
-    tracker.log_params({**sections, "resolved": {"device": str(device), "precision": "bf16" if cfg.bf16 else "fp32"}})
-    try:
+    with open_tracker(params.mlflow, f"train_{variant}", tags) as tracker:
+        tracker.log_params({**sections, "resolved": {"device": str(device),
+                                                     "precision": "bf16" if cfg.bf16 else "fp32"}})
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
                      checkpointer=checkpointer if cfg.checkpoint_every else None, progress=not args.no_progress)
-        _save_model(model, tokenizer, variant, params, args.out)
+        save_trained(variant, model, tokenizer, args.out, lora=params.lora, base_model_name=params.model.name)
         metrics = _metrics(model, result, device, args.out, cfg)
         write_json(args.metrics, metrics)
         _write_curve(result.history, args.curve)
@@ -131,10 +93,6 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
         tracker.set_tags({"resumed_from_step": result.resumed_from_step})
         for path in (args.metrics, args.curve):
             tracker.log_artifact(path)
-    except BaseException:
-        tracker.close(failed=True)
-        raise
-    tracker.close()
 
 
 def summary_for_tracking(metrics: dict) -> dict:
@@ -147,8 +105,7 @@ def summary_for_tracking(metrics: dict) -> dict:
 
 
 def _metrics(model, result, device: torch.device, out: str, cfg: FitConfig) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = count_parameters(model)
     return {
         "val_macro_f1": result.best_val_macro_f1,
         "best_epoch": result.best_epoch,

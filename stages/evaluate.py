@@ -9,16 +9,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lora_pipeline.config import load_params
+from lora_pipeline.config import VARIANTS, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
-from lora_pipeline.io import atomic_dir, read_json, write_json
+from lora_pipeline.files import atomic_dir, read_split, write_json
 from lora_pipeline.models import load_trained
 from lora_pipeline.pretrained import load_tokenizer
-from lora_pipeline.training import resolve_bf16, resolve_device
-from stages._cli import log_stage_run, run_stage
-
-VARIANTS = ("scratch", "full", "lora")
+from lora_pipeline.runtime import resolve_bf16, resolve_device
+from lora_pipeline.tracking import log_stage_run
+from stages._cli import run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params, sections=["model", "train", "baseline", "mlflow"])
         torch.manual_seed(params.train.seed)
-        labels = read_json(Path(args.split) / "labels.json")
-        train_df = pd.read_parquet(Path(args.split) / "train.parquet")
-        test_df = pd.read_parquet(Path(args.split) / "test.parquet")
+        labels, frames = read_split(args.split, ("train", "test"))
+        train_df, test_df = frames["train"], frames["test"]
         test = EncodedSplit.from_frame(test_df)
         tokenizer = load_tokenizer(params.model)
         device = resolve_device(params.train.device)

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lora_pipeline.config import load_params
-from lora_pipeline.io import atomic_dir, atomic_file, read_json
+from lora_pipeline.config import VARIANTS, load_params
+from lora_pipeline.files import atomic_dir, atomic_file, read_json
 from lora_pipeline.reporting import comparison_table, plot_confusions, plot_curves, render_markdown
-from stages._cli import log_stage_run, run_stage
-
-VARIANTS = ("scratch", "full", "lora")
+from lora_pipeline.tracking import log_stage_run
+from stages._cli import run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

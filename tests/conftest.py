@@ -205,11 +205,3 @@ def tiny_tokenizer(tiny_model_dir: Path):
 def split_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A tokenised split of 3 x 60 fixture texts (train 117 / val 27 / test 36 rows)."""
     return write_split(tmp_path_factory.mktemp("split"), tiny_model_dir, make_frame(60))
-
-
-def lora_importable() -> bool:
-    try:
-        import lora_pipeline.lora  # noqa: F401
-    except Exception:  # noqa: BLE001 - written concurrently by another helper
-        return False
-    return True

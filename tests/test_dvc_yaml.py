@@ -103,11 +103,33 @@ def _sections_read(script: Path, name: str) -> set[str]:
 NOT_RESULT_SECTIONS = {"mlflow"}
 
 
+def _keys_read(script: Path, section: str) -> tuple[set[str], bool]:
+    """The ``<section>.<key>`` read as ``params.<section>.<key>`` in ``script``, and whether ``params.<section>``
+    is also used whole (passed on or converted), which reads every key of it."""
+    tree = ast.parse(script.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    keys, whole = set(), False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == section \
+                and isinstance(node.value, ast.Name) and node.value.id == "params":
+            parent = parents.get(node)
+            if isinstance(parent, ast.Attribute) and parent.value is node:
+                keys.add(f"{section}.{parent.attr}")
+            else:
+                whole = True
+    return keys, whole
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_params_match_sections_read(name):
     stage = STAGES[name]
     declared = {p.split(".")[0] for p in stage.get("params", [])}
     assert declared == _sections_read(_stage_script(stage), name) - NOT_RESULT_SECTIONS
+    dotted = {p for p in stage.get("params", []) if "." in p}  # e.g. evaluate: train.seed, train.device, …
+    for section in sorted({p.split(".")[0] for p in dotted}):
+        read, whole = _keys_read(_stage_script(stage), section)
+        assert not whole, f"stage {name} uses params.{section} whole but declares only some of its keys"
+        assert read == {p for p in dotted if p.startswith(f"{section}.")}, f"stage {name}: {section} keys"
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lora_pipeline.fast_dropout import fast_bernoulli_, fast_cpu_dropout
+from lora_pipeline.speedups import fast_bernoulli_, fast_cpu_dropout
+from lora_pipeline.speedups import fast_dropout
 from lora_pipeline.training import FitConfig, fit
 from tests.test_training import _model, _state
 
@@ -104,3 +106,38 @@ def test_fit_uses_it_on_cpu_and_stays_deterministic(tiny_model_dir, split_dir):
     assert all(torch.equal(runs["fast"][1][k], runs["fast_again"][1][k]) for k in runs["fast"][1])
     assert runs["fast"][0] != runs["torch"][0]  # other dropped units, so another loss curve
     assert torch.equal(_seeded_dropout(seed=2), stock)  # and fit left aten's kernel in place
+
+
+def _drop_destroy(monkeypatch):
+    monkeypatch.delattr(torch.library.Library, "_destroy")
+
+
+def _no_overload(monkeypatch):
+    monkeypatch.setattr(fast_dropout, "_OVERLOAD", "bernoulli_.no_such_overload")
+
+
+def _impl_refused(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("impl is not allowed here")
+
+    monkeypatch.setattr(torch.library.Library, "impl", refuse)
+
+
+@pytest.mark.parametrize("break_api, why", [(_drop_destroy, "_destroy is missing"),
+                                            (_no_overload, "overload bernoulli_.no_such_overload is missing"),
+                                            (_impl_refused, "override failed (RuntimeError: impl is not allowed")])
+def test_a_missing_private_api_falls_back_to_torch_with_one_log_line(monkeypatch, caplog, break_api, why):
+    """Issue 12: the override needs torch.library internals; without them, stock dropout and one warning."""
+    stock = _seeded_dropout(seed=4)
+    break_api(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="lora_pipeline"):
+        with fast_cpu_dropout() as active:
+            masks = _seeded_dropout(seed=4)
+    assert active is False
+    assert torch.equal(masks, stock)  # aten's kernel ran
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("lora_pipeline")]
+    assert len(lines) == 1 and why in lines[0] and "torch's own dropout kernel" in lines[0], lines
+    monkeypatch.undo()
+    with fast_cpu_dropout() as active:  # nothing was left registered
+        assert active
+    assert torch.equal(_seeded_dropout(seed=4), stock)

@@ -1,4 +1,4 @@
-"""training.first_token_last_layer: the last layer computes only token 0, and nothing else changes.
+"""speedups.first_token_last_layer: the last layer computes only token 0, and nothing else changes.
 
 Reference = the same model without the context. Compared: loss, every gradient, the RNG state after the
 step (so later dropout masks stay aligned), eval-mode outputs, and that leaving the context restores the
@@ -20,7 +20,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from lora_pipeline import training
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.lora import apply_lora, mark_only_lora_as_trainable
-from lora_pipeline.training import first_token_last_layer
+from lora_pipeline.speedups import first_token_last_layer
+from lora_pipeline.speedups import first_token
 from tests.lora_tiny_models import CONFIGS
 
 SUPPORTED = ("bert", "roberta", "electra", "xlm-roberta")  # the exact classes trimmed
@@ -197,7 +198,7 @@ def test_required_on_an_unsupported_model_is_a_clear_error():
 
 
 def test_an_unverified_transformers_major_is_not_trimmed(monkeypatch):
-    monkeypatch.setattr(training, "_transformers_major", lambda: 99)
+    monkeypatch.setattr(first_token, "_transformers_major", lambda: 99)
     with first_token_last_layer(_model("bert")) as trimmed:
         assert not trimmed
     with pytest.raises(PipelineError, match=r"transformers 99"):
@@ -227,7 +228,7 @@ def test_fit_follows_the_switch(monkeypatch, setting, calls, tiny_model_dir, spl
 def test_fit_refuses_to_run_untrimmed_when_trimming_is_required(monkeypatch, tiny_model_dir, split_dir):
     from tests.conftest import load_encoded
 
-    monkeypatch.setattr(training, "_transformers_major", lambda: 99)
+    monkeypatch.setattr(first_token, "_transformers_major", lambda: 99)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, use_safetensors=True)
     cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=True)
     with pytest.raises(PipelineError, match="first_token_last_layer"):

@@ -53,7 +53,7 @@ def test_minilm_lora_trains_a_few_steps(tokenizer):
 
 def test_minilm_first_token_last_layer_gives_the_same_step(tokenizer):
     """The trimmed last layer on the real encoder, LoRA dropout on: same loss, gradients and RNG stream."""
-    from lora_pipeline.training import first_token_last_layer
+    from lora_pipeline.speedups import first_token_last_layer
 
     torch.manual_seed(0)
     model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(rank=8, alpha=16, dropout=0.1))

@@ -15,15 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from lora_pipeline.checkpoint import DirCheckpointer
-from tests.conftest import (LABELS, WALL_CLOCK_KEYS, isolate_env, lora_importable, make_frame, restored_logging,
-                            write_clean, write_params)
+from tests.conftest import LABELS, WALL_CLOCK_KEYS, isolate_env, make_frame, restored_logging, write_clean, write_params
 
 EXPERIMENT = "stages-test"
 TRAIN_KEYS = {"val_macro_f1", "best_epoch", "epochs", "steps", "train_seconds", "samples_per_second",
               "peak_memory_mb", "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb",
               "device", "precision"}
-HAS_LORA = lora_importable()
-needs_lora = pytest.mark.skipif(not HAS_LORA, reason="lora_pipeline.lora is not importable yet")
 
 
 def _train_args(base: Path, variant: str, params: Path, split: Path, tag: str = "") -> list[str]:
@@ -54,17 +51,16 @@ def pipeline(tmp_path_factory, tiny_model_dir):
         start = time.monotonic()
         codes["split"] = split.main(["--params", str(params), "--clean", str(clean), "--out", str(base / "split"),
                                      "--metrics", str(base / "metrics" / "split.json")])
-        for variant in ("scratch", "full") + (("lora",) if HAS_LORA else ()):
+        for variant in ("scratch", "full", "lora"):
             codes[f"train_{variant}"] = _train(variant, _train_args(base, variant, params, base / "split"))
-        if HAS_LORA:
-            codes["evaluate"] = evaluate.main([
-                "--params", str(params), "--split", str(base / "split"), "--models", str(base / "models"),
-                "--metrics", str(base / "metrics" / "evaluate.json"),
-                "--predictions", str(base / "metrics" / "predictions")])
-            codes["report"] = report.main([
-                "--params", str(params), "--metrics-dir", str(base / "metrics"),
-                "--curves", str(base / "metrics" / "curves"), "--labels", str(base / "split" / "labels.json"),
-                "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
+        codes["evaluate"] = evaluate.main([
+            "--params", str(params), "--split", str(base / "split"), "--models", str(base / "models"),
+            "--metrics", str(base / "metrics" / "evaluate.json"),
+            "--predictions", str(base / "metrics" / "predictions")])
+        codes["report"] = report.main([
+            "--params", str(params), "--metrics-dir", str(base / "metrics"),
+            "--curves", str(base / "metrics" / "curves"), "--labels", str(base / "split" / "labels.json"),
+            "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
         seconds["all"] = time.monotonic() - start
     return base, params, codes, uri
 
@@ -89,7 +85,7 @@ def test_split_outputs(pipeline):
     assert total == 180 and metrics["n_labels"] == 3
 
 
-@pytest.mark.parametrize("variant", ["scratch", "full", pytest.param("lora", marks=needs_lora)])
+@pytest.mark.parametrize("variant", ["scratch", "full", "lora"])
 def test_train_outputs(pipeline, variant):
     base, params, _, _ = pipeline
     metrics = json.loads((base / "metrics" / f"train_{variant}.json").read_text())
@@ -141,8 +137,7 @@ def test_runs_are_mirrored_to_mlflow(pipeline):
     assert {"val_macro_f1", "trainable_params", "epoch_train_loss"} <= set(full.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(full.info.run_id)}
     assert artifacts == {"train_full.json", "full.csv"}
-    if HAS_LORA:
-        assert by_stage["train_lora"].data.tags["lora_rank"] == "4"
+    assert by_stage["train_lora"].data.tags["lora_rank"] == "4"
 
 
 def test_train_runs_are_tagged_with_seed_and_checkpoint_key(pipeline):
@@ -159,7 +154,7 @@ def test_train_runs_are_tagged_with_seed_and_checkpoint_key(pipeline):
     assert len({r.data.tags["checkpoint_key"] for r in train_runs}) == len(train_runs)  # one per variant
 
 
-@pytest.mark.parametrize("variant", ["scratch", "full", pytest.param("lora", marks=needs_lora)])
+@pytest.mark.parametrize("variant", ["scratch", "full", "lora"])
 def test_the_end_of_run_summary_adds_no_point_to_the_epoch_curve(pipeline, variant):
     """Issue 11, item 9: the summary's val_macro_f1 (step-less, so step 0) used to join the per-epoch curve."""
     import mlflow
@@ -177,7 +172,6 @@ def test_the_end_of_run_summary_adds_no_point_to_the_epoch_curve(pipeline, varia
     assert "val_macro_f1" in metrics and "best_val_macro_f1" not in metrics  # the DVC metrics keys stay
 
 
-@needs_lora
 def test_evaluate_outputs(pipeline):
     base, _, _, _ = pipeline
     results = json.loads((base / "metrics" / "evaluate.json").read_text())
@@ -193,7 +187,6 @@ def test_evaluate_outputs(pipeline):
     assert results["tfidf_logreg"]["macro_f1"] > 0.9  # separable by vocabulary
 
 
-@needs_lora
 def test_report_outputs(pipeline):
     base, _, _, _ = pipeline
     text = (base / "reports" / "report.md").read_text()
@@ -261,10 +254,10 @@ def test_first_token_last_layer_param_reaches_the_fit_config(choice):
     import types
 
     from lora_pipeline.config import FullConfig, TrainConfig
-    from stages._train import fit_config
+    from lora_pipeline.training import FitConfig
 
     params = types.SimpleNamespace(train=TrainConfig(first_token_last_layer=choice), full=FullConfig())
-    assert fit_config(params, "full", torch.device("cpu")).first_token_last_layer == choice
+    assert FitConfig.from_params(params, "full", torch.device("cpu")).first_token_last_layer == choice
 
 
 @pytest.mark.parametrize("choice, fast", [("fast", True), ("torch", False)])
@@ -273,8 +266,32 @@ def test_cpu_dropout_param_reaches_the_fit_config(choice, fast):
     import types
 
     from lora_pipeline.config import FullConfig, TrainConfig
-    from stages._train import fit_config
+    from lora_pipeline.training import FitConfig
 
     params = types.SimpleNamespace(train=TrainConfig(cpu_dropout=choice), full=FullConfig())
-    assert fit_config(params, "full", torch.device("cpu")).fast_cpu_dropout is fast
+    assert FitConfig.from_params(params, "full", torch.device("cpu")).fast_cpu_dropout is fast
     assert dataclasses.asdict(params.train)["cpu_dropout"] == choice  # logged to MLflow with the train section
+
+
+@pytest.mark.parametrize("stage, missing", [("evaluate", "test.parquet"), ("train_full", "val.parquet")])
+def test_a_split_file_missing_exits_2_with_one_line_naming_it(tmp_path, tiny_model_dir, split_dir, capsys, stage,
+                                                              missing):
+    """Issue 12: evaluate raised a bare FileNotFoundError traceback when test.parquet was missing."""
+    import shutil
+
+    from stages import evaluate
+
+    split = tmp_path / "split"
+    shutil.copytree(split_dir, split)
+    (split / missing).unlink()
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {"mlflow.enabled": False})
+    if stage == "evaluate":
+        rc = evaluate.main(["--params", str(params), "--split", str(split), "--models", str(tmp_path / "models"),
+                            "--metrics", str(tmp_path / "evaluate.json"), "--predictions", str(tmp_path / "pred")])
+    else:
+        rc = _train("full", _train_args(tmp_path, "full", params, split))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    failure = [line for line in err.splitlines() if line.startswith(f"{stage} failed:")]
+    assert len(failure) == 1 and f"{split} lacks {missing}" in failure[0] and "dvc repro split" in failure[0]

@@ -174,6 +174,20 @@ def test_a_failed_stage_marks_the_run_failed(store):
     assert run.info.status == "FAILED"
 
 
+def test_a_tracker_used_as_a_context_closes_its_run_failed_or_finished(store):
+    uri, cfg = store
+    with pytest.raises(KeyError):
+        with open_tracker(cfg, "train_full", {"stage": "train_full", "seed": 1}) as tracker:
+            tracker.log_metrics({"train_loss": 1.0}, step=1)
+            raise KeyError("boom")
+    with open_tracker(cfg, "train_full", {"stage": "train_full", "seed": 2}) as tracker:
+        tracker.log_metrics({"train_loss": 0.5}, step=1)
+    status = {run.data.tags["seed"]: run.info.status for run in _runs(uri, cfg.experiment)}
+    assert status == {"1": "FAILED", "2": "FINISHED"}
+    with open_tracker(MlflowConfig(enabled=False), "x", {}) as null:
+        assert isinstance(null, NullTracker)
+
+
 def test_secrets_in_params_and_tags_are_redacted_in_mlflow(store):
     uri, cfg = store
     tracker = MlflowTracker(cfg, "x", {"stage": "x"})

@@ -14,8 +14,7 @@ from urllib.request import url2pathname
 import pytest
 
 from lora_pipeline.config import MlflowConfig
-from lora_pipeline.tracking import MlflowTracker, run_display_name
-from stages._cli import log_stage_run
+from lora_pipeline.tracking import MlflowTracker, log_stage_run, run_display_name
 
 
 def initialised_store(db: Path) -> str:

@@ -19,7 +19,8 @@ from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.models import build_model
-from lora_pipeline.training import FitConfig, fit, resolve_device
+from lora_pipeline.runtime import resolve_bf16, resolve_device
+from lora_pipeline.training import FitConfig, fit
 from tests.conftest import LABELS, load_encoded, save_tiny_bert
 
 CPU = torch.device("cpu")
@@ -105,7 +106,7 @@ def test_only_trainable_parameters_change(tiny_model_dir, data):
 
 def test_no_weight_decay_on_biases_and_layer_norms(tiny_model_dir):
     model = _model(tiny_model_dir)
-    opt = training._optimizer(model, FitConfig(lr=1e-3, epochs=1, weight_decay=0.05), CPU)
+    opt = training.make_optimizer(model, FitConfig(lr=1e-3, epochs=1, weight_decay=0.05), CPU)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed, plain = ({names[id(p)] for p in g["params"]} for g in opt.param_groups)
     assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0.0
@@ -143,6 +144,20 @@ def test_two_fits_with_the_same_seed_are_identical(tiny_model_dir, data):
     assert runs[0][0] == runs[1][0]
     for name in runs[0][1]:
         assert torch.equal(runs[0][1][name], runs[1][1][name]), name
+
+
+def test_fit_config_from_params_takes_every_shared_default_of_the_train_section():
+    """Issue 12: FitConfig's defaults of the train fields are TrainConfig's (fast_cpu_dropout drifted to True)."""
+    import types
+
+    from lora_pipeline.config import LoraConfig, TrainConfig
+
+    params = types.SimpleNamespace(train=TrainConfig(), lora=LoraConfig())
+    built = FitConfig.from_params(params, "lora", CPU)
+    assert built == FitConfig(lr=params.lora.lr, epochs=params.lora.epochs,
+                              bf16=resolve_bf16(params.train.precision, CPU))
+    assert FitConfig(lr=1e-3, epochs=1).fast_cpu_dropout is False
+    assert built.checkpoint_every == params.train.checkpoint_every and built.seed == params.train.seed
 
 
 def test_resolve_device():
@@ -225,7 +240,7 @@ def test_peak_rss_of_a_child_is_its_own_not_the_parents():
     import sys
 
     ballast = torch.ones(512 * 2**20 // 4 * 4)  # 2 GiB resident in this (parent) process
-    code = ("import resource; from lora_pipeline.training import peak_rss_mb; "
+    code = ("import resource; from lora_pipeline.runtime import peak_rss_mb; "
             "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")  # rusage: 2 GiB+
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -235,10 +250,10 @@ def test_peak_rss_of_a_child_is_its_own_not_the_parents():
 
 
 def test_resolve_bf16():
-    assert training.resolve_bf16("fp32", CPU) is False
-    assert training.resolve_bf16("bf16", CPU) is True
+    assert resolve_bf16("fp32", CPU) is False
+    assert resolve_bf16("bf16", CPU) is True
     native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert training.resolve_bf16("auto", CPU) == native
+    assert resolve_bf16("auto", CPU) == native
 
 
 def test_bf16_fit_learns_and_keeps_fp32_weights(tiny_model_dir, data, tiny_tokenizer, monkeypatch):
@@ -266,7 +281,7 @@ def test_lora_modules_to_save_trains_the_pooler_and_round_trips(tiny_model_dir, 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight"} <= trainable
     assert not any("encoder" in n and "lora_" not in n for n in trainable)
-    plain = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, alpha=4.0))
+    plain = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, alpha=4.0, modules_to_save=()))
     assert not any("pooler" in n for n, p in plain.named_parameters() if p.requires_grad)
     with torch.no_grad():
         model.bert.pooler.dense.weight.add_(0.5)  # as if trained

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..io import atomic_dir, write_json
+from ..files import atomic_dir, write_json
 from .layers import BiasMode, LoRALayer, check_bias_mode
 from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable, module_under
 

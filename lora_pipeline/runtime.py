@@ -1,0 +1,88 @@
+"""Where and how a stage runs: device and precision resolution, seeding, and peak-memory probes.
+
+Training and evaluation both resolve ``train.device`` / ``train.precision`` here, so evaluate needs none of
+the training loop.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+
+import numpy as np
+import torch
+
+from .errors import PipelineError
+
+__all__ = ["resolve_device", "resolve_bf16", "seed_everything", "peak_memory_mb", "peak_rss_mb"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cpu`` and ``cuda[:N]`` as given.
+
+    Raises:
+        PipelineError: CUDA is asked for where torch has none, or ``cuda:N`` names a GPU that is not visible.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        why = f"this torch build ({torch.__version__}) has no CUDA" if torch.version.cuda is None \
+            else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES)"
+        raise PipelineError(f"params: 'train.device' is '{name}' but {why}; set train.device to auto or cpu, "
+                            "or install a CUDA build of torch")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise PipelineError(f"params: 'train.device' is '{name}' but only {count} CUDA devices are visible "
+                            f"(cuda:0..cuda:{count - 1}); pick one of those or auto")
+    return device
+
+
+def resolve_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` (auto | fp32 | bf16) means bf16 autocast on ``device``.
+
+    ``auto`` picks bf16 where the hardware runs it natively: a CUDA GPU with bf16 support, or a CPU that
+    oneDNN can run bf16 GEMMs on (AVX-512/AMX); else fp32. An explicit ``bf16`` is honoured everywhere.
+    """
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() \
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MiB.
+
+    On Linux from ``VmHWM`` in ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` of a child started by
+    fork + exec also counts the parent's resident size at the fork (the kernel folds the forked copy's
+    high-water mark in at exec), so every child of a big parent would report at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
