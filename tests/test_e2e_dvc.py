@@ -132,6 +132,20 @@ def test_second_repro_is_a_noop(repo):
     assert "up to date" in status.stdout
 
 
+def test_editing_the_data_file_reruns_ingest(repo):
+    """`data.path` is a DVC dependency of ingest (dvc.yaml: ${data.path}): DVC sees a user's file change."""
+    repo, env = repo
+    path = Path(yaml.safe_load((repo / "params.yaml").read_text())["data"]["path"])
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"a brand new review,pos\n")
+        status = _run(["dvc", "status"], repo, env).stdout
+        assert "ingest:" in status and str(path) in status, status
+    finally:
+        path.write_bytes(original)
+    assert "up to date" in _run(["dvc", "status"], repo, env).stdout
+
+
 def test_bytecode_does_not_change_dvc_status(repo):
     """Code directories are DVC dependencies; bytecode comes and goes (a fresh checkout has none, an ordinary
     `import` writes it, a `touch` rewrites it) and must never make DVC think the code changed."""
