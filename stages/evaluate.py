@@ -1,4 +1,5 @@
-"""evaluate: every variant and a TF-IDF + logistic-regression reference on the same test split."""
+"""evaluate: every variant and a TF-IDF + logistic-regression reference on the same test split, each with a
+95 % bootstrap interval, a degenerate-model check, and LoRA against full fine-tuning as a paired difference."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lora_pipeline.files import atomic_dir, read_split, write_json
 from lora_pipeline.models import load_trained
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
+from lora_pipeline.statistics import bootstrap_metric_ci, degenerate_reason, paired_difference
 from lora_pipeline.tracking import log_stage_run
 from stages._cli import run_stage
 
@@ -28,6 +30,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics", required=True, help="metrics JSON file, keyed by variant")
     parser.add_argument("--predictions", required=True, help="directory of actual/predicted CSVs (dvc plots)")
     return parser.parse_args(argv)
+
+
+def _add_uncertainty(results: dict, preds: dict, y_true, labels: list[str], seed: int) -> None:
+    """Intervals over test examples, degenerate flags (one class, ≤ majority, not better than TF-IDF) and the
+    paired LoRA − full difference with its verdict: what the report may claim, and no more."""
+    for name, p in preds.items():
+        for metric in ("macro_f1", "accuracy"):
+            ci = bootstrap_metric_ci(y_true, p, labels, metric=metric, seed=seed)
+            results[name][f"{metric}_low"], results[name][f"{metric}_high"] = ci.low, ci.high
+        if name != "tfidf_logreg":
+            results[name]["degenerate"] = degenerate_reason(y_true, p, labels, tfidf_pred=preds["tfidf_logreg"],
+                                                            seed=seed)
+    results["lora"]["vs_full"] = paired_difference(y_true, [preds["lora"]], [preds["full"]], labels,
+                                                   seed=seed).to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         preds["tfidf_logreg"] = predict_tfidf(fit_tfidf_baseline(train_df, params.baseline, params.train.seed),
                                               test_df)
         results = {name: classification_metrics(test.labels, p, labels) for name, p in preds.items()}
+        _add_uncertainty(results, preds, test.labels, labels, seed=params.train.seed)
         with atomic_dir(args.predictions) as tmp:
             for name, p in preds.items():
                 pd.DataFrame({"actual": [labels[i] for i in test.labels],

@@ -187,6 +187,20 @@ def test_evaluate_outputs(pipeline):
     assert results["tfidf_logreg"]["macro_f1"] > 0.9  # separable by vocabulary
 
 
+def test_evaluate_states_uncertainty_degenerate_models_and_the_paired_comparison(pipeline):
+    base, _, _, _ = pipeline
+    results = json.loads((base / "metrics" / "evaluate.json").read_text())
+    for name, res in results.items():
+        for metric in ("macro_f1", "accuracy"):
+            assert res[f"{metric}_low"] <= res[metric] <= res[f"{metric}_high"], (name, metric)
+        if name != "tfidf_logreg":
+            assert res["degenerate"] is None or isinstance(res["degenerate"], str)
+    diff = results["lora"]["vs_full"]
+    assert diff["difference"] == pytest.approx(results["lora"]["macro_f1"] - results["full"]["macro_f1"])
+    assert diff["low"] <= diff["difference"] <= diff["high"]
+    assert diff["verdict"] == ("better" if diff["low"] > 0 else "worse" if diff["high"] < 0 else "indistinguishable")
+
+
 def test_report_outputs(pipeline):
     base, _, _, _ = pipeline
     text = (base / "reports" / "report.md").read_text()
