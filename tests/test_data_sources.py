@@ -257,8 +257,12 @@ def test_shared_sms_spam_with_quoting_none(tmp_path):
     df = pd.read_parquet(tmp_path / "raw" / DATA_FILE)
     assert len(df) == 5_574 and df["label"].value_counts().to_dict() == {"ham": 4_827, "spam": 747}
     assert df["text"].str.startswith('"').sum() == 54
-    ingest(dataclasses.replace(cfg, quoting="minimal"), tmp_path / "minimal")  # the documented trap
-    assert len(pd.read_parquet(tmp_path / "minimal" / DATA_FILE)) != 5_574
+    minimal = dataclasses.replace(cfg, quoting="minimal")  # the documented trap: refused, not read silently
+    with pytest.raises(DataError, match=r"SMSSpamCollection: data.quoting 'minimal' changed the data: \d+ record.*"
+                                        r"line 283.*Fix: set data.quoting: none"):
+        ingest(minimal, tmp_path / "minimal")
+    manifest = ingest(dataclasses.replace(minimal, quote_changes="warn"), tmp_path / "minimal")  # accepted: counted
+    assert manifest["rows"] != 5_574 and manifest["changes"]["quoted_fields_changed"] > 0
 
 
 @pytest.mark.skipif(not (RT / "rt-polarity.pos").is_file(), reason="shared rt-polarity not present")

