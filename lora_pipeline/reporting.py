@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-__all__ = ["comparison_table", "plot_curves", "plot_confusions", "confusion_figure", "render_markdown", "dataset_section",
+__all__ = ["headline", "comparison_table", "plot_curves", "plot_confusions", "confusion_figure", "render_markdown", "dataset_section",
            "hyperparameter_section"]
 
 VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
@@ -23,12 +23,44 @@ def comparison_table(evaluate: Mapping[str, dict], train: Mapping[str, dict]) ->
         t = train.get(name, {})
         rows.append({
             "variant": VARIANT_TITLES.get(name, name),
-            "test macro-F1": res["macro_f1"], "test accuracy": res["accuracy"],
+            "test macro-F1": res["macro_f1"], "95 % interval": _interval(res, "macro_f1"),
+            "test accuracy": res["accuracy"],
             "trainable params": t.get("trainable_params"), "% trainable": t.get("trainable_percent"),
             "train time (s)": t.get("train_seconds"), "peak memory (MB)": t.get("peak_memory_mb"),
             "size on disk (MB)": t.get("size_on_disk_mb"), "precision": t.get("precision"),
         })
     return pd.DataFrame(rows)
+
+
+def _interval(res: Mapping[str, Any], metric: str) -> str:
+    """``[low, high]`` of the evaluate stage's bootstrap interval, or a dash where none was computed."""
+    low, high = res.get(f"{metric}_low"), res.get(f"{metric}_high")
+    return "–" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+
+
+def headline(evaluate: Mapping[str, dict]) -> str:
+    """What the comparison supports, in words: the paired LoRA − full verdict (never a winner the interval does
+    not support) and every degenerate model by name."""
+    lines = []
+    lora, full = evaluate.get("lora", {}), evaluate.get("full", {})
+    diff = lora.get("vs_full")
+    if diff:
+        words = {"better": "better than", "worse": "worse than",
+                 "indistinguishable": "indistinguishable from"}[diff["verdict"]]
+        conf = f"{100 * diff['confidence']:g} %"
+        lines.append(
+            f"**LoRA (ours) is {words} full fine-tuning at {conf}**: test macro-F1 {lora['macro_f1']:.4f} "
+            f"{_interval(lora, 'macro_f1')} vs {full['macro_f1']:.4f} {_interval(full, 'macro_f1')}; paired difference "
+            f"{100 * diff['difference']:+.2f} points, {conf} interval [{100 * diff['low']:+.2f}, "
+            f"{100 * diff['high']:+.2f}] (bootstrap over the {diff['n_examples']:,} test examples, "
+            f"{diff['seeds_a']} seed{'s' if diff['seeds_a'] > 1 else ''}).")
+    for name, res in evaluate.items():
+        if res.get("degenerate"):
+            lines.append(f"⚠ **{VARIANT_TITLES.get(name, name)} is degenerate**: {res['degenerate']}; its numbers "
+                         "are not a result.")
+    lines.append("All rows are scored on the same held-out test split; intervals are 95 % percentile bootstraps "
+                 "over its examples.")
+    return "\n\n".join(lines)
 
 
 def plot_curves(curves: Mapping[str, pd.DataFrame], path: Path) -> None:
@@ -151,11 +183,10 @@ def render_markdown(table: pd.DataFrame, evaluate: Mapping[str, dict], figures: 
     per_class += "\n" + "".join(
         f"| {VARIANT_TITLES.get(n, n)} | " + " | ".join(f"{r['per_class'][c]['f1']:.4f}" for c in labels) + " |\n"
         for n, r in evaluate.items())
-    best = table.loc[table["test macro-F1"].idxmax(), "variant"]
     intro = (dataset_section(dataset) + "\n" if dataset else "") + \
         (hyperparameter_section(params) + "\n" if params else "")
     return (f"# LoRA vs full fine-tuning: comparison report\n\n"
-            f"Best test macro-F1: **{best}**. All rows are scored on the same held-out test split.\n\n"
+            f"{headline(evaluate)}\n\n"
             f"{intro}## Comparison\n\n{head}{body}\n## Per-class F1 (test)\n\n{per_class}\n"
             f"## Training curves\n\n![curves]({figures['curves']})\n\n"
             f"## Confusion matrices (test)\n\n![confusion]({figures['confusion']})\n")
