@@ -376,7 +376,7 @@ def test_split_stage_finishes_when_tracking_is_broken(monkeypatch, tmp_path, cap
     assert {"n_labels", "rows_train", "rows_val", "rows_test"} <= set(metrics) and metrics["n_labels"] == 3
     assert metrics["rows_train"] + metrics["rows_val"] + metrics["rows_test"] == 90
     assert {p.name for p in (tmp_path / "split").iterdir()} == {"train.parquet", "val.parquet", "test.parquet",
-                                                                 "labels.json"}
+                                                                 "labels.json", "dataset.json"}
     err = capfd.readouterr().err
     assert len([line for line in err.splitlines() if "not logged" in line]) == 1
     assert SECRET not in err and SECRET not in (tmp_path / "split.json").read_text()
