@@ -14,6 +14,7 @@ from lora_pipeline.config import LoraConfig, ModelConfig
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.lora import HEAD_NAMES, lora_layers, save_adapter
 from lora_pipeline.models import HEAD_MODULES, build_model, load_trained
+from tests.lora_tiny_models import train_steps
 
 LABELS = ["neg", "pos"]  # the tiny checkpoint has 3 labels: its classifier is replaced (a "newly initialised" head)
 LINEAR = [f"bert.encoder.layer.{i}.{m}" for i in range(2) for m in (
@@ -56,15 +57,9 @@ def test_targets_inside_modules_trained_in_full_are_left_unwrapped_and_round_tri
     assert {"bert.pooler.dense.weight", "classifier.weight"} <= trainable
     batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
              "labels": torch.tensor([0, 1] * 4)}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(**batch).loss.backward()
-        optimizer.step()
-    model.eval()
+    train_steps(model, batch, lr=1e-2)
     save_adapter(model, tmp_path / "lora", base_model_name=str(tiny_model_dir),
-                 trainable_extra=HEAD_MODULES + ("pooler",))  # as stages/_train.py saves it
+                 trainable_extra=HEAD_MODULES + ("pooler",))  # as models.save_trained saves it
     loaded = load_trained("lora", tmp_path / "lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
     with torch.no_grad():
         expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

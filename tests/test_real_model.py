@@ -12,6 +12,7 @@ from lora_pipeline.data.tokenization import tokenize_frame
 from lora_pipeline.models import build_model
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.training import FitConfig, fit
+from tests.lora_tiny_models import train_steps
 
 pytestmark = pytest.mark.slow
 LABELS = ["neg", "pos"]
@@ -93,15 +94,9 @@ def test_minilm_trained_adapter_round_trips_through_peft(tokenizer, tmp_path):
     texts = tokenizer(["a wonderful, moving film", "dull and far too long", "the cast is superb",
                        "a tedious mess"] * 2, padding=True, return_tensors="pt")
     batch = {**texts, "labels": torch.tensor([1, 0, 1, 0] * 2)}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    model.train()
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(**batch).loss.backward()
-        optimizer.step()
-    model.eval()
+    train_steps(model, batch, lr=5e-3)
     save_adapter(model, tmp_path / "lora", base_model_name=ModelConfig().name,
-                 trainable_extra=HEAD_MODULES + lora.modules_to_save)  # as stages/_train.py does
+                 trainable_extra=HEAD_MODULES + lora.modules_to_save)  # as models.save_trained does
     ours = build_model("full", ModelConfig(), LABELS, tokenizer)
     load_adapter(ours, tmp_path / "lora")
     export_peft(ours, tmp_path / "peft", base_model_name=ModelConfig().name)
