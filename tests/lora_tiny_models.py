@@ -102,13 +102,3 @@ def train_steps(model: nn.Module, batch: dict[str, torch.Tensor], steps: int = 3
         optimizer.step()
     model.eval()
 
-
-def train_steps(model: nn.Module, batch: dict[str, torch.Tensor], lr: float, steps: int = 3) -> nn.Module:
-    """A few AdamW steps on the trainable parameters, then eval mode: an adapter that moved from its init."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(**batch).loss.backward()
-        optimizer.step()
-    return model.eval()
