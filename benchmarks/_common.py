@@ -116,11 +116,11 @@ class Models:
         return cls(params, read_json(split / LABELS_FILE), load_tokenizer(params.model))
 
     def full(self) -> nn.Module:
-        torch.manual_seed(self.params.train.seed)
+        torch.manual_seed(self.params.study.seeds[0])
         return build_model("full", self.params.model, self.labels, self.tokenizer)
 
     def ours(self) -> nn.Module:
-        torch.manual_seed(self.params.train.seed)
+        torch.manual_seed(self.params.study.seeds[0])
         return build_model("lora", self.params.model, self.labels, self.tokenizer, lora=self.params.lora)
 
     def peft(self, like: Optional[nn.Module] = None) -> nn.Module:

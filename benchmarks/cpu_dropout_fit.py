@@ -47,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants.split(","):
         result[variant] = {"fast": [], "torch": []}
         for fast in (True, False, True, False):
-            seed_everything(params.train.seed)
+            seed_everything(params.study.seeds[0])
             model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
-            cfg = dataclasses.replace(FitConfig.from_params(params, variant, device), epochs=1,
-                                      fast_cpu_dropout=fast, checkpoint_every=0)
+            cfg = FitConfig.from_params(params, variant, device, lr=params.study.lrs(variant)[0],
+                                        seed=params.study.seeds[0])
+            # exactly one whole epoch: no min_steps floor, max_steps cap or early stop, so every run times
+            # the same steps
+            cfg = dataclasses.replace(cfg, epochs=1, min_steps=0, max_steps=0, patience=0, fast_cpu_dropout=fast,
+                                      checkpoint_every=0)
             run = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, progress=False)
             name = "fast" if fast else "torch"
             result[variant][name].append(round(run.train_seconds, 2))

@@ -27,6 +27,7 @@ def write_params(directory: Path, threads: int, device: str, precision: str) -> 
     """The repository's params with one LoRA epoch, a fixed thread count and MLflow off."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     raw["lora"]["epochs"] = 1
+    raw["train"].update(min_steps=0, max_steps=0)  # one whole epoch, as the Trainer runs it
     raw["train"]["num_threads"] = threads
     raw["train"]["device"] = device
     raw["train"]["precision"] = precision
@@ -58,9 +59,12 @@ def _timed(cmd: list[str], what: str) -> float:
 
 def run_stage(params: Path, split: Path, work: Path) -> dict:
     """``python -m stages.train_lora`` as dvc.yaml runs it, into ``work``."""
+    raw = yaml.safe_load(params.read_text(encoding="utf-8"))
+    study = raw["study"]
     cmd = [sys.executable, "-m", "stages.train_lora", "--params", str(params), "--split", str(split),
+           "--rank", "8", "--seed", str(study["seeds"][0]), "--lr", str(study["lora_lrs"][0]),
            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"), "--curve",
-           str(work / "curve.csv"), "--checkpoints", str(work / "checkpoints"), "--no-progress"]
+           str(work / "curve"), "--checkpoints", str(work / "checkpoints"), "--no-progress"]
     wall = _timed(cmd, "stages.train_lora")
     metrics = json.loads((work / "metrics.json").read_text())
     return {"wall_seconds": round(wall, 2), "val_macro_f1": round(metrics["val_macro_f1"], 4),

@@ -93,17 +93,17 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
     batch = fixed_batch(split, models.tokenizer, STEP_BATCH, STEP_LENGTH, device)
     p = models.params
     ours = models.ours()
-    build = {"full": (models.full, p.full.lr, None, False, False),
-             "full_ours": (models.full, p.full.lr, None, True, False),
-             "ours": (lambda: ours, p.lora.lr, None, True, False),
-             "ours_fast_dropout": (models.ours, p.lora.lr, None, True, True),
-             "ours_untrimmed": (models.ours, p.lora.lr, None, False, False),
-             "peft": (lambda: models.peft(like=ours), p.lora.lr, None, False, False)}
+    build = {"full": (models.full, p.study.full_lrs[0], None, False, False),
+             "full_ours": (models.full, p.study.full_lrs[0], None, True, False),
+             "ours": (lambda: ours, p.study.lora_lrs[0], None, True, False),
+             "ours_fast_dropout": (models.ours, p.study.lora_lrs[0], None, True, True),
+             "ours_untrimmed": (models.ours, p.study.lora_lrs[0], None, False, False),
+             "peft": (lambda: models.peft(like=ours), p.study.lora_lrs[0], None, False, False)}
     if compiled:
-        build["ours_compiled"] = (models.ours, p.lora.lr, "inductor_rng", True, False)
+        build["ours_compiled"] = (models.ours, p.study.lora_lrs[0], "inductor_rng", True, False)
     if compiled and extra:
-        build["ours_compiled_eager_rng"] = (models.ours, p.lora.lr, "eager_rng", True, False)
-        build["peft_compiled"] = (lambda: models.peft(like=ours), p.lora.lr, "inductor_rng", False, False)
+        build["ours_compiled_eager_rng"] = (models.ours, p.study.lora_lrs[0], "eager_rng", True, False)
+        build["peft_compiled"] = (lambda: models.peft(like=ours), p.study.lora_lrs[0], "inductor_rng", False, False)
     steps, losses, first_ms = {}, {}, {}
     with contextlib.ExitStack() as stack:
         for name, (make, lr, mode, trim, fast) in build.items():  # every model before any step: peft copies ours

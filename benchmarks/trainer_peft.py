@@ -65,7 +65,7 @@ def build(params, labels: list[str], tokenizer):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    torch.manual_seed(params.train.seed)
+    torch.manual_seed(params.study.seeds[0])
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(params.model.name), num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)}, use_safetensors=True)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and t.device != "cpu"
     bf16 = resolve_bf16(t.precision, torch.device("cuda" if cuda else "cpu"))  # as the stage resolves it
     targs = TrainingArguments(
-        output_dir=args.out, learning_rate=params.lora.lr, num_train_epochs=params.lora.epochs,
+        output_dir=args.out, learning_rate=params.study.lora_lrs[0], num_train_epochs=params.lora.epochs,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         lr_scheduler_type="linear", seed=t.seed, eval_strategy="no", save_strategy="no",

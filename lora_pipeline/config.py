@@ -31,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "FullConfig",
     "LoraConfig",
+    "StudyConfig",
     "BaselineConfig",
     "MlflowConfig",
     "Params",
@@ -200,31 +201,31 @@ class ScratchConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 1024
-    lr: float = 4e-4
     epochs: int = 3
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "epochs"):
             _check(getattr(self, key) >= 1, f"scratch.{key}", "must be >= 1")
         _check(self.hidden_size % self.num_heads == 0, "scratch.hidden_size", "must be divisible by scratch.num_heads")
-        _check(self.lr > 0, "scratch.lr", "must be > 0")
 
 
 @dataclass(frozen=True)
 class FullConfig:
     """Full fine-tuning of every parameter (section ``full``)."""
 
-    lr: float = 5e-5
     epochs: int = 2
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "full.lr", "must be > 0")
         _check(self.epochs >= 1, "full.epochs", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA adapters on the frozen encoder (section ``lora``; arXiv:2106.09685)."""
+    """LoRA adapters on the frozen encoder (section ``lora``; arXiv:2106.09685).
+
+    ``rank`` is not a ``params.yaml`` key: each ``train_lora`` instance takes its rank from ``study.ranks`` (the
+    default serves library callers that build adapters directly).
+    """
 
     rank: int = 8
     alpha: float = 16.0
@@ -234,14 +235,12 @@ class LoraConfig:
     modules_to_save: tuple[str, ...] = ("pooler",)
     rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
-    lr: float = 2e-3
     epochs: int = 3
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "lora.rank", "must be >= 1")
         _check(self.alpha > 0, "lora.alpha", "must be > 0")
         _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
-        _check(self.lr > 0, "lora.lr", "must be > 0")
         _check(self.epochs >= 1, "lora.epochs", "must be >= 1")
         _check_targets(self.target_modules)
 
@@ -264,9 +263,8 @@ def _check_targets(targets: Optional[Union[str, tuple[str, ...]]]) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The one training loop shared by all variants (section ``train``)."""
+    """The one training loop shared by all variants (section ``train``; seeds and learning rates: ``study``)."""
 
-    seed: int = 42
     batch_size: int = 32
     eval_batch_size: int = 128
     weight_decay: float = 0.01
@@ -279,8 +277,19 @@ class TrainConfig:
     num_threads: int = 0
     # auto: the last layer computes only the token the head reads where that is exact; true: required; false: off
     first_token_last_layer: Union[Literal["auto"], bool] = "auto"
+    # training length: a variant's epochs, raised to at least min_steps optimizer steps, capped at max_steps
+    min_steps: int = 240
+    max_steps: int = 240  # 0: no cap
+    patience: int = 2  # validations in a row without a new best validation macro-F1 before stopping (0: off)
+    eval_every: int = 0  # optimizer steps between validations (0: every epoch end); the last step is always scored
+    log_every: int = 10  # optimizer steps between points of the per-step training-loss curve
 
     def __post_init__(self) -> None:
+        for key in ("min_steps", "max_steps", "patience", "eval_every"):
+            _check(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(not self.max_steps or self.min_steps <= self.max_steps, "train.min_steps",
+               f"({self.min_steps}) must be <= train.max_steps ({self.max_steps}) unless max_steps is 0 (no cap)")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -292,6 +301,41 @@ class TrainConfig:
                "must be 'auto', 'cpu' or 'cuda[:N]'")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", "must be 'auto', 'fp32' or 'bf16'")
         _check(self.cpu_dropout in ("fast", "torch"), "train.cpu_dropout", "must be 'fast' or 'torch'")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The rank × seed × learning-rate grid the train stages fan out over, and how evaluate summarises it
+    (section ``study``; read by dvc.yaml's ``matrix:`` and by evaluate/report, never by one train instance)."""
+
+    seeds: tuple[int, ...] = (42,)
+    ranks: tuple[int, ...] = (2, 8, 32)
+    scratch_lrs: tuple[float, ...] = (4e-4,)
+    full_lrs: tuple[float, ...] = (5e-5,)
+    lora_lrs: tuple[float, ...] = (2e-3,)
+    tolerance: float = 0.01
+    confidence: float = 0.95
+    resamples: int = 1000
+    bootstrap_seed: int = 0
+    record_rank: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for key in ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs"):
+            values = getattr(self, key)
+            _check(bool(values), f"study.{key}", "must list at least one value")
+            _check(len(set(values)) == len(values), f"study.{key}", f"lists a value twice: {list(values)}")
+        _check(all(r >= 1 for r in self.ranks), "study.ranks", "must all be >= 1")
+        for variant in VARIANTS:
+            _check(all(lr > 0 for lr in self.lrs(variant)), f"study.{variant}_lrs", "must all be > 0")
+        _check(0 <= self.tolerance < 1, "study.tolerance", "must be in [0, 1) (a macro-F1 difference: 0.01 = 1 point)")
+        _check(0.5 <= self.confidence < 1, "study.confidence", "must be in [0.5, 1)")
+        _check(self.resamples >= 1000, "study.resamples", "must be >= 1000")
+        _check(self.record_rank is None or self.record_rank in self.ranks, "study.record_rank",
+               f"must be null or one of study.ranks {list(self.ranks)}")
+
+    def lrs(self, variant: str) -> tuple[float, ...]:
+        """The learning-rate grid of ``variant``."""
+        return getattr(self, f"{variant}_lrs")
 
 
 @dataclass(frozen=True)
@@ -360,6 +404,7 @@ class Params:
     full: FullConfig = field(default_factory=FullConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -427,8 +472,17 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+# keys each stage instance takes from the study grid, never from its section
+_PER_RUN = {"lora.rank": "study.ranks", "lora.lr": "study.lora_lrs", "full.lr": "study.full_lrs",
+            "scratch.lr": "study.scratch_lrs", "train.seed": "study.seeds"}
+
+
 def _build(cls: type, raw: Any, section: str) -> Any:
     _check(isinstance(raw, dict), section, f"must be a mapping of keys, got {raw!r}")
+    for key in raw:
+        _check(f"{section}.{key}" not in _PER_RUN, f"{section}.{key}",
+               f"is set per stage instance now: list the values in '{_PER_RUN.get(f'{section}.{key}')}' "
+               "(one value trains one instance)")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)

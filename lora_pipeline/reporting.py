@@ -1,134 +1,112 @@
-"""The comparison report: one table, training curves and confusion matrices."""
+"""The study report in Markdown: the answer first, then data and setup, the comparison across ranks, the
+learning-rate choice, where each run stopped, the adapters' effective ranks and the per-class detail.
+
+Pure text from ``metrics/study.json`` (see ``stages/evaluate.py``); the figures live in :mod:`figures`.
+"""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-from typing import Any, Mapping, Optional
+import math
+import re
+from typing import Any, Mapping, Optional, Sequence
 
-import pandas as pd
-from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-__all__ = ["headline", "comparison_table", "plot_curves", "plot_confusions", "confusion_figure", "render_markdown", "dataset_section",
-           "hyperparameter_section"]
+__all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
+           "markdown_table", "ordered_rows", "render_report", "row_title", "run_rows", "setup_section", "curve_runs"]
 
 VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
                   "tfidf_logreg": "TF-IDF + logistic regression"}
+_ORDER = {"scratch": 0, "full": 1, "lora": 2}
+_VERDICT = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
 
 
-def comparison_table(evaluate: Mapping[str, dict], train: Mapping[str, dict]) -> pd.DataFrame:
-    """One row per variant: test quality next to what it cost to train."""
-    rows = []
-    for name, res in evaluate.items():
-        t = train.get(name, {})
-        rows.append({
-            "variant": VARIANT_TITLES.get(name, name),
-            "test macro-F1": res["macro_f1"], "95 % interval": _interval(res, "macro_f1"),
-            "test accuracy": res["accuracy"],
-            "trainable params": t.get("trainable_params"), "% trainable": t.get("trainable_percent"),
-            "train time (s)": t.get("train_seconds"), "peak memory (MB)": t.get("peak_memory_mb"),
-            "size on disk (MB)": t.get("size_on_disk_mb"), "precision": t.get("precision"),
-        })
-    return pd.DataFrame(rows)
+def row_title(name: str) -> str:
+    """``lora_r8`` → ``LoRA r=8 (ours)``; other rows by their variant's title."""
+    match = re.fullmatch(r"lora_r(\d+)", name)
+    return f"LoRA r={match.group(1)} (ours)" if match else VARIANT_TITLES.get(name, name)
 
 
-def _interval(res: Mapping[str, Any], metric: str) -> str:
-    """``[low, high]`` of the evaluate stage's bootstrap interval, or a dash where none was computed."""
-    low, high = res.get(f"{metric}_low"), res.get(f"{metric}_high")
-    return "–" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+def ordered_rows(study: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The study's rows as scratch, full, then LoRA by rank (study.json is written with sorted keys)."""
+    rows = study.get("rows", {})
+    return sorted(rows.items(), key=lambda kv: (_ORDER.get(kv[1].get("variant"), 9), kv[1].get("rank") or 0))
 
 
-def headline(evaluate: Mapping[str, dict]) -> str:
-    """What the comparison supports, in words: the paired LoRA − full verdict (never a winner the interval does
-    not support) and every degenerate model by name."""
-    lines = []
-    lora, full = evaluate.get("lora", {}), evaluate.get("full", {})
-    diff = lora.get("vs_full")
-    if diff:
-        words = {"better": "better than", "worse": "worse than",
-                 "indistinguishable": "indistinguishable from"}[diff["verdict"]]
-        conf = f"{100 * diff['confidence']:g} %"
-        lines.append(
-            f"**LoRA (ours) is {words} full fine-tuning at {conf}**: test macro-F1 {lora['macro_f1']:.4f} "
-            f"{_interval(lora, 'macro_f1')} vs {full['macro_f1']:.4f} {_interval(full, 'macro_f1')}; paired difference "
-            f"{100 * diff['difference']:+.2f} points, {conf} interval [{100 * diff['low']:+.2f}, "
-            f"{100 * diff['high']:+.2f}] (bootstrap over the {diff['n_examples']:,} test examples, "
-            f"{diff['seeds_a']} seed{'s' if diff['seeds_a'] > 1 else ''}).")
-    for name, res in evaluate.items():
-        if res.get("degenerate"):
-            lines.append(f"⚠ **{VARIANT_TITLES.get(name, name)} is degenerate**: {res['degenerate']}; its numbers "
-                         "are not a result.")
-    lines.append("All rows are scored on the same held-out test split; intervals are 95 % percentile bootstraps "
-                 "over its examples.")
-    return "\n\n".join(lines)
+# --------------------------------------------------------------------------------------------- formatting
 
 
-def plot_curves(curves: Mapping[str, pd.DataFrame], path: Path) -> None:
-    """Training loss and validation macro-F1 per epoch, one line per variant."""
-    fig = Figure(figsize=(10, 4))
-    loss_ax, f1_ax = fig.subplots(1, 2)
-    for name, df in curves.items():
-        loss_ax.plot(df["epoch"], df["train_loss"], marker="o", label=VARIANT_TITLES.get(name, name))
-        f1_ax.plot(df["epoch"], df["val_macro_f1"], marker="o", label=VARIANT_TITLES.get(name, name))
-    loss_ax.set(title="training loss", xlabel="epoch")
-    f1_ax.set(title="validation macro-F1", xlabel="epoch")
-    f1_ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _tick_label(label: str, width: int = 14) -> str:
-    """A long class name wrapped on word boundaries (at most 3 lines, then cut) so ticks never overlap."""
-    lines = textwrap.wrap(label, width, break_long_words=True) or [label]
-    return "\n".join(lines[:3]) + ("…" if len(lines) > 3 else "")
+def _num(value: Any, fmt: str) -> str:
+    """``value`` formatted, or a dash where it was not measured (None / NaN)."""
+    return "–" if _missing(value) else format(value, fmt)
 
 
-def plot_confusions(evaluate: Mapping[str, dict], labels: list[str], path: Path) -> None:
-    """Row-normalised confusion matrices side by side, saved as PNG (see :func:`confusion_figure`)."""
-    confusion_figure(evaluate, labels).savefig(path, dpi=110)
-
-
-def confusion_figure(evaluate: Mapping[str, dict], labels: list[str]) -> Figure:
-    """The confusion matrices; long class names are wrapped and the x ticks rotated, so none overlap."""
-    ticks = [_tick_label(label) for label in labels]
-    side = max(4.0, 0.45 * len(labels) + 1.2 * max(t.count("\n") + 1 for t in ticks))
-    fig = Figure(figsize=(side * len(evaluate), side + 1), layout="constrained")  # room for the tick labels
-    axes = fig.subplots(1, len(evaluate), squeeze=False)[0]
-    for ax, (name, res) in zip(axes, evaluate.items()):
-        cm = pd.DataFrame(res["confusion_matrix"], index=labels, columns=labels)
-        norm = cm.div(cm.sum(axis=1).clip(lower=1), axis=0)
-        ax.imshow(norm.to_numpy(), vmin=0, vmax=1, cmap="Blues")
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                ax.text(j, i, int(cm.iat[i, j]), ha="center", va="center",
-                        color="white" if norm.iat[i, j] > 0.6 else "black")
-        ax.set(title=VARIANT_TITLES.get(name, name), xticks=range(len(labels)), yticks=range(len(labels)),
-               xlabel="predicted", ylabel="actual")
-        ax.set_xticklabels(ticks, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
-        ax.set_yticklabels(ticks, fontsize=8)
-    return fig
-
-
-# the baseline row has no training costs, so these columns hold NaN and pandas makes the counts floats
-_SCORES = ("test macro-F1", "test accuracy")
-_COUNTS = ("trainable params",)
-_SIZES = ("peak memory (MB)", "size on disk (MB)")  # one unit (MB) and one format for every size
-
-
-def _fmt(value, column: str = "") -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+def _count(value: Any) -> str:
+    """A count with thousands separators; a mean over seeds that is not whole keeps one decimal."""
+    if _missing(value):
         return "–"
-    if column in _SCORES:
-        return f"{value:.4f}"  # 1.0 as 1.0000, like every other score
-    if column in _COUNTS:
-        return f"{int(value):,}"  # 75,000, not 75,000.0
-    if column in _SIZES:
-        return f"{float(value):,.2f}"  # 0.30 and 2,100.00 alike, not 0.3000 beside 2,100.0
-    if isinstance(value, float):
-        return f"{value:.4f}" if value < 1 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return f"{int(round(value)):,}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _interval(low: Any, high: Any, fmt: str = ".4f") -> str:
+    return "–" if _missing(low) or _missing(high) else f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def _points(diff: Mapping[str, Any]) -> str:
+    """A paired difference in macro-F1 points with its interval: ``-0.50 [-1.39, +0.40]``."""
+    return f"{100 * diff['difference']:+.2f} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
+
+
+def _conf(value: Optional[float]) -> str:
+    return f"{100 * (value or 0.95):g} %"
+
+
+def _cell(value: Any) -> str:
+    """One Markdown table cell: pipes escaped and line breaks flattened, so a reason cannot break the table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- headline
+
+
+def headline(study: Mapping[str, Any]) -> str:
+    """The answer sentence, every degenerate model by name and seed, and each LoRA rank's paired verdict vs full
+    fine-tuning in words (never a winner the interval does not support)."""
+    paragraphs = [f"**{study.get('answer', {}).get('sentence', 'The study has no answer.')}**"]
+    rows = ordered_rows(study)
+    for name, row in rows:
+        for seed, reason in zip(row.get("seeds", []), row.get("degenerate", [])):
+            if reason:
+                paragraphs.append(f"⚠ **{row_title(name)} (seed {seed}) is degenerate**: {reason}; its numbers "
+                                  "are not a result.")
+    full = study.get("rows", {}).get("full")
+    if full is not None and not any(full.get("degenerate", [])):  # a degenerate reference supports no verdict
+        paragraphs += [_verdict_line(name, row) for name, row in rows if row.get("vs_full")]
+    paragraphs.append(f"All rows are scored on the same held-out test split ({study.get('n_test', 0):,} examples). "
+                      "Intervals: a t-interval across seeds where a row has several, else a percentile bootstrap "
+                      "over test examples; differences are paired bootstraps over test examples.")
+    return "\n\n".join(paragraphs)
+
+
+def _verdict_line(name: str, row: Mapping[str, Any]) -> str:
+    d = row["vs_full"]
+    conf = _conf(d.get("confidence"))
+    seeds = d.get("seeds_a", len(row.get("seeds", [])))
+    return (f"{row_title(name)} is {_VERDICT.get(d['verdict'], d['verdict'])} full fine-tuning at {conf}: "
+            f"paired difference {100 * d['difference']:+.2f} points, {conf} interval [{100 * d['low']:+.2f}, "
+            f"{100 * d['high']:+.2f}] ({seeds} seed{'s' if seeds != 1 else ''}).")
+
+
+# ------------------------------------------------------------------------------------------- data / setup
 
 
 def dataset_section(dataset: Mapping[str, Any]) -> str:
@@ -145,48 +123,194 @@ def dataset_section(dataset: Mapping[str, Any]) -> str:
     labels = dataset.get("labels", [])
     inferred = " (inferred from the data)" if dataset.get("labels_inferred") else ""
     lines.append(f"- **Labels** ({len(labels)}){inferred}, rows per split:")
-    head = "| id | label | " + " | ".join(per_split) + " |\n|---|---|" + "---|" * len(per_split) + "\n"
-    rows = "".join(f"| {i} | {label} | " + " | ".join(f"{per_split[s].get(label, 0):,}" for s in per_split) + " |\n"
-                   for i, label in enumerate(labels))
-    return "## Data\n\n" + "\n".join(lines) + "\n\n" + head + rows
+    table = markdown_table(["id", "label", *per_split],
+                           [[i, label, *(f"{per_split[s].get(label, 0):,}" for s in per_split)]
+                            for i, label in enumerate(labels)])
+    return "## Data\n\n" + "\n".join(lines) + "\n\n" + table
 
 
-def hyperparameter_section(params: Mapping[str, Mapping[str, Any]]) -> str:
-    """Base model and the settings each variant was trained with (sections model, train, scratch, full, lora)."""
-    model, train = params.get("model", {}), params.get("train", {})
-    scratch, full, lora = params.get("scratch", {}), params.get("full", {}), params.get("lora", {})
-    rows = [
-        ("BERT from scratch", f"{scratch.get('num_layers')} layers × {scratch.get('hidden_size')}, "
-                              f"{scratch.get('num_heads')} heads", scratch),
-        ("full fine-tuning", "every parameter", full),
-        ("LoRA (ours)", f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
-                        f"targets {lora.get('target_modules') or 'model default'}, also trained "
-                        f"{', '.join(lora.get('modules_to_save') or []) or 'head only'}"
-                        + (", rsLoRA" if lora.get("rslora") else ""), lora),
-    ]
-    body = "".join(f"| {name} | {what} | {section.get('lr')} | {section.get('epochs')} |\n" for name, what, section in rows)
+def _plural(value: float, unit: str) -> str:
+    return f"{value:g} {unit}{'' if value == 1 else 's'}"
+
+
+def _lrs(values: Any) -> str:
+    return ", ".join(f"{float(v):g}" for v in values or []) or "–"
+
+
+def setup_section(params: Mapping[str, Mapping[str, Any]]) -> str:
+    """Base model, the shared training settings and what each variant trained (sections model, train, scratch,
+    full, lora, study); a missing key shows as ``None`` instead of failing the report."""
+    model, train, study = (params.get(k, {}) for k in ("model", "train", "study"))
+    seeds = ", ".join(str(s) for s in study.get("seeds") or []) or "–"
+    every, max_steps = train.get("eval_every"), train.get("max_steps")
     return (f"## Setup\n\nBase model **{model.get('name')}** (max_length {model.get('max_length')}); batch size "
-            f"{train.get('batch_size')}, seed {train.get('seed')}, precision {train.get('precision')}, weight decay "
-            f"{train.get('weight_decay')}, warmup ratio {train.get('warmup_ratio')}.\n\n"
-            "| variant | configuration | lr | epochs |\n|---|---|---|---|\n" + body)
+            f"{train.get('batch_size')}, precision {train.get('precision')}, weight decay "
+            f"{train.get('weight_decay')}, warmup ratio {train.get('warmup_ratio')}. Seeds {seeds}: every "
+            "trained row is repeated with each.\n\n"
+            f"Step budget: at least {train.get('min_steps')} and at most "
+            f"{'unlimited (no cap)' if max_steps == 0 else max_steps} optimizer steps; validation "
+            f"{f'every {every} steps' if every else 'at every epoch end'} and at the last step; early stop after "
+            f"{train.get('patience')} validations without a new best (0: never). \"Within tolerance\" of full "
+            f"fine-tuning: the {_conf(study.get('confidence'))} paired interval of LoRA − full stays above "
+            f"−{_plural(100 * (study.get('tolerance') or 0), 'point')} ({study.get('resamples')} bootstrap "
+            "resamples).\n\n"
+            + markdown_table(["variant", "what was trained", "learning-rate grid", "epochs"], _variant_rows(params)))
 
 
-def render_markdown(table: pd.DataFrame, evaluate: Mapping[str, dict], figures: Mapping[str, str],
-                    dataset: Optional[Mapping[str, Any]] = None,
-                    params: Optional[Mapping[str, Mapping[str, Any]]] = None) -> str:
-    """The report body: what data and model (when given), comparison table, per-class F1, links to the figures."""
-    head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v, c) for c, v in zip(table.columns, row)) + " |\n"
-                   for row in table.itertuples(index=False))
-    labels = list(next(iter(evaluate.values()))["per_class"])
-    per_class = "| variant | " + " | ".join(f"F1 {label}" for label in labels) + " |\n|" + "---|" * (len(labels) + 1)
-    per_class += "\n" + "".join(
-        f"| {VARIANT_TITLES.get(n, n)} | " + " | ".join(f"{r['per_class'][c]['f1']:.4f}" for c in labels) + " |\n"
-        for n, r in evaluate.items())
-    intro = (dataset_section(dataset) + "\n" if dataset else "") + \
-        (hyperparameter_section(params) + "\n" if params else "")
-    return (f"# LoRA vs full fine-tuning: comparison report\n\n"
-            f"{headline(evaluate)}\n\n"
-            f"{intro}## Comparison\n\n{head}{body}\n## Per-class F1 (test)\n\n{per_class}\n"
-            f"## Training curves\n\n![curves]({figures['curves']})\n\n"
-            f"## Confusion matrices (test)\n\n![confusion]({figures['confusion']})\n")
+def _variant_rows(params: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+    """Per variant: what was trained, its learning-rate grid and epochs."""
+    scratch, full, lora, study = (params.get(k, {}) for k in ("scratch", "full", "lora", "study"))
+    ranks = ", ".join(str(r) for r in study.get("ranks") or []) or "–"
+    saved = ", ".join(lora.get("modules_to_save") or []) or "head only"
+    adapters = (f"ranks {ranks}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, targets "
+                f"{lora.get('target_modules') or 'model default'}, also trained {saved}"
+                + (", rsLoRA" if lora.get("rslora") else ""))
+    shape = f"{scratch.get('num_layers')} layers × {scratch.get('hidden_size')}, {scratch.get('num_heads')} heads"
+    return [
+        ["BERT from scratch", shape, _lrs(study.get("scratch_lrs")), scratch.get("epochs")],
+        ["full fine-tuning", "every parameter", _lrs(study.get("full_lrs")), full.get("epochs")],
+        ["LoRA (ours)", adapters, _lrs(study.get("lora_lrs")), lora.get("epochs")],
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+COMPARISON_HEADER = ["variant", "test macro-F1 (mean ± std)", "interval", "interval kind", "accuracy [interval]",
+                     "vs full: points [interval]", "verdict", "chosen lr", "seeds", "trainable params",
+                     "% trainable", "train time (s)", "peak memory (MB)", "size on disk (MB)", "precision", "steps",
+                     "degenerate"]
+
+
+def comparison_rows(study: Mapping[str, Any]) -> list[list[str]]:
+    """One row per (variant, rank) and the TF-IDF reference: quality with intervals next to what it cost."""
+    out = []
+    full = study.get("rows", {}).get("full", {})
+    ref_ok = not any(full.get("degenerate", []))  # a verdict against a degenerate reference means nothing
+    for name, row in ordered_rows(study):
+        m, a = row["macro_f1"], row["accuracy"]
+        spread = "" if _missing(m.get("std")) else f" ± {m['std']:.4f}"
+        d = row.get("vs_full")
+        versus = _points(d) if d else ("reference" if name == "full" else "–")
+        verdict = "–" if not d else f"{d['verdict']} at {_conf(d.get('confidence'))}" if ref_ok \
+            else "none: full fine-tuning is degenerate"
+        bad = [str(s) for s, r in zip(row.get("seeds", []), row.get("degenerate", [])) if r]
+        out.append([row_title(name), f"{m['mean']:.4f}{spread}", _interval(m.get("low"), m.get("high")),
+                    m.get("interval", "–"), f"{a['mean']:.4f} {_interval(a.get('low'), a.get('high'))}", versus,
+                    verdict, _num(row.get("lr"), "g"), len(row.get("seeds", [])),
+                    _count(row.get("trainable_params")), _num(row.get("trainable_percent"), ".2f"),
+                    _num(row.get("train_seconds"), ",.1f"), _num(row.get("peak_memory_mb"), ",.2f"),
+                    _num(row.get("size_on_disk_mb"), ",.2f"), row.get("precision") or "–",
+                    _count(row.get("steps")),
+                    ("⚠ seed " + ", ".join(bad)) if bad else "no"])
+    tfidf = study.get("tfidf_logreg")
+    if tfidf:
+        out.append([VARIANT_TITLES["tfidf_logreg"], f"{tfidf['macro_f1']:.4f}",
+                    _interval(tfidf.get("macro_f1_low"), tfidf.get("macro_f1_high")), "bootstrap over test examples",
+                    f"{tfidf['accuracy']:.4f} {_interval(tfidf.get('accuracy_low'), tfidf.get('accuracy_high'))}",
+                    *["–"] * (len(COMPARISON_HEADER) - 5)])
+    return out
+
+
+def lr_rows(study: Mapping[str, Any]) -> list[list[str]]:
+    """Per (variant, rank) and learning rate of its grid: the mean validation macro-F1 and whether it won."""
+    out = []
+    for name, row in ordered_rows(study):
+        for lr, score in sorted(row.get("val_macro_f1_by_lr", {}).items(), key=lambda kv: float(kv[0])):
+            won = math.isclose(float(lr), float(row["lr"]), rel_tol=1e-6)
+            out.append([row_title(name), f"{float(lr):g}", f"{score:.4f}", "✓ chosen" if won else ""])
+    return out
+
+
+def run_rows(study: Mapping[str, Any]) -> list[list[str]]:
+    """Every train instance of the grid: where it stopped and why."""
+    runs = sorted(study.get("runs", []), key=lambda r: (_ORDER.get(r.get("variant"), 9), r.get("rank") or 0,
+                                                         float(r.get("lr") or 0), r.get("seed") or 0))
+    return [[VARIANT_TITLES.get(r.get("variant"), r.get("variant")), r.get("rank") or "–", r.get("seed"),
+             _num(r.get("lr"), "g"), "✓" if r.get("chosen") else "", _num(r.get("val_macro_f1"), ".4f"),
+             _count(r.get("steps")), _num(r.get("epochs"), ".2f"), _count(r.get("best_step")),
+             r.get("stop_reason") or "–"] for r in runs]
+
+
+def effective_rank_rows(study: Mapping[str, Any]) -> list[list[str]]:
+    """Per LoRA rank: the mean effective rank over every targeted layer (of every seed) and its range."""
+    by_rank: dict[int, list[int]] = {}
+    seeds: dict[int, set] = {}
+    for spec in study.get("spectra", []):
+        by_rank.setdefault(spec["rank"], []).extend(v["effective_rank"] for v in spec.get("layers", {}).values())
+        seeds.setdefault(spec["rank"], set()).add(spec.get("seed"))
+    return [[rank, f"{sum(v) / len(v):.1f}", f"{min(v)}–{max(v)}", len(v), len(seeds[rank])]
+            for rank, v in sorted(by_rank.items()) if v]
+
+
+def curve_runs(study: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Per chosen (variant, rank), its first seed's run (whose curves the report draws), titled."""
+    chosen = [r for r in study.get("runs", []) if r.get("chosen")]
+    chosen.sort(key=lambda r: (_ORDER.get(r.get("variant"), 9), r.get("rank") or 0, r.get("seed") or 0))
+    out: dict[str, Mapping[str, Any]] = {}
+    for run in chosen:
+        name = f"lora_r{run['rank']}" if run.get("variant") == "lora" else run.get("variant")
+        out.setdefault(row_title(name), run)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def _detail_section(study: Mapping[str, Any], confusion: str) -> str:
+    detail = study.get("detail", {})
+    labels = study.get("labels", [])
+    names = [n for n in ("scratch", "full", study.get("record"), "tfidf_logreg") if n in detail]
+    rows = [[f"{row_title(n)}" + (f" (seed {detail[n]['seed']})" if detail[n].get("seed") is not None else ""),
+             *(f"{detail[n]['per_class'][c]['f1']:.4f}" for c in labels)] for n in names]
+    return ("## Per-class F1 and confusion matrices (test)\n\n"
+            + markdown_table(["model", *(f"F1 {c}" for c in labels)], rows)
+            + f"\n![confusion matrices]({confusion})\n")
+
+
+def _spectra_section(study: Mapping[str, Any], figure: str) -> str:
+    energy = study.get("energy", 0.9)
+    rows = effective_rank_rows(study)
+    table = markdown_table(["LoRA rank", "mean effective rank", "min–max", "layers", "seeds"], rows) if rows \
+        else "No LoRA adapter in the study.\n"
+    subspace = (" The bottom row: subspace similarity φ of each smaller rank's A with the largest rank's (1: one "
+                "contains the other, 0: orthogonal), as in the LoRA paper's Figure 3."
+                if study.get("subspace") else "")
+    return (f"## What rank the adapters used\n\n![spectra]({figure})\n\n"
+            f"Effective rank = singular values holding {100 * energy:g} % of the update's energy "
+            f"(ΔW = (α/r)·B·A per targeted layer). The figure shows the first seed of each rank.{subspace}\n\n"
+            + table)
+
+
+def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
+                  dataset: Optional[Mapping[str, Any]] = None,
+                  params: Optional[Mapping[str, Mapping[str, Any]]] = None) -> str:
+    """The whole report.
+
+    Args:
+        study: the evaluate stage's ``study.json``.
+        figures: links (relative to the report) of ``rank_curve``, ``spectra``, ``curves`` and ``confusion``.
+        dataset: the split stage's ``dataset.json`` (no Data section without it).
+        params: params sections as plain dicts, for the Setup section only.
+    """
+    parts = ["# LoRA vs full fine-tuning: which rank is enough?", headline(study)]
+    if dataset:
+        parts.append(dataset_section(dataset).rstrip())
+    if params:
+        parts.append(setup_section(params).rstrip())
+    parts += [
+        f"## Rank curve\n\n![rank curve]({figures['rank_curve']})\n\nLeft: test macro-F1 of each LoRA rank (mean and "
+        "interval) against full fine-tuning's interval (band) and the references (dashed). Right: what each rank "
+        "cost, with full fine-tuning's values as flat lines.",
+        "## Comparison (test)\n\n" + markdown_table(COMPARISON_HEADER, comparison_rows(study)).rstrip(),
+        "## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); the test split was scored only "
+        "for the chosen lr.\n\n" + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
+                                                   lr_rows(study)).rstrip(),
+        "## Where each run stopped\n\n" + markdown_table(
+            ["variant", "rank", "seed", "lr", "chosen", "validation macro-F1", "steps", "epochs", "best step",
+             "stopped because"], run_rows(study)).rstrip(),
+        _spectra_section(study, figures["spectra"]).rstrip(),
+        _detail_section(study, figures["confusion"]).rstrip(),
+        f"## Training curves\n\n![training curves]({figures['curves']})\n\nPer-step training loss and validation "
+        "macro-F1 of each chosen (variant, rank), first seed.",
+    ]
+    return "\n\n".join(parts) + "\n"

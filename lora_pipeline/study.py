@@ -17,7 +17,8 @@ from .errors import PipelineError
 from .statistics import (across_seeds, bootstrap_metric_ci, degenerate_reason, paired_difference,
                          within_tolerance)
 
-__all__ = ["Group", "choose_learning_rates", "summarise", "answer", "row_name"]
+__all__ = ["Group", "adapter_spectrum", "answer", "choose_learning_rates", "compact_metrics", "grid_runs", "rank_curve",
+           "record_row", "row_name", "subspace_overlaps", "summarise"]
 
 REFERENCE = "full"  # the method LoRA is compared with
 
@@ -123,6 +124,18 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if not a or not b else a / b
 
 
+def _others(ok: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> str:
+    """Which other trained ranks qualify too: larger ranks need not (a rank curve is not monotone)."""
+    rest = [r["rank"] for r in ok[1:]]
+    failed = [r["rank"] for r in lora if r not in ok and r["rank"] > ok[0]["rank"]]
+    if not rest and not failed:
+        return ""
+    said = f" (also rank{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))}" if rest else " ("
+    said += ("; " if rest else "") + f"not rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))}" \
+        if failed else ""
+    return said + ")"
+
+
 def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: float = 0.95) -> dict:
     """The smallest rank whose macro-F1 is within ``tolerance`` of full fine-tuning, its costs, and one sentence.
 
@@ -157,7 +170,8 @@ def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: 
              "size_on_disk_mb": _ratio(r["size_on_disk_mb"], full["size_on_disk_mb"])}
     verdict = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
     sentence = (
-        f"LoRA is within {pts} of full fine-tuning from rank {r['rank']} on: test macro-F1 {m['mean']:.3f} "
+        f"The smallest LoRA rank within {pts} of full fine-tuning is {r['rank']}{_others(ok, lora)}: test macro-F1 "
+        f"{m['mean']:.3f} "
         f"[{m['low']:.3f}, {m['high']:.3f}] vs {f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}], a difference of "
         f"{100 * d['difference']:+.1f} points ({conf} paired interval [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]; "
         f"{verdict[d['verdict']]} full fine-tuning at {conf}), training {r['trainable_percent']:.2f} % of the "
@@ -165,3 +179,98 @@ def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: 
         f"{costs['train_seconds']:.2f}× the train time and {costs['peak_memory_mb']:.2f}× the peak memory, "
         f"with {r['size_on_disk_mb']:.2f} MB on disk vs {full['size_on_disk_mb']:.1f} MB.")
     return {"rank": r["rank"], "sentence": sentence, "cost_ratios": costs, "difference": d}
+
+
+def grid_runs(records: Sequence[Mapping[str, Any]], seeds: Sequence[int], lrs: Mapping[str, Sequence[float]],
+              ranks: Sequence[int]) -> list[Mapping[str, Any]]:
+    """The train-stage records of the current grid, one per (variant, rank, seed, lr); stale ones are ignored.
+
+    A train instance whose value was removed from a study list leaves its files on disk; they are not part of the
+    answer. Learning rates compare with a relative tolerance (YAML ``2.0e-3`` and the CLI's ``0.002`` agree).
+
+    Args:
+        records: every train-stage metrics record found (``variant``, ``rank``, ``seed``, ``lr``).
+        lrs: each variant's learning-rate grid.
+
+    Raises:
+        PipelineError: a grid point has no record (its instance has not run), naming the missing instances.
+    """
+    def key(variant: str, rank: Optional[int], seed: int, lr: float) -> tuple:
+        return variant, rank, seed, float(f"{lr:.6g}")
+
+    found = {key(r["variant"], r.get("rank"), r["seed"], r["lr"]): r for r in records}
+    wanted = [key(v, rank, seed, lr) for v, grid in lrs.items() for lr in grid for seed in seeds
+              for rank in (ranks if v == "lora" else [None])]
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        shown = ", ".join(f"{v}{'' if r is None else f' r{r}'} seed {s} lr {lr:g}" for v, r, s, lr in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise PipelineError(f"evaluate: no trained model for {shown}{more}; run `dvc repro` so every instance of "
+                            "the study grid trains")
+    return [found[w] for w in wanted]
+
+
+def record_row(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int],
+               record_rank: Optional[int]) -> Optional[str]:
+    """The LoRA row shown in detail: ``record_rank`` if set, else the answer's rank, else the largest rank."""
+    ranks = sorted(r["rank"] for r in rows.values() if r["variant"] == "lora")
+    if not ranks:
+        return None
+    rank = record_rank if record_rank in ranks else answer_rank if answer_rank in ranks else ranks[-1]
+    return row_name("lora", rank)
+
+
+def adapter_spectrum(factors: Mapping[str, tuple[np.ndarray, np.ndarray, float]], energy: float = 0.9) -> dict:
+    """Per targeted layer: singular values of ΔW = scaling·B·A (descending) and its effective rank."""
+    from .statistics import delta_singular_values, effective_rank
+
+    out = {}
+    for name, (a, b, scaling) in factors.items():
+        sv = delta_singular_values(a, b, scaling)
+        out[name] = {"singular_values": [float(v) for v in sv], "effective_rank": effective_rank(sv, energy)}
+    return out
+
+
+def subspace_overlaps(small: Mapping[str, tuple], large: Mapping[str, tuple]) -> dict[str, list[list[float]]]:
+    """Per layer both adapters target: the LoRA paper's φ(A_small, A_large, i, j) grid (Figure 3, §7.2)."""
+    from .statistics import subspace_similarity_grid
+
+    return {name: subspace_similarity_grid(small[name][0], large[name][0]).round(4).tolist()
+            for name in small if name in large}
+
+
+def rank_curve(rows: Mapping[str, Mapping[str, Any]], tfidf_macro_f1: float) -> list[dict]:
+    """One row per LoRA rank for ``dvc plots``: test macro-F1 mean and interval, costs, and the reference lines."""
+    full, scratch = rows.get(REFERENCE), rows.get("scratch")
+    out = []
+    for r in sorted((r for r in rows.values() if r["variant"] == "lora"), key=lambda r: r["rank"]):
+        m = r["macro_f1"]
+        out.append({"rank": r["rank"], "log2_rank": float(np.log2(r["rank"])), "lora_macro_f1": m["mean"],
+                    "lora_low": m["low"], "lora_high": m["high"],
+                    "full_macro_f1": full["macro_f1"]["mean"] if full else None,
+                    "full_low": full["macro_f1"]["low"] if full else None,
+                    "full_high": full["macro_f1"]["high"] if full else None,
+                    "scratch_macro_f1": scratch["macro_f1"]["mean"] if scratch else None,
+                    "tfidf_macro_f1": tfidf_macro_f1, "trainable_params": r["trainable_params"],
+                    "train_seconds": r["train_seconds"], "peak_memory_mb": r["peak_memory_mb"],
+                    "size_on_disk_mb": r["size_on_disk_mb"]})
+    return out
+
+
+def compact_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, float],
+                    answer_rank: Optional[int]) -> dict:
+    """What ``dvc metrics diff`` / ``dvc exp show`` compare: per row the test means with intervals (numbers only)."""
+    out: dict[str, Any] = {}
+    for name, r in rows.items():
+        m, a = r["macro_f1"], r["accuracy"]
+        row = {"macro_f1": m["mean"], "macro_f1_low": m["low"], "macro_f1_high": m["high"], "macro_f1_std": m["std"],
+               "accuracy": a["mean"], "accuracy_low": a["low"], "accuracy_high": a["high"], "lr": r["lr"],
+               "seeds": len(r["seeds"]), "degenerate": any(r["degenerate"]),
+               "trainable_params": r["trainable_params"], "train_seconds": r["train_seconds"]}
+        if "vs_full" in r:
+            d = r["vs_full"]
+            row.update(vs_full=d["difference"], vs_full_low=d["low"], vs_full_high=d["high"])
+        out[name] = row
+    out["tfidf_logreg"] = dict(tfidf)
+    out["answer_rank"] = answer_rank if answer_rank is not None else 0  # 0: no rank within the tolerance
+    return out

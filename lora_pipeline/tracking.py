@@ -106,11 +106,12 @@ STORE_LOCK_TIMEOUT = 300.0  # s: a first migration takes seconds, even on a load
 
 
 def run_display_name(stage: str, tags: Mapping[str, Any]) -> str:
-    """``train_lora r8 s42 [exp-name]``: stage, variant (when not in the stage name), rank, seed, DVC exp."""
+    """``train_lora r8 s42 lr0.002 [exp-name]``: stage, variant (when not in the stage name), rank, seed, learning
+    rate (instances of one lr grid differ only there), DVC exp."""
     parts = [stage]
     if tags.get("variant") and str(tags["variant"]) not in stage:
         parts.append(str(tags["variant"]))
-    parts += [f"{prefix}{tags[key]}" for key, prefix in (("lora_rank", "r"), ("seed", "s"))
+    parts += [f"{prefix}{tags[key]}" for key, prefix in (("lora_rank", "r"), ("seed", "s"), ("lr", "lr"))
               if tags.get(key) is not None]
     if os.environ.get("DVC_EXP_NAME"):
         parts.append(f"[{os.environ['DVC_EXP_NAME']}]")

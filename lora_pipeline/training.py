@@ -1,13 +1,16 @@
 """ONE training loop for all three variants (scratch, full, LoRA).
 
-AdamW (no decay on biases/LayerNorm), linear warm-up then decay, gradient clipping, evaluation
-on the validation split after every epoch, best epoch kept by validation macro-F1, length-grouped
-dynamically padded batches. The loop does no file I/O: it reports through a tracker and an
-optional checkpointer, so stage scripts decide what lands on disk.
+AdamW (no decay on biases/LayerNorm), linear warm-up then decay over the planned steps, gradient clipping,
+length-grouped dynamically padded batches. How long a run trains adapts to the data (:func:`plan_steps`): the
+variant's epochs, raised in whole passes to ``min_steps`` optimizer steps and capped at ``max_steps``, so the
+last pass may end mid-epoch. Validation runs at every epoch end (or every ``eval_every`` steps) and at the last
+step; the best validation macro-F1 keeps its weights, and ``patience`` validations in a row without a new best
+stop the run early. The loop does no file I/O: it reports through a tracker and an optional checkpointer, so
+stage scripts decide what lands on disk.
 
-A run is resumable: the checkpoint holds the trainable weights, optimizer, scheduler, RNG state
-and position; batch order is a pure function of (seed, epoch), so on CPU a resumed run ends with
-exactly the metrics of an uninterrupted one.
+A run is resumable: the checkpoint holds the trainable weights, optimizer, scheduler, RNG state and the loop
+state (position, loss sums, curves, best so far, the early-stopping counter); batch order is a pure function of
+(seed, epoch), so on CPU a resumed run ends with exactly the metrics of an uninterrupted one.
 
 Device, precision and seeding are resolved in :mod:`lora_pipeline.runtime`; the speed tricks the loop switches on
 (:mod:`lora_pipeline.speedups`) live apart from it.
@@ -32,12 +35,13 @@ from transformers import get_linear_schedule_with_warmup
 from .checkpoint import Checkpointer
 from .config import Params, TrainConfig
 from .data.loaders import EncodedSplit, iterate, train_batches
+from .errors import PipelineError
 from .evaluation import macro_f1, predict
 from .runtime import resolve_bf16
 from .speedups import fast_cpu_dropout, first_token_last_layer
 from .tracking import NullTracker, Tracker
 
-__all__ = ["FitConfig", "TrainResult", "fit", "make_optimizer", "train_step"]
+__all__ = ["FitConfig", "StepPlan", "TrainResult", "fit", "make_optimizer", "plan_steps", "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +62,82 @@ class FitConfig:
     weight_decay: float = _TRAIN.weight_decay
     warmup_ratio: float = _TRAIN.warmup_ratio
     max_grad_norm: float = _TRAIN.max_grad_norm
-    seed: int = _TRAIN.seed
+    seed: int = 42  # no train.seed: each stage instance takes its seed from study.seeds
     checkpoint_every: int = _TRAIN.checkpoint_every
     # last encoder layer computes only the token the head reads: "auto" where exact, True required, False off
     first_token_last_layer: Union[Literal["auto"], bool] = _TRAIN.first_token_last_layer
-    log_every: int = 20
+    # training length (plan_steps): epochs raised in whole passes to min_steps, then capped at max_steps (0: none)
+    min_steps: int = _TRAIN.min_steps
+    max_steps: int = _TRAIN.max_steps
+    patience: int = _TRAIN.patience  # validations in a row without a new best before stopping (0: off)
+    eval_every: int = _TRAIN.eval_every  # steps between validations (0: every epoch end); the last step always
+    log_every: int = _TRAIN.log_every  # steps between points of the per-step loss curve
     bf16: bool = False  # bf16 autocast for forward passes (fp32 weights, gradients and optimizer state)
     # on CPU, dropout masks from speedups.fast_cpu_dropout (same p, other units): train.cpu_dropout: fast
     fast_cpu_dropout: bool = _TRAIN.cpu_dropout == "fast"
 
     @classmethod
-    def from_params(cls, params: Params, variant: str, device: torch.device) -> "FitConfig":
-        """The run of ``variant``: lr/epochs from its section, the rest from ``train``; precision and
-        ``cpu_dropout`` resolved for ``device``."""
+    def from_params(cls, params: Params, variant: str, device: torch.device, *, lr: float,
+                    seed: int) -> "FitConfig":
+        """The run of ``variant`` at ``lr`` and ``seed`` (one point of the study grid): epochs from its section,
+        the rest from ``train``; precision and ``cpu_dropout`` resolved for ``device``."""
         section, train = getattr(params, variant), params.train
-        shared = {f.name: getattr(train, f.name) for f in dataclasses.fields(cls) if hasattr(train, f.name)}
-        return cls(lr=section.lr, epochs=section.epochs, bf16=resolve_bf16(train.precision, device),
+        own = {"lr", "epochs", "seed", "bf16", "fast_cpu_dropout"}
+        shared = {f.name: getattr(train, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in own and hasattr(train, f.name)}
+        return cls(lr=lr, epochs=section.epochs, seed=seed, bf16=resolve_bf16(train.precision, device),
                    fast_cpu_dropout=train.cpu_dropout == "fast", **shared)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How long a run trains (see :func:`plan_steps`)."""
+
+    steps_per_epoch: int
+    epochs: int  # whole passes: the variant's epochs, raised to reach min_steps
+    steps: int  # the optimizer steps planned (capped at max_steps); the LR schedule spans exactly these
+
+    @property
+    def capped(self) -> bool:
+        """Whether ``max_steps`` cut the passes short."""
+        return self.steps < self.epochs * self.steps_per_epoch
+
+
+def plan_steps(n_rows: int, cfg: FitConfig) -> StepPlan:
+    """clamp(epochs × steps_per_epoch, min_steps, max_steps), the floor reached by whole passes.
+
+    Raises:
+        PipelineError: the training split has no rows, or the plan has no step (epochs 0, min_steps 0).
+    """
+    if n_rows < 1:
+        raise PipelineError("training split is empty: nothing to fit; check the split stage's output "
+                            "(metrics/split.json) and the data filters before it")
+    per_epoch = -(-n_rows // cfg.batch_size)
+    epochs = max(cfg.epochs, -(-cfg.min_steps // per_epoch))
+    if epochs < 1:
+        raise PipelineError(f"nothing to train: epochs {cfg.epochs} and min_steps {cfg.min_steps} plan no "
+                            "optimizer step; set epochs >= 1")
+    steps = epochs * per_epoch
+    return StepPlan(per_epoch, epochs, min(steps, cfg.max_steps) if cfg.max_steps else steps)
 
 
 @dataclass
 class TrainResult:
-    """What a run produced: the model holds the best epoch's weights when ``fit`` returns."""
+    """What a run produced: the model holds the best validation's weights when ``fit`` returns.
 
-    best_epoch: int
+    Epochs are floats (``step / steps_per_epoch``, 3 decimals): validations and the last step may fall mid-epoch.
+    """
+
+    best_epoch: float
+    best_step: int
     best_val_macro_f1: float
-    history: list[dict[str, float]]
+    history: list[dict[str, float]]  # per validation: step, epoch, train_loss (mean since the last), val_macro_f1
+    steps_log: list[dict[str, float]]  # every log_every steps: step, epoch, train_loss (mean since the last), lr
     train_seconds: float
     samples_per_second: float
     steps: int
+    planned_steps: int
+    stop_reason: str  # e.g. "completed 3 epochs (24 steps)", "step budget reached (…)", "early stopping: …"
     resumed_from_step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -163,7 +214,11 @@ def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManage
 def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
         device: torch.device, tracker: Tracker = NullTracker(),
         checkpointer: Optional[Checkpointer] = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` in place and leave it holding the best epoch's weights.
+    """Train ``model`` in place for the planned steps (:func:`plan_steps`) and leave it holding the weights of
+    its best validation.
+
+    Validation runs every ``cfg.eval_every`` steps (0: at every epoch end) and at the last step; with
+    ``cfg.patience``, the run stops after that many validations in a row without a new best macro-F1.
 
     Args:
         model: any HF sequence classifier; only parameters with ``requires_grad`` are optimised.
@@ -171,64 +226,51 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         cfg: hyper-parameters.
         pad_id: the tokenizer's pad token id.
         device: where to train (``cfg.bf16``: bf16 autocast, fp32 master weights).
-        tracker: receives per-step loss/lr and per-epoch metrics.
-        checkpointer: when given, state is saved every ``cfg.checkpoint_every`` steps and at every
-            epoch end, and a saved state is resumed from.
+        tracker: receives the per-step loss/lr every ``cfg.log_every`` steps and each validation's scores.
+        checkpointer: when given, state is saved every ``cfg.checkpoint_every`` steps and after every
+            validation, and a saved state is resumed from.
         progress: show a tqdm progress bar.
 
     Returns:
-        TrainResult with per-epoch history (train_loss, val_macro_f1) and throughput.
+        TrainResult with the per-validation history, the per-step loss curve, why it stopped, and throughput.
+
+    Raises:
+        PipelineError: the training split is empty.
     """
     model.to(device).train()
-    total_steps = -(-len(train) // cfg.batch_size) * cfg.epochs
+    plan = plan_steps(len(train), cfg)
     optimizer = make_optimizer(model, cfg, device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
     st = _resume(checkpointer, model, optimizer, scheduler, device)
     resumed = st["global_step"]
-
-    def checkpoint() -> None:
-        if checkpointer is not None:
-            checkpointer.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "rng": _rng_state(device), "loop": st})
-
+    save = _saver(checkpointer, model, optimizer, scheduler, device, st)
+    loop = _Loop(model, val, cfg, plan, st, pad_id, device, tracker, save, lambda: scheduler.get_last_lr()[0])
     lengths = train.lengths()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    bar = tqdm(total=total_steps, initial=st["global_step"], disable=not progress, mininterval=5,
+    bar = tqdm(total=plan.steps, initial=resumed, disable=not progress, mininterval=5,
                desc="train", unit="step", file=sys.stderr)
     trim = first_token_last_layer(model, required=cfg.first_token_last_layer is True) \
         if cfg.first_token_last_layer else contextlib.nullcontext()
     with _console_logging_to_tqdm(progress), trim, fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
-        while st["epoch"] < cfg.epochs:
+        while not loop.finished():
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
-            loss_acc = torch.zeros((), device=device)  # summed on device: no host sync per step
-            t0 = time.perf_counter()
             for rows, batch in iterate(train, batches, pad_id, skip=st["step_in_epoch"]):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 loss = train_step(model, batch, optimizer, scheduler, params, cfg.max_grad_norm, device, cfg.bf16)
-                loss_acc += loss
-                st["step_in_epoch"] += 1
-                st["global_step"] += 1
-                st["samples"] += len(rows)
                 bar.update(1)
-                if st["global_step"] % cfg.log_every == 0:
-                    tracker.log_metrics({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]},
-                                        step=st["global_step"])
-                if cfg.checkpoint_every and st["global_step"] % cfg.checkpoint_every == 0 \
-                        and st["step_in_epoch"] < len(batches):
-                    st["loss_sum"] += loss_acc.item()
-                    loss_acc.zero_()
-                    st["seconds"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    checkpoint()
-            st["seconds"] += time.perf_counter() - t0
-            st["loss_sum"] += loss_acc.item()
-            _end_epoch(model, val, cfg, pad_id, device, st, len(batches), tracker)
-            checkpoint()
+                if loop.after_step(loss, len(rows)):
+                    break
     bar.close()
     model.load_state_dict(st["best_state"], strict=False)
-    return TrainResult(best_epoch=st["best_epoch"], best_val_macro_f1=st["best_f1"], history=st["history"],
-                       train_seconds=st["seconds"], samples_per_second=st["samples"] / max(st["seconds"], 1e-9),
-                       steps=st["global_step"], resumed_from_step=resumed)
+    return loop.result(resumed)
+
+
+def _fresh_state() -> dict[str, Any]:
+    """The loop state a run starts from; a checkpoint holds it (plain numbers, strings, lists and tensors)."""
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "samples": 0,
+            "log_sum": 0.0, "log_n": 0, "eval_sum": 0.0, "eval_n": 0,  # loss sums since the last row / validation
+            "history": [], "steps_log": [], "best_f1": -1.0, "best_step": 0, "best_state": None,
+            "stale": 0, "early_stop": ""}  # validations in a row without a new best; the stop reason once stopped
 
 
 def _resume(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -236,8 +278,10 @@ def _resume(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: t
     """The loop state to start from: a fresh one, or the checkpoint's (model, optimizer, schedule and RNG restored)."""
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is None:
-        return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "samples": 0,
-                "loss_sum": 0.0, "history": [], "best_f1": -1.0, "best_epoch": -1, "best_state": None}
+        return _fresh_state()
+    if set(saved["loop"]) != set(_fresh_state()):  # written by another version of this loop
+        log.warning("ignoring a checkpoint whose loop state has other fields (an older version); starting afresh")
+        return _fresh_state()
     model.load_state_dict(saved["model"], strict=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -247,13 +291,110 @@ def _resume(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: t
     return st
 
 
-def _end_epoch(model, val, cfg, pad_id, device, st: dict, n_batches: int, tracker: Tracker) -> None:
-    f1 = _evaluate(model, val, cfg, pad_id, device)
-    epoch = st["epoch"] + 1
-    row = {"epoch": epoch, "train_loss": st["loss_sum"] / n_batches, "val_macro_f1": f1}
-    st["history"].append(row)
-    tracker.log_metrics({"epoch_train_loss": row["train_loss"], "val_macro_f1": f1}, step=st["global_step"])
-    log.info("epoch %d: train_loss %.4f  val_macro_f1 %.4f", epoch, row["train_loss"], f1)
-    if f1 > st["best_f1"]:
-        st["best_f1"], st["best_epoch"], st["best_state"] = f1, epoch, _trainable_state(model)
-    st["epoch"], st["step_in_epoch"], st["loss_sum"] = epoch, 0, 0.0
+def _saver(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: Any, device: torch.device, st: dict[str, Any]) -> Callable[[], None]:
+    """Saves everything a resumed run needs to continue exactly (a no-op without a checkpointer)."""
+    def save() -> None:
+        if checkpointer is not None:
+            checkpointer.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "rng": _rng_state(device), "loop": st})
+    return save
+
+
+class _Loop:
+    """What happens between optimizer steps: loss bookkeeping, curve rows, validation, early stopping, saves.
+
+    Losses are summed on the device and read back (one host sync) only at a boundary step: a curve row, a
+    validation or a checkpoint. Those steps depend on ``cfg`` alone, so with or without a checkpointer, and
+    resumed or not, the sums are taken in the same order and give the same floats.
+    """
+
+    def __init__(self, model: nn.Module, val: EncodedSplit, cfg: FitConfig, plan: StepPlan, st: dict[str, Any],
+                 pad_id: int, device: torch.device, tracker: Tracker, save: Callable[[], None],
+                 lr: Callable[[], float]) -> None:
+        self.model, self.val, self.cfg, self.plan, self.st = model, val, cfg, plan, st
+        self.pad_id, self.device, self.tracker, self.save, self.lr = pad_id, device, tracker, save, lr
+        self.acc = torch.zeros((), device=device)  # loss summed since the last boundary step
+        self.t0 = time.perf_counter()
+
+    def finished(self) -> bool:
+        return self.st["global_step"] >= self.plan.steps or bool(self.st["early_stop"])
+
+    def epoch(self, step: int) -> float:
+        return round(step / self.plan.steps_per_epoch, 3)
+
+    def after_step(self, loss: torch.Tensor, rows: int) -> bool:
+        """Account one optimizer step; returns whether the run is over."""
+        st, cfg = self.st, self.cfg
+        self.acc += loss
+        st["global_step"] += 1
+        st["step_in_epoch"] += 1
+        st["samples"] += rows
+        st["log_n"] += 1
+        st["eval_n"] += 1
+        if st["step_in_epoch"] == self.plan.steps_per_epoch:
+            st["epoch"], st["step_in_epoch"] = st["epoch"] + 1, 0
+        step = st["global_step"]
+        log_now = step % cfg.log_every == 0
+        eval_now = step == self.plan.steps or step % (cfg.eval_every or self.plan.steps_per_epoch) == 0
+        save_now = eval_now or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+        if log_now or save_now:
+            total = self.acc.item()  # the host sync, at boundary steps only
+            self.acc.zero_()
+            st["log_sum"] += total
+            st["eval_sum"] += total
+            st["seconds"] += time.perf_counter() - self.t0  # training time: validation and saves excluded
+            if log_now:
+                self._log_row()
+            if eval_now:
+                self._validate()
+            if save_now:
+                self.save()
+            self.t0 = time.perf_counter()
+        return self.finished()
+
+    def _log_row(self) -> None:
+        st, step = self.st, self.st["global_step"]
+        row = {"step": step, "epoch": self.epoch(step), "train_loss": st["log_sum"] / st["log_n"], "lr": self.lr()}
+        st["steps_log"].append(row)
+        st["log_sum"], st["log_n"] = 0.0, 0
+        self.tracker.log_metrics({"train_loss": row["train_loss"], "lr": row["lr"]}, step=step)
+
+    def _validate(self) -> None:
+        st, step, cfg = self.st, self.st["global_step"], self.cfg
+        f1 = _evaluate(self.model, self.val, cfg, self.pad_id, self.device)
+        row = {"step": step, "epoch": self.epoch(step), "train_loss": st["eval_sum"] / st["eval_n"],
+               "val_macro_f1": f1}
+        st["history"].append(row)
+        st["eval_sum"], st["eval_n"] = 0.0, 0
+        self.tracker.log_metrics({"epoch_train_loss": row["train_loss"], "val_macro_f1": f1}, step=step)
+        log.info("step %d (epoch %.2f): train_loss %.4f  val_macro_f1 %.4f", step, row["epoch"],
+                 row["train_loss"], f1)
+        if f1 > st["best_f1"]:
+            st.update(best_f1=f1, best_step=step, best_state=_trainable_state(self.model), stale=0)
+            return
+        st["stale"] += 1
+        if cfg.patience and st["stale"] >= cfg.patience and step < self.plan.steps:
+            st["early_stop"] = (f"early stopping: no gain in validation macro-F1 for {st['stale']} validations "
+                                f"(best at step {st['best_step']}, epoch {self.epoch(st['best_step']):.2f})")
+
+    def stop_reason(self) -> str:
+        st, plan, cfg = self.st, self.plan, self.cfg
+        if st["early_stop"]:
+            return st["early_stop"]
+        steps = st["global_step"]
+        if plan.capped:
+            epochs = steps / plan.steps_per_epoch
+            return f"step budget reached ({steps} of {plan.steps} planned steps, {epochs:.2f} epochs)"
+        reason = f"completed {plan.epochs} epoch{'s' if plan.epochs != 1 else ''} ({steps} steps)"
+        if plan.epochs > cfg.epochs:
+            reason = reason[:-1] + f"; raised from {cfg.epochs} to reach train.min_steps {cfg.min_steps})"
+        return reason
+
+    def result(self, resumed: int) -> TrainResult:
+        st = self.st
+        return TrainResult(best_epoch=self.epoch(st["best_step"]), best_step=st["best_step"],
+                           best_val_macro_f1=st["best_f1"], history=st["history"], steps_log=st["steps_log"],
+                           train_seconds=st["seconds"], samples_per_second=st["samples"] / max(st["seconds"], 1e-9),
+                           steps=st["global_step"], planned_steps=self.plan.steps, stop_reason=self.stop_reason(),
+                           resumed_from_step=resumed)

@@ -13,13 +13,13 @@ import torch
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
-from lora_pipeline.files import atomic_file, read_split, split_digests, write_json
+from lora_pipeline.files import atomic_dir, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
 from lora_pipeline.models import Variant, build_model, save_trained
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
 from lora_pipeline.tracking import open_tracker
-from lora_pipeline.training import FitConfig, fit
+from lora_pipeline.training import FitConfig, TrainResult, fit
 from stages._cli import run_stage
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,13 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=f"train_{variant}: train the {variant} variant")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--split", required=True, help="directory from the split stage")
+    parser.add_argument("--seed", type=int, required=True, help="seed of this run (one of study.seeds)")
+    parser.add_argument("--lr", type=float, required=True, help=f"peak learning rate (one of study.{variant}_lrs)")
+    if variant == "lora":
+        parser.add_argument("--rank", type=int, required=True, help="LoRA rank (one of study.ranks)")
     parser.add_argument("--out", required=True, help="model output directory")
     parser.add_argument("--metrics", required=True, help="metrics JSON file")
-    parser.add_argument("--curve", required=True, help="per-epoch CSV for dvc plots")
+    parser.add_argument("--curve", required=True, help="folder for the per-step and per-validation curve CSVs")
     parser.add_argument("--checkpoints", required=True, help="resumable state (git-ignored, not a DVC out)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
@@ -43,25 +47,32 @@ def checkpoint_key(variant: Variant, sections: dict, device: torch.device, cfg: 
     ``train.precision: auto`` means bf16 on one host and fp32 on another, so the key hashes what it resolved
     to; a checkpoint of another resolution is then ignored instead of resumed under other numerics.
     """
-    resolved = {"device": device.type, "precision": "bf16" if cfg.bf16 else "fp32"}
+    resolved = {"device": device.type, "precision": "bf16" if cfg.bf16 else "fp32", "seed": cfg.seed, "lr": cfg.lr}
     return run_key(variant, sections, resolved, *split_digests(split, ("train", "val")))
 
 
-def _write_curve(history: list[dict], path: str) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+CURVE_FILES = {"steps": "steps.csv", "evals": "evals.csv"}  # per-step loss, per-validation scores
+
+
+def _write_curves(result: TrainResult, folder: str) -> None:
+    with atomic_dir(folder) as tmp:
+        for rows, name in ((result.steps_log, CURVE_FILES["steps"]), (result.history, CURVE_FILES["evals"])):
+            with open(tmp / name, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+                writer.writeheader()
+                writer.writerows(rows)
 
 
 def _train(args: argparse.Namespace, variant: Variant) -> None:
     params = load_params(args.params, sections=["model", "train", variant, "mlflow"])
+    if variant == "lora":  # the instance's rank: the section holds everything else of the adapters
+        params = dataclasses.replace(params, lora=dataclasses.replace(params.lora, rank=args.rank))
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
-    seed_everything(params.train.seed)
+    seed_everything(args.seed)
     split = Path(args.split)
     device = resolve_device(params.train.device)  # before any work: `cuda` on a CPU-only torch fails here
-    cfg = FitConfig.from_params(params, variant, device)
+    cfg = FitConfig.from_params(params, variant, device, lr=args.lr, seed=args.seed)
     sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
                 variant: dataclasses.asdict(getattr(params, variant))}
     checkpointer = DirCheckpointer(args.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
@@ -75,24 +86,31 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
     train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
     tokenizer = load_tokenizer(params.model)
     model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
-    tags = {"stage": f"train_{variant}", "variant": variant, "seed": params.train.seed,
+    run = _run_record(args, variant)
+    tags = {"stage": f"train_{variant}", "variant": variant, "seed": args.seed, "lr": args.lr,
             "checkpoint_key": checkpointer.key}
     if variant == "lora":
-        tags["lora_rank"] = params.lora.rank
+        tags["lora_rank"] = tags["rank"] = args.rank
     with open_tracker(params.mlflow, f"train_{variant}", tags) as tracker:
-        tracker.log_params({**sections, "resolved": {"device": str(device),
-                                                     "precision": "bf16" if cfg.bf16 else "fp32"}})
+        tracker.log_params({**sections, "run": {k: v for k, v in run.items() if v is not None}, "resolved": {"device": str(device),
+                                                                 "precision": "bf16" if cfg.bf16 else "fp32"}})
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
                      checkpointer=checkpointer if cfg.checkpoint_every else None, progress=not args.no_progress)
         save_trained(variant, model, tokenizer, args.out, lora=params.lora, base_model_name=params.model.name)
-        metrics = _metrics(model, result, device, args.out, cfg)
+        metrics = {**run, **_metrics(model, result, device, args.out, cfg)}
         write_json(args.metrics, metrics)
-        _write_curve(result.history, args.curve)
+        _write_curves(result, args.curve)
         checkpointer.clear()
-        tracker.log_metrics(summary_for_tracking(metrics))
-        tracker.set_tags({"resumed_from_step": result.resumed_from_step})
+        tracker.log_metrics(summary_for_tracking({k: v for k, v in metrics.items() if k not in run}))
+        tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason})
         for path in (args.metrics, args.curve):
             tracker.log_artifact(path)
+
+
+def _run_record(args: argparse.Namespace, variant: Variant) -> dict:
+    """Which grid point this instance is: evaluate finds the model and curves by ``tag`` (the name of ``--out``)."""
+    return {"variant": variant, "rank": getattr(args, "rank", None), "seed": args.seed, "lr": args.lr,
+            "tag": Path(args.out).name}
 
 
 def summary_for_tracking(metrics: dict) -> dict:
@@ -109,8 +127,11 @@ def _metrics(model, result, device: torch.device, out: str, cfg: FitConfig) -> d
     return {
         "val_macro_f1": result.best_val_macro_f1,
         "best_epoch": result.best_epoch,
-        "epochs": len(result.history),
+        "best_step": result.best_step,
+        "epochs": result.history[-1]["epoch"] if result.history else 0,
         "steps": result.steps,
+        "planned_steps": result.planned_steps,
+        "stop_reason": result.stop_reason,
         "train_seconds": round(result.train_seconds, 2),
         "samples_per_second": round(result.samples_per_second, 2),
         "peak_memory_mb": round(peak_memory_mb(device), 1),

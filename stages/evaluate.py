@@ -1,82 +1,145 @@
-"""evaluate: every variant and a TF-IDF + logistic-regression reference on the same test split, each with a
-95 % bootstrap interval, a degenerate-model check, and LoRA against full fine-tuning as a paired difference."""
+"""evaluate: the study's answer. Per (variant, rank) the learning rate with the best validation macro-F1 is chosen,
+only the chosen models are scored on the test split (every seed), and each row gets intervals, a degenerate check
+and, for LoRA, the paired difference with full fine-tuning; the adapters' update spectra come along."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
 
-from lora_pipeline.config import VARIANTS, load_params
+from lora_pipeline import study
+from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
-from lora_pipeline.files import atomic_dir, read_split, write_json
+from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
+from lora_pipeline.lora import adapter_factors
 from lora_pipeline.models import load_trained
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
-from lora_pipeline.statistics import bootstrap_metric_ci, degenerate_reason, paired_difference
+from lora_pipeline.statistics import bootstrap_metric_ci
 from lora_pipeline.tracking import log_stage_run
 from stages._cli import run_stage
+
+log = logging.getLogger(__name__)
+ENERGY = 0.9  # effective rank: the singular values holding this share of an update's energy
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--split", required=True, help="directory from the split stage")
-    parser.add_argument("--models", required=True, help="directory holding scratch/, full/, lora/")
-    parser.add_argument("--metrics", required=True, help="metrics JSON file, keyed by variant")
+    parser.add_argument("--models", required=True, help="directory holding <variant>/<tag>/ of every train instance")
+    parser.add_argument("--runs", required=True, help="directory of the train instances' metrics JSON files")
+    parser.add_argument("--metrics", required=True, help="compact metrics JSON (dvc metrics diff / exp show)")
+    parser.add_argument("--study", required=True, help="the whole study as JSON (the report reads it)")
+    parser.add_argument("--rank-curve", required=True, help="CSV of test macro-F1 against LoRA rank (dvc plots)")
     parser.add_argument("--predictions", required=True, help="directory of actual/predicted CSVs (dvc plots)")
     return parser.parse_args(argv)
 
 
-def _add_uncertainty(results: dict, preds: dict, y_true, labels: list[str], seed: int) -> None:
-    """Intervals over test examples, degenerate flags (one class, ≤ majority, not better than TF-IDF) and the
-    paired LoRA − full difference with its verdict: what the report may claim, and no more."""
-    for name, p in preds.items():
-        for metric in ("macro_f1", "accuracy"):
-            ci = bootstrap_metric_ci(y_true, p, labels, metric=metric, seed=seed)
-            results[name][f"{metric}_low"], results[name][f"{metric}_high"] = ci.low, ci.high
-        if name != "tfidf_logreg":
-            results[name]["degenerate"] = degenerate_reason(y_true, p, labels, tfidf_pred=preds["tfidf_logreg"],
-                                                            seed=seed)
-    results["lora"]["vs_full"] = paired_difference(y_true, [preds["lora"]], [preds["full"]], labels,
-                                                   seed=seed).to_dict()
+def _predict_groups(groups, args, params: Params, labels: list[str], test: EncodedSplit) -> dict[str, list]:
+    """Test predictions of every seed of every chosen (variant, rank, lr): the only time test is scored."""
+    tokenizer = load_tokenizer(params.model)
+    device = resolve_device(params.train.device)
+    bf16 = resolve_bf16(params.train.precision, device)
+    preds = {}
+    for group in groups:
+        preds[group.name] = []
+        for rec in group.records:
+            model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model, labels,
+                                 tokenizer).to(device)
+            preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,
+                                             device, bf16=bf16))
+    return preds
+
+
+def _adapters(groups, models: Path) -> tuple[list[dict], list[dict]]:
+    """Spectra of every chosen LoRA adapter, and φ(small, largest rank) per seed (LoRA paper, Figure 3)."""
+    lora = [g for g in groups if g.variant == "lora"]
+    factors = {(g.rank, rec["seed"]): ({k: (a.float().numpy(), b.float().numpy(), s) for k, (a, b, s)
+                                        in adapter_factors(models / "lora" / rec["tag"]).items()}, rec["tag"])
+               for g in lora for rec in g.records}
+    spectra = [{"rank": rank, "seed": seed, "tag": tag, "layers": study.adapter_spectrum(f, ENERGY)}
+               for (rank, seed), (f, tag) in sorted(factors.items())]
+    subspace = []
+    if len(lora) > 1:
+        largest = max(g.rank for g in lora)
+        for (rank, seed), (f, _) in sorted(factors.items()):
+            if rank != largest and (largest, seed) in factors:
+                for layer, grid in study.subspace_overlaps(f, factors[(largest, seed)][0]).items():
+                    subspace.append({"seed": seed, "small_rank": rank, "large_rank": largest, "layer": layer,
+                                     "grid": grid})
+    return spectra, subspace
+
+
+def _tfidf(params: Params, frames, test: EncodedSplit, labels: list[str]) -> tuple[np.ndarray, dict]:
+    pred = predict_tfidf(fit_tfidf_baseline(frames["train"], params.baseline, params.study.bootstrap_seed),
+                         frames["test"])
+    s = params.study
+    row = {}
+    for metric in ("macro_f1", "accuracy"):
+        ci = bootstrap_metric_ci(test.labels, pred, labels, metric=metric, n_resamples=s.resamples,
+                                 confidence=s.confidence, seed=s.bootstrap_seed)
+        row.update({metric: ci.value, f"{metric}_low": ci.low, f"{metric}_high": ci.high})
+    return pred, row
+
+
+def _write_predictions(folder: str, preds: dict, y_true, labels: list[str]) -> None:
+    with atomic_dir(folder) as tmp:
+        for name, p in preds.items():
+            pd.DataFrame({"actual": [labels[i] for i in y_true],
+                          "predicted": [labels[i] for i in p]}).to_csv(tmp / f"{name}.csv", index=False)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    params = load_params(args.params, sections=["model", "lora", "train", "baseline", "study", "mlflow"])
+    s = params.study
+    labels, frames = read_split(args.split, ("train", "test"))
+    test = EncodedSplit.from_frame(frames["test"])
+    records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
+    runs = study.grid_runs(records, s.seeds, {v: s.lrs(v) for v in ("scratch", "full", "lora")}, s.ranks)
+    groups = study.choose_learning_rates(runs)
+    preds = _predict_groups(groups, args, params, labels, test)
+    tfidf_pred, tfidf = _tfidf(params, frames, test, labels)
+    rows = study.summarise(groups, preds, test.labels, labels, tfidf_pred, confidence=s.confidence,
+                           n_resamples=s.resamples, seed=s.bootstrap_seed)
+    answer = study.answer(rows, s.tolerance, s.confidence)
+    record = study.record_row(rows, answer["rank"], s.record_rank)
+    shown = {n: preds[n][0] for n in ("scratch", "full", record) if n in preds} | {"tfidf_logreg": tfidf_pred}
+    detail = {n: {"seed": rows[n]["seeds"][0] if n in rows else None,
+                  **{k: v for k, v in classification_metrics(test.labels, p, labels).items()
+                     if k in ("per_class", "confusion_matrix")}} for n, p in shown.items()}
+    chosen = {(g.variant, g.rank, g.lr) for g in groups}
+    run_rows = [{**{k: r.get(k) for k in ("variant", "rank", "seed", "lr", "tag", "val_macro_f1", "steps", "epochs",
+                                         "best_step", "stop_reason", "train_seconds")},
+                 "chosen": (r["variant"], r.get("rank"), r["lr"]) in chosen} for r in runs]
+    spectra, subspace = _adapters(groups, Path(args.models))
+    write_json(args.study, {"labels": labels, "n_test": len(test.labels), "confidence": s.confidence,
+                            "tolerance": s.tolerance, "rows": rows, "tfidf_logreg": tfidf, "answer": answer,
+                            "record": record, "detail": detail, "runs": run_rows, "spectra": spectra,
+                            "subspace": subspace, "energy": ENERGY})
+    with atomic_file(args.rank_curve) as tmp:
+        pd.DataFrame(study.rank_curve(rows, tfidf["macro_f1"])).to_csv(tmp, index=False)
+    _write_predictions(args.predictions, shown, test.labels, labels)
+    compact = study.compact_metrics(rows, tfidf, answer["rank"])
+    write_json(args.metrics, compact)
+    log.info("%s", answer["sentence"])
+    log_stage_run(params.mlflow, "evaluate", params={"study": dataclasses.asdict(s),
+                                                     "baseline": dataclasses.asdict(params.baseline)},
+                  metrics={f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
+                           for k in ("accuracy", "macro_f1") if k in r},
+                  artifacts=[args.metrics, args.study, args.rank_curve, args.predictions],
+                  tags={"answer": answer["sentence"][:250], "answer_rank": answer["rank"]})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def body() -> None:
-        params = load_params(args.params, sections=["model", "train", "baseline", "mlflow"])
-        torch.manual_seed(params.train.seed)
-        labels, frames = read_split(args.split, ("train", "test"))
-        train_df, test_df = frames["train"], frames["test"]
-        test = EncodedSplit.from_frame(test_df)
-        tokenizer = load_tokenizer(params.model)
-        device = resolve_device(params.train.device)
-        bf16 = resolve_bf16(params.train.precision, device)
-        preds = {}
-        for variant in VARIANTS:
-            model = load_trained(variant, Path(args.models) / variant, params.model, labels, tokenizer).to(device)
-            preds[variant] = predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id, device,
-                                     bf16=bf16)
-        preds["tfidf_logreg"] = predict_tfidf(fit_tfidf_baseline(train_df, params.baseline, params.train.seed),
-                                              test_df)
-        results = {name: classification_metrics(test.labels, p, labels) for name, p in preds.items()}
-        _add_uncertainty(results, preds, test.labels, labels, seed=params.train.seed)
-        with atomic_dir(args.predictions) as tmp:
-            for name, p in preds.items():
-                pd.DataFrame({"actual": [labels[i] for i in test.labels],
-                              "predicted": [labels[i] for i in p]}).to_csv(tmp / f"{name}.csv", index=False)
-        write_json(args.metrics, results)
-        log_stage_run(params.mlflow, "evaluate", params={"baseline": dataclasses.asdict(params.baseline)},
-                      metrics={f"{n}.{k}": r[k] for n, r in results.items() for k in ("accuracy", "macro_f1")},
-                      artifacts=[args.metrics, args.predictions], tags={"seed": params.train.seed})
-
-    return run_stage("evaluate", body)
+    return run_stage("evaluate", lambda: _evaluate(args))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ WORDS = {
 FILLER = "the a film story it was and with this of".split()
 # wall-clock measurements: the only metrics allowed to differ between two runs with the same seed
 WALL_CLOCK_KEYS = frozenset({"train_seconds", "samples_per_second", "peak_memory_mb"})
+# exactly cfg.epochs passes: no min_steps floor, no max_steps cap, no early stopping
+EPOCHS_ONLY = {"min_steps": 0, "max_steps": 0, "patience": 0}
+# the study grid write_params writes (one point): seed, LoRA rank and each variant's learning rate
+SEED, RANK = 7, 4
+LRS = {"scratch": 2e-3, "full": 2e-3, "lora": 5e-3}
 
 
 @pytest.fixture(autouse=True)
@@ -155,18 +160,27 @@ def write_params(path: Path, model_dir: Path, overrides: dict[str, Any] | None =
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update(name=str(model_dir), max_length=32)
     params["split"].update(seed=0, val_size=0.15, test_size=0.2)
-    params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2, lr=2e-3)
-    params["full"].update(epochs=2, lr=2e-3)
-    params["lora"].update(epochs=2, lr=5e-3, rank=4, alpha=8.0)
-    # one thread: a hidden-32 model gains nothing from more, and busy-waiting OpenMP threads crawl on a shared CPU
-    params["train"].update(seed=7, batch_size=16, eval_batch_size=64, checkpoint_every=0, warmup_ratio=0.1,
-                           num_threads=1)
+    params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2)
+    params["full"].update(epochs=2)
+    params["lora"].update(epochs=2, alpha=8.0)
+    # one thread: a hidden-32 model gains nothing from more, and busy-waiting OpenMP threads crawl on a shared CPU;
+    # EPOCHS_ONLY: exactly `epochs` passes, so stage tests can count steps and epochs
+    params["train"].update(batch_size=16, eval_batch_size=64, checkpoint_every=0, warmup_ratio=0.1, num_threads=1,
+                           **EPOCHS_ONLY)
+    # a one-point grid: the values a stage test passes as --seed/--lr/--rank (instance_args)
+    params["study"].update(seeds=[SEED], ranks=[RANK], **{f"{v}_lrs": [lr] for v, lr in LRS.items()})
     params["baseline"].update(max_features=2000)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         params.setdefault(section, {})[key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def instance_args(variant: str, *, seed: int = SEED, lr: float | None = None, rank: int = RANK) -> list[str]:
+    """The per-instance flags of a train stage (``--seed --lr`` [``--rank``]), defaulting to write_params' grid."""
+    args = ["--seed", str(seed), "--lr", str(LRS[variant] if lr is None else lr)]
+    return args + ["--rank", str(rank)] if variant == "lora" else args
 
 
 # ---------------------------------------------------------------------------------------- model

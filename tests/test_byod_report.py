@@ -3,11 +3,11 @@ base model and each variant's hyper-parameters; long label names stay readable; 
 
 from __future__ import annotations
 
-import dataclasses
-
-from lora_pipeline.config import FullConfig, LoraConfig, ModelConfig, ScratchConfig, TrainConfig
+from lora_pipeline.config import ModelConfig
 from lora_pipeline.evaluation import classification_metrics
-from lora_pipeline.reporting import comparison_table, confusion_figure, render_markdown
+from lora_pipeline.figures import confusion_figure
+from lora_pipeline.reporting import comparison_rows, render_report
+from tests.test_report_study import FIGURES, make_study, params_dict
 
 LONG = ["Credit reporting, credit repair services, or other personal consumer reports", "Debt collection",
         "Mortgage", "Checking or savings account", "Student loan servicing and private student loans"]
@@ -22,36 +22,27 @@ DATASET = {"source": "file: /data/complaints.csv (sha256 0123456789ab…)", "row
 def _evaluate(labels: list[str]) -> dict:
     truth = [i % len(labels) for i in range(20)]
     return {name: classification_metrics(truth, [(t + k) % len(labels) for t in truth], labels)
-            for k, name in enumerate(["scratch", "full", "lora", "tfidf_logreg"])}
+            for k, name in enumerate(["scratch", "full", "lora_r8", "tfidf_logreg"])}
 
 
 def test_report_opens_with_data_model_and_hyperparameters():
-    model = ModelConfig()
-    setup = {n: dataclasses.asdict(c()) for n, c in (("train", TrainConfig), ("scratch", ScratchConfig),
-                                                      ("full", FullConfig), ("lora", LoraConfig))}
-    setup["model"] = dataclasses.asdict(model)
-    evaluate = _evaluate(["World", "Sports"])
-    text = render_markdown(comparison_table(evaluate, {}), evaluate, {"curves": "c.png", "confusion": "m.png"},
-                           dataset=DATASET, params=setup)
-    assert text.index("## Data") < text.index("## Setup") < text.index("## Comparison")
+    text = render_report(make_study(), FIGURES, dataset=DATASET, params=params_dict())
+    assert text.index("## Data") < text.index("## Setup") < text.index("## Rank curve") < text.index("## Comparison")
     assert "- **Source**: file: /data/complaints.csv (sha256 0123456789ab…)" in text
     assert "1,200 raw, 1,150 after cleaning → train 800, val 150, test 200 (predefined splits, used as given)" in text
     assert "| 0 | World | 500 | 90 | 120 |" in text and "| 1 | Sports | 300 | 60 | 80 |" in text
     assert "val 0.0 %, test 2.0 %" in text
-    assert f"Base model **{model.name}** (max_length 64)" in text
-    assert "| LoRA (ours) | rank 8, alpha 16.0, dropout 0.0, targets model default, also trained pooler | 0.002 | 3 |" \
-        in text
-    assert "| full fine-tuning | every parameter | 5e-05 | 2 |" in text
+    assert f"Base model **{ModelConfig().name}** (max_length 64)" in text
+    assert "| BERT from scratch | 4 layers × 256, 4 heads | 0.0004 | 3 |" in text
 
 
 def test_sizes_use_one_unit_and_format():
-    evaluate = _evaluate(["a", "b"])
-    train = {"lora": {"peak_memory_mb": 1500.0, "size_on_disk_mb": 0.3}, "full": {"peak_memory_mb": 2100.5,
-                                                                                  "size_on_disk_mb": 87.0}}
-    text = render_markdown(comparison_table(evaluate, train), evaluate, {"curves": "c", "confusion": "m"})
-    lora = next(line for line in text.splitlines() if line.startswith("| LoRA"))
-    full = next(line for line in text.splitlines() if line.startswith("| full"))
-    assert "| 1,500.00 | 0.30 |" in lora and "| 2,100.50 | 87.00 |" in full
+    study = make_study(ranks=[8])
+    study["rows"]["lora_r8"].update(peak_memory_mb=1500.0, size_on_disk_mb=0.3)
+    study["rows"]["full"].update(peak_memory_mb=2100.5, size_on_disk_mb=87.0)
+    rows = {r[0]: r for r in comparison_rows(study)}
+    assert rows["LoRA r=8 (ours)"][12:14] == ["1,500.00", "0.30"]
+    assert rows["full fine-tuning"][12:14] == ["2,100.50", "87.00"]
 
 
 def test_long_label_names_neither_overlap_nor_leave_the_figure():

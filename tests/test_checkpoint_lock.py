@@ -16,7 +16,7 @@ import pytest
 
 from lora_pipeline.checkpoint import DirCheckpointer, lock_dir
 from lora_pipeline.errors import PipelineError
-from tests.conftest import ROOT, write_params
+from tests.conftest import ROOT, instance_args, write_params
 
 HOLD = """
 import sys, time
@@ -91,8 +91,9 @@ def test_a_second_train_stage_on_the_same_folder_exits_2_before_training(tmp_pat
     try:
         params = write_params(tmp_path / "params.yaml", tiny_model_dir, {"mlflow.enabled": False})
         start = time.monotonic()
-        rc = train_full.main(["--params", str(params), "--split", str(split_dir), "--out", str(tmp_path / "model"),
-                              "--metrics", str(tmp_path / "metrics.json"), "--curve", str(tmp_path / "curve.csv"),
+        rc = train_full.main(["--params", str(params), "--split", str(split_dir), *instance_args("full"),
+                              "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "metrics.json"),
+                              "--curve", str(tmp_path / "curves"),
                               "--checkpoints", str(checkpoints), "--no-progress"])
         elapsed = time.monotonic() - start
     finally:

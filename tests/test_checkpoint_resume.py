@@ -3,6 +3,7 @@ like an uninterrupted one -- in process, and with a real training subprocess kil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,9 +19,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from lora_pipeline import checkpoint as checkpoint_mod
+from lora_pipeline import training
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.training import FitConfig, fit
 from tests.conftest import ROOT, WALL_CLOCK_KEYS, load_encoded, make_frame, write_params, write_split
+from tests.test_training import EPOCHS_ONLY
 
 CPU = torch.device("cpu")
 
@@ -147,32 +150,72 @@ class CrashingCheckpointer(DirCheckpointer):
             raise Crash
 
 
-def _run(model_dir, data, ck):
+def _run(model_dir, data, ck, **overrides):
     torch.manual_seed(5)  # what the stage does before build_model; dropout draws from this RNG too
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=9, checkpoint_every=3)
+    cfg = FitConfig(**{"lr": 5e-3, "epochs": 2, "batch_size": 16, "seed": 9, "checkpoint_every": 3,
+                       **EPOCHS_ONLY, **overrides})
     result = fit(model, *data, cfg, pad_id=0, device=CPU, checkpointer=ck, progress=False)
     return result, {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+def _interrupted_and_resumed(tmp_path, model_dir, split_dir, crash_after: int, caplog, **overrides):
+    """(uninterrupted result and weights, resumed result and weights) of the same run."""
+    data = (load_encoded(split_dir, "train"), load_encoded(split_dir, "val"))
+    assert -(-len(data[0]) // 16) == 8
+    reference = _run(model_dir, data, CrashingCheckpointer(tmp_path / "a", "k", None), **overrides)
+    with pytest.raises(Crash):
+        _run(model_dir, data, CrashingCheckpointer(tmp_path / "b", "k", crash_after), **overrides)
+    with caplog.at_level(logging.INFO, logger="lora_pipeline.training"):
+        resumed = _run(model_dir, data, CrashingCheckpointer(tmp_path / "b", "k", None), **overrides)
+    assert "resuming from checkpoint" in caplog.text
+    return reference, resumed
+
+
+def _assert_same_fit(reference, resumed) -> None:
+    """Every field of the results but the wall clock and the resume point, and every weight, are equal."""
+    (ref, ref_weights), (got, weights) = reference, resumed
+    skip = {"train_seconds", "samples_per_second", "resumed_from_step"}
+    assert {k: v for k, v in dataclasses.asdict(got).items() if k not in skip} == \
+           {k: v for k, v in dataclasses.asdict(ref).items() if k not in skip}
+    assert weights.keys() == ref_weights.keys()
+    for name in weights:
+        assert torch.equal(weights[name], ref_weights[name]), name
 
 
 # 8 steps per epoch, checkpoint_every 3: saves at steps 3, 6, end of epoch 1 (8), 9, 12, 15, end (16)
 @pytest.mark.parametrize("crash_after", [1, 3, 5, 7])
 def test_interrupted_fit_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after, caplog):
-    data = (load_encoded(split_dir, "train"), load_encoded(split_dir, "val"))
-    assert -(-len(data[0]) // 16) == 8
-    reference, ref_weights = _run(tiny_model_dir, data, CrashingCheckpointer(tmp_path / "a", "k", None))
-    with pytest.raises(Crash):
-        _run(tiny_model_dir, data, CrashingCheckpointer(tmp_path / "b", "k", crash_after))
-    with caplog.at_level(logging.INFO, logger="lora_pipeline.training"):
-        resumed, weights = _run(tiny_model_dir, data, CrashingCheckpointer(tmp_path / "b", "k", None))
-    assert "resuming from checkpoint" in caplog.text
-    assert resumed.resumed_from_step == [3, 6, 8, 9, 12, 15, 16][crash_after - 1]
-    assert resumed.history == reference.history
-    assert (resumed.best_epoch, resumed.best_val_macro_f1, resumed.steps) == \
-           (reference.best_epoch, reference.best_val_macro_f1, reference.steps)
-    assert weights.keys() == ref_weights.keys()
-    for name in weights:
-        assert torch.equal(weights[name], ref_weights[name]), name
+    reference, resumed = _interrupted_and_resumed(tmp_path, tiny_model_dir, split_dir, crash_after, caplog,
+                                                  log_every=2)
+    assert resumed[0].resumed_from_step == [3, 6, 8, 9, 12, 15, 16][crash_after - 1]
+    assert [row["step"] for row in reference[0].history] == [8, 16] and len(reference[0].steps_log) == 8
+    _assert_same_fit(reference, resumed)
+
+
+# max_steps 13: validations at 8 (epoch end) and 13 (the last step, mid-epoch); saves at 3, 6, 8, 9, 12, 13
+@pytest.mark.parametrize("crash_after", [2, 4, 5, 6])
+def test_a_run_that_ends_mid_epoch_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after,
+                                                              caplog):
+    reference, resumed = _interrupted_and_resumed(tmp_path, tiny_model_dir, split_dir, crash_after, caplog,
+                                                  epochs=3, max_steps=13, log_every=2)
+    assert resumed[0].resumed_from_step == [3, 6, 8, 9, 12, 13][crash_after - 1]
+    assert (reference[0].steps, reference[0].planned_steps) == (13, 13)
+    assert [row["step"] for row in reference[0].history] == [8, 13]
+    _assert_same_fit(reference, resumed)
+
+
+# validations every 4 steps score 0.17, 0.17, 0.56 (best, step 12), 0.56, 0.48: early stop at step 20.
+# Saves at 3, 4, 6, 8, 9, 12, 15, 16, 18, 20: crash 8 resumes between the two non-improving validations.
+@pytest.mark.parametrize("crash_after", [6, 8, 9, 10])
+def test_an_early_stopped_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after, caplog):
+    reference, resumed = _interrupted_and_resumed(tmp_path, tiny_model_dir, split_dir, crash_after, caplog,
+                                                  lr=2e-2, epochs=6, warmup_ratio=0.1, patience=2, eval_every=4,
+                                                  log_every=2)
+    assert resumed[0].resumed_from_step == [3, 4, 6, 8, 9, 12, 15, 16, 18, 20][crash_after - 1]
+    assert reference[0].stop_reason.startswith("early stopping") and reference[0].steps == 20
+    assert (reference[0].best_step, reference[0].planned_steps) == (12, 48)
+    _assert_same_fit(reference, resumed)
 
 
 # ------------------------------------------------------- interrupted stage, a real killed process
@@ -180,8 +223,8 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path, tiny_model_dir, sp
 
 def _train_cmd(work: Path, params: Path, split: Path) -> list[str]:
     return [sys.executable, "-m", "stages.train_full", "--params", str(params), "--split", str(split),
-            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"),
-            "--curve", str(work / "curve.csv"), "--checkpoints", str(work / "ck"), "--no-progress"]
+            "--seed", "7", "--lr", "5e-3", "--out", str(work / "model"), "--metrics", str(work / "metrics.json"),
+            "--curve", str(work / "curves"), "--checkpoints", str(work / "ck"), "--no-progress"]
 
 
 def _popen(cmd: list[str], env: dict) -> subprocess.Popen:
@@ -208,7 +251,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert ma.keys() == mb.keys() and WALL_CLOCK_KEYS <= ma.keys()
     assert {k: v for k, v in ma.items() if k not in WALL_CLOCK_KEYS} == \
            {k: v for k, v in mb.items() if k not in WALL_CLOCK_KEYS}
-    assert (a / "curve.csv").read_text() == (b / "curve.csv").read_text()
+    for name in ("steps.csv", "evals.csv"):  # stages/_train.CURVE_FILES
+        assert (a / "curves" / name).read_text() == (b / "curves" / name).read_text(), name
     wa, wb = _weights(a / "model"), _weights(b / "model")
     assert wa.keys() == wb.keys()
     for name in wa:
@@ -218,9 +262,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
 @pytest.mark.slow
 def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
     split = write_split(tmp_path / "split", tiny_model_dir, make_frame(300))  # 37 steps per epoch
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {
-        "full.epochs": 3, "full.lr": 5e-3, "train.checkpoint_every": 10, "train.num_threads": 1,
-        "mlflow.enabled": False})
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {  # 100 steps: ends mid-epoch 3
+        "full.epochs": 3, "train.min_steps": 0, "train.max_steps": 100, "train.patience": 0,
+        "train.checkpoint_every": 10, "train.num_threads": 1, "mlflow.enabled": False})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     ref, victim = tmp_path / "reference", tmp_path / "victim"
     ref_proc = _popen(_train_cmd(ref, params, split), env)  # both at once: one thread each

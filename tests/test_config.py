@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,11 @@ def _with(dotted: str, value) -> dict:
 def test_repo_params_parse_to_typed_sections():
     params = load_params(ROOT / "params.yaml")
     assert isinstance(params, Params)
-    assert params.lora.rank == RAW["lora"]["rank"]
+    assert params.study.ranks == tuple(RAW["study"]["ranks"]) and params.study.seeds == tuple(RAW["study"]["seeds"])
     assert params.lora.modules_to_save == tuple(RAW["lora"]["modules_to_save"])  # lists become tuples
     assert params.validate.labels == tuple(RAW["validate"]["labels"])
-    assert isinstance(params.full.lr, float) and params.full.lr == pytest.approx(RAW["full"]["lr"])
-    assert params.train.seed == RAW["train"]["seed"] and params.split.seed == RAW["split"]["seed"]
+    assert all(isinstance(lr, float) for lr in params.study.full_lrs)
+    assert params.study.full_lrs == pytest.approx(RAW["study"]["full_lrs"]) and params.split.seed == RAW["split"]["seed"]
     assert params.mlflow.tracking_uri is None
     # every key of params.yaml is a dataclass field (nothing silently dropped)
     for section, values in RAW.items():
@@ -40,7 +41,7 @@ def test_repo_params_parse_to_typed_sections():
 def test_sections_are_frozen():
     params = parse_params(RAW)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        params.lora.rank = 4  # type: ignore[misc]
+        params.lora.alpha = 4.0  # type: ignore[misc]
 
 
 def test_int_is_accepted_where_a_float_is_expected():
@@ -49,13 +50,20 @@ def test_int_is_accepted_where_a_float_is_expected():
 
 
 @pytest.mark.parametrize("dotted, value", [
-    ("lora.rank", 0),
-    ("lora.rank", -2),
+    ("study.ranks", [0]),
+    ("study.ranks", [8, -2]),
+    ("study.ranks", []),
+    ("study.seeds", [42, 42]),
     ("lora.alpha", 0.0),
     ("lora.dropout", 1.0),
-    ("full.lr", -1e-5),
-    ("scratch.lr", 0),
-    ("lora.lr", -1.0),
+    ("study.full_lrs", [-1e-5]),
+    ("study.scratch_lrs", [0]),
+    ("study.tolerance", 1.5),
+    ("study.resamples", 100),
+    ("study.record_rank", 5),  # not one of the ranks
+    ("train.min_steps", 500),  # above max_steps 240
+    ("train.patience", -1),
+    ("train.log_every", 0),
     ("train.batch_size", 0),
     ("train.warmup_ratio", 1.0),
     ("train.checkpoint_every", -1),
@@ -72,11 +80,12 @@ def test_out_of_range_values_name_their_key(dotted, value):
 
 
 @pytest.mark.parametrize("dotted, value", [
-    ("lora.rank", "8"),
-    ("lora.rank", 8.5),
-    ("lora.rank", True),  # bool is an int in Python; not here
+    ("study.ranks", ["8"]),
+    ("study.ranks", [8.5]),
+    ("study.ranks", [True]),  # bool is an int in Python; not here
+    ("study.ranks", 8),  # one rank is still a list: [8]
     ("lora.rslora", "yes"),
-    ("full.lr", "5e-5"),  # YAML 1.1 reads 5e-5 (no dot) as a string: must not pass silently
+    ("study.full_lrs", ["5e-5"]),  # YAML 1.1 reads 5e-5 (no dot) as a string: must not pass silently
     ("lora.bias", "some"),
     ("lora.target_modules", 3),
     ("mlflow.enabled", 1),
@@ -85,6 +94,14 @@ def test_out_of_range_values_name_their_key(dotted, value):
 def test_wrong_types_name_their_key(dotted, value):
     with pytest.raises(ConfigError, match=f"'{dotted}"):
         parse_params(_with(dotted, value))
+
+
+@pytest.mark.parametrize("dotted, home", [("lora.rank", "study.ranks"), ("lora.lr", "study.lora_lrs"),
+                                          ("full.lr", "study.full_lrs"), ("train.seed", "study.seeds")])
+def test_per_instance_keys_point_to_the_study_lists(dotted, home):
+    """A rank, seed or learning rate in a variant's section would be silently overridden by the grid: refuse it."""
+    with pytest.raises(ConfigError, match=rf"'{re.escape(dotted)}' is set per stage instance.*'{re.escape(home)}'"):
+        parse_params(_with(dotted, 8))
 
 
 def test_unknown_key_is_named_with_its_section():
@@ -104,7 +121,7 @@ def test_missing_section_is_named_only_when_required():
     with pytest.raises(ConfigError, match=r"'lora' section is missing"):
         parse_params(raw, sections=["model", "train", "lora"])
     params = parse_params(raw, sections=["model", "train"])  # a stage that does not read lora
-    assert params.lora.rank == 8  # defaults fill the rest
+    assert params.lora.alpha == 16.0  # defaults fill the rest
     with pytest.raises(ConfigError, match=r"'lora' section is missing"):
         parse_params(raw)  # sections=None: all are required
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages import evaluate, split, train_lora
-from tests.conftest import make_frame, write_clean, write_params
+from tests.conftest import LRS, RANK, SEED, instance_args, make_frame, write_clean, write_params
 
 
 def _tiny_gpt2(path: Path, texts: list[str]) -> Path:
@@ -33,31 +33,45 @@ def _tiny_gpt2(path: Path, texts: list[str]) -> Path:
     return path
 
 
+def _train(variant: str, base: Path, params: Path, lr: float) -> int:
+    """One train instance at write_params' seed (and rank), laid out as dvc.yaml lays it out for evaluate."""
+    from stages import train_full, train_scratch
+
+    tag = (f"r{RANK}-" if variant == "lora" else "") + f"s{SEED}-lr{lr}"
+    stage = {"scratch": train_scratch, "full": train_full, "lora": train_lora}[variant]
+    return stage.main(["--params", str(params), "--split", str(base / "split"), *instance_args(variant, lr=lr),
+                       "--out", str(base / "models" / variant / tag),
+                       "--metrics", str(base / "runs" / f"{variant}-{tag}.json"),
+                       "--curve", str(base / "curves" / variant / tag), "--checkpoints", str(base / "ck" / variant),
+                       "--no-progress"])
+
+
 @pytest.mark.slow
 def test_gpt2_trains_with_lora_through_the_stages(tmp_path):
     df = make_frame(150)
     model_dir = _tiny_gpt2(tmp_path / "gpt2", df["text"].tolist())
-    params = write_params(tmp_path / "params.yaml", model_dir, {"lora.epochs": 8, "lora.lr": 2e-2,
-                                                                "lora.target_modules": None})
+    lrs = {"scratch": LRS["scratch"], "full": LRS["full"], "lora": 2e-2}
+    params = write_params(tmp_path / "params.yaml", model_dir, {
+        "lora.epochs": 8, "lora.target_modules": None, "scratch.epochs": 1, "full.epochs": 1,
+        **{f"study.{v}_lrs": [lr] for v, lr in lrs.items()}})
     clean = write_clean(tmp_path / "clean", df)
     assert split.main(["--params", str(params), "--clean", str(clean), "--out", str(tmp_path / "split"),
                        "--metrics", str(tmp_path / "split.json")]) == 0
-    out = tmp_path / "models"
-    assert train_lora.main(["--params", str(params), "--split", str(tmp_path / "split"), "--out", str(out / "lora"),
-                            "--metrics", str(tmp_path / "train_lora.json"), "--curve", str(tmp_path / "c.csv"),
-                            "--checkpoints", str(tmp_path / "ck"), "--no-progress"]) == 0
-    config = json.loads((out / "lora" / "adapter_config.json").read_text())
+    for variant, lr in lrs.items():  # evaluate scores the whole grid: scratch and full train one epoch
+        assert _train(variant, tmp_path, params, lr) == 0, variant
+    lora = tmp_path / "models" / "lora" / f"r{RANK}-s{SEED}-lr{lrs['lora']}"
+    config = json.loads((lora / "adapter_config.json").read_text())
     assert all(name.endswith("attn.c_attn") for name in config["target_modules"])  # GPT-2 default targets
-    tensors = load_file(out / "lora" / "adapter.safetensors")
+    assert config["rank"] == RANK
+    tensors = load_file(lora / "adapter.safetensors")
     assert any(k.startswith("score.") for k in tensors), "the classification head must be saved"
-    metrics = json.loads((tmp_path / "train_lora.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / f"lora-{lora.name}.json").read_text())
     assert metrics["trainable_percent"] < 50 and metrics["val_macro_f1"] > 0.5  # learns the separable toy task
-    # evaluate loads the adapter onto a fresh GPT-2, merges it and scores the test split; the other two
-    # variants are stood in for by the untrained base (evaluate always scores all three)
-    for variant in ("scratch", "full"):
-        (out / variant).symlink_to(model_dir)
-    assert evaluate.main(["--params", str(params), "--split", str(tmp_path / "split"), "--models", str(out),
-                          "--metrics", str(tmp_path / "evaluate.json"),
+    # evaluate loads the adapter onto a fresh GPT-2, merges it and scores the test split
+    assert evaluate.main(["--params", str(params), "--split", str(tmp_path / "split"),
+                          "--models", str(tmp_path / "models"), "--runs", str(tmp_path / "runs"),
+                          "--metrics", str(tmp_path / "evaluate.json"), "--study", str(tmp_path / "study.json"),
+                          "--rank-curve", str(tmp_path / "rank_curve.csv"),
                           "--predictions", str(tmp_path / "pred")]) == 0
-    lora_test = json.loads((tmp_path / "evaluate.json").read_text())["lora"]
+    lora_test = json.loads((tmp_path / "evaluate.json").read_text())[f"lora_r{RANK}"]
     assert lora_test["macro_f1"] > 0.7

@@ -168,3 +168,27 @@ def test_checkpoints_are_passed_but_not_tracked():
         assert f"--checkpoints checkpoints/{variant}" in " ".join(stage["cmd"].split())
         paths = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
         assert not any(str(p).startswith("checkpoints") for p in paths), paths
+
+
+@pytest.mark.parametrize("variant", ["scratch", "full", "lora"])
+def test_train_stages_fan_out_over_the_study_lists_without_declaring_them(variant):
+    """One instance per grid point (DVC `matrix:`); an instance declares its sections but never the lists, so
+    adding a rank, seed or learning rate leaves every existing instance up to date."""
+    stage = STAGES[f"train_{variant}"]
+    matrix = {"seed": "${study.seeds}", "lr": f"${{study.{variant}_lrs}}"}
+    if variant == "lora":
+        matrix = {"rank": "${study.ranks}", **matrix}
+    assert stage["matrix"] == matrix
+    assert not any(p.split(".")[0] == "study" for p in stage["params"])
+    cmd = " ".join(stage["cmd"].split())
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"] + stage["metrics"]]
+    for key in matrix:  # each value reaches the script and names every output, so instances never share a file
+        assert f"--{key} ${{item.{key}}}" in cmd
+        assert all(f"${{item.{key}}}" in out for out in outs), outs
+
+
+def test_evaluate_and_report_read_the_whole_study():
+    for name in ("evaluate", "report"):
+        assert "study" in STAGES[name]["params"]
+    deps = STAGES["evaluate"]["deps"]
+    assert "models" in deps and "metrics/train" in deps  # parents of every instance's outputs

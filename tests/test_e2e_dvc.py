@@ -20,6 +20,8 @@ from tests.conftest import make_frame, save_tiny_bert
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
+SEEDS, RANKS, FULL_LRS, LORA_LR = (1, 2), (2, 4), (1e-3, 3e-3), 5e-3
+
 
 def _fixture_csv(path: Path) -> None:
     """The shared toy corpus under other column names, plus a null text that validate must clean away."""
@@ -54,9 +56,12 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     params["validate"].update(labels=["pos", "neg", "plot"], min_rows_per_class=20)
     params["model"].update(name=str(base / "tiny_model"), max_length=32)
     params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2)
-    params["full"].update(epochs=2, lr=1e-3)
-    params["lora"].update(epochs=2, lr=5e-3)
-    params["train"].update(batch_size=16, checkpoint_every=5)
+    params["full"].update(epochs=2)
+    params["lora"].update(epochs=2)
+    params["train"].update(batch_size=16, checkpoint_every=5, min_steps=0, max_steps=30, patience=2)
+    # the study the tests grow and shrink: 2 ranks x 2 seeds, and a two-value learning-rate grid for full
+    params["study"].update(seeds=list(SEEDS), ranks=list(RANKS), scratch_lrs=[1e-3], full_lrs=list(FULL_LRS),
+                           lora_lrs=[LORA_LR])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # bytecode writing ON, as on users' machines (the development machines set PYTHONDONTWRITEBYTECODE=1)
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -70,36 +75,79 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     return repo, env
 
 
-def _outs(repo: Path) -> list[Path]:
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    paths = []
-    for stage in stages.values():
-        for kind in ("outs", "metrics"):
-            for entry in stage.get(kind, []):
-                paths.append(repo / (entry if isinstance(entry, str) else next(iter(entry))))
-    return paths
+def _instances(repo: Path, env: dict) -> list[str]:
+    return _run(["dvc", "stage", "list", "--name-only"], repo, env).stdout.split()
 
 
-def test_every_out_and_metric_exists_and_parses(repo):
+def _ran(proc: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def _lora_tag(rank: int, seed: int) -> str:
+    return f"r{rank}-s{seed}-lr{LORA_LR}"
+
+
+def test_every_instance_of_the_grid_has_its_outputs(repo):
+    repo, env = repo
+    names = _instances(repo, env)
+    expected = {f"train_scratch@{s}-0.001" for s in SEEDS} | {f"train_full@{s}-{lr}" for s in SEEDS for lr in FULL_LRS} \
+        | {f"train_lora@{r}-{s}-{LORA_LR}" for r in RANKS for s in SEEDS}
+    assert expected <= set(names) and len([n for n in names if "@" in n]) == len(expected), names
+    for path in (repo / "metrics/train").glob("*.json"):
+        rec = json.loads(path.read_text())
+        assert {"variant", "rank", "seed", "lr", "tag", "stop_reason", "steps", "val_macro_f1"} <= set(rec), path
+        folder = repo / "models" / rec["variant"] / rec["tag"]
+        assert folder.is_dir() and any(folder.iterdir()), folder
+        curves = repo / "metrics/curves" / rec["variant"] / rec["tag"]
+        steps, evals = pd.read_csv(curves / "steps.csv"), pd.read_csv(curves / "evals.csv")
+        assert len(steps) >= 2 and len(evals) >= 1 and steps["step"].is_monotonic_increasing, curves
+        assert rec["steps"] <= 30 and rec["stop_reason"], rec
+    assert len(list((repo / "metrics/train").glob("*.json"))) == len(expected)
+    for rank in RANKS:  # the instance's rank is the adapter's
+        config = json.loads((repo / "models/lora" / _lora_tag(rank, 1) / "adapter_config.json").read_text())
+        assert config["rank"] == rank
+
+
+def test_evaluate_chooses_on_validation_and_scores_only_the_chosen_models(repo):
     repo, _ = repo
-    for path in _outs(repo):
-        assert path.exists(), f"missing out {path.relative_to(repo)}"
-        if path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".csv":
-            assert len(pd.read_csv(path)) > 0
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert set(evaluate) == {"scratch", "full", "lora", "tfidf_logreg"}
+    assert set(evaluate) == {"scratch", "full", "lora_r2", "lora_r4", "tfidf_logreg", "answer_rank"}
     assert evaluate["tfidf_logreg"]["macro_f1"] > 0.9  # the fixture is separable by vocabulary
-    lora = json.loads((repo / "metrics/train_lora.json").read_text())
-    assert 0 < lora["trainable_params"] < lora["total_params"]
+    study = json.loads((repo / "metrics/study.json").read_text())
+    full_runs = [r for r in study["runs"] if r["variant"] == "full"]
+    val = {lr: sum(r["val_macro_f1"] for r in full_runs if r["lr"] == lr) for lr in FULL_LRS}
+    best = min(val, key=lambda lr: (-val[lr], lr))  # mean validation macro-F1 over the seeds, ties to the smaller
+    assert study["rows"]["full"]["lr"] == pytest.approx(best) and evaluate["full"]["lr"] == pytest.approx(best)
+    assert [r["chosen"] for r in full_runs] == [r["lr"] == best for r in full_runs]
+    assert set(study["rows"]["full"]["val_macro_f1_by_lr"]) == {f"{lr:g}" for lr in FULL_LRS}
+    for name in ("full", "lora_r2", "lora_r4"):
+        row = study["rows"][name]
+        assert row["seeds"] == list(SEEDS) and len(row["macro_f1"]["per_seed"]) == len(SEEDS)
+        assert row["macro_f1"]["interval"] == "t-interval across 2 seeds"
+        assert row["macro_f1"]["low"] <= row["macro_f1"]["mean"] <= row["macro_f1"]["high"]
+    assert study["rows"]["lora_r4"]["vs_full"]["verdict"] in ("better", "worse", "indistinguishable")
+    assert {s["rank"] for s in study["spectra"]} == set(RANKS) and study["subspace"]
+    assert all(len(layer["singular_values"]) == s["rank"] for s in study["spectra"] for layer in s["layers"].values())
+    curve = pd.read_csv(repo / "metrics/rank_curve.csv")
+    assert list(curve["rank"]) == list(RANKS)
+    assert sorted(p.stem for p in (repo / "metrics/predictions").glob("*.csv")) == \
+        sorted(["scratch", "full", study["record"], "tfidf_logreg"])
+
+
+def test_report_holds_the_answer_and_both_figures(repo):
+    repo, env = repo
+    study = json.loads((repo / "metrics/study.json").read_text())
     report = (repo / "reports/report.md").read_text()
-    assert "LoRA (ours)" in report and (repo / "reports/figures/curves.png").stat().st_size > 1000
+    assert study["answer"]["sentence"] in report
+    for figure in ("rank_curve.png", "spectra.png", "curves.png"):
+        assert f"figures/{figure}" in report and (repo / "reports/figures" / figure).stat().st_size > 5000, figure
     assert (repo / "reports/validation/index.html").is_file()
+    shown = _run(["dvc", "plots", "show", "--json"], repo, env).stdout
+    assert "rank_curve.csv" in shown and "steps.csv" in shown
 
 
 def test_trained_lora_round_trips_through_peft(repo, tmp_path):
-    """models/lora, exported to peft's format, gives peft's PeftModel the logits of our merged model."""
+    """A trained adapter, exported to peft's format, gives peft's PeftModel the logits of our merged model."""
     import peft
     import torch
 
@@ -112,11 +160,12 @@ def test_trained_lora_round_trips_through_peft(repo, tmp_path):
     params = load_params(repo / "params.yaml")
     labels = json.loads((repo / "data/split/labels.json").read_text())
     tokenizer = load_tokenizer(params.model)
+    adapter = repo / "models/lora" / _lora_tag(4, 1)
     ours = build_model("full", params.model, labels, tokenizer)
-    load_adapter(ours, repo / "models/lora")
+    load_adapter(ours, adapter)
     export_peft(ours, tmp_path / "peft", base_model_name=params.model.name)
     theirs = peft.PeftModel.from_pretrained(build_model("full", params.model, labels, tokenizer), tmp_path / "peft")
-    merged = load_trained("lora", repo / "models/lora", params.model, labels, tokenizer)
+    merged = load_trained("lora", adapter, params.model, labels, tokenizer)
     batch = tokenizer(["great wonderful film", "dull tedious story", "detective village heist"], padding=True,
                       return_tensors="pt")
     with torch.no_grad():
@@ -162,73 +211,83 @@ def test_bytecode_does_not_change_dvc_status(repo):
     assert "up to date" in status.stdout, status.stdout
 
 
-def test_rank_experiment_moves_only_lora(repo):
+def test_adding_a_rank_trains_only_its_instances(repo):
     repo, env = repo
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "baseline run"], repo, env)
-    proc = _run(["dvc", "exp", "run", "-S", "lora.rank=4"], repo, env)
-    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_lora", "evaluate", "report"}
+    proc = _run(["dvc", "exp", "run", "-S", "study.ranks=[2,4,8]"], repo, env)
+    assert _ran(proc) == {f"train_lora@8-{s}-{LORA_LR}" for s in SEEDS} | {"evaluate", "report"}, proc.stdout
+    assert "up to date" in _run(["dvc", "status"], repo, env).stdout
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)
-    changed = diff["metrics/train_lora.json"]
-    assert changed["trainable_params"]["new"] < changed["trainable_params"]["old"]
-    assert "metrics/train_full.json" not in diff or not diff["metrics/train_full.json"]
+    moved = diff["metrics/evaluate.json"]
+    assert moved["lora_r8.macro_f1"]["old"] is None and moved["lora_r8.macro_f1"]["new"] > 0, moved
+    assert not any(k.startswith("metrics/train/full") for k in diff)  # nothing else retrained
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    assert 4 in _exp_values(shown, "rank")
+    assert [2, 4, 8] in _exp_values(shown, "ranks")
     # README's readable table (the full `dvc exp show` is thousands of characters wide)
     table = _run(["dvc", "exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep",
-                  r"Experiment|Created|lora\.rank|train\.seed|^(scratch|full|lora|tfidf_logreg)\.macro_f1$"],
-                 repo, env).stdout
+                  r"Experiment|Created|study\.ranks|study\.seeds|^(full|lora_r\d+)\.macro_f1$"], repo, env).stdout
     header = table.splitlines()[0]
-    assert "lora.rank" in header and "lora.macro_f1" in header and "full.macro_f1" in header, table
-    assert max(len(line) for line in table.splitlines()) < 200, table
-    assert any("| 4 " in line for line in table.splitlines()[2:]), table
+    assert "study.ranks" in header and "lora_r8.macro_f1" in header and "full.macro_f1" in header, table
+    assert max(len(line) for line in table.splitlines()) < 220, table
 
 
-def test_params_seen_before_restore_from_the_run_cache(repo):
-    """Back to the baseline's rank: DVC restores train_lora, evaluate and report from its run-cache (no training)."""
+def test_removing_a_rank_drops_it_without_training(repo):
     repo, env = repo
-    base_rank = yaml.safe_load(_run(["git", "show", "HEAD:params.yaml"], repo, env).stdout)["lora"]["rank"]
-    proc = _run(["dvc", "exp", "run", "-S", f"lora.rank={base_rank}"], repo, env)
-    assert "Running stage" not in proc.stdout, proc.stdout
-    assert "Stage 'train_lora' is cached - skipping run" in proc.stdout, proc.stdout
+    proc = _run(["dvc", "exp", "run", "-S", "study.ranks=[2]"], repo, env)
+    assert _ran(proc) == {"evaluate", "report"}, proc.stdout
+    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert "lora_r2" in evaluate and "lora_r4" not in evaluate and "lora_r8" not in evaluate
+    assert "rank 4" not in (repo / "reports/report.md").read_text().split("##")[0]
+
+
+def test_a_rank_seen_before_is_restored_from_the_run_cache(repo):
+    """Rank 8 was trained by an earlier experiment: adding it back restores its instances without training."""
+    repo, env = repo
+    proc = _run(["dvc", "exp", "run", "-S", "study.ranks=[2,4,8]"], repo, env)
+    assert not {n for n in _ran(proc) if n.startswith("train_")}, proc.stdout
+    assert f"Stage 'train_lora@8-1-{LORA_LR}' is cached - skipping run" in proc.stdout, proc.stdout
 
 
 def test_a_failed_stage_is_recovered_from_the_run_cache(repo):
     """DVC deletes a stage's outs before running it, so a bad value costs the last good outputs; restoring the
     params and running `dvc repro` brings them back from the run-cache without training."""
     repo, env = repo
-    lora_model = repo / "models" / "lora"
+    _run(["git", "checkout", "--", "params.yaml"], repo, env)
+    # back to the baseline: no training (evaluate may rerun: models/ also holds rank 8's files, which it ignores)
+    assert not {n for n in _ran(_run(["dvc", "repro"], repo, env)) if n.startswith("train_")}
+    lora_model = repo / "models" / "lora" / _lora_tag(2, 1)
     before = sorted(p.name for p in lora_model.iterdir())
-    failed = subprocess.run(["dvc", "exp", "run", "-S", "lora.rank=0"], cwd=repo, env=env, capture_output=True,
+    failed = subprocess.run(["dvc", "exp", "run", "-S", "lora.alpha=0"], cwd=repo, env=env, capture_output=True,
                             text=True, timeout=900)
     assert failed.returncode != 0
-    assert "'lora.rank' must be >= 1" in failed.stdout + failed.stderr
-    assert not lora_model.exists()  # DVC removed the outs before the command failed
+    assert "'lora.alpha' must be > 0" in failed.stdout + failed.stderr
     _run(["git", "checkout", "--", "params.yaml"], repo, env)
     proc = _run(["dvc", "repro"], repo, env)
-    assert "Running stage" not in proc.stdout, proc.stdout
+    assert not {n for n in _ran(proc) if n.startswith("train_")}, proc.stdout
     assert sorted(p.name for p in lora_model.iterdir()) == before
     assert "up to date" in _run(["dvc", "status"], repo, env).stdout
 
 
 def _exp_values(shown, key: str) -> list:
-    """Every value of ``lora.<key>`` in the experiments of ``dvc exp show --json``."""
+    """Every value of ``study.<key>`` in the experiments of ``dvc exp show --json``."""
     found = []
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
-                found.append(rev["data"]["params"]["params.yaml"]["data"]["lora"][key])
+                found.append(rev["data"]["params"]["params.yaml"]["data"]["study"][key])
     return found
 
 
 def _exp_names_by_rank(shown) -> dict[int, str]:
+    """Experiment name by the rank of one-rank experiments (``study.ranks=[r]``)."""
     names = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
-                if rev.get("name"):
-                    names[rev["data"]["params"]["params.yaml"]["data"]["lora"]["rank"]] = rev["name"]
+                ranks = rev["data"]["params"]["params.yaml"]["data"]["study"]["ranks"]
+                if rev.get("name") and len(ranks) == 1:
+                    names[ranks[0]] = rev["name"]
     return names
 
 
@@ -241,7 +300,8 @@ def test_queued_rank_grid_logs_every_run_to_one_mlflow_store(repo):
     assert not (repo / "mlflow.db").exists()
     _run(["git", "add", "-A"], repo, env)  # queued runs start from HEAD: it must hold the baseline's dvc.lock
     _run(["git", "commit", "-qm", "baseline for the queue", "--allow-empty"], repo, env)
-    _run(["dvc", "exp", "run", "--queue", "-S", "lora.rank=2,16"], repo, env)  # ranks never trained before
+    for rank in (3, 16):  # ranks never trained before, one experiment each
+        _run(["dvc", "exp", "run", "--queue", "-S", f"study.ranks=[{rank}]"], repo, env)
     _run(["dvc", "queue", "start", "-j", "2"], repo, env)  # two workers write one SQLite store
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -251,19 +311,20 @@ def test_queued_rank_grid_logs_every_run_to_one_mlflow_store(repo):
         time.sleep(3)
     assert "Failed" not in status, _run(["dvc", "queue", "logs", status.split()[-1]], repo, env).stdout
     names = _exp_names_by_rank(json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout))
-    assert {2, 16} <= set(names)
+    assert {3, 16} <= set(names)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id])
-    for rank in (2, 16):
+    for rank in (3, 16):
         stages = {r.data.tags.get("stage") for r in runs if r.data.tags.get("dvc_exp_name") == names[rank]}
         # every stage that the new rank feeds ran (no run-cache entry exists for it) and logged its run; no
         # checkpoint dir (not a DVC out) forces train_scratch/train_full to rerun in the temporary copy
         assert stages == {"train_lora", "evaluate", "report"}, (rank, [(r.data.tags) for r in runs])
     lora_runs = [r for r in runs if r.data.tags.get("stage") == "train_lora"]
-    assert sorted(r.data.tags["lora_rank"] for r in lora_runs) == ["16", "2"]
+    assert sorted(r.data.tags["lora_rank"] for r in lora_runs) == ["16", "16", "3", "3"]  # two seeds each
+    assert {r.data.tags["seed"] for r in lora_runs} == {str(s) for s in SEEDS}
     assert all(r.info.status == "FINISHED" for r in runs)
     fixture_store = MlflowClient(tracking_uri=repo_env_uri)  # where the fixture's own repro logged
     original = fixture_store.search_runs([fixture_store.get_experiment_by_name("lora-pipeline").experiment_id])
-    assert [r for r in original if r.data.tags.get("stage") == "train_lora" and r.data.tags.get("lora_rank") == "8"]
+    assert [r for r in original if r.data.tags.get("stage") == "train_lora" and r.data.tags.get("lora_rank") == "4"]

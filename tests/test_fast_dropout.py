@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lora_pipeline.speedups import fast_bernoulli_, fast_cpu_dropout
 from lora_pipeline.speedups import fast_dropout
 from lora_pipeline.training import FitConfig, fit
+from tests.conftest import EPOCHS_ONLY
 from tests.test_training import _model, _state
 
 CPU = torch.device("cpu")
@@ -99,8 +100,9 @@ def test_fit_uses_it_on_cpu_and_stays_deterministic(tiny_model_dir, split_dir):
     runs = {}
     for name, fast in (("fast", True), ("fast_again", True), ("torch", False)):
         model = _model(tiny_model_dir, seed=11)
-        cfg = FitConfig(lr=5e-3, epochs=1, batch_size=16, seed=3, fast_cpu_dropout=fast)
+        cfg = FitConfig(lr=5e-3, epochs=1, batch_size=16, seed=3, fast_cpu_dropout=fast, **EPOCHS_ONLY)
         result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
+        assert result.steps == -(-len(train) // 16) and len(result.history) == 1  # one whole epoch
         runs[name] = (result.history[0]["train_loss"], _state(model))
     assert runs["fast"][0] == runs["fast_again"][0]
     assert all(torch.equal(runs["fast"][1][k], runs["fast_again"][1][k]) for k in runs["fast"][1])

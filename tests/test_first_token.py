@@ -22,6 +22,7 @@ from lora_pipeline.errors import PipelineError
 from lora_pipeline.lora import apply_lora, mark_only_lora_as_trainable
 from lora_pipeline.speedups import first_token_last_layer
 from lora_pipeline.speedups import first_token
+from tests.conftest import EPOCHS_ONLY
 from tests.lora_tiny_models import CONFIGS
 
 SUPPORTED = ("bert", "roberta", "electra", "xlm-roberta")  # the exact classes trimmed
@@ -219,10 +220,11 @@ def test_fit_follows_the_switch(monkeypatch, setting, calls, tiny_model_dir, spl
 
     monkeypatch.setattr(training, "first_token_last_layer", spy)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, use_safetensors=True)
-    cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=setting)
-    training.fit(model, load_encoded(split_dir, "train"), load_encoded(split_dir, "val"), cfg, pad_id=0,
-                 device=torch.device("cpu"), progress=False)
-    assert seen == calls
+    cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=setting, **EPOCHS_ONLY)
+    train = load_encoded(split_dir, "train")
+    result = training.fit(model, train, load_encoded(split_dir, "val"), cfg, pad_id=0, device=torch.device("cpu"),
+                          progress=False)
+    assert seen == calls and result.steps == -(-len(train) // 64)  # one epoch: the switch costs no extra steps
 
 
 def test_fit_refuses_to_run_untrimmed_when_trimming_is_required(monkeypatch, tiny_model_dir, split_dir):
@@ -230,7 +232,7 @@ def test_fit_refuses_to_run_untrimmed_when_trimming_is_required(monkeypatch, tin
 
     monkeypatch.setattr(first_token, "_transformers_major", lambda: 99)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, use_safetensors=True)
-    cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=True)
+    cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=True, **EPOCHS_ONLY)
     with pytest.raises(PipelineError, match="first_token_last_layer"):
         training.fit(model, load_encoded(split_dir, "train"), load_encoded(split_dir, "val"), cfg, pad_id=0,
                      device=torch.device("cpu"), progress=False)

@@ -214,3 +214,20 @@ def test_tensors_that_do_not_fit_raise(tmp_path) -> None:
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="wrong shape"):
         load_adapter(tiny_model("bert"), tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"rslora": True}, {"rank_pattern": {"layer.1.*": 2}, "alpha_pattern": {"value": 3.0}}])
+def test_adapter_factors_rebuild_each_layers_update(kwargs: dict, tmp_path) -> None:
+    """What the study's spectra read from disk: scaling·B·A equals each layer's own delta_weight()."""
+    from lora_pipeline.lora import adapter_factors
+
+    model = trained(**kwargs)
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    factors = adapter_factors(tmp_path / "adapter")
+    layers = dict(lora_layers(model))
+    assert set(factors) == set(layers)
+    for name, (a, b, scaling) in factors.items():
+        assert a.shape[0] == layers[name].rank and scaling == layers[name].scaling
+        torch.testing.assert_close(scaling * b.float() @ a.float(), layers[name].delta_weight().detach(),
+                                   atol=1e-7, rtol=1e-5)
+    assert any(float((b.float() @ a.float()).abs().max()) > 0 for a, b, _ in factors.values())

@@ -6,7 +6,6 @@ The whole chain runs once per module (a few seconds with a hidden-32 BERT); the 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,19 +14,45 @@ import torch
 from safetensors.torch import load_file
 
 from lora_pipeline.checkpoint import DirCheckpointer
-from tests.conftest import LABELS, WALL_CLOCK_KEYS, isolate_env, make_frame, restored_logging, write_clean, write_params
+from tests.conftest import (LABELS, LRS, SEED, WALL_CLOCK_KEYS, instance_args, isolate_env, make_frame,
+                            restored_logging, write_clean, write_params)
 
 EXPERIMENT = "stages-test"
-TRAIN_KEYS = {"val_macro_f1", "best_epoch", "epochs", "steps", "train_seconds", "samples_per_second",
-              "peak_memory_mb", "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb",
-              "device", "precision"}
+RANKS = (2, 4)  # two LoRA ranks: evaluate compares their adapters' subspaces
+TRAIN_KEYS = {"variant", "rank", "seed", "lr", "tag", "val_macro_f1", "best_epoch", "best_step", "epochs", "steps",
+              "planned_steps", "stop_reason", "train_seconds", "samples_per_second", "peak_memory_mb",
+              "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision"}
+INSTANCES = [("scratch", None), ("full", None)] + [("lora", rank) for rank in RANKS]
 
 
-def _train_args(base: Path, variant: str, params: Path, split: Path, tag: str = "") -> list[str]:
-    return ["--params", str(params), "--split", str(split), "--out", str(base / f"models{tag}" / variant),
-            "--metrics", str(base / f"metrics{tag}" / f"train_{variant}.json"),
-            "--curve", str(base / f"metrics{tag}" / "curves" / f"{variant}.csv"),
-            "--checkpoints", str(base / f"checkpoints{tag}" / variant), "--no-progress"]
+def _tag(variant: str, rank: int | None) -> str:
+    """The instance's folder name, as dvc.yaml builds it (evaluate reads it back from the metrics' ``tag``)."""
+    return (f"r{rank}-" if rank is not None else "") + f"s{SEED}-lr{LRS[variant]}"
+
+
+def _paths(base: Path, variant: str, rank: int | None = None) -> dict[str, Path]:
+    """Where one train instance writes: model, metrics JSON, curve folder, checkpoints."""
+    tag = _tag(variant, rank)
+    return {"out": base / "models" / variant / tag, "metrics": base / "metrics" / "train" / f"{variant}-{tag}.json",
+            "curve": base / "metrics" / "curves" / variant / tag, "checkpoints": base / "checkpoints" / variant / tag}
+
+
+def _train_args(base: Path, variant: str, params: Path, split: Path, rank: int | None = None) -> list[str]:
+    paths = _paths(base, variant, rank)
+    return ["--params", str(params), "--split", str(split), *instance_args(variant, **({"rank": rank} if rank else {})),
+            "--out", str(paths["out"]), "--metrics", str(paths["metrics"]), "--curve", str(paths["curve"]),
+            "--checkpoints", str(paths["checkpoints"]), "--no-progress"]
+
+
+def _evaluate_args(base: Path, params: Path, split: Path) -> list[str]:
+    return ["--params", str(params), "--split", str(split), "--models", str(base / "models"),
+            "--runs", str(base / "metrics" / "train"), "--metrics", str(base / "metrics" / "evaluate.json"),
+            "--study", str(base / "metrics" / "study.json"), "--rank-curve", str(base / "metrics" / "rank_curve.csv"),
+            "--predictions", str(base / "metrics" / "predictions")]
+
+
+def _read(base: Path, variant: str, rank: int | None = None) -> dict:
+    return json.loads(_paths(base, variant, rank)["metrics"].read_text())
 
 
 def _train(variant: str, argv: list[str]) -> int:
@@ -44,25 +69,25 @@ def pipeline(tmp_path_factory, tiny_model_dir):
     base = tmp_path_factory.mktemp("stages")
     clean = write_clean(base / "clean", make_frame(60))
     params = write_params(base / "params.yaml", tiny_model_dir,
-                          {"mlflow.experiment": EXPERIMENT, "train.checkpoint_every": 4})
-    codes, seconds = {}, {}
+                          {"mlflow.experiment": EXPERIMENT, "train.checkpoint_every": 4, "study.ranks": list(RANKS)})
+    codes = {}
     with pytest.MonkeyPatch.context() as mp, restored_logging():
         uri = isolate_env(mp, tmp_path_factory)
-        start = time.monotonic()
         codes["split"] = split.main(["--params", str(params), "--clean", str(clean), "--out", str(base / "split"),
                                      "--metrics", str(base / "metrics" / "split.json")])
-        for variant in ("scratch", "full", "lora"):
-            codes[f"train_{variant}"] = _train(variant, _train_args(base, variant, params, base / "split"))
-        codes["evaluate"] = evaluate.main([
-            "--params", str(params), "--split", str(base / "split"), "--models", str(base / "models"),
-            "--metrics", str(base / "metrics" / "evaluate.json"),
-            "--predictions", str(base / "metrics" / "predictions")])
+        for variant, rank in INSTANCES:
+            codes[_stage(variant, rank)] = _train(variant, _train_args(base, variant, params, base / "split", rank))
+        codes["evaluate"] = evaluate.main(_evaluate_args(base, params, base / "split"))
         codes["report"] = report.main([
-            "--params", str(params), "--metrics-dir", str(base / "metrics"),
-            "--curves", str(base / "metrics" / "curves"), "--labels", str(base / "split" / "labels.json"),
+            "--params", str(params), "--study", str(base / "metrics" / "study.json"),
+            "--curves", str(base / "metrics" / "curves"), "--dataset", str(base / "split" / "dataset.json"),
             "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
-        seconds["all"] = time.monotonic() - start
     return base, params, codes, uri
+
+
+def _stage(variant: str, rank: int | None) -> str:
+    """The key of a train instance in the fixture's exit codes."""
+    return f"train_{variant}" + (f" r{rank}" if rank is not None else "")
 
 
 def test_every_stage_exits_zero(pipeline):
@@ -85,24 +110,48 @@ def test_split_outputs(pipeline):
     assert total == 180 and metrics["n_labels"] == 3
 
 
-@pytest.mark.parametrize("variant", ["scratch", "full", "lora"])
-def test_train_outputs(pipeline, variant):
-    base, params, _, _ = pipeline
-    metrics = json.loads((base / "metrics" / f"train_{variant}.json").read_text())
+def test_split_writes_the_dataset_summary_the_report_reads(pipeline):
+    base, _, _, _ = pipeline
+    summary = json.loads((base / "split" / "dataset.json").read_text())
+    assert summary["labels"] == LABELS and sum(summary["rows_per_split"].values()) == 180
+
+
+@pytest.mark.parametrize("variant, rank", INSTANCES)
+def test_train_outputs(pipeline, variant, rank):
+    base, _, _, _ = pipeline
+    metrics = _read(base, variant, rank)
     assert set(metrics) == TRAIN_KEYS
-    assert metrics["epochs"] == 2 and metrics["best_epoch"] in (1, 2)
-    train_rows = len(pd.read_parquet(base / "split" / "train.parquet"))
-    assert metrics["steps"] == 2 * -(-train_rows // 16)
+    assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag")} == \
+           {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": _tag(variant, rank)}
+    per_epoch = -(-len(pd.read_parquet(base / "split" / "train.parquet")) // 16)
+    assert metrics["epochs"] == 2 and metrics["steps"] == metrics["planned_steps"] == 2 * per_epoch
+    assert metrics["stop_reason"] == f"completed 2 epochs ({2 * per_epoch} steps)"
+    assert metrics["best_step"] in (per_epoch, 2 * per_epoch)
+    assert metrics["best_epoch"] == metrics["best_step"] / per_epoch
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     assert (metrics["trainable_percent"] == 100.0) == (variant != "lora")
     assert metrics["size_on_disk_mb"] > 0 and metrics["train_seconds"] > 0
-    curve = pd.read_csv(base / "metrics" / "curves" / f"{variant}.csv")
-    assert list(curve.columns) == ["epoch", "train_loss", "val_macro_f1"] and curve["epoch"].tolist() == [1, 2]
-    assert metrics["val_macro_f1"] == pytest.approx(curve["val_macro_f1"].max())
-    out = base / "models" / variant
-    assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
-    ck = base / "checkpoints" / variant
-    assert not ck.exists()  # checkpoints (every 4 steps) are removed once the outputs are written
+    paths = _paths(base, variant, rank)
+    evals = pd.read_csv(paths["curve"] / "evals.csv")
+    assert list(evals.columns) == ["step", "epoch", "train_loss", "val_macro_f1"]
+    assert evals["step"].tolist() == [per_epoch, 2 * per_epoch] and evals["epoch"].tolist() == [1.0, 2.0]
+    assert metrics["val_macro_f1"] == pytest.approx(evals["val_macro_f1"].max())
+    steps = pd.read_csv(paths["curve"] / "steps.csv")
+    assert list(steps.columns) == ["step", "epoch", "train_loss", "lr"]
+    assert steps["step"].tolist() == list(range(10, 2 * per_epoch + 1, 10))  # train.log_every: 10
+    assert steps["epoch"].tolist() == [round(s / per_epoch, 3) for s in steps["step"]]
+    assert list(paths["out"].glob("*.safetensors")) and not list(paths["out"].glob("*.bin")) \
+        and not list(paths["out"].glob("*.pt"))
+    assert not paths["checkpoints"].exists()  # checkpoints (every 4 steps) are removed once the outputs are written
+
+
+def test_lora_instances_differ_only_by_their_rank(pipeline):
+    """Each train_lora instance takes its rank from --rank: rank·(in+out) adapter parameters per target."""
+    base, _, _, _ = pipeline
+    small, large = (_read(base, "lora", rank) for rank in RANKS)
+    targets = 2 * 2  # query and value in each of the tiny BERT's 2 layers, all 32 x 32
+    assert large["trainable_params"] - small["trainable_params"] == (RANKS[1] - RANKS[0]) * (32 + 32) * targets
+    assert large["total_params"] - small["total_params"] == (RANKS[1] - RANKS[0]) * (32 + 32) * targets
 
 
 @pytest.mark.parametrize("variant", ["scratch", "full"])
@@ -114,99 +163,155 @@ def test_trained_model_reloads_and_predicts_like_at_the_end_of_training(pipeline
 
     base, params_file, _, _ = pipeline
     params = load_params(params_file)
-    model = load_trained(variant, base / "models" / variant, params.model, LABELS, tiny_tokenizer)
+    model = load_trained(variant, _paths(base, variant)["out"], params.model, LABELS, tiny_tokenizer)
     assert model.config.id2label == dict(enumerate(LABELS))
     val = EncodedSplit.from_frame(pd.read_parquet(base / "split" / "val.parquet"))
     preds = predict(model, val, 64, tiny_tokenizer.pad_token_id, torch.device("cpu"))
-    best = json.loads((base / "metrics" / f"train_{variant}.json").read_text())["val_macro_f1"]
+    best = _read(base, variant)["val_macro_f1"]
     assert macro_f1(val.labels, preds, len(LABELS)) == pytest.approx(best)  # the saved weights are the best epoch's
+
+
+def _runs(uri: str, stage: str | None = None) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    where = f"tags.stage = '{stage}'" if stage else ""
+    return client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], filter_string=where)
 
 
 def test_runs_are_mirrored_to_mlflow(pipeline):
     import mlflow
 
     _, _, codes, uri = pipeline
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    by_stage = {r.data.tags["stage"]: r for r in runs}
-    assert set(by_stage) == set(codes) and len(runs) == len(codes)
+    runs = _runs(uri)
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(k.split()[0] for k in codes)
     assert all(r.info.status == "FINISHED" for r in runs)
-    full = by_stage["train_full"]
-    assert full.data.tags["variant"] == "full" and full.data.tags["resumed_from_step"] == "0"
-    assert full.data.params["train.seed"] == "7" and full.data.params["full.epochs"] == "2"
+    (full,) = _runs(uri, "train_full")
+    tags, params = full.data.tags, full.data.params
+    assert tags["variant"] == "full" and tags["resumed_from_step"] == "0" and float(tags["lr"]) == LRS["full"]
+    assert tags["stop_reason"].startswith("completed 2 epochs")
+    assert {k: params[k] for k in ("run.variant", "run.seed", "run.lr", "run.tag", "full.epochs")} == \
+           {"run.variant": "full", "run.seed": str(SEED), "run.lr": str(LRS["full"]), "run.tag": _tag("full", None),
+            "full.epochs": "2"}
+    assert not {"train.seed", "full.lr"} & set(params)  # per-instance values live under "run" only
     assert {"val_macro_f1", "trainable_params", "epoch_train_loss"} <= set(full.data.metrics)
-    artifacts = {a.path for a in client.list_artifacts(full.info.run_id)}
-    assert artifacts == {"train_full.json", "full.csv"}
-    assert by_stage["train_lora"].data.tags["lora_rank"] == "4"
+    assert not {"seed", "rank", "variant"} & set(full.data.metrics)  # the run record is params; "lr" is the schedule
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    tag = _tag("full", None)
+    assert {a.path for a in client.list_artifacts(full.info.run_id)} == {f"full-{tag}.json", tag}
+    assert {a.path for a in client.list_artifacts(full.info.run_id, tag)} == {f"{tag}/steps.csv", f"{tag}/evals.csv"}
+    lora = {r.data.tags["lora_rank"]: r for r in _runs(uri, "train_lora")}
+    assert set(lora) == {str(r) for r in RANKS}
+    assert {r.info.run_name for r in lora.values()} == {f"train_lora r{rank} s{SEED} lr{LRS['lora']}" for rank in RANKS}
+    for rank, run in lora.items():
+        assert run.data.tags["rank"] == rank and run.data.params["run.rank"] == rank
+        assert "lora.rank" in run.data.params and run.data.params["lora.rank"] == rank  # the instance's, not 8
 
 
 def test_train_runs_are_tagged_with_seed_and_checkpoint_key(pipeline):
-    import mlflow
-
     _, _, _, uri = pipeline
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    train_runs = [r for r in runs if r.data.tags["stage"].startswith("train_")]
-    assert train_runs
+    train_runs = [r for r in _runs(uri) if r.data.tags["stage"].startswith("train_")]
+    assert len(train_runs) == len(INSTANCES)
     for run in train_runs:
-        assert run.data.tags["seed"] == "7"
+        assert run.data.tags["seed"] == str(SEED)
         assert len(run.data.tags["checkpoint_key"]) == 16 and int(run.data.tags["checkpoint_key"], 16) >= 0
-    assert len({r.data.tags["checkpoint_key"] for r in train_runs}) == len(train_runs)  # one per variant
+    assert len({r.data.tags["checkpoint_key"] for r in train_runs}) == len(train_runs)  # one per instance
 
 
-@pytest.mark.parametrize("variant", ["scratch", "full", "lora"])
-def test_the_end_of_run_summary_adds_no_point_to_the_epoch_curve(pipeline, variant):
+@pytest.mark.parametrize("variant, rank", INSTANCES)
+def test_the_end_of_run_summary_adds_no_point_to_the_validation_curve(pipeline, variant, rank):
     """Issue 11, item 9: the summary's val_macro_f1 (step-less, so step 0) used to join the per-epoch curve."""
     import mlflow
 
     base, _, _, uri = pipeline
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
-                              filter_string=f"tags.stage = 'train_{variant}'")
-    metrics = json.loads((base / "metrics" / f"train_{variant}.json").read_text())
-    curve = client.get_metric_history(runs[0].info.run_id, "val_macro_f1")
-    assert [m.step for m in curve] == [metrics["steps"] // 2, metrics["steps"]]  # one point per epoch
-    history = pd.read_csv(base / "metrics" / "curves" / f"{variant}.csv")["val_macro_f1"].tolist()
-    assert [m.value for m in curve] == pytest.approx(history)
-    assert runs[0].data.metrics["best_val_macro_f1"] == pytest.approx(metrics["val_macro_f1"])
+    (run,) = [r for r in _runs(uri, f"train_{variant}") if r.data.tags.get("lora_rank") in (None, str(rank))]
+    metrics = _read(base, variant, rank)
+    curve = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_macro_f1")
+    evals = pd.read_csv(_paths(base, variant, rank)["curve"] / "evals.csv")
+    assert [m.step for m in curve] == evals["step"].tolist() == [metrics["steps"] // 2, metrics["steps"]]
+    assert [m.value for m in curve] == pytest.approx(evals["val_macro_f1"].tolist())
+    assert run.data.metrics["best_val_macro_f1"] == pytest.approx(metrics["val_macro_f1"])
     assert "val_macro_f1" in metrics and "best_val_macro_f1" not in metrics  # the DVC metrics keys stay
+
+
+ROWS = ["scratch", "full"] + [f"lora_r{rank}" for rank in RANKS]
 
 
 def test_evaluate_outputs(pipeline):
     base, _, _, _ = pipeline
     results = json.loads((base / "metrics" / "evaluate.json").read_text())
-    assert set(results) == {"scratch", "full", "lora", "tfidf_logreg"}
+    study = json.loads((base / "metrics" / "study.json").read_text())
+    assert set(results) == {*ROWS, "tfidf_logreg", "answer_rank"} and set(study["rows"]) == set(ROWS)
+    assert results["answer_rank"] == (study["answer"]["rank"] or 0) and study["answer"]["sentence"]  # 0: none
     test_rows = len(pd.read_parquet(base / "split" / "test.parquet"))
-    for name, res in results.items():
-        assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(res)
-        assert sum(map(sum, res["confusion_matrix"])) == test_rows
+    assert study["n_test"] == test_rows and study["labels"] == LABELS
+    shown = {"scratch", "full", study["record"], "tfidf_logreg"}
+    assert study["record"] in {f"lora_r{rank}" for rank in RANKS}
+    assert {p.stem for p in (base / "metrics" / "predictions").glob("*.csv")} == shown
+    for name in shown:
         preds = pd.read_csv(base / "metrics" / "predictions" / f"{name}.csv")
         assert list(preds.columns) == ["actual", "predicted"] and len(preds) == test_rows
         assert set(preds["actual"]) <= set(LABELS) and set(preds["predicted"]) <= set(LABELS)
-        assert res["accuracy"] == pytest.approx((preds["actual"] == preds["predicted"]).mean())
+        accuracy = results[name]["accuracy"]
+        assert accuracy == pytest.approx((preds["actual"] == preds["predicted"]).mean())
+        assert sum(map(sum, study["detail"][name]["confusion_matrix"])) == test_rows
     assert results["tfidf_logreg"]["macro_f1"] > 0.9  # separable by vocabulary
+    for name in ROWS:
+        row = study["rows"][name]
+        assert row["seeds"] == [SEED] and row["lr"] == LRS[row["variant"]]
+        assert row["stopped"] == [_read(base, row["variant"], row["rank"])["stop_reason"]]
 
 
 def test_evaluate_states_uncertainty_degenerate_models_and_the_paired_comparison(pipeline):
     base, _, _, _ = pipeline
     results = json.loads((base / "metrics" / "evaluate.json").read_text())
-    for name, res in results.items():
+    study = json.loads((base / "metrics" / "study.json").read_text())
+    for name in [*ROWS, "tfidf_logreg"]:
         for metric in ("macro_f1", "accuracy"):
-            assert res[f"{metric}_low"] <= res[metric] <= res[f"{metric}_high"], (name, metric)
-        if name != "tfidf_logreg":
-            assert res["degenerate"] is None or isinstance(res["degenerate"], str)
-    diff = results["lora"]["vs_full"]
-    assert diff["difference"] == pytest.approx(results["lora"]["macro_f1"] - results["full"]["macro_f1"])
-    assert diff["low"] <= diff["difference"] <= diff["high"]
-    assert diff["verdict"] == ("better" if diff["low"] > 0 else "worse" if diff["high"] < 0 else "indistinguishable")
+            assert results[name][f"{metric}_low"] <= results[name][metric] <= results[name][f"{metric}_high"], name
+    for name in ROWS:
+        degenerate = study["rows"][name]["degenerate"]
+        assert len(degenerate) == 1 and (degenerate[0] is None or isinstance(degenerate[0], str))
+        assert results[name]["degenerate"] == bool(degenerate[0])
+    for rank in RANKS:
+        diff = study["rows"][f"lora_r{rank}"]["vs_full"]
+        r = results[f"lora_r{rank}"]
+        assert r["vs_full"] == pytest.approx(diff["difference"])
+        assert diff["difference"] == pytest.approx(r["macro_f1"] - results["full"]["macro_f1"])
+        assert diff["low"] <= diff["difference"] <= diff["high"]
+        assert diff["verdict"] == ("better" if diff["low"] > 0 else "worse" if diff["high"] < 0
+                                   else "indistinguishable")
+
+
+def test_evaluate_writes_the_rank_curve_and_the_adapters_spectra_and_subspaces(pipeline):
+    base, _, _, _ = pipeline
+    study = json.loads((base / "metrics" / "study.json").read_text())
+    curve = pd.read_csv(base / "metrics" / "rank_curve.csv")
+    assert curve["rank"].tolist() == list(RANKS)
+    assert curve["lora_macro_f1"].tolist() == pytest.approx([study["rows"][f"lora_r{r}"]["macro_f1"]["mean"]
+                                                             for r in RANKS])
+    assert {s["rank"] for s in study["spectra"]} == set(RANKS)
+    for spectrum in study["spectra"]:
+        assert len(spectrum["layers"]) == 4  # query and value of 2 layers
+        assert all(len(layer["singular_values"]) == spectrum["rank"] for layer in spectrum["layers"].values())
+    assert len(study["subspace"]) == 4
+    for entry in study["subspace"]:
+        assert (entry["small_rank"], entry["large_rank"], entry["seed"]) == (RANKS[0], RANKS[1], SEED)
+        grid = entry["grid"]  # φ(i, j) for i <= small rank, j <= large rank, each in [0, 1]
+        assert len(grid) == RANKS[0] and all(len(row) == RANKS[1] for row in grid)
+        assert all(0.0 <= v <= 1.0 + 1e-6 for row in grid for v in row)
 
 
 def test_report_outputs(pipeline):
     base, _, _, _ = pipeline
     text = (base / "reports" / "report.md").read_text()
-    for title in ("BERT from scratch", "full fine-tuning", "LoRA (ours)", "TF-IDF + logistic regression"):
-        assert f"| {title} |" in text
-    for name in ("curves.png", "confusion.png"):
+    study = json.loads((base / "metrics" / "study.json").read_text())
+    assert study["answer"]["sentence"] in text
+    for title in ("BERT from scratch", "full fine-tuning", "LoRA r=", "TF-IDF + logistic regression"):
+        assert f"| {title}" in text
+    for rank in RANKS:
+        assert f"| LoRA r={rank} (ours)" in text
+    for name in ("rank_curve.png", "spectra.png", "curves.png", "confusion.png"):
         assert (base / "reports" / "figures" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         assert f"](figures/{name})" in text
 
@@ -214,18 +319,17 @@ def test_report_outputs(pipeline):
 def test_same_seed_same_result_even_over_a_foreign_checkpoint(pipeline, tmp_path, capsys):
     """Determinism (issue 4): a second run reproduces the first; a stale checkpoint of another run is ignored."""
     base, params, _, _ = pipeline
-    DirCheckpointer(tmp_path / "checkpoints2" / "full", "another-run").save({"loop": {"epoch": 1}})
-    assert _train("full", _train_args(tmp_path, "full", params, base / "split", tag="2")) == 0
+    first, second = _paths(base, "full"), _paths(tmp_path, "full")
+    DirCheckpointer(second["checkpoints"], "another-run").save({"loop": {"epoch": 1}})
+    assert _train("full", _train_args(tmp_path, "full", params, base / "split")) == 0
     err = capsys.readouterr().err  # the stage logs to stderr (run_stage replaces the root handlers)
     assert "ignoring checkpoint" in err and "resuming" not in err
-    first = json.loads((base / "metrics" / "train_full.json").read_text())
-    second = json.loads((tmp_path / "metrics2" / "train_full.json").read_text())
-    assert {k: v for k, v in first.items() if k not in WALL_CLOCK_KEYS} == \
-           {k: v for k, v in second.items() if k not in WALL_CLOCK_KEYS}
-    assert (base / "metrics" / "curves" / "full.csv").read_text() == \
-           (tmp_path / "metrics2" / "curves" / "full.csv").read_text()
-    a, b = load_file(base / "models" / "full" / "model.safetensors"), \
-        load_file(tmp_path / "models2" / "full" / "model.safetensors")
+    a, b = (json.loads(p["metrics"].read_text()) for p in (first, second))
+    assert {k: v for k, v in a.items() if k not in WALL_CLOCK_KEYS} == \
+           {k: v for k, v in b.items() if k not in WALL_CLOCK_KEYS}
+    for name in ("steps.csv", "evals.csv"):
+        assert (first["curve"] / name).read_text() == (second["curve"] / name).read_text(), name
+    a, b = load_file(first["out"] / "model.safetensors"), load_file(second["out"] / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -247,6 +351,22 @@ def test_unknown_param_exits_2_naming_the_key_and_writes_nothing(tmp_path, tiny_
     assert f"'{key}'" in err and "not a known key" in err and "Traceback" not in err
     assert set(tmp_path.iterdir()) == before  # no model, metrics, curve, checkpoint or split directory
 
+
+@pytest.mark.parametrize("variant, key, study_key", [("lora", "lora.rank", "study.ranks"),
+                                                     ("full", "full.lr", "study.full_lrs"),
+                                                     ("scratch", "train.seed", "study.seeds")])
+def test_a_per_instance_key_left_in_params_exits_2_pointing_at_the_study_list(tmp_path, tiny_model_dir, split_dir,
+                                                                             capsys, variant, key, study_key):
+    """An old params.yaml (``lora.rank: 8``) must not train silently at the CLI's value: it names the study list."""
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {key: 8, "mlflow.enabled": False})
+    before = set(tmp_path.iterdir())
+    assert _train(variant, _train_args(tmp_path, variant, params, split_dir, RANKS[0] if variant == "lora" else None)) \
+        == 2
+    err = capsys.readouterr().err
+    failure = [line for line in err.splitlines() if line.startswith(f"train_{variant} failed:")]
+    assert len(failure) == 1 and f"'{key}'" in failure[0] and f"'{study_key}'" in failure[0], err
+    assert "is set per stage instance now" in failure[0] and "Traceback" not in err
+    assert set(tmp_path.iterdir()) == before
 
 
 def test_a_cuda_device_on_a_cpu_only_torch_exits_2_with_one_line(tmp_path, tiny_model_dir, split_dir, capsys,
@@ -271,7 +391,8 @@ def test_first_token_last_layer_param_reaches_the_fit_config(choice):
     from lora_pipeline.training import FitConfig
 
     params = types.SimpleNamespace(train=TrainConfig(first_token_last_layer=choice), full=FullConfig())
-    assert FitConfig.from_params(params, "full", torch.device("cpu")).first_token_last_layer == choice
+    cfg = FitConfig.from_params(params, "full", torch.device("cpu"), lr=1e-4, seed=3)
+    assert cfg.first_token_last_layer == choice and (cfg.lr, cfg.seed) == (1e-4, 3)
 
 
 @pytest.mark.parametrize("choice, fast", [("fast", True), ("torch", False)])
@@ -283,7 +404,7 @@ def test_cpu_dropout_param_reaches_the_fit_config(choice, fast):
     from lora_pipeline.training import FitConfig
 
     params = types.SimpleNamespace(train=TrainConfig(cpu_dropout=choice), full=FullConfig())
-    assert FitConfig.from_params(params, "full", torch.device("cpu")).fast_cpu_dropout is fast
+    assert FitConfig.from_params(params, "full", torch.device("cpu"), lr=1e-4, seed=3).fast_cpu_dropout is fast
     assert dataclasses.asdict(params.train)["cpu_dropout"] == choice  # logged to MLflow with the train section
 
 
@@ -300,8 +421,7 @@ def test_a_split_file_missing_exits_2_with_one_line_naming_it(tmp_path, tiny_mod
     (split / missing).unlink()
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, {"mlflow.enabled": False})
     if stage == "evaluate":
-        rc = evaluate.main(["--params", str(params), "--split", str(split), "--models", str(tmp_path / "models"),
-                            "--metrics", str(tmp_path / "evaluate.json"), "--predictions", str(tmp_path / "pred")])
+        rc = evaluate.main(_evaluate_args(tmp_path, params, split))
     else:
         rc = _train("full", _train_args(tmp_path, "full", params, split))
     assert rc == 2

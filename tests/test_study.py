@@ -59,7 +59,7 @@ def test_identical_lora_and_full_give_the_smallest_rank_within_tolerance():
     rows, result = _study({2: bad, 8: good, 32: good}, good, y)
     assert result["rank"] == 8
     assert rows["lora_r8"]["vs_full"]["difference"] == 0.0
-    assert "from rank 8 on" in result["sentence"] and "indistinguishable from full fine-tuning" in result["sentence"]
+    assert "smallest LoRA rank within 1 point of full fine-tuning is 8 (also rank 32)" in result["sentence"] and "indistinguishable from full fine-tuning" in result["sentence"]
     assert rows["lora_r2"]["vs_full"]["verdict"] == "worse"
     assert rows["full"]["macro_f1"]["interval"] == "bootstrap over test examples"
     assert rows["full"]["macro_f1"]["low"] < rows["full"]["macro_f1"]["mean"] < rows["full"]["macro_f1"]["high"]
@@ -91,3 +91,66 @@ def test_several_seeds_use_the_t_interval_across_seeds():
     rows, _ = _study({8: good}, good, y, n_seeds=2)
     assert rows["lora_r8"]["macro_f1"]["interval"] == "t-interval across 2 seeds"
     assert rows["lora_r8"]["seeds"] == [0, 1]
+
+
+def test_grid_runs_keeps_the_current_grid_and_names_missing_instances():
+    from lora_pipeline.study import grid_runs
+
+    records = [_rec("full", None, 1, 5e-5, 0.8), _rec("lora", 8, 1, 0.002, 0.8), _rec("lora", 16, 1, 0.002, 0.8),
+               _rec("lora", 8, 1, 0.001, 0.7)]  # rank 16 and lr 1e-3: removed from the lists, files left behind
+    runs = grid_runs(records, [1], {"full": [5.0e-5], "lora": [2.0e-3]}, [8])
+    assert [(r["variant"], r["rank"], r["lr"]) for r in runs] == [("full", None, 5e-5), ("lora", 8, 0.002)]
+    with pytest.raises(PipelineError, match=r"no trained model for lora r32 seed 1 lr 0\.002, lora r8 seed 2 lr 0\.002, lora r32 seed 2"):
+        grid_runs(records, [1, 2], {"lora": [2e-3]}, [8, 32])
+
+
+def test_record_row_prefers_the_param_then_the_answer_then_the_largest_rank():
+    from lora_pipeline.study import record_row
+
+    rows = {n: {"variant": "lora", "rank": r} for n, r in (("lora_r2", 2), ("lora_r8", 8))} | \
+        {"full": {"variant": "full", "rank": None}}
+    assert record_row(rows, answer_rank=2, record_rank=8) == "lora_r8"
+    assert record_row(rows, answer_rank=2, record_rank=None) == "lora_r2"
+    assert record_row(rows, answer_rank=None, record_rank=None) == "lora_r8"
+    assert record_row({"full": rows["full"]}, None, None) is None
+
+
+def test_adapter_spectrum_and_subspace_overlaps_on_known_factors():
+    from lora_pipeline.study import adapter_spectrum, subspace_overlaps
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 16))
+    b = np.zeros((12, 4))
+    b[:, :2] = rng.standard_normal((12, 2))  # only two directions of A reach the output: ΔW has rank 2
+    spec = adapter_spectrum({"q": (a, b, 2.0)}, energy=1.0)["q"]
+    assert spec["effective_rank"] == 2 and len(spec["singular_values"]) == 4
+    np.testing.assert_allclose(spec["singular_values"], np.linalg.svd(2.0 * b @ a, compute_uv=False)[:4], atol=1e-9)
+    grid = subspace_overlaps({"q": (a, b, 1.0)}, {"q": (a, b, 1.0), "k": (a, b, 1.0)})
+    assert list(grid) == ["q"] and np.allclose(np.diag(grid["q"]), 1.0)
+
+
+def test_rank_curve_and_compact_metrics_carry_the_numbers_dvc_compares():
+    from lora_pipeline.study import compact_metrics, rank_curve
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    good = np.where(rng.random(400) < 0.9, y, 1 - y)
+    rows, result = _study({2: good, 8: good}, good, y)
+    curve = rank_curve(rows, tfidf_macro_f1=0.6)
+    assert [c["rank"] for c in curve] == [2, 8] and [c["log2_rank"] for c in curve] == [1.0, 3.0]
+    assert curve[0]["lora_macro_f1"] == pytest.approx(rows["lora_r2"]["macro_f1"]["mean"])
+    assert curve[0]["full_low"] <= curve[0]["full_macro_f1"] <= curve[0]["full_high"]
+    compact = compact_metrics(rows, {"macro_f1": 0.6}, result["rank"])
+    assert compact["lora_r8"]["vs_full"] == 0.0 and compact["lora_r8"]["vs_full_low"] == 0.0
+    assert compact["answer_rank"] == 2 and compact["full"]["seeds"] == 1 and "vs_full" not in compact["full"]
+
+
+def test_the_answer_names_larger_ranks_that_do_not_qualify():
+    """A rank curve need not be monotone: the sentence never implies every larger rank qualifies."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600)
+    good = np.where(rng.random(600) < 0.9, y, 1 - y)
+    bad = np.where(rng.random(600) < 0.6, y, 1 - y)
+    _, result = _study({2: bad, 8: good, 16: good, 32: bad}, good, y)
+    assert result["rank"] == 8
+    assert "within 1 point of full fine-tuning is 8 (also rank 16; not rank 32)" in result["sentence"]

@@ -142,7 +142,7 @@ def test_mlflow_tracker_logs_everything(store, tmp_path, caplog):
     uri, cfg = store
     with caplog.at_level(logging.WARNING):
         tracker = MlflowTracker(cfg, "train_lora", {"stage": "train_lora", "lora_rank": 8})
-        tracker.log_params({"lora": {"rank": 8, "target_modules": ("query", "value")}, "train": {"seed": 1}})
+        tracker.log_params({"lora": {"target_modules": ("query", "value")}, "run": {"rank": 8, "seed": 1}})
         tracker.log_metrics({"train_loss": 1.5, "lr": 1e-3}, step=1)
         tracker.log_metrics({"train_loss": 0.5}, step=2)
         tracker.log_metrics({"nested": {"f1": 0.75}, "note": "not a number"})
@@ -153,7 +153,7 @@ def test_mlflow_tracker_logs_everything(store, tmp_path, caplog):
     assert not [r for r in caplog.records if r.name.startswith("lora_pipeline")]
     (run,) = _runs(uri, cfg.experiment)
     assert run.info.status == "FINISHED" and run.info.run_name == "train_lora r8"
-    assert run.data.params == {"lora.rank": "8", "lora.target_modules": "('query', 'value')", "train.seed": "1"}
+    assert run.data.params == {"lora.target_modules": "('query', 'value')", "run.rank": "8", "run.seed": "1"}
     assert run.data.metrics == {"train_loss": 0.5, "lr": 1e-3, "nested.f1": 0.75}
     assert run.data.tags["stage"] == "train_lora" and run.data.tags["lora_rank"] == "8"
     assert run.data.tags["resumed_from_step"] == "0" and "skip" not in run.data.tags

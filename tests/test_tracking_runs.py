@@ -51,6 +51,7 @@ def _local(uri: str) -> Path:
      "train_lora r8 s42 [exp-a]"),
     ("train_lora", {"variant": "lora", "lora_rank": 2, "seed": 7}, None, "train_lora r2 s7"),
     ("train_full", {"variant": "full", "seed": 0}, None, "train_full s0"),  # seed 0 is a seed
+    ("train_full", {"variant": "full", "seed": 1, "lr": 5e-05}, None, "train_full s1 lr5e-05"),  # lr grid points
     ("train", {"variant": "scratch"}, None, "train scratch"),
     ("evaluate", {"stage": "evaluate"}, "exp-b", "evaluate [exp-b]"),
     ("report", {}, None, "report"),

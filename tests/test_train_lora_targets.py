@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from lora_pipeline.config import load_params
-from tests.conftest import write_params
+from tests.conftest import instance_args, write_params
 
 LAYERS = ("bert.encoder.layer.0", "bert.encoder.layer.1")
 
@@ -51,8 +51,9 @@ def test_each_documented_target_form_trains_the_modules_it_names(form, tmp_path,
     parsed = load_params(params).lora.target_modules
     assert parsed == (tuple(FORMS[form]) if isinstance(FORMS[form], list) else FORMS[form])
     out = tmp_path / "model"
-    rc = train_lora.main(["--params", str(params), "--split", str(split_dir), "--out", str(out),
-                          "--metrics", str(tmp_path / "metrics.json"), "--curve", str(tmp_path / "curve.csv"),
+    rc = train_lora.main(["--params", str(params), "--split", str(split_dir), *instance_args("lora"),
+                          "--out", str(out), "--metrics", str(tmp_path / "metrics.json"),
+                          "--curve", str(tmp_path / "curves"),
                           "--checkpoints", str(tmp_path / "ck"), "--no-progress"])
     assert rc == 0, capsys.readouterr().err[-3000:]
     config = json.loads((out / "adapter_config.json").read_text())

@@ -21,7 +21,7 @@ from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.models import build_model
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.training import FitConfig, fit
-from tests.conftest import LABELS, load_encoded, save_tiny_bert
+from tests.conftest import EPOCHS_ONLY, LABELS, load_encoded, save_tiny_bert  # EPOCHS_ONLY: re-exported
 
 CPU = torch.device("cpu")
 
@@ -39,6 +39,10 @@ class RecordingTracker:
 
     def log_metrics(self, metrics, step=None):
         self.metrics.append((step, dict(metrics)))
+
+    def steps_with(self, key: str) -> list[int | None]:
+        """The steps at which ``key`` was logged."""
+        return [step for step, m in self.metrics if key in m]
 
 
 def _model(model_dir: Path, seed: int = 0):
@@ -58,14 +62,16 @@ def data(split_dir):
 def test_fit_learns_the_toy_task(tiny_model_dir, data, tiny_tokenizer):
     train, val = data
     model = _model(tiny_model_dir)
-    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1)
+    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, **EPOCHS_ONLY)
     result = fit(model, train, val, cfg, pad_id=tiny_tokenizer.pad_token_id, device=CPU, progress=False)
     losses = [row["train_loss"] for row in result.history]
-    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in result.history] == [1.0, 2.0, 3.0, 4.0]
+    assert [row["step"] for row in result.history] == [8, 16, 24, 32]
     assert losses[-1] < 0.7 * losses[0], losses
     assert result.best_val_macro_f1 > 0.6  # 3 balanced classes: chance is ~0.33
     assert result.best_val_macro_f1 == max(row["val_macro_f1"] for row in result.history)
-    assert result.steps == 4 * -(-len(train) // 16)
+    assert result.steps == result.planned_steps == 4 * -(-len(train) // 16)
+    assert result.stop_reason == "completed 4 epochs (32 steps)"
     assert result.resumed_from_step == 0
     assert result.train_seconds > 0 and result.samples_per_second > 0
 
@@ -81,9 +87,9 @@ def test_fit_restores_the_best_epoch(monkeypatch, tiny_model_dir, data):
 
     monkeypatch.setattr(training, "_evaluate", scripted)
     model = _model(tiny_model_dir)
-    result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32), pad_id=0, device=CPU,
-                 progress=False)
-    assert result.best_epoch == 2 and result.best_val_macro_f1 == 0.9
+    result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32, **EPOCHS_ONLY), pad_id=0,
+                 device=CPU, progress=False)
+    assert (result.best_epoch, result.best_step, result.best_val_macro_f1) == (2.0, 8, 0.9)  # 4 steps per epoch
     assert [row["val_macro_f1"] for row in result.history] == [0.2, 0.9, 0.5]
     final = _state(model)
     for name, value in at_epoch_end[1].items():
@@ -97,8 +103,8 @@ def test_only_trainable_parameters_change(tiny_model_dir, data):
     for name, param in model.named_parameters():
         param.requires_grad = name.startswith("classifier.")
     before = _state(model)
-    fit(model, train, val, FitConfig(lr=1e-2, epochs=1, batch_size=32, weight_decay=0.1), pad_id=0, device=CPU,
-        progress=False)
+    fit(model, train, val, FitConfig(lr=1e-2, epochs=1, batch_size=32, weight_decay=0.1, **EPOCHS_ONLY), pad_id=0,
+        device=CPU, progress=False)
     after = _state(model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == {"classifier.weight", "classifier.bias"}
@@ -118,7 +124,7 @@ def test_no_weight_decay_on_biases_and_layer_norms(tiny_model_dir):
 def test_linear_warmup_then_linear_decay_to_zero(tiny_model_dir, data):
     train, val = data
     tracker = RecordingTracker()
-    cfg = FitConfig(lr=1e-3, epochs=2, batch_size=16, warmup_ratio=0.25, log_every=1)
+    cfg = FitConfig(lr=1e-3, epochs=2, batch_size=16, warmup_ratio=0.25, log_every=1, **EPOCHS_ONLY)
     fit(_model(tiny_model_dir), train, val, cfg, pad_id=0, device=CPU, tracker=tracker, progress=False)
     total = 2 * -(-len(train) // 16)
     warmup = int(0.25 * total)
@@ -135,13 +141,13 @@ def test_linear_warmup_then_linear_decay_to_zero(tiny_model_dir, data):
 
 def test_two_fits_with_the_same_seed_are_identical(tiny_model_dir, data):
     train, val = data
-    cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=3)
+    cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=3, **EPOCHS_ONLY)
     runs = []
     for _ in range(2):
         model = _model(tiny_model_dir, seed=11)  # dropout draws from the global RNG
         result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
-        runs.append((result.history, _state(model)))
-    assert runs[0][0] == runs[1][0]
+        runs.append(((result.history, result.steps_log), _state(model)))
+    assert runs[0][0] == runs[1][0] and runs[0][0][1]
     for name in runs[0][1]:
         assert torch.equal(runs[0][1][name], runs[1][1][name]), name
 
@@ -153,11 +159,29 @@ def test_fit_config_from_params_takes_every_shared_default_of_the_train_section(
     from lora_pipeline.config import LoraConfig, TrainConfig
 
     params = types.SimpleNamespace(train=TrainConfig(), lora=LoraConfig())
-    built = FitConfig.from_params(params, "lora", CPU)
-    assert built == FitConfig(lr=params.lora.lr, epochs=params.lora.epochs,
+    built = FitConfig.from_params(params, "lora", CPU, lr=2e-3, seed=7)
+    assert built == FitConfig(lr=2e-3, epochs=params.lora.epochs, seed=7,
                               bf16=resolve_bf16(params.train.precision, CPU))
     assert FitConfig(lr=1e-3, epochs=1).fast_cpu_dropout is False
-    assert built.checkpoint_every == params.train.checkpoint_every and built.seed == params.train.seed
+    assert (built.min_steps, built.max_steps, built.patience, built.eval_every, built.log_every) == (240, 240, 2, 0, 10)
+
+
+def test_fit_config_from_params_copies_every_train_field_it_shares():
+    """Issue 13: the run length knobs come from ``train`` like the others; lr and seed from the study grid point."""
+    import dataclasses
+    import types
+
+    from lora_pipeline.config import FullConfig, TrainConfig
+
+    train = TrainConfig(batch_size=8, eval_batch_size=16, weight_decay=0.2, warmup_ratio=0.3, max_grad_norm=0.5,
+                        checkpoint_every=7, first_token_last_layer=False, min_steps=11, max_steps=50, patience=4,
+                        eval_every=9, log_every=3, cpu_dropout="fast")
+    built = FitConfig.from_params(types.SimpleNamespace(train=train, full=FullConfig(epochs=5)), "full", CPU,
+                                  lr=1e-4, seed=123)
+    shared = [f.name for f in dataclasses.fields(FitConfig) if hasattr(train, f.name)]
+    assert {"min_steps", "max_steps", "patience", "eval_every", "log_every"} <= set(shared)
+    assert {name: getattr(built, name) for name in shared} == {name: getattr(train, name) for name in shared}
+    assert (built.lr, built.seed, built.epochs, built.fast_cpu_dropout) == (1e-4, 123, 5, True)
 
 
 def test_resolve_device():
@@ -190,7 +214,7 @@ def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, ti
     val = EncodedSplit.from_frame(frame[frame["label_id"] < 2].reset_index(drop=True))  # no class 2
     monkeypatch.setattr(training, "predict", lambda model, split, *a, **k: np.asarray(split.labels))  # all right
     result = fit(_model(tiny_model_dir), load_encoded(split_dir, "train"), val,
-                 FitConfig(lr=1e-3, epochs=1, batch_size=32), pad_id=0, device=CPU, progress=False)
+                 FitConfig(lr=1e-3, epochs=1, batch_size=32, **EPOCHS_ONLY), pad_id=0, device=CPU, progress=False)
     reported = classification_metrics(val.labels, val.labels, LABELS)["macro_f1"]
     assert reported == pytest.approx(2 / 3)
     assert result.history[0]["val_macro_f1"] == pytest.approx(reported)
@@ -198,19 +222,19 @@ def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, ti
 
 
 def test_epoch_log_lines_are_not_glued_onto_the_progress_bar(tiny_model_dir, data, capsys):
-    """Issue 11, "Logs": with the bar on, each epoch summary starts its own line (tqdm's logging redirection)."""
+    """Issue 11, "Logs": with the bar on, each validation summary starts its own line (tqdm's logging redirection)."""
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)  # capsys's stderr, as run_stage's handler is the real one
     handler.setFormatter(logging.Formatter("LOG %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    fit(_model(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16), pad_id=0, device=CPU,
-        progress=True)
+    fit(_model(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16, **EPOCHS_ONLY), pad_id=0,
+        device=CPU, progress=True)
     assert handler in root.handlers  # the redirection is undone
     err = capsys.readouterr().err
     assert "train:" in err  # the bar was drawn
-    epoch_lines = [line for line in re.split(r"[\r\n]", err) if re.search(r"epoch \d: train_loss", line)]
-    assert len(epoch_lines) == 2 and all(line.startswith("LOG epoch") for line in epoch_lines), epoch_lines
+    epoch_lines = [line for line in re.split(r"[\r\n]", err) if re.search(r"\(epoch [\d.]+\): train_loss", line)]
+    assert len(epoch_lines) == 2 and all(line.startswith("LOG step") for line in epoch_lines), epoch_lines
 
 
 def test_full_variant_loads_a_classifier_checkpoint_with_another_label_count(tmp_path, tiny_tokenizer):
@@ -262,7 +286,7 @@ def test_bf16_fit_learns_and_keeps_fp32_weights(tiny_model_dir, data, tiny_token
     model = _model(tiny_model_dir)
     seen = []
     model.classifier.register_forward_hook(lambda mod, args, out: seen.append((mod.training, out.dtype)))
-    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, bf16=True)
+    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, bf16=True, **EPOCHS_ONLY)
     result = fit(model, train, val, cfg, pad_id=tiny_tokenizer.pad_token_id, device=CPU, progress=False)
     assert result.best_val_macro_f1 > 0.6
     assert {dtype for _, dtype in seen} == {torch.bfloat16} and {mode for mode, _ in seen} == {True, False}

@@ -1,6 +1,6 @@
 """LoRA (arXiv:2106.09685): adapter layers, model surgery, adapter files and peft interoperability."""
 
-from .adapter_io import base_fingerprint, load_adapter, lora_state_dict, save_adapter, trained_modules
+from .adapter_io import adapter_factors, base_fingerprint, load_adapter, lora_state_dict, save_adapter, trained_modules
 from .errors import LoRAArgumentError
 from .layers import LoRAConv1D, LoRALayer, LoRALinear, wrap_layer
 from .peft_compat import export_peft, import_peft
@@ -24,6 +24,7 @@ __all__ = [
     "LoRAConv1D",
     "LoRALayer",
     "LoRALinear",
+    "adapter_factors",
     "apply_lora",
     "base_fingerprint",
     "count_parameters",

@@ -10,6 +10,7 @@ Tensors are read with safetensors only: no pickle.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import re
 from collections import Counter
@@ -29,6 +30,7 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "FORMAT_VERSION",
+    "adapter_factors",
     "adapter_settings",
     "base_fingerprint",
     "head_state_dict",
@@ -281,6 +283,29 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
     return config
+
+
+def adapter_factors(directory: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Each targeted module's ``(A (r, in), B (out, r), scaling)`` as saved in an adapter directory, without a model.
+
+    ``ΔW = scaling · B · A`` with scaling α/r (α/√r for rsLoRA), per-module rank/alpha patterns applied: what an
+    analysis of the learned updates (their singular values, subspaces) needs.
+
+    Raises:
+        FileNotFoundError / ValueError: not an adapter directory of this format, or a target without both factors.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    out = {}
+    for name in config["target_modules"]:
+        a, b = tensors.get(f"{name}.lora_a"), tensors.get(f"{name}.lora_b")
+        if a is None or b is None:
+            raise ValueError(f"{directory}: adapter has no {name}.lora_a/.lora_b although it targets {name}")
+        rank = config.get("rank_pattern", {}).get(name, config["rank"])
+        alpha = float(config.get("alpha_pattern", {}).get(name, config["alpha"]))
+        out[name] = (a, b, alpha / math.sqrt(rank) if config["rslora"] else alpha / rank)
+    return out
 
 
 def _setting_differences(layer: LoRALayer, name: str, config: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,292 @@
+"""The report's figures, drawn from ``metrics/study.json`` with matplotlib's object API (no pyplot state): the
+rank curve, the adapters' spectra, training curves and confusion matrices.
+
+Every figure draws something sensible for one rank, one seed, a missing scratch row or only degenerate rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+
+from .reporting import ordered_rows, row_title
+
+__all__ = ["FIGURE_FILES", "confusion_figure", "curves_figure", "rank_curve_figure", "save_figures",
+           "spectra_figure"]
+
+FIGURE_FILES = {"rank_curve": "rank_curve.png", "spectra": "spectra.png", "curves": "curves.png",
+                "confusion": "confusion.png"}
+DPI = 110
+MAX_LEGEND_LAYERS = 12  # more targeted layers than this: colour by depth, no per-layer legend
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _empty(ax: Axes, message: str) -> None:
+    """A panel that says why it is empty instead of an empty frame."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
+    ax.set_axis_off()
+
+
+def _lora_rows(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [row for _, row in ordered_rows(study) if row.get("variant") == "lora"]
+
+
+def _rank_axis(ax: Axes, ranks: Sequence[int]) -> None:
+    """A log2 x axis with a tick at each trained rank (and room around a single one)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(list(ranks)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(r) for r in ranks])
+    ax.set_xlim(min(ranks) / 1.5, max(ranks) * 1.5)
+    ax.set_xlabel("LoRA rank r")
+
+
+# ------------------------------------------------------------------------------------------------ rank curve
+
+
+def rank_curve_figure(study: Mapping[str, Any]) -> Figure:
+    """Left: test macro-F1 against rank with full fine-tuning as a band and the references as dashed lines.
+    Right: trainable parameters (log) and train time (twin axis) against rank, full fine-tuning's as flat lines."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    quality, cost = fig.subplots(1, 2)
+    lora = _lora_rows(study)
+    _quality_panel(quality, study, lora)
+    if lora:
+        _cost_panel(cost, study.get("rows", {}).get("full"), lora)
+    else:
+        _empty(cost, "no LoRA rank in the study")
+    return fig
+
+
+def _quality_panel(ax: Axes, study: Mapping[str, Any], lora: Sequence[Mapping[str, Any]]) -> None:
+    """LoRA's means with intervals against rank; the references alone where the study has no LoRA rank."""
+    rows = study.get("rows", {})
+    ranks = [r["rank"] for r in lora]
+    if lora:
+        _lora_points(ax, lora)
+        _rank_axis(ax, ranks)
+    else:
+        ax.set_xticks([])
+    full = rows.get("full")
+    if full:
+        m = full["macro_f1"]
+        if _finite(m.get("low")) and _finite(m.get("high")):
+            ax.axhspan(m["low"], m["high"], color="C1", alpha=0.2, label="full fine-tuning interval")
+        ax.axhline(m["mean"], color="C1", label=_ref_label("full fine-tuning", full))
+    scratch = rows.get("scratch")
+    if scratch:
+        ax.axhline(scratch["macro_f1"]["mean"], color="C2", ls="--", label=_ref_label("BERT from scratch", scratch))
+    tfidf = study.get("tfidf_logreg")
+    if tfidf:
+        ax.axhline(tfidf["macro_f1"], color="C3", ls="--", label="TF-IDF + logistic regression")
+    ax.set(ylabel="test macro-F1", title="test macro-F1 against LoRA rank" if lora else "no LoRA rank in the study")
+    ax.legend(fontsize=8, loc="best")
+
+
+def _lora_points(ax: Axes, lora: Sequence[Mapping[str, Any]]) -> None:
+    ranks = [r["rank"] for r in lora]
+    mean = np.array([r["macro_f1"]["mean"] for r in lora], dtype=float)
+    low = np.array([r["macro_f1"]["low"] if _finite(r["macro_f1"].get("low")) else np.nan for r in lora], dtype=float)
+    high = np.array([r["macro_f1"]["high"] if _finite(r["macro_f1"].get("high")) else np.nan for r in lora],
+                    dtype=float)
+    yerr = np.nan_to_num(np.vstack([mean - low, high - mean]))  # no interval: a bare point
+    ax.errorbar(ranks, mean, yerr=yerr, marker="o", capsize=4, color="C0", label="LoRA (ours), mean [interval]")
+    bad = [(r["rank"], r["macro_f1"]["mean"]) for r in lora if any(r.get("degenerate", []))]
+    if bad:
+        ax.scatter(*zip(*bad), marker="x", s=90, color="red", zorder=3, label="degenerate (not a result)")
+
+
+def _ref_label(title: str, row: Mapping[str, Any]) -> str:
+    return title + (" (degenerate)" if any(row.get("degenerate", [])) else "")
+
+
+def _cost_panel(ax: Axes, full: Optional[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> None:
+    ranks = [r["rank"] for r in lora]
+    params = [r.get("trainable_params") if _finite(r.get("trainable_params")) else np.nan for r in lora]
+    seconds = [r.get("train_seconds") if _finite(r.get("train_seconds")) else np.nan for r in lora]
+    ax.plot(ranks, params, marker="o", color="C0", label="trainable parameters")
+    time_ax = ax.twinx()
+    time_ax.plot(ranks, seconds, marker="s", color="C4", label="train time (s)")
+    if full and _finite(full.get("trainable_params")):
+        ax.axhline(full["trainable_params"], color="C0", ls=":", label="full fine-tuning: parameters")
+    if full and _finite(full.get("train_seconds")):
+        time_ax.axhline(full["train_seconds"], color="C4", ls=":", label="full fine-tuning: train time")
+    if any(_finite(p) and p > 0 for p in params):
+        ax.set_yscale("log")
+    _rank_axis(ax, ranks)
+    ax.set(ylabel="trainable parameters (log)", title="what each rank costs")
+    time_ax.set_ylabel("train time (s)")
+    time_ax.set_ylim(bottom=0)
+    handles = [h for a in (ax, time_ax) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize=8, loc="center right")
+
+
+# --------------------------------------------------------------------------------------------------- spectra
+
+
+def _short_layer(name: str) -> str:
+    """``bert.encoder.layer.3.attention.self.query`` → ``L3 query`` (the legend has little room)."""
+    match = re.search(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.", name)
+    leaf = name.rsplit(".", 1)[-1]
+    return f"L{match.group(1)} {leaf}" if match else ".".join(name.split(".")[-2:])
+
+
+def _first_seed_spectra(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """One spectrum per LoRA rank: the first seed's."""
+    first: dict[int, Mapping[str, Any]] = {}
+    for spec in sorted(study.get("spectra", []), key=lambda s: (s["rank"], s.get("seed") or 0)):
+        first.setdefault(spec["rank"], spec)
+    return [first[r] for r in sorted(first)]
+
+
+def _mean_grids(study: Mapping[str, Any]) -> list[tuple[int, int, int, np.ndarray, int]]:
+    """Per smaller rank (first seed): ``(small, large, seed, φ grid averaged over layers, layers)``."""
+    cells: dict[tuple[int, int], list] = {}
+    seed_of: dict[tuple[int, int], int] = {}
+    for item in sorted(study.get("subspace", []), key=lambda s: s.get("seed") or 0):
+        key = (item["small_rank"], item["large_rank"])
+        seed_of.setdefault(key, item.get("seed"))
+        if item.get("seed") == seed_of[key]:
+            cells.setdefault(key, []).append(np.asarray(item["grid"], dtype=float))
+    return [(s, l, seed_of[(s, l)], np.mean(np.stack(g), axis=0), len(g)) for (s, l), g in sorted(cells.items())]
+
+
+def spectra_figure(study: Mapping[str, Any]) -> Figure:
+    """Top row: normalised singular values of ΔW per targeted layer, one panel per rank (first seed). Bottom row
+    (when the study has several ranks): the subspace similarity φ of each smaller rank with the largest."""
+    spectra, grids = _first_seed_spectra(study), _mean_grids(study)
+    cols = max(1, len(spectra), len(grids))
+    fig = Figure(figsize=(4.2 * cols, 3.8 * (2 if grids else 1)), layout="constrained")
+    axes = fig.subplots(2 if grids else 1, cols, squeeze=False)
+    if not spectra:
+        _empty(axes[0][0], "no LoRA adapter in the study")
+    for ax, spec in zip(axes[0], spectra):
+        _spectrum_panel(ax, spec)
+    if spectra:
+        fig.suptitle(f"singular values of each update ΔW (one line per targeted layer); effective rank: those holding "
+                     f"{100 * study.get('energy', 0.9):g} % of its energy", fontsize=10)
+    for ax, grid in zip(axes[1] if grids else [], grids):
+        _subspace_panel(fig, ax, *grid)
+    for ax in [*axes[0][max(1, len(spectra)):], *(axes[1][len(grids):] if grids else [])]:
+        ax.set_axis_off()  # fewer panels in this row than columns
+    return fig
+
+
+def _spectrum_panel(ax: Axes, spec: Mapping[str, Any]) -> None:
+    layers = spec.get("layers", {})
+    ranks = [v["effective_rank"] for v in layers.values()]
+    colours = [f"C{i % 10}" for i in range(len(layers))] if len(layers) <= MAX_LEGEND_LAYERS else \
+        [(0.1 + 0.8 * i / max(1, len(layers) - 1), 0.3, 0.9 - 0.8 * i / max(1, len(layers) - 1))
+         for i in range(len(layers))]
+    for colour, (name, values) in zip(colours, layers.items()):
+        sv = np.asarray(values["singular_values"], dtype=float)
+        if sv.size == 0 or sv[0] <= 0:
+            continue  # an update that never left zero has no spectrum to draw
+        ax.plot(np.arange(1, sv.size + 1), np.maximum(sv / sv[0], 1e-12), marker=".", color=colour,
+                label=f"{_short_layer(name)} (eff. {values['effective_rank']})")
+    if not ax.lines:
+        _empty(ax, f"rank {spec['rank']}: every update is zero")
+        return
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    mean = sum(ranks) / len(ranks)
+    ax.set(xlabel="singular value index", ylabel="σ / σ₁ (log)")
+    ax.set_title(f"r={spec['rank']} (seed {spec.get('seed')}): effective rank {mean:.1f} ({min(ranks)}–{max(ranks)})",
+                 fontsize=10)
+    if len(layers) <= MAX_LEGEND_LAYERS:
+        ax.legend(fontsize=6, ncol=2)
+
+
+def _subspace_panel(fig: Figure, ax: Axes, small: int, large: int, seed: int, grid: np.ndarray, layers: int) -> None:
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest",
+                      extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=f"j (top-j directions of r={large})", ylabel=f"i (top-i directions of r={small})")
+    ax.set_title(f"φ(r={small}, r={large}), mean over {layers} layers, seed {seed}", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+# ---------------------------------------------------------------------------------------------------- curves
+
+
+def curves_figure(curves: Mapping[str, tuple[Optional[pd.DataFrame], Optional[pd.DataFrame]]]) -> Figure:
+    """Per-step training loss and validation macro-F1 against epoch (integer ticks), one line per title.
+
+    Args:
+        curves: per line title, ``(steps, evals)``: the frames of ``steps.csv`` (epoch, train_loss) and
+            ``evals.csv`` (epoch, val_macro_f1); either may be None.
+    """
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    loss_ax, f1_ax = fig.subplots(1, 2)
+    for i, (title, (steps, evals)) in enumerate(curves.items()):
+        if steps is not None and {"epoch", "train_loss"} <= set(steps.columns) and len(steps):
+            loss_ax.plot(steps["epoch"], steps["train_loss"], color=f"C{i % 10}", lw=1, label=title)
+        if evals is not None and {"epoch", "val_macro_f1"} <= set(evals.columns) and len(evals):
+            f1_ax.plot(evals["epoch"], evals["val_macro_f1"], color=f"C{i % 10}", marker="o", label=title)
+    for ax, what in ((loss_ax, "training loss (per logged step)"), (f1_ax, "validation macro-F1")):
+        if not ax.lines:
+            _empty(ax, f"{what}: no curve found")
+            continue
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=what, xlabel="epoch")
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------- confusion
+
+
+def _tick_label(label: str, width: int = 14) -> str:
+    """A long class name wrapped on word boundaries (at most 3 lines, then cut) so ticks never overlap."""
+    lines = textwrap.wrap(label, width, break_long_words=True) or [label]
+    return "\n".join(lines[:3]) + ("…" if len(lines) > 3 else "")
+
+
+def confusion_figure(results: Mapping[str, Mapping[str, Any]], labels: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrices side by side, one per row name (``results[name]["confusion_matrix"]``);
+    long class names are wrapped and the x ticks rotated, so none overlap."""
+    ticks = [_tick_label(label) for label in labels]
+    side = max(4.0, 0.45 * len(labels) + 1.2 * max([t.count("\n") + 1 for t in ticks] or [1]))
+    fig = Figure(figsize=(side * max(1, len(results)), side + 1), layout="constrained")
+    axes = fig.subplots(1, max(1, len(results)), squeeze=False)[0]
+    if not results:
+        _empty(axes[0], "no confusion matrix in the study")
+    for ax, (name, res) in zip(axes, results.items()):
+        cm = np.asarray(res["confusion_matrix"], dtype=float)
+        norm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.6 else "black")
+        seed = f" (seed {res['seed']})" if res.get("seed") is not None else ""
+        ax.set(title=row_title(name) + seed, xticks=range(len(labels)), yticks=range(len(labels)),
+               xlabel="predicted", ylabel="actual")
+        ax.set_xticklabels(ticks, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_yticklabels(ticks, fontsize=8)
+    return fig
+
+
+def save_figures(study: Mapping[str, Any], curves: Mapping[str, tuple], folder: Path) -> dict[str, Path]:
+    """Draw every figure of the report into ``folder``; returns their paths by key (see ``FIGURE_FILES``)."""
+    detail = study.get("detail", {})
+    shown = {n: detail[n] for n in ("scratch", "full", study.get("record"), "tfidf_logreg") if n in detail}
+    figures = {"rank_curve": rank_curve_figure(study), "spectra": spectra_figure(study),
+               "curves": curves_figure(curves), "confusion": confusion_figure(shown, study.get("labels", []))}
+    paths = {}
+    for key, fig in figures.items():
+        paths[key] = Path(folder) / FIGURE_FILES[key]
+        fig.savefig(paths[key], dpi=DPI)
+    return paths
