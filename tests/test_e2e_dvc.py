@@ -142,8 +142,11 @@ def test_report_holds_the_answer_and_both_figures(repo):
     for figure in ("rank_curve.png", "spectra.png", "curves.png"):
         assert f"figures/{figure}" in report and (repo / "reports/figures" / figure).stat().st_size > 5000, figure
     assert (repo / "reports/validation/index.html").is_file()
-    shown = _run(["dvc", "plots", "show", "--json"], repo, env).stdout
-    assert "rank_curve.csv" in shown and "steps.csv" in shown
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], repo, env).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    (rank_plot,) = [v for k, v in shown["data"].items() if k.startswith("test macro-F1 against LoRA rank")]
+    assert {row["rank"] for row in rank_plot[0]["content"]["data"]["values"]} == {str(r) for r in RANKS}
+    assert any(k.endswith("/steps.csv") for k in shown["data"]) and any(k.endswith("/evals.csv") for k in shown["data"])
 
 
 def test_trained_lora_round_trips_through_peft(repo, tmp_path):
