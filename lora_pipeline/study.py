@@ -220,6 +220,19 @@ def record_row(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int]
     return row_name("lora", rank)
 
 
+def registry_pick(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int]) -> tuple[Optional[str], str]:
+    """The row whose model the Model Registry gets, and why: the answer's LoRA rank, else (no rank within
+    tolerance) the non-degenerate row with the best mean test macro-F1 — a deployment pick, not a claim that it
+    beats the others. None when every row is degenerate."""
+    if answer_rank is not None and row_name("lora", answer_rank) in rows:
+        return row_name("lora", answer_rank), "the study's answer: smallest LoRA rank within tolerance of full"
+    usable = [(name, r) for name, r in rows.items() if not any(r["degenerate"])]
+    if not usable:
+        return None, "every trained model is degenerate"
+    name = max(usable, key=lambda item: item[1]["macro_f1"]["mean"])[0]
+    return name, "best mean test macro-F1 (no LoRA rank within tolerance; not a significance claim)"
+
+
 def adapter_spectrum(factors: Mapping[str, tuple[np.ndarray, np.ndarray, float]], energy: float = 0.9) -> dict:
     """Per targeted layer: singular values of ΔW = scaling·B·A (descending) and its effective rank."""
     from .statistics import delta_singular_values, effective_rank

@@ -20,7 +20,7 @@ from pathlib import Path
 from time import monotonic
 from time import sleep as wait  # the lock's poll, apart from the retry backoff (tests patch time)
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -32,9 +32,10 @@ except ImportError:  # Windows: no cross-process lock on store creation
 from .config import MlflowConfig
 
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
-           "log_stage_run", "flatten", "run_display_name"]
+           "log_stage_run", "flatten", "run_display_name", "git_commit"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SECRET_QUERY = re.compile(r"(?i)((?:token|password|passwd|secret|key|sig|signature)=)[^&\s]+")
 
@@ -92,7 +93,7 @@ def _project_root(start: Path) -> Path:
     return start
 
 
-def _git_commit() -> Optional[str]:
+def git_commit() -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -225,6 +226,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_artifact(self, path: str | Path) -> None: ...
+    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]: ...
     def close(self, failed: bool = False) -> None: ...
 
 
@@ -249,6 +251,7 @@ class NullTracker(_ClosedOnExit):
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: pass
     def set_tags(self, tags: Mapping[str, Any]) -> None: pass
     def log_artifact(self, path: str | Path) -> None: pass
+    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]: return None
     def close(self, failed: bool = False) -> None: pass
 
 
@@ -286,7 +289,7 @@ class MlflowTracker(_ClosedOnExit):
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        all_tags = {"git_commit": _git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), **tags,
+        all_tags = {"git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), **tags,
                     "host": socket.gethostname(), "pid": os.getpid()}
         all_tags = {k: redact(str(v)) for k, v in all_tags.items() if v is not None}
         # the first access of a brand-new SQLite store runs MLflow's schema migrations, and two queued workers
@@ -342,6 +345,13 @@ class MlflowTracker(_ClosedOnExit):
         fn = (lambda: self._mlflow.log_artifacts(str(path), artifact_path=path.name)) if path.is_dir() \
             else (lambda: self._mlflow.log_artifact(str(path)))
         self._call("artifacts", fn)
+
+    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]:
+        """``fn(mlflow)`` inside this run, under the same never-fail rules as every other call (``what`` names it
+        in the warning); its result, or None when it failed or tracking is off."""
+        done: list[T] = []
+        self._call(what, lambda: done.append(fn(self._mlflow)))
+        return done[-1] if done else None
 
     def close(self, failed: bool = False) -> None:
         self._call("end", lambda: self._mlflow.end_run(status="FAILED" if failed else "FINISHED"))

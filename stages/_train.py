@@ -15,7 +15,8 @@ from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.files import atomic_dir, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
-from lora_pipeline.models import Variant, build_model, save_trained
+from lora_pipeline.inference import ModelCard
+from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
 from lora_pipeline.tracking import open_tracker
@@ -96,8 +97,12 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
                                                                  "precision": "bf16" if cfg.bf16 else "fp32"}})
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
                      checkpointer=checkpointer if cfg.checkpoint_every else None, progress=not args.no_progress)
-        save_trained(variant, model, tokenizer, args.out, lora=params.lora, base_model_name=params.model.name)
-        metrics = {**run, **_metrics(model, result, device, args.out, cfg)}
+        card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
+                         text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
+                         base_model=params.model.name if variant == "lora" else None)
+        save_trained(variant, model, tokenizer, args.out, card=card, lora=params.lora,
+                     save_merged=variant == "lora" and params.lora.save_merged)
+        metrics = {**run, **_metrics(model, result, device, weights_files(variant, args.out), cfg)}
         write_json(args.metrics, metrics)
         _write_curves(result, args.curve)
         checkpointer.clear()
@@ -105,6 +110,14 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
         tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason})
         for path in (args.metrics, args.curve):
             tracker.log_artifact(path)
+        digest = model_digest(weights_files(variant, args.out))
+        tracker.use("model", lambda mlflow: _log_model(mlflow, args.out, digest))
+
+
+def _log_model(mlflow, out: str, digest: str) -> str:
+    from lora_pipeline import mlflow_model  # imports mlflow.pyfunc: only when tracking is on
+
+    return mlflow_model.log_trained(mlflow, out, digest)
 
 
 def _run_record(args: argparse.Namespace, variant: Variant) -> dict:
@@ -122,7 +135,7 @@ def summary_for_tracking(metrics: dict) -> dict:
     return {("best_val_macro_f1" if key == "val_macro_f1" else key): value for key, value in metrics.items()}
 
 
-def _metrics(model, result, device: torch.device, out: str, cfg: FitConfig) -> dict:
+def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitConfig) -> dict:
     trainable, total = count_parameters(model)
     return {
         "val_macro_f1": result.best_val_macro_f1,
@@ -138,7 +151,7 @@ def _metrics(model, result, device: torch.device, out: str, cfg: FitConfig) -> d
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": round(100.0 * trainable / total, 4),
-        "size_on_disk_mb": round(sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20, 3),
+        "size_on_disk_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 3),  # weights + their config
         "device": device.type,
         "precision": "bf16" if cfg.bf16 else "fp32",
     }

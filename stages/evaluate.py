@@ -18,11 +18,11 @@ from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
 from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
 from lora_pipeline.lora import adapter_factors
-from lora_pipeline.models import load_trained
+from lora_pipeline.models import load_trained, model_digest, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.statistics import bootstrap_metric_ci
-from lora_pipeline.tracking import log_stage_run
+from lora_pipeline.tracking import git_commit, open_tracker
 from stages._cli import run_stage
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,40 @@ def _evaluate(args: argparse.Namespace) -> None:
     compact = study.compact_metrics(rows, tfidf, answer["rank"])
     write_json(args.metrics, compact)
     log.info("%s", answer["sentence"])
-    log_stage_run(params.mlflow, "evaluate", params={"study": dataclasses.asdict(s),
-                                                     "baseline": dataclasses.asdict(params.baseline)},
-                  metrics={f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
-                           for k in ("accuracy", "macro_f1") if k in r},
-                  artifacts=[args.metrics, args.study, args.rank_curve, args.predictions],
-                  tags={"answer": answer["sentence"][:250], "answer_rank": answer["rank"]})
+    with open_tracker(params.mlflow, "evaluate", {"stage": "evaluate", "answer": answer["sentence"][:250],
+                                                  "answer_rank": answer["rank"]}) as tracker:
+        tracker.log_params({"study": dataclasses.asdict(s), "baseline": dataclasses.asdict(params.baseline)})
+        tracker.log_metrics({f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
+                             for k in ("accuracy", "macro_f1") if k in r})
+        for path in (args.metrics, args.study, args.rank_curve, args.predictions):
+            tracker.log_artifact(path)
+        _register(tracker, params, groups, rows, preds, answer, test, labels, Path(args.models))
+
+
+def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,
+              labels: list[str], models: Path) -> None:
+    """Register the study's pick (its first seed's model) in the Model Registry under ``mlflow.registered_model``."""
+    name, why = study.registry_pick(rows, answer["rank"])
+    if name is None:
+        log.warning("Model Registry: nothing registered (%s)", why)
+        return
+    group = next(g for g in groups if g.name == name)
+    rec = group.records[0]
+    directory = models / group.variant / rec["tag"]
+    score = classification_metrics(test.labels, preds[name][0], labels)["macro_f1"]
+    tags = {"variant": group.variant, "rank": group.rank, "seed": rec["seed"], "lr": rec["lr"], "tag": rec["tag"],
+            "test_macro_f1": round(score, 4), "selection": why, "git_commit": git_commit()}
+    digest, cfg = model_digest(weights_files(group.variant, directory)), params.mlflow
+
+    def register(mlflow):
+        from lora_pipeline import mlflow_model  # imports mlflow.pyfunc: only when tracking is on
+
+        return mlflow_model.register_pick(mlflow, directory, digest, cfg.registered_model, cfg.alias, tags)
+
+    version = tracker.use("registry", register)
+    if version is not None:
+        log.info("Model Registry: %s (%s) is %s version %s, alias %s", name, rec["tag"],
+                 params.mlflow.registered_model, version, params.mlflow.alias)
 
 
 def main(argv: list[str] | None = None) -> int:

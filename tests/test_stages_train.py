@@ -61,15 +61,15 @@ def _train(variant: str, argv: list[str]) -> int:
     return {"scratch": train_scratch, "full": train_full, "lora": train_lora}[variant].main(argv)
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_model_dir):
+def run_chain(tmp_path_factory, tiny_model_dir, overrides: dict | None = None):
     """Run every stage after validate once; returns (base dir, params file, {stage: exit code}, uri)."""
     from stages import evaluate, report, split
 
     base = tmp_path_factory.mktemp("stages")
     clean = write_clean(base / "clean", make_frame(60))
     params = write_params(base / "params.yaml", tiny_model_dir,
-                          {"mlflow.experiment": EXPERIMENT, "train.checkpoint_every": 4, "study.ranks": list(RANKS)})
+                          {"mlflow.experiment": EXPERIMENT, "train.checkpoint_every": 4, "study.ranks": list(RANKS),
+                           **(overrides or {})})
     codes = {}
     with pytest.MonkeyPatch.context() as mp, restored_logging():
         uri = isolate_env(mp, tmp_path_factory)
@@ -83,6 +83,12 @@ def pipeline(tmp_path_factory, tiny_model_dir):
             "--curves", str(base / "metrics" / "curves"), "--dataset", str(base / "split" / "dataset.json"),
             "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
     return base, params, codes, uri
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, tiny_model_dir):
+    """Run every stage after validate once; returns (base dir, params file, {stage: exit code}, uri)."""
+    return run_chain(tmp_path_factory, tiny_model_dir)
 
 
 def _stage(variant: str, rank: int | None) -> str:

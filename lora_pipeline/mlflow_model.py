@@ -1,0 +1,130 @@
+"""Trained models in MLflow: a ``pyfunc`` model logged by every train stage, and the registry entry of the study's pick.
+
+Why ``pyfunc`` and not MLflow's ``transformers`` flavor: that flavor stores a whole transformers model, so a LoRA
+run would log a copy of its base (≈ 87 MB instead of < 1 MB) and could not take the adapter as trained. The
+pyfunc logs the model directory exactly as the train stage wrote it (for LoRA: the adapter, its peft export and
+the tokenizer; the base is resolved where the model is loaded), loads it with
+:func:`~lora_pipeline.inference.load_classifier` (LoRA merged in memory: no added latency), takes single texts or
+sentence pairs, and answers with the label and every class probability. The package's code travels with the
+model (``code_paths``), so ``mlflow models serve`` needs only the dependencies, not a checkout.
+
+The functions here take the ``mlflow`` module; stages call them through ``tracker.use(...)``
+(:class:`~lora_pipeline.tracking.MlflowTracker`), under its never-fail rules.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import mlflow.pyfunc
+import pandas as pd
+
+from .inference import ModelCard, load_classifier, predict_frame, read_card
+
+__all__ = ["ARTIFACT", "MODEL_NAME", "TextClassifierModel", "log_classifier", "log_trained", "find_logged_model",
+           "register_classifier", "register_pick"]
+
+ARTIFACT = "classifier"  # the pyfunc's artifact key: the model directory
+MODEL_NAME = "model"  # name of the logged model within its run
+DIGEST_TAG = "model_digest"  # train runs carry the digest of what they logged; evaluate finds them by it
+URI_TAG = "model_uri"
+
+
+class TextClassifierModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with ``text`` (and ``text_pair`` for pair models). Output: ``label``, ``prob_<label>``…
+
+    ``LORA_PIPELINE_DEVICE`` (auto | cpu | cuda[:N]) picks the device of a served model; ``LORA_PIPELINE_BATCH``
+    its batch size (default 64).
+    """
+
+    def load_context(self, context: Any) -> None:
+        self._classifier = load_classifier(context.artifacts[ARTIFACT],
+                                           device=os.environ.get("LORA_PIPELINE_DEVICE", "auto"))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
+        return predict_frame(self._classifier, model_input, batch_size=int(os.environ.get("LORA_PIPELINE_BATCH", "64")))
+
+
+def _signature(card: ModelCard):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = [ColSpec("string", "text")] + ([ColSpec("string", "text_pair")] if card.text_pair else [])
+    outputs = [ColSpec("string", "label")] + [ColSpec("double", f"prob_{name}") for name in card.labels]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def _requirements(card: ModelCard) -> list[str]:
+    """Pinned to what this environment runs; the embedded base model's package when a LoRA adapter needs it."""
+    names = ["torch", "transformers", "safetensors", "tokenizers", "pandas", "numpy", "scikit-learn", "pyyaml"]
+    if card.base_model and card.base_model.startswith("package:"):
+        names.append(card.base_model[len("package:"):].partition("/")[0].replace("_", "-"))
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_classifier(mlflow: Any, directory: str | Path) -> Any:
+    """Log the model directory as a pyfunc model of the active run, with its signature and an input example.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri`` is what :func:`register_classifier` takes).
+    """
+    card = read_card(directory)
+    example = pd.DataFrame({"text": ["a funny, moving and well acted film"]}
+                           | ({"text_pair": ["the film is worth seeing"]} if card.text_pair else {}))
+    package = Path(__file__).resolve().parent
+    return mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=TextClassifierModel(),
+                                   artifacts={ARTIFACT: str(directory)}, signature=_signature(card),
+                                   input_example=example, code_paths=[str(package)],
+                                   pip_requirements=_requirements(card))
+
+
+def find_logged_model(mlflow: Any, experiment_id: str, digest: str) -> Optional[str]:
+    """The ``model_uri`` of the newest finished run that logged the model with ``digest``, or None."""
+    runs = mlflow.search_runs([experiment_id], filter_string=f"tags.{DIGEST_TAG} = '{digest}' and "
+                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                              output_format="list") or []
+    for run in runs:
+        if run.data.tags.get(URI_TAG):
+            return run.data.tags[URI_TAG]
+    return None
+
+
+def register_classifier(mlflow: Any, model_uri: str, name: str, alias: str, tags: Mapping[str, Any]) -> str:
+    """Register ``model_uri`` as a new version of ``name``, tag it, and point ``alias`` at it.
+
+    Returns:
+        The version number.
+    """
+    clean = {k: str(v) for k, v in tags.items() if v is not None}
+    version = mlflow.register_model(model_uri, name, tags=clean)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def log_trained(mlflow: Any, directory: str | Path, digest: str) -> str:
+    """A train stage's model: logged to the active run, which is tagged with its digest and model URI."""
+    info = log_classifier(mlflow, directory)
+    mlflow.set_tags({DIGEST_TAG: digest, URI_TAG: info.model_uri})
+    return info.model_uri
+
+
+def register_pick(mlflow: Any, directory: str | Path, digest: str, name: str, alias: str,
+                  tags: Mapping[str, Any]) -> str:
+    """Register the model with ``digest``: the one its train run logged, or, when no run of this experiment
+    logged it (training restored from DVC's cache, or tracking was down then), ``directory`` logged now into the
+    active run. Returns the new version."""
+    run = mlflow.active_run()
+    uri = find_logged_model(mlflow, run.info.experiment_id, digest) or log_classifier(mlflow, directory).model_uri
+    version = register_classifier(mlflow, uri, name, alias, {**tags, DIGEST_TAG: digest})
+    mlflow.set_tags({"registered_model": f"{name}@{alias} v{version}"})
+    return version
