@@ -149,6 +149,34 @@ def test_report_holds_the_answer_and_both_figures(repo):
     assert any(k.endswith("/steps.csv") for k in shown["data"]) and any(k.endswith("/evals.csv") for k in shown["data"])
 
 
+def test_the_study_pick_is_registered_and_predict_serves_logged_models(repo):
+    """Issue 14 on the real DAG: evaluate registered the study's pick with its alias (or, when every row is
+    degenerate, nothing), and the console script predicts with an MLflow model URI what the directory predicts."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from lora_pipeline.study import registry_pick
+
+    repo, env = repo
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    study = json.loads((repo / "metrics/study.json").read_text())
+    name, _ = registry_pick(study["rows"], study["answer"]["rank"])
+    if name is None:  # 30 steps of a tiny random BERT: often every row is degenerate
+        with pytest.raises(MlflowException):
+            client.get_model_version_by_alias("lora-pipeline-classifier", "champion")
+        run = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id],
+                                 "tags.stage = 'train_lora'")[0]
+        uri, folder = run.data.tags["model_uri"], repo / "models" / "lora" / run.data.params["run.tag"]
+    else:
+        tags = client.get_model_version_by_alias("lora-pipeline-classifier", "champion").tags
+        assert (f"lora_r{tags['rank']}" if tags["variant"] == "lora" else tags["variant"]) == name
+        uri, folder = "models:/lora-pipeline-classifier@champion", repo / "models" / tags["variant"] / tags["tag"]
+    texts = ["a first text", "and a second one"]
+    by_uri = _run([str(BIN / "lora-pipeline"), "predict", uri, *texts], repo, env).stdout
+    by_dir = _run([str(BIN / "lora-pipeline"), "predict", str(folder), *texts], repo, env).stdout
+    assert by_uri == by_dir and len(by_uri.splitlines()) == 3
+
+
 def test_trained_lora_round_trips_through_peft(repo, tmp_path):
     """A trained adapter, exported to peft's format, gives peft's PeftModel the logits of our merged model."""
     import peft
@@ -182,6 +210,25 @@ def test_second_repro_is_a_noop(repo):
     assert "Running stage" not in proc.stdout, proc.stdout
     status = _run(["dvc", "status"], repo, env)
     assert "up to date" in status.stdout
+
+
+def test_a_fresh_clone_pulls_from_a_dvc_remote_and_retrains_nothing(repo, tmp_path):
+    """Issue 15 (a DVC remote): push the run from one clone to a local-directory remote; a second clone that
+    `dvc pull`s is up to date and its `dvc repro` runs nothing."""
+    repo, env = repo
+    _run(["dvc", "remote", "add", "--default", "--force", "shared", str(tmp_path / "remote")], repo, env)
+    _run(["dvc", "push", "--run-cache"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "run of record, remote"], repo, env)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    clone_env = {**env, "PYTHONPATH": str(clone)}
+    _run(["dvc", "pull"], clone, clone_env)
+    assert (clone / "models" / "lora" / _lora_tag(RANKS[0], SEEDS[0]) / "adapter.safetensors").is_file()
+    assert "up to date" in _run(["dvc", "status"], clone, clone_env).stdout
+    assert _ran(_run(["dvc", "repro"], clone, clone_env)) == set()
+    _run(["dvc", "remote", "remove", "shared"], repo, env)  # leave the fixture repo as the other tests expect
+    _run(["git", "commit", "-qam", "no remote"], repo, env)
 
 
 def test_editing_the_data_file_reruns_ingest(repo):
