@@ -264,7 +264,7 @@ def test_bytecode_does_not_change_dvc_status(repo):
 def test_adding_a_rank_trains_only_its_instances(repo):
     repo, env = repo
     _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "baseline run"], repo, env)
+    _run(["git", "commit", "-qm", "baseline run", "--allow-empty"], repo, env)
     proc = _run(["dvc", "exp", "run", "-S", "study.ranks=[2,4,8]"], repo, env)
     assert _ran(proc) == {f"train_lora@8-{s}-{LORA_LR}" for s in SEEDS} | {"evaluate", "report"}, proc.stdout
     assert "up to date" in _run(["dvc", "status"], repo, env).stdout
