@@ -285,8 +285,17 @@ class TrainConfig:
     patience: int = 2  # validations in a row without a new best validation macro-F1 before stopping (0: off)
     eval_every: int = 0  # optimizer steps between validations (0: every epoch end); the last step is always scored
     log_every: int = 10  # optimizer steps between points of the per-step training-loss curve
+    # data parallel (lora_pipeline.distributed): train stages re-run themselves under torchrun when > 1
+    processes: int = 1  # training processes per machine (torchrun --nproc-per-node); batch_size stays global
+    nnodes: int = 1  # machines (torchrun --nnodes); > 1 needs rdzv_endpoint, each machine runs the same stage
+    rdzv_endpoint: Optional[str] = None  # host:port of the c10d rendezvous when nnodes > 1
+    dist_timeout_s: int = 300  # seconds a rank waits for the others (joining, each collective) before failing
 
     def __post_init__(self) -> None:
+        for key in ("processes", "nnodes", "dist_timeout_s"):
+            _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+        _check(self.nnodes == 1 or bool(self.rdzv_endpoint and re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint)),
+               "train.rdzv_endpoint", "must be host:port (the rendezvous every machine joins) when train.nnodes > 1")
         for key in ("min_steps", "max_steps", "patience", "eval_every"):
             _check(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")

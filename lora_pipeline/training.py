@@ -13,7 +13,9 @@ state (position, loss sums, curves, best so far, the early-stopping counter); ba
 (seed, epoch), so on CPU a resumed run ends with exactly the metrics of an uninterrupted one.
 
 Device, precision and seeding are resolved in :mod:`lora_pipeline.runtime`; the speed tricks the loop switches on
-(:mod:`lora_pipeline.speedups`) live apart from it.
+(:mod:`lora_pipeline.speedups`) live apart from it. Under torchrun the same loop is data-parallel
+(:mod:`lora_pipeline.distributed`): the model is wrapped in DDP, each rank trains on its shard of every global
+batch, validation gathers the ranks' predictions, and only rank 0 saves checkpoints.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .checkpoint import Checkpointer
 from .config import Params, TrainConfig
-from .data.loaders import EncodedSplit, iterate, train_batches
+from .data.loaders import EncodedSplit, collate, train_batches
+from .distributed import SINGLE, World, all_sum, broadcast_object, shard
 from .errors import PipelineError
 from .evaluation import macro_f1, predict
 from .runtime import resolve_bf16
@@ -159,7 +163,7 @@ def make_optimizer(model: nn.Module, cfg: FitConfig, device: torch.device) -> to
 
 def train_step(forward: Callable[..., Any], batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                scheduler: Any, params: list[torch.Tensor], max_grad_norm: float,
-               device: torch.device, bf16: bool = False) -> torch.Tensor:
+               device: torch.device, bf16: bool = False, weight: float = 1.0) -> torch.Tensor:
     """One optimiser step: forward (bf16 autocast if asked), backward, clipping, AdamW, schedule.
 
     Args:
@@ -167,12 +171,15 @@ def train_step(forward: Callable[..., Any], batch: dict[str, torch.Tensor], opti
         batch: tensors already on ``device``, with ``labels``.
         params: the optimised parameters (clipped together).
         bf16: autocast the forward to bf16; weights, gradients and optimizer state stay fp32.
+        weight: factor on the batch's mean loss (a data-parallel rank's share, :func:`~.distributed.shard`).
 
     Returns:
-        The loss, detached and left on the device (no host sync).
+        The (weighted) loss, detached and left on the device (no host sync).
     """
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = forward(**batch).loss
+    if weight != 1.0:
+        loss = loss * weight
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
@@ -198,9 +205,10 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device) -> float:
-    """Validation macro-F1 over the model's declared classes (``config.num_labels``), as the evaluate stage scores."""
-    preds = predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16)
+def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device, world: World) -> float:
+    """Validation macro-F1 over the model's declared classes (``config.num_labels``), as the evaluate stage scores;
+    under torchrun each rank predicts a share of the batches and all ranks score the gathered predictions."""
+    preds = predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16, world=world)
     return macro_f1(val.labels, preds, model.config.num_labels)
 
 
@@ -213,7 +221,7 @@ def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManage
 
 def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
         device: torch.device, tracker: Tracker = NullTracker(),
-        checkpointer: Optional[Checkpointer] = None, progress: bool = True) -> TrainResult:
+        checkpointer: Optional[Checkpointer] = None, progress: bool = True, world: World = SINGLE) -> TrainResult:
     """Train ``model`` in place for the planned steps (:func:`plan_steps`) and leave it holding the weights of
     its best validation.
 
@@ -230,6 +238,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         checkpointer: when given, state is saved every ``cfg.checkpoint_every`` steps and after every
             validation, and a saved state is resumed from.
         progress: show a tqdm progress bar.
+        world: this process's place in a torchrun launch (process group joined): DDP over the ranks; the
+            checkpointer is only read and written by rank 0 (the state reaches the others by broadcast).
 
     Returns:
         TrainResult with the per-validation history, the per-step loss curve, why it stopped, and throughput.
@@ -241,22 +251,27 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     plan = plan_steps(len(train), cfg)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
-    st = _resume(checkpointer, model, optimizer, scheduler, device)
+    st = _resume(checkpointer, model, optimizer, scheduler, device, world)
     resumed = st["global_step"]
-    save = _saver(checkpointer, model, optimizer, scheduler, device, st)
-    loop = _Loop(model, val, cfg, plan, st, pad_id, device, tracker, save, lambda: scheduler.get_last_lr()[0])
+    save = _saver(checkpointer if world.is_main else None, model, optimizer, scheduler, device, st)
+    loop = _Loop(model, val, cfg, plan, st, pad_id, device, tracker, save, lambda: scheduler.get_last_lr()[0],
+                 world)
     lengths = train.lengths()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    bar = tqdm(total=plan.steps, initial=resumed, disable=not progress, mininterval=5,
+    forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if world.distributed else model
+    bar = tqdm(total=plan.steps, initial=resumed, disable=not (progress and world.is_main), mininterval=5,
                desc="train", unit="step", file=sys.stderr)
     trim = first_token_last_layer(model, required=cfg.first_token_last_layer is True) \
         if cfg.first_token_last_layer else contextlib.nullcontext()
     with _console_logging_to_tqdm(progress), trim, fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
         while not loop.finished():
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
-            for rows, batch in iterate(train, batches, pad_id, skip=st["step_in_epoch"]):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                loss = train_step(model, batch, optimizer, scheduler, params, cfg.max_grad_norm, device, cfg.bf16)
+            for rows in batches[st["step_in_epoch"]:]:
+                mine, weight = shard(rows, world)  # all rows, weight 1, in a single process
+                batch = {k: v.to(device, non_blocking=True) for k, v in collate(train, mine, pad_id).items()}
+                loss = train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device, cfg.bf16,
+                                  weight)
                 bar.update(1)
                 if loop.after_step(loss, len(rows)):
                     break
@@ -274,9 +289,14 @@ def _fresh_state() -> dict[str, Any]:
 
 
 def _resume(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, device: torch.device) -> dict[str, Any]:
-    """The loop state to start from: a fresh one, or the checkpoint's (model, optimizer, schedule and RNG restored)."""
-    saved = checkpointer.load() if checkpointer is not None else None
+            scheduler: Any, device: torch.device, world: World = SINGLE) -> dict[str, Any]:
+    """The loop state to start from: a fresh one, or the checkpoint's (model, optimizer, schedule and RNG restored).
+
+    Under torchrun rank 0 reads the checkpoint and every rank gets its copy; the state holds no trace of the world
+    size (global batches, global step), so a run resumes under any number of processes.
+    """
+    saved = checkpointer.load() if checkpointer is not None and world.is_main else None
+    saved = broadcast_object(saved, world, device)
     if saved is None:
         return _fresh_state()
     if set(saved["loop"]) != set(_fresh_state()):  # written by another version of this loop
@@ -311,9 +331,10 @@ class _Loop:
 
     def __init__(self, model: nn.Module, val: EncodedSplit, cfg: FitConfig, plan: StepPlan, st: dict[str, Any],
                  pad_id: int, device: torch.device, tracker: Tracker, save: Callable[[], None],
-                 lr: Callable[[], float]) -> None:
+                 lr: Callable[[], float], world: World = SINGLE) -> None:
         self.model, self.val, self.cfg, self.plan, self.st = model, val, cfg, plan, st
         self.pad_id, self.device, self.tracker, self.save, self.lr = pad_id, device, tracker, save, lr
+        self.world = world
         self.acc = torch.zeros((), device=device)  # loss summed since the last boundary step
         self.t0 = time.perf_counter()
 
@@ -339,7 +360,8 @@ class _Loop:
         eval_now = step == self.plan.steps or step % (cfg.eval_every or self.plan.steps_per_epoch) == 0
         save_now = eval_now or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
         if log_now or save_now:
-            total = self.acc.item()  # the host sync, at boundary steps only
+            # the host sync, at boundary steps only; ranks hold weighted shares of each global mean
+            total = all_sum(self.acc, self.world).item() / self.world.size
             self.acc.zero_()
             st["log_sum"] += total
             st["eval_sum"] += total
@@ -362,7 +384,7 @@ class _Loop:
 
     def _validate(self) -> None:
         st, step, cfg = self.st, self.st["global_step"], self.cfg
-        f1 = _evaluate(self.model, self.val, cfg, self.pad_id, self.device)
+        f1 = _evaluate(self.model, self.val, cfg, self.pad_id, self.device, self.world)
         row = {"step": step, "epoch": self.epoch(step), "train_loss": st["eval_sum"] / st["eval_n"],
                "val_macro_f1": f1}
         st["history"].append(row)

@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -13,13 +14,16 @@ import torch
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
+from lora_pipeline.distributed import (World, current_world, destroy_process_group, die_with_parent,
+                                       init_process_group, mark_started, run_torchrun, torchrun_argv, wants_launch)
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_dir, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
 from lora_pipeline.inference import ModelCard
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
-from lora_pipeline.tracking import open_tracker
+from lora_pipeline.tracking import NullTracker, open_tracker
 from lora_pipeline.training import FitConfig, TrainResult, fit
 from stages._cli import run_stage
 
@@ -42,13 +46,19 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: how a run is launched, not what it computes: a checkpoint resumes under any of these (DDP shards global batches)
+LAUNCH_KEYS = ("processes", "nnodes", "rdzv_endpoint", "dist_timeout_s")
+
+
 def checkpoint_key(variant: Variant, sections: dict, device: torch.device, cfg: FitConfig, split: Path) -> str:
     """The run key of the checkpoint folder: params, data, and the *resolved* device type and precision.
 
     ``train.precision: auto`` means bf16 on one host and fp32 on another, so the key hashes what it resolved
-    to; a checkpoint of another resolution is then ignored instead of resumed under other numerics.
+    to; a checkpoint of another resolution is then ignored instead of resumed under other numerics. The launch
+    keys (:data:`LAUNCH_KEYS`) are left out: a run stopped with 2 processes continues with 1, or with 4.
     """
     resolved = {"device": device.type, "precision": "bf16" if cfg.bf16 else "fp32", "seed": cfg.seed, "lr": cfg.lr}
+    sections = {**sections, "train": {k: v for k, v in sections["train"].items() if k not in LAUNCH_KEYS}}
     return run_key(variant, sections, resolved, *split_digests(split, ("train", "val")))
 
 
@@ -64,29 +74,75 @@ def _write_curves(result: TrainResult, folder: str) -> None:
                 writer.writerows(rows)
 
 
-def _train(args: argparse.Namespace, variant: Variant) -> None:
+def _train(args: argparse.Namespace, variant: Variant, argv: list[str]) -> None:
     params = load_params(args.params, sections=["model", "train", variant, "mlflow"])
+    if wants_launch(params.train):
+        _launch(params, variant, argv, run_id=Path(args.out).name)
+        return
     if variant == "lora":  # the instance's rank: the section holds everything else of the adapters
         params = dataclasses.replace(params, lora=dataclasses.replace(params.lora, rank=args.rank))
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
+    world = current_world()
+    if world.distributed:
+        die_with_parent()
+        mark_started()
+        if not world.is_main:  # rank 0 speaks for the launch; the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
     seed_everything(args.seed)
     split = Path(args.split)
-    device = resolve_device(params.train.device)  # before any work: `cuda` on a CPU-only torch fails here
+    device = _device(params.train.device, world)  # before any work: `cuda` on a CPU-only torch fails here
     cfg = FitConfig.from_params(params, variant, device, lr=args.lr, seed=args.seed)
     sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
                 variant: dataclasses.asdict(getattr(params, variant))}
     checkpointer = DirCheckpointer(args.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
-    with checkpointer.lock():  # a second process on this folder (an orphan of a killed `dvc repro`) stops here
-        _fit_and_save(args, variant, params, cfg, device, sections, checkpointer)
+    init_process_group(world, device, params.train.dist_timeout_s)
+    try:
+        if not world.is_main:  # rank 0 alone owns the checkpoint folder, the outputs and the MLflow run
+            _fit(args, variant, params, cfg, device, None, world)
+            return
+        with checkpointer.lock():  # a second process on this folder (an orphan of a killed `dvc repro`) stops here
+            _fit_and_save(args, variant, params, cfg, device, sections, checkpointer, world)
+    finally:
+        destroy_process_group()
 
 
-def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
-                  sections: dict, checkpointer: DirCheckpointer) -> None:
+def _launch(params: Params, variant: Variant, argv: list[str], run_id: str) -> None:
+    """Run this stage as ``train.processes`` workers under torchrun and wait; rank 0 writes the outputs."""
+    command = torchrun_argv(params.train, f"stages.train_{variant}", argv, run_id)
+    log.info("launching %d training processes per machine under torchrun: %s", params.train.processes,
+             " ".join(command))
+    code = run_torchrun(command, params.train.dist_timeout_s)
+    if code != 0:
+        raise PipelineError(f"torchrun: the {params.train.processes} training processes of train_{variant} failed "
+                            f"(exit code {code}); the failing rank's error is printed above (torchrun's 'Root "
+                            "Cause'); set train.processes: 1 to train in one process")
+
+
+def _device(name: str, world: World) -> torch.device:
+    """The resolved ``train.device``; on CUDA under torchrun, the GPU of this worker's local rank."""
+    device = resolve_device(name)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _fit(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
+         checkpointer: DirCheckpointer | None, world: World, tracker=NullTracker()) -> tuple:
+    """Load the split, build the model and train it; returns (model, tokenizer, labels, frames, result)."""
     labels, frames = read_split(args.split, ("train", "val"))
     train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
     tokenizer = load_tokenizer(params.model)
     model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
+    result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
+                 checkpointer=checkpointer if cfg.checkpoint_every else None,
+                 progress=not args.no_progress and world.is_main, world=world)
+    return model, tokenizer, labels, frames, result
+
+
+def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
+                  sections: dict, checkpointer: DirCheckpointer, world: World) -> None:
     run = _run_record(args, variant)
     tags = {"stage": f"train_{variant}", "variant": variant, "seed": args.seed, "lr": args.lr,
             "checkpoint_key": checkpointer.key}
@@ -94,9 +150,9 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
         tags["lora_rank"] = tags["rank"] = args.rank
     with open_tracker(params.mlflow, f"train_{variant}", tags) as tracker:
         tracker.log_params({**sections, "run": {k: v for k, v in run.items() if v is not None}, "resolved": {"device": str(device),
-                                                                 "precision": "bf16" if cfg.bf16 else "fp32"}})
-        result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
-                     checkpointer=checkpointer if cfg.checkpoint_every else None, progress=not args.no_progress)
+                                                                 "precision": "bf16" if cfg.bf16 else "fp32"},
+                           "world_size": world.size})
+        model, tokenizer, labels, frames, result = _fit(args, variant, params, cfg, device, checkpointer, world, tracker)
         card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
                          text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
                          base_model=params.model.name if variant == "lora" else None)
@@ -159,5 +215,6 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
 
 def train_main(variant: Variant, argv: list[str] | None) -> int:
     """Entry point of ``stages/train_<variant>.py``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv, variant)
-    return run_stage(f"train_{variant}", lambda: _train(args, variant))
+    return run_stage(f"train_{variant}", lambda: _train(args, variant, argv))
