@@ -39,7 +39,7 @@ _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 #: a file the launcher watches: workers (who only start once the rendezvous is complete) create it
 _STARTED_ENV = "LORA_PIPELINE_WORKERS_STARTED"
 #: seconds allowed, beyond the rendezvous timeout, for torchrun and its workers to start
-_START_GRACE_S = 60
+_START_GRACE_S = 30
 
 
 @dataclass(frozen=True)
@@ -79,25 +79,27 @@ def torchrun_argv(train: TrainConfig, module: str, args: Sequence[str], run_id: 
     """The command that runs ``python -m module args`` as ``train.processes`` workers per node under torchrun.
 
     One node: ``--standalone`` (a local rendezvous on a free port, so no port can clash). Several nodes: the
-    c10d rendezvous at ``train.rdzv_endpoint``, job id ``run_id`` (the stage instance, so two instances sharing
-    an endpoint never meet); every node runs the same command and waits ``train.dist_timeout_s`` for the others.
-    ``--max-restarts 0``: a worker that fails ends the launch (torchrun stops the others) instead of retrying.
+    static rendezvous at ``train.rdzv_endpoint`` (job id ``run_id``, the stage instance): each machine runs the
+    same stage; the one whose torchrun node rank is 0 (the default; the others set ``PET_NODE_RANK=1..nnodes-1``,
+    torchrun's own variable) hosts the rendezvous and holds rank 0, so the outputs land where ``dvc repro`` runs.
+    Each waits ``train.dist_timeout_s`` for the others. ``--max-restarts 0``: a worker that fails ends the
+    launch (torchrun stops the others) instead of retrying.
     """
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(train.processes),
             "--max-restarts", "0"]
     if train.nnodes == 1:
         argv += ["--standalone"]
     else:
-        argv += ["--nnodes", str(train.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", str(train.rdzv_endpoint),
-                 "--rdzv-id", run_id, "--rdzv-conf", f"join_timeout={train.dist_timeout_s}"]
+        argv += ["--nnodes", str(train.nnodes), "--rdzv-backend", "static", "--rdzv-endpoint", str(train.rdzv_endpoint),
+                 "--rdzv-id", run_id, "--rdzv-conf", f"timeout={train.dist_timeout_s}"]
     return argv + ["--module", module, *args]
 
 
 def run_torchrun(command: Sequence[str], timeout_s: int) -> int:
     """Run a :func:`torchrun_argv` command and return its exit code; stop it if no worker started in time.
 
-    torchrun gives up on a rendezvous the other machines never join (``join_timeout``), but a rendezvous port
-    held by an unrelated program makes its store client wait forever. So the launch must see a worker (workers
+    torchrun gives up on a rendezvous the other machines never join (its ``timeout``), but a machine whose
+    rendezvous endpoint is a port held by an unrelated program waits forever for a reply. So the launch must see a worker (workers
     start only after the rendezvous) within ``timeout_s`` + a grace period, or it is killed with an error.
 
     Raises:
@@ -117,7 +119,7 @@ def run_torchrun(command: Sequence[str], timeout_s: int) -> int:
                 proc.kill()
                 proc.wait()
                 raise PipelineError(f"torchrun: no training process started within {timeout_s + _START_GRACE_S} s "
-                                    "(train.dist_timeout_s + 60 s): the rendezvous never completed. Check "
+                                    "(train.dist_timeout_s + 30 s): the rendezvous never completed. Check "
                                     "train.rdzv_endpoint (a port held by another program never answers), that "
                                     "every machine runs the stage, and the firewall; or set train.nnodes: 1")
 

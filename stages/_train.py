@@ -114,9 +114,10 @@ def _launch(params: Params, variant: Variant, argv: list[str], run_id: str) -> N
              " ".join(command))
     code = run_torchrun(command, params.train.dist_timeout_s)
     if code != 0:
-        raise PipelineError(f"torchrun: the {params.train.processes} training processes of train_{variant} failed "
-                            f"(exit code {code}); the failing rank's error is printed above (torchrun's 'Root "
-                            "Cause'); set train.processes: 1 to train in one process")
+        train = params.train
+        raise PipelineError(f"torchrun ({train.processes} process(es) per machine x {train.nnodes} machine(s)) failed "
+                            f"with exit code {code}: its error, or the failing rank's ('Root Cause'), is printed "
+                            "above; set train.processes: 1 and train.nnodes: 1 to train in one process")
 
 
 def _device(name: str, world: World) -> torch.device:

@@ -191,8 +191,26 @@ def test_a_dying_rank_ends_the_launch_with_an_error(tmp_path, no_dropout_model, 
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-4000:]
     assert time.monotonic() - t0 < 90
-    assert "train_full failed: torchrun: the 2 training processes of train_full failed" in err
+    assert "train_full failed: torchrun (2 process(es) per machine x 1 machine(s)) failed" in err
     assert not (tmp_path / "w" / "metrics.json").exists()
+
+
+def test_two_machines_train_as_one_process(tmp_path, no_dropout_model, split):
+    """train.nnodes 2 (two launches on this machine standing in for two): node rank 0 writes the outputs."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(tmp_path)
+    two = _params(tmp_path / "p2.yaml", no_dropout_model, 1, **{"train.nnodes": 2,
+                                                                "train.rdzv_endpoint": f"127.0.0.1:{port}"})
+    node0, node1, one = tmp_path / "node0", tmp_path / "node1", tmp_path / "one"
+    other = _popen(_cmd("lora", node1, two, split), {**env, "PET_NODE_RANK": "1"})
+    _train("lora", node0, two, split, env)
+    _, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err[-4000:]
+    assert not node1.exists()  # rank 1 wrote nothing
+    _train("lora", one, _params(tmp_path / "p1.yaml", no_dropout_model, 1), split, env)
+    _assert_same_training(one, node0)
 
 
 def test_a_rendezvous_nobody_joins_times_out(tmp_path, no_dropout_model, split):
@@ -207,21 +225,31 @@ def test_a_rendezvous_nobody_joins_times_out(tmp_path, no_dropout_model, split):
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert time.monotonic() - t0 < 120
-    assert "torchrun: the 1 training processes of train_full failed" in proc.stderr
+    assert "train_full failed: torchrun (1 process(es) per machine x 2 machine(s)) failed" in proc.stderr
 
 
-def test_a_rendezvous_port_held_by_another_program_fails_after_the_timeout(tmp_path, no_dropout_model, split):
+def _launch_against(busy: socket.socket, tmp_path: Path, model: Path, split: Path, node_rank: int):
+    params = _params(tmp_path / "p.yaml", model, 1, **{
+        "train.nnodes": 2, "train.dist_timeout_s": 10, "train.rdzv_endpoint": f"127.0.0.1:{busy.getsockname()[1]}"})
+    t0 = time.monotonic()
+    proc = subprocess.run(_cmd("full", tmp_path / f"w{node_rank}", params, split), cwd=ROOT, capture_output=True,
+                          text=True, timeout=180, env={**_env(tmp_path), "PET_NODE_RANK": str(node_rank)})
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    return time.monotonic() - t0, proc.stderr
+
+
+def test_a_rendezvous_port_held_by_another_program_ends_in_an_error(tmp_path, no_dropout_model, split):
     with socket.socket() as busy:  # listens, never speaks torch's store protocol
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        params = _params(tmp_path / "p.yaml", no_dropout_model, 1, **{
-            "train.nnodes": 2, "train.dist_timeout_s": 10, "train.rdzv_endpoint": f"127.0.0.1:{busy.getsockname()[1]}"})
-        t0 = time.monotonic()
-        proc = subprocess.run(_cmd("full", tmp_path / "w", params, split), cwd=ROOT, env=_env(tmp_path),
-                              capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 2, proc.stderr[-4000:]
-    assert time.monotonic() - t0 < 120
-    assert "torchrun: no training process started within 70 s" in proc.stderr.splitlines()[-1]
+        # node 0 hosts the rendezvous: it cannot listen there, and says so at once
+        seconds, err = _launch_against(busy, tmp_path, no_dropout_model, split, 0)
+        assert seconds < 60 and "EADDRINUSE" in err
+        assert err.splitlines()[-1].startswith("train_full failed: torchrun (1 process(es) per machine x 2 machine(s))")
+        # node 1 reaches the port, whose owner never answers: the launch stops it after the timeout + 30 s
+        seconds, err = _launch_against(busy, tmp_path, no_dropout_model, split, 1)
+        assert 40 <= seconds < 100
+        assert "torchrun: no training process started within 40 s" in err.splitlines()[-1]
 
 
 # ------------------------------------------------------------------------------------------ units
@@ -248,7 +276,8 @@ def test_torchrun_command_for_one_and_several_machines():
     assert "--standalone" not in many
     assert many[many.index("--nnodes") + 1] == "3" and many[many.index("--rdzv-endpoint") + 1] == "node0:29400"
     assert many[many.index("--rdzv-id") + 1] == "s1-lr0.001"
-    assert many[many.index("--rdzv-conf") + 1] == "join_timeout=60"
+    assert many[many.index("--rdzv-backend") + 1] == "static"  # node rank 0 (dvc repro's machine) holds rank 0
+    assert many[many.index("--rdzv-conf") + 1] == "timeout=60"
 
 
 @pytest.mark.parametrize("bad, key", [({"processes": 0}, "train.processes"), ({"nnodes": 2}, "train.rdzv_endpoint"),
