@@ -43,7 +43,7 @@ def child(variant: str, split: Path, params_path: Path, device_name: str, steps:
     device = pick_device(device_name)
     models = Models.load(load_bench_params(params_path), split)
     model = {"full": models.full, "ours": models.ours, "peft": models.peft}[variant]()
-    lr = models.params.study.lrs(variant)[0]
+    lr = models.params.study.lrs("full" if variant == "full" else "lora")[0]  # ours and peft: the LoRA lr
     batch = fixed_batch(split, models.tokenizer, STEP_BATCH, STEP_LENGTH, device)
     step, _ = stepper(model, lr, models, batch, device, bf16=bf16)
     before = _rss_mb()

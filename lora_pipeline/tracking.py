@@ -15,6 +15,7 @@ import re
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from time import monotonic
@@ -219,6 +220,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_http_retries() -> Iterator[None]:
+    """Drop urllib3's "Retrying (…)" warnings while MLflow's client retries a request: when it gives up, the
+    tracker's one warning names the final error; when a retry succeeds, nothing was lost."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    logger.addFilter(_errors_only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_errors_only)
+
+
+def _forget_active_run(run_id: str) -> None:
+    """Drop ``run_id`` from this thread's active MLflow runs without a request, once its store has failed.
+
+    MLflow ends a still-active run at interpreter exit (``atexit`` → ``end_run``: a get and an update request),
+    which would ask the failed store again after the stage's work is done: (retries + 1) × timeout per request
+    against a server that accepts but never answers. ``_active_run_stack`` is private to MLflow 3; where it is
+    missing, the exit hook stays as MLflow made it, bounded by the HTTP defaults :class:`MlflowTracker` sets.
+    """
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    with contextlib.suppress(Exception):  # noqa: BLE001 - tidying MLflow's state must not cost the stage
+        stack = fluent._active_run_stack.get()  # type: ignore[union-attr]
+        stack[:] = [run for run in stack if run.info.run_id != run_id]
+
+
 class Tracker(Protocol):
     """What stages and the training loop report through."""
 
@@ -261,7 +292,8 @@ class MlflowTracker(_ClosedOnExit):
     Transient errors of parallel ``dvc queue start -j 2`` workers on one SQLite file ("database is
     locked", and the schema races of a brand-new store) are retried with backoff; anything else
     disables logging for the rest of the run and is reported once at ``close()`` with counts of
-    what was not logged.
+    what was not logged. A server is asked with tight HTTP retries and timeouts; after it failed, no
+    call of the run (nor MLflow's exit hook) asks it again.
 
     A run records its host and pid. A new tracker marks RUNNING runs of dead processes on this host
     KILLED, except the newest one with the same ``checkpoint_key`` tag (the same training, killed and
@@ -274,6 +306,7 @@ class MlflowTracker(_ClosedOnExit):
         self._lost: dict[str, int] = {}
         self._error: Optional[str] = None
         self._mlflow = None
+        self._run_id: Optional[str] = None  # once started: MLflow's exit hook would end it (see close)
         self._logged_params: dict[str, str] = {}  # params of a resumed run
         self._resume_tags: dict[str, str] = {}
         # fail fast instead of retrying an unreachable server for minutes: one retry, 5 s per attempt, so a
@@ -305,6 +338,8 @@ class MlflowTracker(_ClosedOnExit):
                 mlflow.start_run(run_id=orphan.info.run_id)  # last: a retried start must not find a run active
                 self._logged_params = dict(orphan.data.params)
                 self._resume_tags = {**all_tags, "resumed_after_kill": "true"}
+        active = mlflow.active_run()
+        self._run_id = active.info.run_id if active is not None else None
         self._mlflow = mlflow
 
     def _call(self, what: str, fn: Callable[[], None], count: int = 1) -> None:
@@ -313,7 +348,8 @@ class MlflowTracker(_ClosedOnExit):
             return
         for attempt in range(self.RETRIES):
             try:
-                fn()
+                with _quiet_http_retries():
+                    fn()
                 return
             except Exception as err:  # noqa: BLE001 - tracking must never fail a stage
                 if _TRANSIENT.search(str(err)) and attempt + 1 < self.RETRIES:
@@ -356,6 +392,8 @@ class MlflowTracker(_ClosedOnExit):
     def close(self, failed: bool = False) -> None:
         self._call("end", lambda: self._mlflow.end_run(status="FAILED" if failed else "FINISHED"))
         if self._error is not None:
+            if self._run_id is not None:
+                _forget_active_run(self._run_id)
             lost = ", ".join(f"{n} {what}" for what, n in self._lost.items())
             log.warning("MLflow tracking at %s failed (%s); not logged: %s. The stage's DVC outputs and "
                         "metrics files are complete.", redact(self.uri), self._error, lost)

@@ -269,6 +269,36 @@ def test_a_server_that_never_answers_does_not_hang_the_stage(monkeypatch, tmp_pa
     assert "timed out" in warning.lower()
 
 
+def test_a_store_that_fails_mid_run_costs_one_warning_and_no_request_at_exit(store, monkeypatch, caplog):
+    """MLflow ends a still-active run at interpreter exit (two requests: get, update). After the store failed,
+    that would ask the dead server again, at exit, for (retries + 1) x timeout per request (~20 s when it hangs):
+    closing forgets the run locally instead. urllib3's per-retry warnings are left out: the tracker's one warning
+    names the final error. tests/test_team_e2e.py checks the seconds against a real server."""
+    import mlflow
+
+    uri, cfg = store
+    tracker = MlflowTracker(cfg, "train_lora", {"stage": "train_lora"})
+    run_id = mlflow.active_run().info.run_id
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+
+    def gone(*args, **kwargs):
+        urllib3_log.warning("Retrying (Retry(total=0)) after connection broken by 'NewConnectionError()'")
+        raise ConnectionError("Max retries exceeded: Connection refused")
+
+    monkeypatch.setattr(mlflow, "log_metrics", gone)
+    with caplog.at_level(logging.WARNING):
+        tracker.log_metrics({"train_loss": 1.0}, step=1)
+        tracker.log_metrics({"train_loss": 0.5}, step=2)
+        tracker.close()
+        urllib3_log.warning("a retry outside the tracker")
+    assert mlflow.active_run() is None
+    (warning,) = _tracker_warnings(caplog)
+    assert "Connection refused" in warning and "2 metrics" in warning and "1 end" in warning
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == ["a retry outside the tracker"]
+    (run,) = _runs(uri, cfg.experiment)
+    assert run.info.run_id == run_id and run.info.status == "RUNNING"  # as it stood when the store failed
+
+
 # ----------------------------------------------------------------------- "database is locked"
 
 

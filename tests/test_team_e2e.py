@@ -1,0 +1,347 @@
+"""Team set-up, end to end (README "Team set-up"): a shared ``mlflow server`` that queued experiments log to, two
+clones that split a study through one Git remote and one DVC remote, and a tracking server that hangs or dies
+while a stage runs.
+
+One tiny project (tiny random BERT, tiny data, one seed, one learning rate per variant) is built once: machine A.
+Its baseline logs to a real ``mlflow server`` (SQLite backend, proxied artifacts) on 127.0.0.1; A queues its share
+of ranks with ``dvc queue start -j 2``, clone B queues its own, both push, and A and a fresh clone C gather them.
+The tests run in file order: the last one kills the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import save_tiny_bert
+from tests.test_e2e_dvc import BIN, ROOT, _exp_names_by_rank, _fixture_csv, _ran, _run
+
+pytestmark = pytest.mark.slow
+SEED, LORA_LR, BASE_RANK = 1, 5e-3, 2
+A_SHARE, B_SHARE = (3, 5), 7  # ranks machine A queues (two workers), and the one machine B queues
+
+
+def _tag(rank: int) -> str:
+    return f"r{rank}-s{SEED}-lr{LORA_LR}"
+
+
+# ------------------------------------------------------------------------------------------ the server
+
+
+@dataclass
+class Server:
+    """An ``mlflow server`` process (own session: killed as a group) with its SQLite store and artifact root."""
+
+    proc: subprocess.Popen
+    url: str
+    artifacts: Path
+
+    def send(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.send(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(base: Path) -> Server:
+    """``mlflow server`` as README's team set-up runs it, on a free port of 127.0.0.1; waits for ``/health``."""
+    port = _free_port()
+    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{base / 'mlflow-server.db'}",
+            "--serve-artifacts", "--artifacts-destination", str(base / "mlflow-artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    log = open(base / "mlflow-server.log", "ab")  # a pipe nobody reads would fill up and stall the server
+    proc = subprocess.Popen(argv, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(proc, f"http://127.0.0.1:{port}", base / "mlflow-artifacts")
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            urllib.request.urlopen(f"{server.url}/health", timeout=2).close()
+            return server
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop(signal.SIGKILL)
+                log_tail = (base / "mlflow-server.log").read_text()[-3000:]
+                raise AssertionError(f"mlflow server did not start:\n{log_tail}")
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    server = start_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.send(signal.SIGCONT)  # in case a test stopped it and failed before resuming it
+    server.stop()
+
+
+# ----------------------------------------------------------------------------------------- machine A
+
+
+def _env(base: Path, repo: Path, tracking_uri: str) -> dict:
+    """What a teammate's shell holds: the project's tools, the team server; nothing of the caller's DVC/MLflow."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith(("MLFLOW_", "DVC_"))}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": tracking_uri,
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost", "PYTHONPATH": str(repo)}
+
+
+def _write_project(base: Path, repo: Path) -> None:
+    """The repository's pipeline on tiny data (as tests/test_e2e_dvc.py builds it), with a one-point grid."""
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for name in ("stages", "lora_pipeline"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):
+        shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
+    _fixture_csv(base / "reviews.csv")
+    save_tiny_bert(base / "tiny_model")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"] = {"source": "file", "path": str(base / "reviews.csv"), "text_column": "review",
+                      "label_column": "sentiment"}
+    params["validate"].update(labels=["pos", "neg", "plot"], min_rows_per_class=20)
+    params["model"].update(name=str(base / "tiny_model"), max_length=32)
+    params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1)
+    for variant in ("full", "lora"):
+        params[variant].update(epochs=1)
+    # whole epochs, no early stopping: `-S lora.epochs=N` makes a train_lora run exactly N times longer
+    params["train"].update(batch_size=16, checkpoint_every=0, min_steps=0, max_steps=0, patience=0, log_every=5,
+                           num_threads=1)
+    params["study"].update(seeds=[SEED], ranks=[BASE_RANK], scratch_lrs=[1e-3], full_lrs=[1e-3], lora_lrs=[LORA_LR])
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, server) -> tuple[Path, dict]:
+    """Machine A: the baseline run (logged to the server), committed and pushed to a bare Git remote
+    (``origin``), its outputs pushed to a local-directory DVC remote (the project's default remote)."""
+    base = tmp_path_factory.mktemp("team")
+    repo = base / "a"
+    _write_project(base, repo)
+    env = _env(base, repo, server.url)
+    _run(["git", "init", "-q", "--bare", "--initial-branch=main", str(base / "origin.git")], base, env)
+    _run(["git", "init", "-q", "--initial-branch=main"], repo, env)
+    _run(["git", "remote", "add", "origin", str(base / "origin.git")], repo, env)
+    _run(["dvc", "remote", "add", "--default", "shared", str(base / "dvc-remote")], repo, env)
+    _run(["dvc", "repro"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "baseline"], repo, env)
+    _run(["git", "push", "-q", "origin", "main"], repo, env)
+    _run(["dvc", "push"], repo, env)
+    return repo, env
+
+
+def _wait_for_queue(repo: Path, env: dict, limit_s: float = 900) -> str:
+    deadline = time.monotonic() + limit_s
+    while True:
+        status = _run(["dvc", "queue", "status"], repo, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+
+
+def _exp_names(repo: Path, env: dict) -> dict[int, str]:
+    return _exp_names_by_rank(json.loads(_run(["dvc", "exp", "show", "--json"], repo, env).stdout))
+
+
+@pytest.fixture(scope="module")
+def a_share(project) -> dict[int, str]:
+    """Machine A's share of the study, one queued experiment per rank, run by two workers: {rank: exp name}."""
+    repo, env = project
+    for rank in A_SHARE:
+        _run(["dvc", "exp", "run", "--queue", "-S", f"study.ranks=[{rank}]"], repo, env)
+    _run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    status = _wait_for_queue(repo, env)
+    assert "Failed" not in status, _run(["dvc", "queue", "logs", status.split()[-1]], repo, env).stdout
+    names = _exp_names(repo, env)
+    assert set(A_SHARE) <= set(names), names
+    return {rank: names[rank] for rank in A_SHARE}
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+def test_a_queued_grid_logs_every_run_with_its_tags_to_the_shared_server(server, project, a_share):
+    from mlflow import MlflowClient
+
+    repo, _ = project
+    client = MlflowClient(tracking_uri=server.url)
+    runs = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id], max_results=1000)
+    baseline = {r.data.tags["stage"] for r in runs if "dvc_exp_name" not in r.data.tags}
+    assert baseline == {"ingest", "validate", "split", "train_scratch", "train_full", "train_lora", "evaluate",
+                        "report"}
+    for rank, name in a_share.items():
+        mine = [r for r in runs if r.data.tags.get("dvc_exp_name") == name]
+        # the new rank's instance and what it feeds; the rest was restored from DVC's run-cache, not run
+        assert sorted(r.data.tags["stage"] for r in mine) == ["evaluate", "report", "train_lora"], (rank, mine)
+        assert all(r.info.status == "FINISHED" for r in mine)
+        (train,) = [r for r in mine if r.data.tags["stage"] == "train_lora"]
+        tags = train.data.tags
+        assert (tags["variant"], tags["lora_rank"], tags["seed"]) == ("lora", str(rank), str(SEED)), tags
+        assert train.info.run_name == f"train_lora r{rank} s{SEED} lr{LORA_LR} [{name}]"
+        # artifacts went through the server (--serve-artifacts) into its artifact root, not into the clone
+        assert train.info.artifact_uri.startswith("mlflow-artifacts:"), train.info.artifact_uri
+        assert f"lora-r{rank}-s{SEED}-lr{LORA_LR}.json" in {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert list(server.artifacts.rglob(f"lora-r{A_SHARE[0]}-s{SEED}-lr{LORA_LR}.json"))
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
+
+
+def test_two_clones_split_a_study_through_one_git_remote_and_one_dvc_remote(project, a_share, tmp_path):
+    """A and B each queue their share of ranks and `dvc exp push` it (Git refs to origin, outputs to the DVC
+    remote). A fresh clone C gathers both: it lists and pulls them, shows them side by side, applies one and is up
+    to date without training."""
+    repo, env = project
+    origin = repo.parent / "origin.git"
+    clone_b = tmp_path / "b"
+    _run(["git", "clone", "-q", str(origin), str(clone_b)], tmp_path, env)
+    env_b = {**env, "PYTHONPATH": str(clone_b)}
+    _run(["dvc", "pull"], clone_b, env_b)  # the baseline's data and models, so B trains only its own share
+    _run(["dvc", "exp", "run", "--queue", "-S", f"study.ranks=[{B_SHARE}]"], clone_b, env_b)
+    proc = _run(["dvc", "exp", "run", "--run-all"], clone_b, env_b)
+    b_name = _exp_names(clone_b, env_b).get(B_SHARE)
+    assert b_name, proc.stdout[-3000:]
+    _run(["dvc", "exp", "push", "origin", b_name], clone_b, env_b)
+    _run(["dvc", "exp", "push", "origin", *a_share.values()], repo, env)
+
+    clone_c = tmp_path / "c"
+    _run(["git", "clone", "-q", str(origin), str(clone_c)], tmp_path, env)
+    env_c = {**env, "PYTHONPATH": str(clone_c)}
+    names = {**a_share, B_SHARE: b_name}
+    listed = _run(["dvc", "exp", "list", "origin"], clone_c, env_c).stdout
+    assert all(name in listed for name in names.values()), listed
+    _run(["dvc", "exp", "pull", "origin", *names.values()], clone_c, env_c)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], clone_c, env_c).stdout)
+    assert _exp_names_by_rank(shown) == names  # the experiments of both machines, side by side
+    assert all(isinstance(_exp_metric(shown, rank, f"lora_r{rank}"), float) for rank in names)
+    first = a_share[A_SHARE[0]]
+    _run(["dvc", "exp", "apply", first], clone_c, env_c)
+    _run(["dvc", "pull"], clone_c, env_c)
+    assert (clone_c / "models" / "lora" / _tag(A_SHARE[0]) / "adapter.safetensors").is_file()
+    assert f"lora_r{A_SHARE[0]}" in json.loads((clone_c / "metrics" / "evaluate.json").read_text())
+    assert "up to date" in _run(["dvc", "status"], clone_c, env_c).stdout
+    assert _ran(_run(["dvc", "repro"], clone_c, env_c)) == set()
+
+
+def _exp_metric(shown: list, rank: int, row: str) -> float:
+    """Test macro-F1 of ``row`` in the one-rank experiment of ``rank`` (``dvc exp show --json``)."""
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                if rev["data"]["params"]["params.yaml"]["data"]["study"]["ranks"] == [rank]:
+                    return rev["data"]["metrics"]["metrics/evaluate.json"]["data"][row]["macro_f1"]
+    raise AssertionError(f"no experiment with study.ranks=[{rank}]")
+
+
+_HANGING = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from lora_pipeline.config import MlflowConfig
+from lora_pipeline.tracking import MlflowTracker
+tracker = MlflowTracker(MlflowConfig(experiment="hang-check"), "train_lora", {"stage": "train_lora"})
+tracker.log_metrics({"train_loss": 1.0}, step=0)
+print("started", tracker._error, flush=True)
+sys.stdin.readline()
+for step in range(1, 20):
+    tracker.log_metrics({"train_loss": 1.0 / step}, step=step)
+tracker.close()
+"""
+
+
+def test_a_server_that_hangs_mid_run_costs_one_timeout_then_nothing(server):
+    """A server that accepts connections but never answers (stopped, or a host behind a dead link): the first call
+    waits (retries + 1) x timeout, later calls and MLflow's exit hook send nothing. MLflow's own defaults would wait
+    minutes per call (7 retries, 120 s timeout)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")},  # the tracker's own
+           "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": server.url}
+    proc = subprocess.Popen([sys.executable, "-c", _HANGING], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started None", proc.communicate(timeout=60)
+        server.send(signal.SIGSTOP)
+        start = time.monotonic()
+        _, err = proc.communicate("go\n", timeout=120)
+        elapsed = time.monotonic() - start
+    finally:
+        server.send(signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    # one request of (1 retry + 1) x 5 s; before the fix two more waited as long at exit (MLflow's exit hook)
+    assert elapsed < 2 * 5 + 6, (elapsed, err[-3000:])
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "MLflow tracking at" in warnings[0], err[-3000:]
+    assert "not logged: 19 metrics, 1 end" in warnings[0], warnings
+
+
+def test_a_server_that_dies_mid_stage_costs_no_result_and_no_minutes(server, project):
+    """The server is killed while a train stage logs to it: the stage, and the experiment, finish with every DVC
+    output and metric; the stage says so once and is not held up by MLflow's HTTP retries."""
+    from mlflow import MlflowClient
+
+    repo, env = project
+    instance = f"train_lora@{BASE_RANK}-{SEED}-{LORA_LR}"
+    metrics_file = repo / "metrics" / "train" / f"lora-{_tag(BASE_RANK)}.json"
+    steps_per_epoch = json.loads(metrics_file.read_text())["steps"]
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_experiment_by_name("lora-pipeline").experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment], max_results=1000)}
+    proc = subprocess.Popen(["dvc", "exp", "run", "-S", "lora.epochs=40"], cwd=repo, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in proc.stdout),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 600
+    while True:  # until the new train_lora run has logged a loss point, i.e. the stage is training
+        running = client.search_runs([experiment], "tags.stage = 'train_lora' and attributes.status = 'RUNNING'")
+        if any(r.info.run_id not in before and "train_loss" in r.data.metrics for r in running):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(line for _, line in lines)[-5000:]
+        time.sleep(0.5)
+    killed = time.monotonic()
+    server.stop(signal.SIGKILL)
+    assert proc.wait(timeout=900) == 0, "".join(line for _, line in lines)[-5000:]
+    reader.join(30)
+    out = "".join(line for _, line in lines)
+    starts = [i for i, (_, line) in enumerate(lines) if line.startswith("Running stage")]
+    first = next(i for i in starts if f"'{instance}'" in lines[i][1])
+    after = next(i for i in starts if i > first)
+    stage = [line for _, line in lines[first:after]]
+    warnings = [line for line in stage if "MLflow tracking at" in line]
+    assert len(warnings) == 1 and "not logged" in warnings[0], out[-5000:]
+    assert not [line for line in stage if "Retrying (" in line], out[-5000:]  # urllib3's; the one warning says it
+    assert lines[after][0] - killed < 60, out[-5000:]  # the rest of 40 epochs; MLflow's own retries: minutes
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["steps"] == 40 * steps_per_epoch and metrics["val_macro_f1"] >= 0, metrics
+    assert (repo / "models" / "lora" / _tag(BASE_RANK) / "adapter.safetensors").is_file()
+    assert f"lora_r{BASE_RANK}" in json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert "up to date" in _run(["dvc", "status"], repo, env).stdout
