@@ -36,10 +36,9 @@ def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, dict]:
-    base = tmp_path_factory.mktemp("e2e")
-    repo = base / "repo"
+def write_project(base: Path, repo: Path) -> dict:
+    """The repository's pipeline (code, dvc.yaml, params.yaml, DVC config) in ``repo`` on tiny data: the fixture CSV
+    and a tiny BERT in ``base``. Returns its params, for the caller to shrink and write to ``repo/params.yaml``."""
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
@@ -55,6 +54,14 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
                       "label_column": "sentiment"}
     params["validate"].update(labels=["pos", "neg", "plot"], min_rows_per_class=20)
     params["model"].update(name=str(base / "tiny_model"), max_length=32)
+    return params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, dict]:
+    base = tmp_path_factory.mktemp("e2e")
+    repo = base / "repo"
+    params = write_project(base, repo)
     params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2)
     params["full"].update(epochs=2)
     params["lora"].update(epochs=2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,8 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import save_tiny_bert
-from tests.test_e2e_dvc import BIN, ROOT, _exp_names_by_rank, _fixture_csv, _ran, _run
+from tests.test_e2e_dvc import BIN, ROOT, _exp_names_by_rank, _ran, _run, write_project
 
 pytestmark = pytest.mark.slow
 SEED, LORA_LR, BASE_RANK = 1, 5e-3, 2
@@ -114,21 +112,7 @@ def _env(base: Path, repo: Path, tracking_uri: str) -> dict:
 
 def _write_project(base: Path, repo: Path) -> None:
     """The repository's pipeline on tiny data (as tests/test_e2e_dvc.py builds it), with a one-point grid."""
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for name in ("stages", "lora_pipeline"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
-    _fixture_csv(base / "reviews.csv")
-    save_tiny_bert(base / "tiny_model")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"] = {"source": "file", "path": str(base / "reviews.csv"), "text_column": "review",
-                      "label_column": "sentiment"}
-    params["validate"].update(labels=["pos", "neg", "plot"], min_rows_per_class=20)
-    params["model"].update(name=str(base / "tiny_model"), max_length=32)
+    params = write_project(base, repo)
     params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1)
     for variant in ("full", "lora"):
         params[variant].update(epochs=1)
