@@ -44,9 +44,12 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] gpu_check: {msg}", file=sys.stderr, flush=True)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """This interpreter's tools first on PATH (dvc, torchrun), bytecode on, as a user's shell."""
+def run_env(**extra: str) -> dict[str, str]:
+    """This interpreter's tools first on PATH (dvc, torchrun), bytecode on, as a user's shell; a PYTHONPATH in
+    ``extra`` goes before the user's own (packages installed with ``pip install --target`` stay importable)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if "PYTHONPATH" in extra and env.get("PYTHONPATH"):
+        extra = {**extra, "PYTHONPATH": f"{extra['PYTHONPATH']}{os.pathsep}{env['PYTHONPATH']}"}
     return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", **extra}
 
 
@@ -58,7 +61,7 @@ def run_tests(work: Path) -> dict:
     """``pytest tests/test_gpu.py``: counts, and the failed and skipped tests with their reasons."""
     report = work / "gpu-tests.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
-                           f"--junitxml={report}"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+                           f"--junitxml={report}"], cwd=ROOT, env=run_env(), capture_output=True, text=True)
     if not report.is_file():
         return {"error": f"pytest exited {proc.returncode} without a report: {proc.stdout[-1500:]}"}
     return junit_summary(report.read_text())
@@ -91,14 +94,15 @@ def copy_project(dest: Path) -> Path:
     git = {"GIT_AUTHOR_NAME": "gpu_check", "GIT_AUTHOR_EMAIL": "gpu_check@localhost",
            "GIT_COMMITTER_NAME": "gpu_check", "GIT_COMMITTER_EMAIL": "gpu_check@localhost"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "gpu_check"]):
-        subprocess.run(cmd, cwd=dest, env=_env(**git), check=True, capture_output=True)
+        subprocess.run(cmd, cwd=dest, env=run_env(**git), check=True, capture_output=True)
     return dest
 
 
 def run_dag(project: Path) -> dict:
     """Wall time of every stage of the default DAG (pipeline_timing.py) in ``project``, a copy of this one."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_timing.py"), "--force"], cwd=project,
-                          env=_env(PYTHONPATH=str(project)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=run_env(PYTHONPATH=str(project)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
     if proc.returncode != 0:
         return {"error": f"dvc repro failed (exit {proc.returncode}): {proc.stderr[-1500:]}"}
     times = _last_json(proc.stdout)
@@ -116,7 +120,7 @@ def run_benchmarks(work: Path, split: Path, quick: bool, compiled: bool) -> dict
             + ([] if compiled else ["--no-compile"])
         if split.name == "split" and not split.exists():
             cmd.append("--build-split")
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not out.is_file():
             figures[item] = {"error": f"benchmarks/run.py --only {item} failed (exit {proc.returncode}): "
                                       f"{proc.stderr[-1500:]}"}

@@ -228,3 +228,17 @@ def test_a_junit_report_becomes_counts_failures_and_skip_reasons():
     </testsuite></testsuites>"""
     assert junit_summary(report) == {"passed": 1, "failed": ["test_b[fp32]", "test_d"],
                                      "skipped": {"test_c": "DDP over NCCL needs 2 CUDA GPUs; 1 visible"}}
+
+
+def test_gpu_check_puts_the_project_copy_before_the_users_pythonpath_instead_of_dropping_it(monkeypatch):
+    """A GPU machine's packages may come from PYTHONPATH (e.g. ``pip install --target``): the DAG's environment
+    puts the project copy first and keeps the rest."""
+    from benchmarks.gpu_check import run_env
+
+    monkeypatch.setenv("PYTHONPATH", "/opt/site")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = run_env(PYTHONPATH="/tmp/project")
+    assert env["PYTHONPATH"] == f"/tmp/project{os.pathsep}/opt/site"
+    assert "PYTHONDONTWRITEBYTECODE" not in env and env["PATH"].startswith(str(Path(sys.executable).parent))
+    monkeypatch.delenv("PYTHONPATH")
+    assert run_env(PYTHONPATH="/tmp/project")["PYTHONPATH"] == "/tmp/project"
