@@ -7,10 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-from sklearn.pipeline import make_pipeline
 
 from .config import BaselineConfig
 from .data.loaders import EncodedSplit, eval_batches, iterate
@@ -84,6 +81,11 @@ def fit_tfidf_baseline(train: pd.DataFrame, cfg: BaselineConfig, seed: int):
     Returns:
         a fitted scikit-learn pipeline; :func:`predict_tfidf` applies it to another split.
     """
+    # imported here: every train stage imports this module for its metrics, only evaluate fits the baseline
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
     pipe = make_pipeline(
         TfidfVectorizer(max_features=cfg.max_features, ngram_range=(1, cfg.ngram_max), sublinear_tf=True,
                         strip_accents="unicode"),

@@ -5,6 +5,7 @@ and, for LoRA, the paired difference with full fine-tuning; the adapters' update
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ from lora_pipeline.lora import adapter_factors
 from lora_pipeline.models import load_trained, model_digest, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
+from lora_pipeline.speedups import first_token_last_layer
 from lora_pipeline.statistics import bootstrap_metric_ci
 from lora_pipeline.tracking import git_commit, open_tracker
 from stages._cli import run_stage
@@ -53,9 +55,16 @@ def _predict_groups(groups, args, params: Params, labels: list[str], test: Encod
         for rec in group.records:
             model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model, labels,
                                  tokenizer).to(device)
-            preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,
-                                             device, bf16=bf16))
+            with _trimmed(model, params.train.first_token_last_layer):
+                preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,
+                                                 device, bf16=bf16))
     return preds
+
+
+def _trimmed(model, setting) -> contextlib.AbstractContextManager:
+    """``train.first_token_last_layer`` for the test predictions as for validation: the last layer computes only
+    the token the head reads (same logits up to float rounding, ~1/7 less work per forward)."""
+    return first_token_last_layer(model, required=setting is True) if setting else contextlib.nullcontext()
 
 
 def _adapters(groups, models: Path) -> tuple[list[dict], list[dict]]:
@@ -109,7 +118,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     rows = study.summarise(groups, preds, test.labels, labels, tfidf_pred, confidence=s.confidence,
                            n_resamples=s.resamples, seed=s.bootstrap_seed)
     answer = study.answer(rows, s.tolerance, s.confidence)
-    record = study.record_row(rows, answer["rank"], s.record_rank)
+    record = study.record_row(rows, answer["rank"], s.record_rank, answer.get("closest_rank"))
     shown = {n: preds[n][0] for n in ("scratch", "full", record) if n in preds} | {"tfidf_logreg": tfidf_pred}
     detail = {n: {"seed": rows[n]["seeds"][0] if n in rows else None,
                   **{k: v for k, v in classification_metrics(test.labels, p, labels).items()

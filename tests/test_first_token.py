@@ -111,11 +111,37 @@ def test_the_trimmed_layer_returns_one_row_and_the_forward_comes_back(monkeypatc
         with torch.no_grad():
             inside = model(**batch).logits
         model.train()
-    assert shapes == [(5, 1, 32), (5, 11, 32)]  # train: one row; eval: the class's own forward, every token
+    assert shapes == [(5, 1, 32), (5, 1, 32)]  # one row in training and in eval mode
     assert "forward" not in vars(layer) and list(model.state_dict()) == keys
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, inside, rtol=0, atol=0)
+        outside = model(**batch).logits
+    assert shapes[-1] == (5, 11, 32)  # out of the context: the class's own forward, every token
+    torch.testing.assert_close(inside, outside, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", SUPPORTED)
+def test_eval_mode_logits_and_predictions_are_unchanged_by_the_trim(arch, attn, lora):
+    """Validation and the test predictions run trimmed too: same logits up to rounding, padded rows included."""
+    model = _model(arch, attn)
+    if lora:
+        apply_lora(model, "all-linear", rank=4, alpha=8.0, dropout=0.1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_b" in name:
+                    p.normal_(0.0, 0.3)
+    model.eval()
+    batch = _padded_batch(arch)
+    batch.pop("labels")
+    with torch.no_grad():
+        reference = model(**batch).logits
+        with first_token_last_layer(model) as trimmed:
+            assert trimmed
+            result = model(**batch).logits
+    torch.testing.assert_close(result, reference, rtol=1e-5, atol=1e-6)
+    assert torch.equal(result.argmax(-1), reference.argmax(-1))
 
 
 @pytest.mark.parametrize("arch", UNSUPPORTED)

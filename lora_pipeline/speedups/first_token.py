@@ -1,9 +1,10 @@
-"""The first-token trim: while training, the last encoder layer computes only the token the head reads.
+"""The first-token trim: the last encoder layer computes only the token the head reads.
 
 A BERT-style sequence classifier pools ``last_hidden_state[:, 0]``; the rest of the last layer's rows are
-computed and back-propagated for nothing. :func:`first_token_last_layer` swaps in a forward for that one layer
-that computes row 0 alone (keys and values still from every token), exact up to float rounding: same loss,
-same gradients, same random draws. It applies only to the stock classes it was verified on.
+computed (and, in training, back-propagated) for nothing. :func:`first_token_last_layer` swaps in a forward for
+that one layer that computes row 0 alone (keys and values still from every token), exact up to float rounding:
+same loss, same gradients, same random draws in training, the same logits in eval mode. It applies only to the
+stock classes it was verified on.
 """
 
 from __future__ import annotations
@@ -107,8 +108,6 @@ def _first_token_forward(self: nn.Module, hidden_states: torch.Tensor, attention
     Every dropout draws its full-size mask in the original order, so the RNG stream (and on CPU every dropped
     unit) is the same as in the full layer; the output row equals the full layer's row 0 up to float rounding.
     """
-    if not self.training:
-        return type(self).forward(self, hidden_states, attention_mask, *args, **kwargs)
     att, (b, t, hidden) = self.attention.self, hidden_states.shape
     heads, size = att.num_attention_heads, att.attention_head_size
     first = hidden_states[:, :1]  # (B, 1, C)
@@ -177,16 +176,16 @@ def _trim_target(model: nn.Module) -> tuple[Optional[nn.Module], str]:
 
 @contextlib.contextmanager
 def first_token_last_layer(model: nn.Module, required: bool = False) -> Iterator[bool]:
-    """While training, let the last encoder layer compute only the first token, the one the head reads.
+    """Let the last encoder layer compute only the first token, the one the head reads (training and prediction).
 
     A BERT-style classifier pools ``last_hidden_state[:, 0]``, so in the last layer the queries, attention
-    rows, output projection and feed-forward of every other token are computed and back-propagated for
-    nothing: about 1/7 of a MiniLM step. Inside the context the last layer's forward (training mode only)
-    computes token 0 alone; the loss and every gradient are the same up to float rounding, and dropout draws
-    the same random numbers in the same order (on CPU the very same masks; with CUDA SDPA's fused kernels the
-    last layer's masks come from another kernel). ``eval()`` and everything outside the context are untouched,
-    and the state dict never changes. Only exact stock classes with stock forwards are trimmed (see
-    :func:`_trim_target`): a subclass or a same-named class may pool differently.
+    rows, output projection and feed-forward of every other token are computed (and back-propagated) for
+    nothing: about 1/7 of a MiniLM step or forward. Inside the context the last layer's forward computes token 0
+    alone; in training the loss and every gradient are the same up to float rounding, and dropout draws the same
+    random numbers in the same order (on CPU the very same masks; with CUDA SDPA's fused kernels the last layer's
+    masks come from another kernel); in eval mode the logits are the same up to float rounding. Everything outside
+    the context is untouched, and the state dict never changes. Only exact stock classes with stock forwards are
+    trimmed (see :func:`_trim_target`): a subclass or a same-named class may pool differently.
 
     Args:
         required: raise instead of leaving an unsupported model alone (``train.first_token_last_layer: true``).
