@@ -157,7 +157,7 @@ def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: 
     if not ok:
         best = max(lora, key=lambda r: r["vs_full"]["low"])
         d = best["vs_full"]
-        return {"rank": None, "sentence": (
+        return {"rank": None, "closest_rank": best["rank"], "sentence": (
             f"No trained LoRA rank ({', '.join(str(r['rank']) for r in lora)}) is within {pts} of full fine-tuning "
             f"at {conf}: the closest, rank {best['rank']}, differs by {100 * d['difference']:+.1f} points "
             f"({conf} paired interval [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]) from full fine-tuning's "
@@ -211,12 +211,13 @@ def grid_runs(records: Sequence[Mapping[str, Any]], seeds: Sequence[int], lrs: M
 
 
 def record_row(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int],
-               record_rank: Optional[int]) -> Optional[str]:
-    """The LoRA row shown in detail: ``record_rank`` if set, else the answer's rank, else the largest rank."""
+               record_rank: Optional[int], closest_rank: Optional[int] = None) -> Optional[str]:
+    """The LoRA row shown in detail: ``record_rank`` if set, else the answer's rank, else (no rank within the
+    tolerance) the closest one the answer names, else the largest rank."""
     ranks = sorted(r["rank"] for r in rows.values() if r["variant"] == "lora")
     if not ranks:
         return None
-    rank = record_rank if record_rank in ranks else answer_rank if answer_rank in ranks else ranks[-1]
+    rank = next((r for r in (record_rank, answer_rank, closest_rank) if r in ranks), ranks[-1])
     return row_name("lora", rank)
 
 

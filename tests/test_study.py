@@ -70,9 +70,11 @@ def test_no_rank_within_tolerance_is_said_in_words():
     y = rng.integers(0, 2, 600)
     good = np.where(rng.random(600) < 0.95, y, 1 - y)
     bad = np.where(rng.random(600) < 0.75, y, 1 - y)
-    _, result = _study({2: bad, 8: bad}, good, y)
+    worse = np.where(rng.random(600) < 0.70, y, 1 - y)
+    _, result = _study({2: worse, 8: bad}, good, y)
     assert result["rank"] is None
     assert result["sentence"].startswith("No trained LoRA rank (2, 8) is within 1 point of full fine-tuning")
+    assert "the closest, rank 8," in result["sentence"] and result["closest_rank"] == 8  # the one shown in detail
 
 
 def test_a_collapsed_model_is_flagged_and_cannot_be_the_answer():
@@ -104,13 +106,14 @@ def test_grid_runs_keeps_the_current_grid_and_names_missing_instances():
         grid_runs(records, [1, 2], {"lora": [2e-3]}, [8, 32])
 
 
-def test_record_row_prefers_the_param_then_the_answer_then_the_largest_rank():
+def test_record_row_prefers_the_param_then_the_answer_then_the_closest_then_the_largest_rank():
     from lora_pipeline.study import record_row
 
     rows = {n: {"variant": "lora", "rank": r} for n, r in (("lora_r2", 2), ("lora_r8", 8))} | \
         {"full": {"variant": "full", "rank": None}}
     assert record_row(rows, answer_rank=2, record_rank=8) == "lora_r8"
     assert record_row(rows, answer_rank=2, record_rank=None) == "lora_r2"
+    assert record_row(rows, answer_rank=None, record_rank=None, closest_rank=2) == "lora_r2"  # no rank qualified
     assert record_row(rows, answer_rank=None, record_rank=None) == "lora_r8"
     assert record_row({"full": rows["full"]}, None, None) is None
 
