@@ -12,10 +12,13 @@ LOCK_DEV := requirements/lock-dev.txt
 LOCK_TOOLS := $(abspath .venv-lock)/bin
 # uv installs the locked set ~4x faster than pip (62 s vs 4 min for the dev set here); INSTALLER=pip uses pip.
 # Either way only the lock is installed: torch stays with pip, which finds the local CPU wheel and TORCH_SPEC.
+# --compile-bytecode: write the .pyc files at install time, as pip does by default (uv does not); without them
+# every stage compiles its imports from source where bytecode cannot be written (PYTHONDONTWRITEBYTECODE, a
+# read-only venv): +4 s per train stage here (BENCHMARKS.md).
 INSTALLER ?= uv
 UV_SPEC ?= uv==0.13.9
 ifeq ($(INSTALLER),uv)
-INSTALL_LOCK = $(BIN)/uv pip install -q --python $(BIN)/python --require-hashes --no-deps -r
+INSTALL_LOCK = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --require-hashes --no-deps -r
 else
 INSTALL_LOCK = $(BIN)/python -m pip install -q --require-hashes --no-deps -r
 endif
