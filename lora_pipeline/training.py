@@ -42,7 +42,7 @@ from .distributed import SINGLE, World, all_sum, broadcast_object, shard
 from .errors import PipelineError
 from .evaluation import macro_f1, predict
 from .runtime import resolve_bf16
-from .speedups import fast_cpu_dropout, first_token_last_layer
+from .speedups import fast_cpu_dropout, trim_switch
 from .tracking import NullTracker, Tracker
 
 __all__ = ["FitConfig", "StepPlan", "TrainResult", "fit", "make_optimizer", "plan_steps", "train_step"]
@@ -262,9 +262,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         if world.distributed else model
     bar = tqdm(total=plan.steps, initial=resumed, disable=not (progress and world.is_main), mininterval=5,
                desc="train", unit="step", file=sys.stderr)
-    trim = first_token_last_layer(model, required=cfg.first_token_last_layer is True) \
-        if cfg.first_token_last_layer else contextlib.nullcontext()
-    with _console_logging_to_tqdm(progress), trim, fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
+    with _console_logging_to_tqdm(progress), trim_switch(model, cfg.first_token_last_layer), \
+            fast_cpu_dropout(cfg.fast_cpu_dropout and device.type == "cpu"):
         while not loop.finished():
             batches = train_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
             for rows in batches[st["step_in_epoch"]:]:

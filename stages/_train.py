@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -129,9 +130,18 @@ def _device(name: str, world: World) -> torch.device:
     return device
 
 
+class Fitted(NamedTuple):
+    """What :func:`_fit` trained and what saving it needs."""
+    model: torch.nn.Module
+    tokenizer: Any
+    labels: list[str]
+    frames: dict[str, Any]  # part -> the split's pandas frame
+    result: TrainResult
+
+
 def _fit(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
-         checkpointer: DirCheckpointer | None, world: World, tracker=NullTracker()) -> tuple:
-    """Load the split, build the model and train it; returns (model, tokenizer, labels, frames, result)."""
+         checkpointer: DirCheckpointer | None, world: World, tracker=NullTracker()) -> Fitted:
+    """Load the split, build the model and train it."""
     labels, frames = read_split(args.split, ("train", "val"))
     train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
     tokenizer = load_tokenizer(params.model)
@@ -139,7 +149,7 @@ def _fit(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitCon
     result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
                  checkpointer=checkpointer if cfg.checkpoint_every else None,
                  progress=not args.no_progress and world.is_main, world=world)
-    return model, tokenizer, labels, frames, result
+    return Fitted(model, tokenizer, labels, frames, result)
 
 
 def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
@@ -150,10 +160,11 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
     if variant == "lora":
         tags["lora_rank"] = tags["rank"] = args.rank
     with open_tracker(params.mlflow, f"train_{variant}", tags) as tracker:
-        tracker.log_params({**sections, "run": {k: v for k, v in run.items() if v is not None}, "resolved": {"device": str(device),
-                                                                 "precision": "bf16" if cfg.bf16 else "fp32"},
-                           "world_size": world.size})
-        model, tokenizer, labels, frames, result = _fit(args, variant, params, cfg, device, checkpointer, world, tracker)
+        tracker.log_params({**sections, "run": {k: v for k, v in run.items() if v is not None},
+                            "resolved": {"device": str(device), "precision": "bf16" if cfg.bf16 else "fp32"},
+                            "world_size": world.size})
+        model, tokenizer, labels, frames, result = _fit(args, variant, params, cfg, device, checkpointer, world,
+                                                        tracker)
         card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
                          text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
                          base_model=params.model.name if variant == "lora" else None)

@@ -5,7 +5,6 @@ and, for LoRA, the paired difference with full fine-tuning; the adapters' update
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -22,7 +21,7 @@ from lora_pipeline.lora import adapter_factors
 from lora_pipeline.models import load_trained, model_digest, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
-from lora_pipeline.speedups import first_token_last_layer
+from lora_pipeline.speedups import trim_switch
 from lora_pipeline.statistics import bootstrap_metric_ci
 from lora_pipeline.tracking import git_commit, open_tracker
 from stages._cli import run_stage
@@ -55,16 +54,10 @@ def _predict_groups(groups, args, params: Params, labels: list[str], test: Encod
         for rec in group.records:
             model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model, labels,
                                  tokenizer).to(device)
-            with _trimmed(model, params.train.first_token_last_layer):
+            with trim_switch(model, params.train.first_token_last_layer):  # as validation predicted
                 preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,
                                                  device, bf16=bf16))
     return preds
-
-
-def _trimmed(model, setting) -> contextlib.AbstractContextManager:
-    """``train.first_token_last_layer`` for the test predictions as for validation: the last layer computes only
-    the token the head reads (same logits up to float rounding, ~1/7 less work per forward)."""
-    return first_token_last_layer(model, required=setting is True) if setting else contextlib.nullcontext()
 
 
 def _adapters(groups, models: Path) -> tuple[list[dict], list[dict]]:

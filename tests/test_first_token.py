@@ -238,13 +238,13 @@ def test_fit_follows_the_switch(monkeypatch, setting, calls, tiny_model_dir, spl
     from tests.conftest import load_encoded
 
     seen = []
-    real = training.first_token_last_layer
+    real = first_token.first_token_last_layer
 
     def spy(model, required=False):
         seen.append(required)
         return real(model, required=required)
 
-    monkeypatch.setattr(training, "first_token_last_layer", spy)
+    monkeypatch.setattr(first_token, "first_token_last_layer", spy)  # what trim_switch, fit's switch, calls
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, use_safetensors=True)
     cfg = training.FitConfig(lr=1e-3, epochs=1, batch_size=64, first_token_last_layer=setting, **EPOCHS_ONLY)
     train = load_encoded(split_dir, "train")

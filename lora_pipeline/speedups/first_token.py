@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import PipelineError
 
-__all__ = ["first_token_last_layer"]
+__all__ = ["first_token_last_layer", "trim_switch"]
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +180,13 @@ def first_token_last_layer(model: nn.Module, required: bool = False) -> Iterator
 
     A BERT-style classifier pools ``last_hidden_state[:, 0]``, so in the last layer the queries, attention
     rows, output projection and feed-forward of every other token are computed (and back-propagated) for
-    nothing: about 1/7 of a MiniLM step or forward. Inside the context the last layer's forward computes token 0
-    alone; in training the loss and every gradient are the same up to float rounding, and dropout draws the same
-    random numbers in the same order (on CPU the very same masks; with CUDA SDPA's fused kernels the last layer's
-    masks come from another kernel); in eval mode the logits are the same up to float rounding. Everything outside
-    the context is untouched, and the state dict never changes. Only exact stock classes with stock forwards are
-    trimmed (see :func:`_trim_target`): a subclass or a same-named class may pool differently.
+    nothing: about 1/7 of a MiniLM training step, 1/10 of a prediction pass (BENCHMARKS.md). Inside the context
+    the last layer's forward computes token 0 alone; in training the loss and every gradient are the same up to
+    float rounding, and dropout draws the same random numbers in the same order (on CPU the very same masks; with
+    CUDA SDPA's fused kernels the last layer's masks come from another kernel); in eval mode the logits are the
+    same up to float rounding. Everything outside the context is untouched, and the state dict never changes.
+    Only exact stock classes with stock forwards are trimmed (see :func:`_trim_target`): a subclass or a
+    same-named class may pool differently.
 
     Args:
         required: raise instead of leaving an unsupported model alone (``train.first_token_last_layer: true``).
@@ -209,3 +210,9 @@ def first_token_last_layer(model: nn.Module, required: bool = False) -> Iterator
         yield True
     finally:
         del layer.forward  # back to the class's forward
+
+
+def trim_switch(model: nn.Module, setting: bool | str) -> contextlib.AbstractContextManager:
+    """``train.first_token_last_layer`` as a context for training and prediction alike: ``auto`` trims where exact,
+    ``True`` requires it (:class:`PipelineError` otherwise), ``False`` changes nothing."""
+    return first_token_last_layer(model, required=setting is True) if setting else contextlib.nullcontext()
