@@ -4,7 +4,8 @@ while a stage runs.
 
 One tiny project (tiny random BERT, tiny data, one seed, one learning rate per variant) is built once: machine A.
 Its baseline logs to a real ``mlflow server`` (SQLite backend, proxied artifacts) on 127.0.0.1; A queues its share
-of ranks with ``dvc queue start -j 2``, clone B queues its own, both push, and A and a fresh clone C gather them.
+of ranks with ``dvc queue start -j 2``, clone B queues its own, both push, a fresh clone C gathers them side by
+side and a fresh clone D into one study without training.
 The tests run in file order: the last one kills the server.
 """
 
@@ -199,14 +200,12 @@ def test_a_queued_grid_logs_every_run_with_its_tags_to_the_shared_server(server,
     assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
 
 
-def test_two_clones_split_a_study_through_one_git_remote_and_one_dvc_remote(project, a_share, tmp_path):
-    """A and B each queue their share of ranks and `dvc exp push` it (Git refs to origin, outputs to the DVC
-    remote). A fresh clone C gathers both: it lists and pulls them, shows them side by side, applies one and is up
-    to date without training."""
+@pytest.fixture(scope="module")
+def pushed(project, a_share, tmp_path_factory) -> dict[int, str]:
+    """Clone B runs its share (``dvc exp run --run-all``); A and B ``dvc exp push`` theirs: {rank: exp name}."""
     repo, env = project
-    origin = repo.parent / "origin.git"
-    clone_b = tmp_path / "b"
-    _run(["git", "clone", "-q", str(origin), str(clone_b)], tmp_path, env)
+    clone_b = tmp_path_factory.mktemp("machine-b") / "b"
+    _run(["git", "clone", "-q", str(repo.parent / "origin.git"), str(clone_b)], clone_b.parent, env)
     env_b = {**env, "PYTHONPATH": str(clone_b)}
     _run(["dvc", "pull"], clone_b, env_b)  # the baseline's data and models, so B trains only its own share
     _run(["dvc", "exp", "run", "--queue", "-S", f"study.ranks=[{B_SHARE}]"], clone_b, env_b)
@@ -215,17 +214,26 @@ def test_two_clones_split_a_study_through_one_git_remote_and_one_dvc_remote(proj
     assert b_name, proc.stdout[-3000:]
     _run(["dvc", "exp", "push", "origin", b_name], clone_b, env_b)
     _run(["dvc", "exp", "push", "origin", *a_share.values()], repo, env)
+    return {**a_share, B_SHARE: b_name}
 
-    clone_c = tmp_path / "c"
-    _run(["git", "clone", "-q", str(origin), str(clone_c)], tmp_path, env)
-    env_c = {**env, "PYTHONPATH": str(clone_c)}
-    names = {**a_share, B_SHARE: b_name}
+
+def _fresh_clone(project, where: Path) -> tuple[Path, dict]:
+    repo, env = project
+    _run(["git", "clone", "-q", str(repo.parent / "origin.git"), str(where)], where.parent, env)
+    return where, {**env, "PYTHONPATH": str(where)}
+
+
+def test_two_clones_split_a_study_through_one_git_remote_and_one_dvc_remote(project, a_share, pushed, tmp_path):
+    """A and B each queue their share of ranks and `dvc exp push` it (Git refs to origin, outputs to the DVC
+    remote). A fresh clone C gathers both: it lists and pulls them, shows them side by side, applies one and is up
+    to date without training."""
+    clone_c, env_c = _fresh_clone(project, tmp_path / "c")
     listed = _run(["dvc", "exp", "list", "origin"], clone_c, env_c).stdout
-    assert all(name in listed for name in names.values()), listed
-    _run(["dvc", "exp", "pull", "origin", *names.values()], clone_c, env_c)
+    assert all(name in listed for name in pushed.values()), listed
+    _run(["dvc", "exp", "pull", "origin", *pushed.values()], clone_c, env_c)
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], clone_c, env_c).stdout)
-    assert _exp_names_by_rank(shown) == names  # the experiments of both machines, side by side
-    assert all(isinstance(_exp_metric(shown, rank, f"lora_r{rank}"), float) for rank in names)
+    assert _exp_names_by_rank(shown) == pushed  # the experiments of both machines, side by side
+    assert all(isinstance(_exp_metric(shown, rank, f"lora_r{rank}"), float) for rank in pushed)
     first = a_share[A_SHARE[0]]
     _run(["dvc", "exp", "apply", first], clone_c, env_c)
     _run(["dvc", "pull"], clone_c, env_c)
@@ -233,6 +241,30 @@ def test_two_clones_split_a_study_through_one_git_remote_and_one_dvc_remote(proj
     assert f"lora_r{A_SHARE[0]}" in json.loads((clone_c / "metrics" / "evaluate.json").read_text())
     assert "up to date" in _run(["dvc", "status"], clone_c, env_c).stdout
     assert _ran(_run(["dvc", "repro"], clone_c, env_c)) == set()
+
+
+def test_one_report_over_every_machines_experiments_trains_nothing(project, pushed, tmp_path):
+    """README "One report over every machine's experiments": a fresh clone D pulls the pushed experiments and
+    gathers them into one study (every rank of A and B) in which only `evaluate` and `report` run; its rows are
+    the experiments' own numbers."""
+    clone_d, env_d = _fresh_clone(project, tmp_path / "d")
+    _run(["dvc", "exp", "pull", "origin", *pushed.values()], clone_d, env_d)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], clone_d, env_d).stdout)
+    # DVC pushes no `cache: false` output (the train stages' metrics JSON) to a DVC remote, so a pulled run-cache
+    # entry cannot restore its stage: `dvc commit --force` on each experiment caches them here, with the entries
+    for name in pushed.values():
+        _run(["dvc", "exp", "apply", name], clone_d, env_d)
+        _run(["dvc", "pull"], clone_d, env_d)
+        _run(["dvc", "commit", "--force"], clone_d, env_d)
+    _run(["git", "reset", "-q", "--hard"], clone_d, env_d)  # back to the baseline commit
+    _run(["git", "clean", "-q", "-d", "--force"], clone_d, env_d)
+    _run(["dvc", "pull"], clone_d, env_d)
+    ranks = sorted(pushed)
+    proc = _run(["dvc", "exp", "run", "-S", f"study.ranks={ranks}"], clone_d, env_d)
+    assert _ran(proc) == {"evaluate", "report"}, proc.stdout[-3000:]
+    combined = json.loads((clone_d / "metrics" / "evaluate.json").read_text())
+    for rank in ranks:
+        assert combined[f"lora_r{rank}"]["macro_f1"] == _exp_metric(shown, rank, f"lora_r{rank}"), rank
 
 
 def _exp_metric(shown: list, rank: int, row: str) -> float:
