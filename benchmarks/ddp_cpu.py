@@ -39,7 +39,7 @@ def _run(variant: str, layout: dict, steps: int, split: Path, work: Path) -> dic
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cmd = [sys.executable, "-m", f"stages.train_{variant}", "--params", str(work / "params.yaml"), "--split",
            str(split), "--seed", "42", "--lr", str(LRS[variant]), "--out", str(work / "model"), "--metrics",
-           str(work / "metrics.json"), "--curve", str(work / "curve"), "--checkpoints", str(work / "ck"),
+           str(work / "metrics.json"), "--curve", str(work / "curve"), "--predictions", str(work / "val_predictions.csv"), "--checkpoints", str(work / "ck"),
            "--no-progress", *(["--rank", "8"] if variant == "lora" else [])]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -64,7 +64,8 @@ def run_stage(params: Path, split: Path, work: Path) -> dict:
     cmd = [sys.executable, "-m", "stages.train_lora", "--params", str(params), "--split", str(split),
            "--rank", "8", "--seed", str(study["seeds"][0]), "--lr", str(study["lora_lrs"][0]),
            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"), "--curve",
-           str(work / "curve"), "--checkpoints", str(work / "checkpoints"), "--no-progress"]
+           str(work / "curve"), "--predictions", str(work / "val_predictions.csv"), "--checkpoints",
+           str(work / "checkpoints"), "--no-progress"]
     wall = _timed(cmd, "stages.train_lora")
     metrics = json.loads((work / "metrics.json").read_text())
     return {"wall_seconds": round(wall, 2), "val_macro_f1": round(metrics["val_macro_f1"], 4),

@@ -202,7 +202,7 @@ class ScratchConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 1024
-    epochs: int = 3
+    epochs: int = 20
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "epochs"):
@@ -214,7 +214,7 @@ class ScratchConfig:
 class FullConfig:
     """Full fine-tuning of every parameter (section ``full``)."""
 
-    epochs: int = 2
+    epochs: int = 10
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "full.epochs", "must be >= 1")
@@ -236,7 +236,7 @@ class LoraConfig:
     modules_to_save: tuple[str, ...] = ("pooler",)
     rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
-    epochs: int = 3
+    epochs: int = 20
     save_merged: bool = False
 
     def __post_init__(self) -> None:
@@ -279,11 +279,15 @@ class TrainConfig:
     num_threads: int = 0
     # auto: the last layer computes only the token the head reads where that is exact; true: required; false: off
     first_token_last_layer: Union[Literal["auto"], bool] = "auto"
-    # training length: a variant's epochs, raised to at least min_steps optimizer steps, capped at max_steps
-    min_steps: int = 240
-    max_steps: int = 240  # 0: no cap
-    patience: int = 2  # validations in a row without a new best validation macro-F1 before stopping (0: off)
-    eval_every: int = 0  # optimizer steps between validations (0: every epoch end); the last step is always scored
+    # training length: a variant's epochs, raised to at least min_steps optimizer steps (early stopping never
+    # stops a run before min_steps), capped at max_steps
+    min_steps: int = 300
+    max_steps: int = 6000  # 0: no cap
+    patience: int = 4  # validations in a row without a new best validation macro-F1 before stopping (0: off)
+    min_delta: float = 0.001  # a new best must beat the best so far by more than this (Keras EarlyStopping)
+    # optimizer steps between validations (0: auto, a quarter epoch but at least 8 over the planned steps);
+    # the last step is always scored
+    eval_every: int = 0
     log_every: int = 10  # optimizer steps between points of the per-step training-loss curve
     # data parallel (lora_pipeline.distributed): train stages re-run themselves under torchrun when > 1
     processes: int = 1  # training processes per machine (torchrun --nproc-per-node); batch_size stays global
@@ -298,6 +302,7 @@ class TrainConfig:
                "train.rdzv_endpoint", "must be host:port (the rendezvous every machine joins) when train.nnodes > 1")
         for key in ("min_steps", "max_steps", "patience", "eval_every"):
             _check(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
+        _check(self.min_delta >= 0, "train.min_delta", "must be >= 0 (a macro-F1 gain: 0.001 = 0.1 point)")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(not self.max_steps or self.min_steps <= self.max_steps, "train.min_steps",
                f"({self.min_steps}) must be <= train.max_steps ({self.max_steps}) unless max_steps is 0 (no cap)")
@@ -322,7 +327,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (42,)
     ranks: tuple[int, ...] = (2, 8, 32)
     scratch_lrs: tuple[float, ...] = (4e-4,)
-    full_lrs: tuple[float, ...] = (5e-5,)
+    full_lrs: tuple[float, ...] = (1e-4,)
     lora_lrs: tuple[float, ...] = (2e-3,)
     tolerance: float = 0.01
     confidence: float = 0.95

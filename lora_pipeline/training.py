@@ -3,14 +3,17 @@
 AdamW (no decay on biases/LayerNorm), linear warm-up then decay over the planned steps, gradient clipping,
 length-grouped dynamically padded batches. How long a run trains adapts to the data (:func:`plan_steps`): the
 variant's epochs, raised in whole passes to ``min_steps`` optimizer steps and capped at ``max_steps``, so the
-last pass may end mid-epoch. Validation runs at every epoch end (or every ``eval_every`` steps) and at the last
-step; the best validation macro-F1 keeps its weights, and ``patience`` validations in a row without a new best
-stop the run early. The loop does no file I/O: it reports through a tracker and an optional checkpointer, so
-stage scripts decide what lands on disk.
+last pass may end mid-epoch; that plan is a safety cap. Validation runs every ``eval_every`` steps (0: a quarter
+epoch, at least 8 times over the plan, :func:`eval_interval`) and at the last step. Early stopping follows Keras'
+``EarlyStopping``: a validation is a new best only when its macro-F1 beats the best so far by more than
+``min_delta``; the best keeps its weights and predictions, and ``patience`` validations in a row without one stop
+the run ("plateau") once it has trained ``min_steps``; a run that reaches the end of its plan stopped by its "cap". The loop does no file I/O: it
+reports through a tracker and an optional checkpointer, so stage scripts decide what lands on disk.
 
 A run is resumable: the checkpoint holds the trainable weights, optimizer, scheduler, RNG state and the loop
-state (position, loss sums, curves, best so far, the early-stopping counter); batch order is a pure function of
-(seed, epoch), so on CPU a resumed run ends with exactly the metrics of an uninterrupted one.
+state (position, loss sums, wall and CPU seconds, curves, best so far with its predictions, the early-stopping
+counter); batch order is a pure function of (seed, epoch), so on CPU a resumed run ends with exactly the metrics,
+best step, stop reason and predictions of an uninterrupted one.
 
 Device, precision and seeding are resolved in :mod:`lora_pipeline.runtime`; the speed tricks the loop switches on
 (:mod:`lora_pipeline.speedups`) live apart from it. Under torchrun the same loop is data-parallel
@@ -45,7 +48,8 @@ from .runtime import resolve_bf16
 from .speedups import fast_cpu_dropout, trim_switch
 from .tracking import NullTracker, Tracker
 
-__all__ = ["FitConfig", "StepPlan", "TrainResult", "fit", "make_optimizer", "plan_steps", "train_step"]
+__all__ = ["FitConfig", "StepPlan", "TrainResult", "eval_interval", "fit", "make_optimizer", "plan_steps",
+           "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,8 @@ class FitConfig:
     min_steps: int = _TRAIN.min_steps
     max_steps: int = _TRAIN.max_steps
     patience: int = _TRAIN.patience  # validations in a row without a new best before stopping (0: off)
-    eval_every: int = _TRAIN.eval_every  # steps between validations (0: every epoch end); the last step always
+    min_delta: float = _TRAIN.min_delta  # a new best beats the best so far by more than this
+    eval_every: int = _TRAIN.eval_every  # steps between validations (0: auto, eval_interval); the last step always
     log_every: int = _TRAIN.log_every  # steps between points of the per-step loss curve
     bf16: bool = False  # bf16 autocast for forward passes (fp32 weights, gradients and optimizer state)
     # on CPU, dropout masks from speedups.fast_cpu_dropout (same p, other units): train.cpu_dropout: fast
@@ -125,6 +130,12 @@ def plan_steps(n_rows: int, cfg: FitConfig) -> StepPlan:
     return StepPlan(per_epoch, epochs, min(steps, cfg.max_steps) if cfg.max_steps else steps)
 
 
+def eval_interval(plan: StepPlan, eval_every: int) -> int:
+    """Optimizer steps between validations: ``eval_every`` when > 0, else (auto) a quarter epoch, shortened so that
+    the planned steps hold at least 8 validations: ``max(1, min(ceil(steps_per_epoch / 4), steps // 8))``."""
+    return eval_every or max(1, min(-(-plan.steps_per_epoch // 4), plan.steps // 8))
+
+
 @dataclass
 class TrainResult:
     """What a run produced: the model holds the best validation's weights when ``fit`` returns.
@@ -135,15 +146,42 @@ class TrainResult:
     best_epoch: float
     best_step: int
     best_val_macro_f1: float
-    history: list[dict[str, float]]  # per validation: step, epoch, train_loss (mean since the last), val_macro_f1
-    steps_log: list[dict[str, float]]  # every log_every steps: step, epoch, train_loss (mean since the last), lr
+    # per validation: step, epoch, train_loss (mean since the last), val_macro_f1, seconds, cpu_seconds (training
+    # wall and process CPU time so far: validations and saves excluded)
+    history: list[dict[str, float]]
+    steps_log: list[dict[str, float]]  # every log_every steps: step, epoch, train_loss, lr, seconds, cpu_seconds
     train_seconds: float
     samples_per_second: float
     steps: int
     planned_steps: int
-    stop_reason: str  # e.g. "completed 3 epochs (24 steps)", "step budget reached (…)", "early stopping: …"
+    stop_reason: str  # e.g. "plateau: no gain > 0.001 in validation macro-F1 for 2 validations (…)", "cap: …"
+    stopped_by: str  # "plateau" (early stopping fired) or "cap" (the planned steps ran out first)
+    train_cpu_seconds: float  # process CPU time of the training steps (all threads), as train_seconds
+    best_predictions: list[int]  # class ids the best validation predicted, in the val split's row order
     resumed_from_step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the run stopped because validation stopped improving, not because its plan ran out."""
+        return self.stopped_by == "plateau"
+
+    @property
+    def validations(self) -> int:
+        return len(self.history)
+
+    @property
+    def seconds_to_best(self) -> float:
+        """Training wall seconds up to the best validation."""
+        return self._at_best("seconds")
+
+    @property
+    def cpu_seconds_to_best(self) -> float:
+        """Training process CPU seconds up to the best validation."""
+        return self._at_best("cpu_seconds")
+
+    def _at_best(self, key: str) -> float:
+        return next((row[key] for row in self.history if row["step"] == self.best_step), 0.0)
 
 
 def make_optimizer(model: nn.Module, cfg: FitConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -205,11 +243,13 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device, world: World) -> float:
-    """Validation macro-F1 over the model's declared classes (``config.num_labels``), as the evaluate stage scores;
-    under torchrun each rank predicts a share of the batches and all ranks score the gathered predictions."""
+def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device,
+              world: World) -> tuple[float, list[int]]:
+    """Validation macro-F1 over the model's declared classes (``config.num_labels``), as the evaluate stage scores,
+    and the predicted class ids in row order; under torchrun each rank predicts a share of the batches and all
+    ranks score the gathered predictions."""
     preds = predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16, world=world)
-    return macro_f1(val.labels, preds, model.config.num_labels)
+    return macro_f1(val.labels, preds, model.config.num_labels), preds.tolist()
 
 
 def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManager:
@@ -225,8 +265,9 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     """Train ``model`` in place for the planned steps (:func:`plan_steps`) and leave it holding the weights of
     its best validation.
 
-    Validation runs every ``cfg.eval_every`` steps (0: at every epoch end) and at the last step; with
-    ``cfg.patience``, the run stops after that many validations in a row without a new best macro-F1.
+    Validation runs every :func:`eval_interval` steps and at the last step; with ``cfg.patience``, the run stops
+    after that many validations in a row without a new best macro-F1 (one above the best by more than
+    ``cfg.min_delta``).
 
     Args:
         model: any HF sequence classifier; only parameters with ``requires_grad`` are optimised.
@@ -242,7 +283,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
             checkpointer is only read and written by rank 0 (the state reaches the others by broadcast).
 
     Returns:
-        TrainResult with the per-validation history, the per-step loss curve, why it stopped, and throughput.
+        TrainResult with the per-validation history, the per-step loss curve, why it stopped, the best
+        validation's predictions, and throughput.
 
     Raises:
         PipelineError: the training split is empty.
@@ -281,10 +323,10 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
 
 def _fresh_state() -> dict[str, Any]:
     """The loop state a run starts from; a checkpoint holds it (plain numbers, strings, lists and tensors)."""
-    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "samples": 0,
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "samples": 0,
             "log_sum": 0.0, "log_n": 0, "eval_sum": 0.0, "eval_n": 0,  # loss sums since the last row / validation
-            "history": [], "steps_log": [], "best_f1": -1.0, "best_step": 0, "best_state": None,
-            "stale": 0, "early_stop": ""}  # validations in a row without a new best; the stop reason once stopped
+            "history": [], "steps_log": [], "best_f1": -1.0, "best_step": 0, "best_state": None, "best_preds": [],
+            "stale": 0, "early_stop": ""}  # validations in a row without a new best; the plateau reason once stopped
 
 
 def _resume(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -333,9 +375,9 @@ class _Loop:
                  lr: Callable[[], float], world: World = SINGLE) -> None:
         self.model, self.val, self.cfg, self.plan, self.st = model, val, cfg, plan, st
         self.pad_id, self.device, self.tracker, self.save, self.lr = pad_id, device, tracker, save, lr
-        self.world = world
+        self.world, self.eval_every = world, eval_interval(plan, cfg.eval_every)
         self.acc = torch.zeros((), device=device)  # loss summed since the last boundary step
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def finished(self) -> bool:
         return self.st["global_step"] >= self.plan.steps or bool(self.st["early_stop"])
@@ -356,7 +398,7 @@ class _Loop:
             st["epoch"], st["step_in_epoch"] = st["epoch"] + 1, 0
         step = st["global_step"]
         log_now = step % cfg.log_every == 0
-        eval_now = step == self.plan.steps or step % (cfg.eval_every or self.plan.steps_per_epoch) == 0
+        eval_now = step == self.plan.steps or step % self.eval_every == 0
         save_now = eval_now or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
         if log_now or save_now:
             # the host sync, at boundary steps only; ranks hold weighted shares of each global mean
@@ -365,39 +407,43 @@ class _Loop:
             st["log_sum"] += total
             st["eval_sum"] += total
             st["seconds"] += time.perf_counter() - self.t0  # training time: validation and saves excluded
+            st["cpu_seconds"] += time.process_time() - self.c0
             if log_now:
                 self._log_row()
             if eval_now:
                 self._validate()
             if save_now:
                 self.save()
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self.finished()
 
     def _log_row(self) -> None:
         st, step = self.st, self.st["global_step"]
-        row = {"step": step, "epoch": self.epoch(step), "train_loss": st["log_sum"] / st["log_n"], "lr": self.lr()}
+        row = {"step": step, "epoch": self.epoch(step), "train_loss": st["log_sum"] / st["log_n"], "lr": self.lr(),
+               "seconds": st["seconds"], "cpu_seconds": st["cpu_seconds"]}
         st["steps_log"].append(row)
         st["log_sum"], st["log_n"] = 0.0, 0
         self.tracker.log_metrics({"train_loss": row["train_loss"], "lr": row["lr"]}, step=step)
 
     def _validate(self) -> None:
         st, step, cfg = self.st, self.st["global_step"], self.cfg
-        f1 = _evaluate(self.model, self.val, cfg, self.pad_id, self.device, self.world)
+        f1, preds = _evaluate(self.model, self.val, cfg, self.pad_id, self.device, self.world)
         row = {"step": step, "epoch": self.epoch(step), "train_loss": st["eval_sum"] / st["eval_n"],
-               "val_macro_f1": f1}
+               "val_macro_f1": f1, "seconds": st["seconds"], "cpu_seconds": st["cpu_seconds"]}
         st["history"].append(row)
         st["eval_sum"], st["eval_n"] = 0.0, 0
         self.tracker.log_metrics({"epoch_train_loss": row["train_loss"], "val_macro_f1": f1}, step=step)
         log.info("step %d (epoch %.2f): train_loss %.4f  val_macro_f1 %.4f", step, row["epoch"],
                  row["train_loss"], f1)
-        if f1 > st["best_f1"]:
-            st.update(best_f1=f1, best_step=step, best_state=_trainable_state(self.model), stale=0)
+        if f1 > st["best_f1"] + cfg.min_delta:  # Keras' EarlyStopping: a gain within min_delta is none
+            st.update(best_f1=f1, best_step=step, best_state=_trainable_state(self.model), best_preds=preds, stale=0)
             return
         st["stale"] += 1
-        if cfg.patience and st["stale"] >= cfg.patience and step < self.plan.steps:
-            st["early_stop"] = (f"early stopping: no gain in validation macro-F1 for {st['stale']} validations "
-                                f"(best at step {st['best_step']}, epoch {self.epoch(st['best_step']):.2f})")
+        # never before min_steps (a one-class start is flat for a while); at the last step too: the run converged
+        if cfg.patience and st["stale"] >= cfg.patience and step >= cfg.min_steps:
+            n, best = st["stale"], st["best_step"]
+            st["early_stop"] = (f"plateau: no gain > {cfg.min_delta:g} in validation macro-F1 for {n} validation"
+                                f"{'s' if n != 1 else ''} (best at step {best}, epoch {self.epoch(best):.2f})")
 
     def stop_reason(self) -> str:
         st, plan, cfg = self.st, self.plan, self.cfg
@@ -405,12 +451,14 @@ class _Loop:
             return st["early_stop"]
         steps = st["global_step"]
         if plan.capped:
-            epochs = steps / plan.steps_per_epoch
-            return f"step budget reached ({steps} of {plan.steps} planned steps, {epochs:.2f} epochs)"
-        reason = f"completed {plan.epochs} epoch{'s' if plan.epochs != 1 else ''} ({steps} steps)"
-        if plan.epochs > cfg.epochs:
-            reason = reason[:-1] + f"; raised from {cfg.epochs} to reach train.min_steps {cfg.min_steps})"
-        return reason
+            reason = f"cap: reached max_steps {plan.steps} ({steps / plan.steps_per_epoch:.2f} epochs)"
+        else:
+            reason = f"cap: completed {plan.epochs} epoch{'s' if plan.epochs != 1 else ''} ({steps} steps)"
+            if plan.epochs > cfg.epochs:
+                reason = reason[:-1] + f"; raised from {cfg.epochs} to reach train.min_steps {cfg.min_steps})"
+        if not cfg.patience:
+            return reason + f" with early stopping off (best at step {st['best_step']})"
+        return reason + f" while still improving (last gain at step {st['best_step']})"
 
     def result(self, resumed: int) -> TrainResult:
         st = self.st
@@ -418,4 +466,5 @@ class _Loop:
                            best_val_macro_f1=st["best_f1"], history=st["history"], steps_log=st["steps_log"],
                            train_seconds=st["seconds"], samples_per_second=st["samples"] / max(st["seconds"], 1e-9),
                            steps=st["global_step"], planned_steps=self.plan.steps, stop_reason=self.stop_reason(),
-                           resumed_from_step=resumed)
+                           stopped_by="plateau" if st["early_stop"] else "cap", train_cpu_seconds=st["cpu_seconds"],
+                           best_predictions=st["best_preds"], resumed_from_step=resumed)

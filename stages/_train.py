@@ -18,7 +18,7 @@ from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.distributed import (World, current_world, destroy_process_group, die_with_parent,
                                        init_process_group, mark_started, run_torchrun, torchrun_argv, wants_launch)
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.files import atomic_dir, read_split, split_digests, write_json
+from lora_pipeline.files import atomic_dir, atomic_file, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
 from lora_pipeline.inference import ModelCard
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="model output directory")
     parser.add_argument("--metrics", required=True, help="metrics JSON file")
     parser.add_argument("--curve", required=True, help="folder for the per-step and per-validation curve CSVs")
+    parser.add_argument("--predictions", required=True,
+                        help="CSV of the best validation's predictions: row (in the val split), actual, predicted")
     parser.add_argument("--checkpoints", required=True, help="resumable state (git-ignored, not a DVC out)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
@@ -73,6 +75,16 @@ def _write_curves(result: TrainResult, folder: str) -> None:
                 writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
                 writer.writeheader()
                 writer.writerows(rows)
+
+
+def _write_predictions(actual: list[int], predicted: list[int], path: str) -> None:
+    """One row per val example, in the split's order: ``row,actual,predicted`` (class ids)."""
+    if len(predicted) != len(actual):
+        raise PipelineError(f"the best validation holds {len(predicted)} predictions for {len(actual)} val rows")
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "actual", "predicted"])
+        writer.writerows(zip(range(len(actual)), actual, predicted))
 
 
 def _train(args: argparse.Namespace, variant: Variant, argv: list[str]) -> None:
@@ -173,10 +185,12 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
         metrics = {**run, **_metrics(model, result, device, weights_files(variant, args.out), cfg)}
         write_json(args.metrics, metrics)
         _write_curves(result, args.curve)
+        _write_predictions(frames["val"]["label_id"].astype(int).tolist(), result.best_predictions, args.predictions)
         checkpointer.clear()
         tracker.log_metrics(summary_for_tracking({k: v for k, v in metrics.items() if k not in run}))
-        tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason})
-        for path in (args.metrics, args.curve):
+        tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason,
+                          "stopped_by": result.stopped_by})
+        for path in (args.metrics, args.curve, args.predictions):
             tracker.log_artifact(path)
         digest = model_digest(weights_files(variant, args.out))
         tracker.use("model", lambda mlflow: _log_model(mlflow, args.out, digest))
@@ -197,10 +211,11 @@ def _run_record(args: argparse.Namespace, variant: Variant) -> dict:
 def summary_for_tracking(metrics: dict) -> dict:
     """The end-of-run metrics under names that no per-step curve uses (MLflow puts a step-less value at step 0).
 
-    ``val_macro_f1`` is the per-epoch curve ``fit`` logs; the best epoch's value becomes ``best_val_macro_f1``.
-    The DVC metrics file keeps its own keys.
+    ``val_macro_f1`` is the per-validation curve ``fit`` logs; the best validation's value becomes
+    ``best_val_macro_f1``. Booleans become 0/1 (``converged``); the DVC metrics file keeps its own keys and values.
     """
-    return {("best_val_macro_f1" if key == "val_macro_f1" else key): value for key, value in metrics.items()}
+    return {("best_val_macro_f1" if key == "val_macro_f1" else key): int(value) if isinstance(value, bool) else value
+            for key, value in metrics.items()}
 
 
 def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitConfig) -> dict:
@@ -213,7 +228,13 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
         "steps": result.steps,
         "planned_steps": result.planned_steps,
         "stop_reason": result.stop_reason,
+        "stopped_by": result.stopped_by,
+        "converged": result.converged,
+        "validations": result.validations,
+        "seconds_to_best": round(result.seconds_to_best, 2),
+        "cpu_seconds_to_best": round(result.cpu_seconds_to_best, 2),
         "train_seconds": round(result.train_seconds, 2),
+        "train_cpu_seconds": round(result.train_cpu_seconds, 2),
         "samples_per_second": round(result.samples_per_second, 2),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "trainable_params": trainable,

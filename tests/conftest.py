@@ -27,7 +27,8 @@ WORDS = {
 }
 FILLER = "the a film story it was and with this of".split()
 # wall-clock measurements: the only metrics allowed to differ between two runs with the same seed
-WALL_CLOCK_KEYS = frozenset({"train_seconds", "samples_per_second", "peak_memory_mb"})
+WALL_CLOCK_KEYS = frozenset({"train_seconds", "samples_per_second", "peak_memory_mb", "train_cpu_seconds",
+                             "seconds_to_best", "cpu_seconds_to_best"})
 # exactly cfg.epochs passes: no min_steps floor, no max_steps cap, no early stopping
 EPOCHS_ONLY = {"min_steps": 0, "max_steps": 0, "patience": 0}
 # the study grid write_params writes (one point): seed, LoRA rank and each variant's learning rate

@@ -93,7 +93,7 @@ def test_a_second_train_stage_on_the_same_folder_exits_2_before_training(tmp_pat
         start = time.monotonic()
         rc = train_full.main(["--params", str(params), "--split", str(split_dir), *instance_args("full"),
                               "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "metrics.json"),
-                              "--curve", str(tmp_path / "curves"),
+                              "--curve", str(tmp_path / "curves"), "--predictions", str(tmp_path / "val_predictions.csv"),
                               "--checkpoints", str(checkpoints), "--no-progress"])
         elapsed = time.monotonic() - start
     finally:

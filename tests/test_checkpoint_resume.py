@@ -1,5 +1,6 @@
 """Resumable checkpoints (issue 4): safe loading, run keys, and an interrupted run that ends exactly
-like an uninterrupted one -- in process, and with a real training subprocess killed by SIGKILL."""
+like an uninterrupted one (cut by its cap or stopped on a plateau, with the same best validation's predictions)
+-- in process, and with a real training subprocess killed by SIGKILL."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -172,12 +174,23 @@ def _interrupted_and_resumed(tmp_path, model_dir, split_dir, crash_after: int, c
     return reference, resumed
 
 
+CLOCKS = ("seconds", "cpu_seconds")  # the curves' columns of training time so far
+
+
+def _without_clocks(result: training.TrainResult) -> dict:
+    """The result's fields but the clocks (totals and curve columns) and the resume point."""
+    skip = {"train_seconds", "train_cpu_seconds", "samples_per_second", "resumed_from_step"}
+    fields = {k: v for k, v in dataclasses.asdict(result).items() if k not in skip}
+    for curve in ("history", "steps_log"):
+        fields[curve] = [{k: v for k, v in row.items() if k not in CLOCKS} for row in fields[curve]]
+    return fields
+
+
 def _assert_same_fit(reference, resumed) -> None:
-    """Every field of the results but the wall clock and the resume point, and every weight, are equal."""
+    """Every field of the results but the clocks and the resume point, and every weight, are equal."""
     (ref, ref_weights), (got, weights) = reference, resumed
-    skip = {"train_seconds", "samples_per_second", "resumed_from_step"}
-    assert {k: v for k, v in dataclasses.asdict(got).items() if k not in skip} == \
-           {k: v for k, v in dataclasses.asdict(ref).items() if k not in skip}
+    assert _without_clocks(got) == _without_clocks(ref)
+    assert ref.best_predictions and ref.stop_reason
     assert weights.keys() == ref_weights.keys()
     for name in weights:
         assert torch.equal(weights[name], ref_weights[name]), name
@@ -187,7 +200,7 @@ def _assert_same_fit(reference, resumed) -> None:
 @pytest.mark.parametrize("crash_after", [1, 3, 5, 7])
 def test_interrupted_fit_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after, caplog):
     reference, resumed = _interrupted_and_resumed(tmp_path, tiny_model_dir, split_dir, crash_after, caplog,
-                                                  log_every=2)
+                                                  log_every=2, eval_every=8)
     assert resumed[0].resumed_from_step == [3, 6, 8, 9, 12, 15, 16][crash_after - 1]
     assert [row["step"] for row in reference[0].history] == [8, 16] and len(reference[0].steps_log) == 8
     _assert_same_fit(reference, resumed)
@@ -198,7 +211,7 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path, tiny_model_dir, sp
 def test_a_run_that_ends_mid_epoch_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after,
                                                               caplog):
     reference, resumed = _interrupted_and_resumed(tmp_path, tiny_model_dir, split_dir, crash_after, caplog,
-                                                  epochs=3, max_steps=13, log_every=2)
+                                                  epochs=3, max_steps=13, log_every=2, eval_every=8)
     assert resumed[0].resumed_from_step == [3, 6, 8, 9, 12, 13][crash_after - 1]
     assert (reference[0].steps, reference[0].planned_steps) == (13, 13)
     assert [row["step"] for row in reference[0].history] == [8, 13]
@@ -213,8 +226,25 @@ def test_an_early_stopped_run_resumes_to_the_same_result(tmp_path, tiny_model_di
                                                   lr=2e-2, epochs=6, warmup_ratio=0.1, patience=2, eval_every=4,
                                                   log_every=2)
     assert resumed[0].resumed_from_step == [3, 4, 6, 8, 9, 12, 15, 16, 18, 20][crash_after - 1]
-    assert reference[0].stop_reason.startswith("early stopping") and reference[0].steps == 20
-    assert (reference[0].best_step, reference[0].planned_steps) == (12, 48)
+    assert reference[0].stop_reason.startswith("plateau: ") and reference[0].steps == 20
+    assert (reference[0].best_step, reference[0].planned_steps, reference[0].stopped_by) == (12, 48, "plateau")
+    _assert_same_fit(reference, resumed)
+
+
+# The default cadence (eval_every 0: every 2 steps here) with min_delta 0.001 and patience 5: the first five
+# validations tie at 0.17, step 12 scores 0.56 (best), the five after it do not beat it: a plateau at step 22.
+# Saves at 2, 3, 4, 6, 8, 9, 10, 12, 14, 15, 16, 18, 20, 21, 22: resumed before, at and after the best.
+@pytest.mark.parametrize("crash_after", [5, 8, 11, 14])
+def test_a_plateau_at_the_auto_cadence_resumes_to_the_same_result(tmp_path, tiny_model_dir, split_dir, crash_after,
+                                                                  caplog):
+    reference, resumed = _interrupted_and_resumed(tmp_path, tiny_model_dir, split_dir, crash_after, caplog,
+                                                  lr=2e-2, epochs=6, warmup_ratio=0.1, patience=5, log_every=2)
+    assert resumed[0].resumed_from_step == [2, 3, 4, 6, 8, 9, 10, 12, 14, 15, 16, 18, 20, 21, 22][crash_after - 1]
+    ref = reference[0]
+    assert [row["step"] for row in ref.history] == list(range(2, 23, 2))
+    assert (ref.steps, ref.best_step, ref.stopped_by, ref.validations) == (22, 12, "plateau", 11)
+    assert ref.stop_reason == ("plateau: no gain > 0.001 in validation macro-F1 for 5 validations "
+                               "(best at step 12, epoch 1.50)")
     _assert_same_fit(reference, resumed)
 
 
@@ -224,7 +254,8 @@ def test_an_early_stopped_run_resumes_to_the_same_result(tmp_path, tiny_model_di
 def _train_cmd(work: Path, params: Path, split: Path) -> list[str]:
     return [sys.executable, "-m", "stages.train_full", "--params", str(params), "--split", str(split),
             "--seed", "7", "--lr", "5e-3", "--out", str(work / "model"), "--metrics", str(work / "metrics.json"),
-            "--curve", str(work / "curves"), "--checkpoints", str(work / "ck"), "--no-progress"]
+            "--curve", str(work / "curves"), "--predictions", str(work / "val_predictions.csv"),
+            "--checkpoints", str(work / "ck"), "--no-progress"]
 
 
 def _popen(cmd: list[str], env: dict) -> subprocess.Popen:
@@ -246,13 +277,19 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+# the metrics that read a clock: wall (conftest's) and process CPU seconds
+CLOCK_KEYS = WALL_CLOCK_KEYS | {"train_cpu_seconds", "seconds_to_best", "cpu_seconds_to_best"}
+
+
 def _assert_same_run(a: Path, b: Path) -> None:
     ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
-    assert ma.keys() == mb.keys() and WALL_CLOCK_KEYS <= ma.keys()
-    assert {k: v for k, v in ma.items() if k not in WALL_CLOCK_KEYS} == \
-           {k: v for k, v in mb.items() if k not in WALL_CLOCK_KEYS}
+    assert ma.keys() == mb.keys() and CLOCK_KEYS <= ma.keys()
+    assert {k: v for k, v in ma.items() if k not in CLOCK_KEYS} == {k: v for k, v in mb.items() if k not in CLOCK_KEYS}
     for name in ("steps.csv", "evals.csv"):  # stages/_train.CURVE_FILES
-        assert (a / "curves" / name).read_text() == (b / "curves" / name).read_text(), name
+        ca, cb = (pd.read_csv(run / "curves" / name) for run in (a, b))
+        assert set(CLOCKS) <= set(ca.columns), name
+        pd.testing.assert_frame_equal(ca.drop(columns=list(CLOCKS)), cb.drop(columns=list(CLOCKS)), check_exact=True)
+    assert (a / "val_predictions.csv").read_text() == (b / "val_predictions.csv").read_text()
     wa, wb = _weights(a / "model"), _weights(b / "model")
     assert wa.keys() == wb.keys()
     for name in wa:
@@ -262,8 +299,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
 @pytest.mark.slow
 def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
     split = write_split(tmp_path / "split", tiny_model_dir, make_frame(300))  # 37 steps per epoch
-    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {  # 100 steps: ends mid-epoch 3
-        "full.epochs": 3, "train.min_steps": 0, "train.max_steps": 100, "train.patience": 0,
+    # a cap of 100 steps, validations every 10 (auto: min(ceil(37 / 4), 100 // 8)); patience 3 stops it earlier
+    params = write_params(tmp_path / "params.yaml", tiny_model_dir, {
+        "full.epochs": 3, "train.min_steps": 0, "train.max_steps": 100, "train.patience": 3,
         "train.checkpoint_every": 10, "train.num_threads": 1, "mlflow.enabled": False})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     ref, victim = tmp_path / "reference", tmp_path / "victim"
@@ -283,3 +321,5 @@ def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, t
     assert "resuming" not in _finish(ref_proc)
     _assert_same_run(ref, victim)
     assert not (victim / "ck").exists()  # cleared once the outputs were written
+    metrics = json.loads((ref / "metrics.json").read_text())  # step 60 here, with the CPU's precision
+    assert (metrics["stopped_by"], metrics["converged"]) == ("plateau", True) and metrics["steps"] < 100

@@ -61,8 +61,9 @@ def test_int_is_accepted_where_a_float_is_expected():
     ("study.tolerance", 1.5),
     ("study.resamples", 100),
     ("study.record_rank", 5),  # not one of the ranks
-    ("train.min_steps", 500),  # above max_steps 240
+    ("train.min_steps", 7000),  # above max_steps 6000
     ("train.patience", -1),
+    ("train.min_delta", -0.001),
     ("train.log_every", 0),
     ("train.batch_size", 0),
     ("train.warmup_ratio", 1.0),
@@ -276,3 +277,10 @@ def test_params_yaml_is_the_one_truth_for_every_default():
             if default != getattr(getattr(parsed, section), f.name):
                 differ.append(f"{section}.{f.name}: default {default!r}, params.yaml {values[f.name]!r}")
     assert not differ, differ
+
+
+def test_min_delta_is_a_non_negative_macro_f1_gain():
+    params = parse_params(_with("train.min_delta", 0))
+    assert isinstance(params.train.min_delta, float) and params.train.min_delta == 0.0
+    with pytest.raises(ConfigError, match=r"'train\.min_delta' must be >= 0"):
+        parse_params(_with("train.min_delta", -0.01))

@@ -42,8 +42,9 @@ def _train(variant: str, base: Path, params: Path, lr: float) -> int:
     return stage.main(["--params", str(params), "--split", str(base / "split"), *instance_args(variant, lr=lr),
                        "--out", str(base / "models" / variant / tag),
                        "--metrics", str(base / "runs" / f"{variant}-{tag}.json"),
-                       "--curve", str(base / "curves" / variant / tag), "--checkpoints", str(base / "ck" / variant),
-                       "--no-progress"])
+                       "--curve", str(base / "curves" / variant / tag),
+                       "--predictions", str(base / "val_predictions" / variant / f"{tag}.csv"),
+                       "--checkpoints", str(base / "ck" / variant), "--no-progress"])
 
 
 @pytest.mark.slow
@@ -71,7 +72,9 @@ def test_gpt2_trains_with_lora_through_the_stages(tmp_path):
     assert evaluate.main(["--params", str(params), "--split", str(tmp_path / "split"),
                           "--models", str(tmp_path / "models"), "--runs", str(tmp_path / "runs"),
                           "--metrics", str(tmp_path / "evaluate.json"), "--study", str(tmp_path / "study.json"),
-                          "--rank-curve", str(tmp_path / "rank_curve.csv"),
-                          "--predictions", str(tmp_path / "pred")]) == 0
+                          "--rank-curve", str(tmp_path / "rank_curve.csv"), "--predictions", str(tmp_path / "pred"),
+                          "--curves", str(tmp_path / "curves"), "--val-predictions", str(tmp_path / "val_predictions"),
+                          "--record", str(tmp_path / "record.json.gz"),
+                          "--learning-curves", str(tmp_path / "learning_curves")]) == 0
     lora_test = json.loads((tmp_path / "evaluate.json").read_text())[f"lora_r{RANK}"]
     assert lora_test["macro_f1"] > 0.7

@@ -58,7 +58,7 @@ def _params(path: Path, model: Path, processes: int, **overrides) -> Path:
 def _cmd(variant: str, work: Path, params: Path, split: Path) -> list[str]:
     args = ["--seed", "7", "--lr", "5e-3"] + (["--rank", "4"] if variant == "lora" else [])
     return [sys.executable, "-m", f"stages.train_{variant}", "--params", str(params), "--split", str(split), *args,
-            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"), "--curve", str(work / "curves"),
+            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"), "--curve", str(work / "curves"), "--predictions", str(work / "val_predictions.csv"),
             "--checkpoints", str(work / "ck"), "--no-progress"]
 
 

@@ -100,7 +100,8 @@ def test_fit_uses_it_on_cpu_and_stays_deterministic(tiny_model_dir, split_dir):
     runs = {}
     for name, fast in (("fast", True), ("fast_again", True), ("torch", False)):
         model = _model(tiny_model_dir, seed=11)
-        cfg = FitConfig(lr=5e-3, epochs=1, batch_size=16, seed=3, fast_cpu_dropout=fast, **EPOCHS_ONLY)
+        cfg = FitConfig(lr=5e-3, epochs=1, batch_size=16, seed=3, fast_cpu_dropout=fast,
+                        eval_every=-(-len(train) // 16), **EPOCHS_ONLY)
         result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
         assert result.steps == -(-len(train) // 16) and len(result.history) == 1  # one whole epoch
         runs[name] = (result.history[0]["train_loss"], _state(model))

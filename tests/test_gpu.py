@@ -167,7 +167,7 @@ def _train_lora(work: Path, params: Path, split: Path, env: dict) -> str:
     """The real train_lora stage (it re-executes itself under torchrun when train.processes > 1); its stderr."""
     cmd = [sys.executable, "-m", "stages.train_lora", "--params", str(params), "--split", str(split), "--seed", "7",
            "--lr", "5e-3", "--rank", "4", "--out", str(work / "model"), "--metrics", str(work / "metrics.json"),
-           "--curve", str(work / "curves"), "--checkpoints", str(work / "ck"), "--no-progress"]
+           "--curve", str(work / "curves"), "--predictions", str(work / "val_predictions.csv"), "--checkpoints", str(work / "ck"), "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
     return proc.stderr

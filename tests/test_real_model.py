@@ -45,10 +45,11 @@ def test_minilm_lora_trains_a_few_steps(tokenizer):
     assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) / total < 0.01
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = _split(tokenizer, 16)
-    result = fit(model, data, data, FitConfig(lr=5e-3, epochs=3, batch_size=8, warmup_ratio=0.0, **EPOCHS_ONLY),
+    result = fit(model, data, data, FitConfig(lr=5e-3, epochs=3, batch_size=8, warmup_ratio=0.0, eval_every=2,
+                                              **EPOCHS_ONLY),
                  pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), progress=False)
     assert [row["epoch"] for row in result.history] == [1.0, 2.0, 3.0] and result.planned_steps == 3 * 2
-    assert result.stop_reason == "completed 3 epochs (6 steps)"
+    assert result.stop_reason.startswith("cap: completed 3 epochs (6 steps)") and result.stopped_by == "cap"
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"

@@ -20,8 +20,11 @@ from tests.conftest import (LABELS, LRS, SEED, WALL_CLOCK_KEYS, instance_args, i
 EXPERIMENT = "stages-test"
 RANKS = (2, 4)  # two LoRA ranks: evaluate compares their adapters' subspaces
 TRAIN_KEYS = {"variant", "rank", "seed", "lr", "tag", "val_macro_f1", "best_epoch", "best_step", "epochs", "steps",
-              "planned_steps", "stop_reason", "train_seconds", "samples_per_second", "peak_memory_mb",
+              "planned_steps", "stop_reason", "stopped_by", "converged", "validations", "seconds_to_best",
+              "cpu_seconds_to_best", "train_seconds", "train_cpu_seconds", "samples_per_second", "peak_memory_mb",
               "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision"}
+# the metrics that read a clock: wall (conftest's) and process CPU seconds
+CLOCK_KEYS = WALL_CLOCK_KEYS | {"train_cpu_seconds", "seconds_to_best", "cpu_seconds_to_best"}
 INSTANCES = [("scratch", None), ("full", None)] + [("lora", rank) for rank in RANKS]
 
 
@@ -31,24 +34,29 @@ def _tag(variant: str, rank: int | None) -> str:
 
 
 def _paths(base: Path, variant: str, rank: int | None = None) -> dict[str, Path]:
-    """Where one train instance writes: model, metrics JSON, curve folder, checkpoints."""
+    """Where one train instance writes: model, metrics JSON, curve folder, val predictions, checkpoints."""
     tag = _tag(variant, rank)
     return {"out": base / "models" / variant / tag, "metrics": base / "metrics" / "train" / f"{variant}-{tag}.json",
-            "curve": base / "metrics" / "curves" / variant / tag, "checkpoints": base / "checkpoints" / variant / tag}
+            "curve": base / "metrics" / "curves" / variant / tag,
+            "predictions": base / "metrics" / "val_predictions" / variant / f"{tag}.csv",
+            "checkpoints": base / "checkpoints" / variant / tag}
 
 
 def _train_args(base: Path, variant: str, params: Path, split: Path, rank: int | None = None) -> list[str]:
     paths = _paths(base, variant, rank)
     return ["--params", str(params), "--split", str(split), *instance_args(variant, **({"rank": rank} if rank else {})),
             "--out", str(paths["out"]), "--metrics", str(paths["metrics"]), "--curve", str(paths["curve"]),
-            "--checkpoints", str(paths["checkpoints"]), "--no-progress"]
+            "--predictions", str(paths["predictions"]), "--checkpoints", str(paths["checkpoints"]), "--no-progress"]
 
 
 def _evaluate_args(base: Path, params: Path, split: Path) -> list[str]:
+    metrics = base / "metrics"
     return ["--params", str(params), "--split", str(split), "--models", str(base / "models"),
-            "--runs", str(base / "metrics" / "train"), "--metrics", str(base / "metrics" / "evaluate.json"),
-            "--study", str(base / "metrics" / "study.json"), "--rank-curve", str(base / "metrics" / "rank_curve.csv"),
-            "--predictions", str(base / "metrics" / "predictions")]
+            "--runs", str(metrics / "train"), "--curves", str(metrics / "curves"),
+            "--val-predictions", str(metrics / "val_predictions"), "--metrics", str(metrics / "evaluate.json"),
+            "--study", str(metrics / "study.json"), "--record", str(metrics / "record.json.gz"),
+            "--rank-curve", str(metrics / "rank_curve.csv"), "--learning-curves", str(metrics / "learning_curves"),
+            "--predictions", str(metrics / "predictions")]
 
 
 def _read(base: Path, variant: str, rank: int | None = None) -> dict:
@@ -80,7 +88,6 @@ def run_chain(tmp_path_factory, tiny_model_dir, overrides: dict | None = None):
         codes["evaluate"] = evaluate.main(_evaluate_args(base, params, base / "split"))
         codes["report"] = report.main([
             "--params", str(params), "--study", str(base / "metrics" / "study.json"),
-            "--curves", str(base / "metrics" / "curves"), "--dataset", str(base / "split" / "dataset.json"),
             "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
     return base, params, codes, uri
 
@@ -130,25 +137,54 @@ def test_train_outputs(pipeline, variant, rank):
     assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag")} == \
            {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": _tag(variant, rank)}
     per_epoch = -(-len(pd.read_parquet(base / "split" / "train.parquet")) // 16)
+    every = min(-(-per_epoch // 4), 2 * per_epoch // 8)  # eval_every 0: auto
     assert metrics["epochs"] == 2 and metrics["steps"] == metrics["planned_steps"] == 2 * per_epoch
-    assert metrics["stop_reason"] == f"completed 2 epochs ({2 * per_epoch} steps)"
-    assert metrics["best_step"] in (per_epoch, 2 * per_epoch)
-    assert metrics["best_epoch"] == metrics["best_step"] / per_epoch
+    assert metrics["stop_reason"] == (f"cap: completed 2 epochs ({2 * per_epoch} steps) with early stopping off "
+                                      f"(best at step {metrics['best_step']})")  # write_params: patience 0
+    assert (metrics["stopped_by"], metrics["converged"]) == ("cap", False)
+    assert metrics["validations"] == 2 * per_epoch // every >= 8
+    assert metrics["best_step"] % every == 0
+    assert metrics["best_epoch"] == round(metrics["best_step"] / per_epoch, 3)
+    assert 0 <= metrics["seconds_to_best"] <= metrics["train_seconds"]
+    assert 0 <= metrics["cpu_seconds_to_best"] <= metrics["train_cpu_seconds"]
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     assert (metrics["trainable_percent"] == 100.0) == (variant != "lora")
     assert metrics["size_on_disk_mb"] > 0 and metrics["train_seconds"] > 0
     paths = _paths(base, variant, rank)
     evals = pd.read_csv(paths["curve"] / "evals.csv")
-    assert list(evals.columns) == ["step", "epoch", "train_loss", "val_macro_f1"]
-    assert evals["step"].tolist() == [per_epoch, 2 * per_epoch] and evals["epoch"].tolist() == [1.0, 2.0]
-    assert metrics["val_macro_f1"] == pytest.approx(evals["val_macro_f1"].max())
+    assert list(evals.columns) == ["step", "epoch", "train_loss", "val_macro_f1", "seconds", "cpu_seconds"]
+    assert evals["step"].tolist() == list(range(every, 2 * per_epoch + 1, every))
+    assert evals["epoch"].tolist() == [round(s / per_epoch, 3) for s in evals["step"]]
+    best = evals.set_index("step").loc[metrics["best_step"]]
+    assert metrics["val_macro_f1"] == pytest.approx(best["val_macro_f1"])
+    assert evals["val_macro_f1"].max() <= metrics["val_macro_f1"] + 0.001  # train.min_delta: a smaller gain is none
+    assert (metrics["seconds_to_best"], metrics["cpu_seconds_to_best"]) == \
+           (round(best["seconds"], 2), round(best["cpu_seconds"], 2))
     steps = pd.read_csv(paths["curve"] / "steps.csv")
-    assert list(steps.columns) == ["step", "epoch", "train_loss", "lr"]
+    assert list(steps.columns) == ["step", "epoch", "train_loss", "lr", "seconds", "cpu_seconds"]
+    for curve in (evals, steps):
+        for clock in ("seconds", "cpu_seconds"):
+            assert curve[clock].min() >= 0 and curve[clock].is_monotonic_increasing, clock
     assert steps["step"].tolist() == list(range(10, 2 * per_epoch + 1, 10))  # train.log_every: 10
     assert steps["epoch"].tolist() == [round(s / per_epoch, 3) for s in steps["step"]]
     assert list(paths["out"].glob("*.safetensors")) and not list(paths["out"].glob("*.bin")) \
         and not list(paths["out"].glob("*.pt"))
     assert not paths["checkpoints"].exists()  # checkpoints (every 4 steps) are removed once the outputs are written
+
+
+@pytest.mark.parametrize("variant, rank", INSTANCES)
+def test_train_writes_the_best_validations_predictions(pipeline, variant, rank):
+    """One row per val example in the split's order; scored, they give the run's val_macro_f1."""
+    from lora_pipeline.evaluation import macro_f1
+
+    base, _, _, _ = pipeline
+    preds = pd.read_csv(_paths(base, variant, rank)["predictions"])
+    val = pd.read_parquet(base / "split" / "val.parquet")
+    assert list(preds.columns) == ["row", "actual", "predicted"]
+    assert preds["row"].tolist() == list(range(len(val))) and preds["actual"].tolist() == val["label_id"].tolist()
+    assert set(preds["predicted"]) <= set(range(len(LABELS)))
+    assert macro_f1(preds["actual"].to_numpy(), preds["predicted"].to_numpy(), len(LABELS)) == \
+           pytest.approx(_read(base, variant, rank)["val_macro_f1"], abs=1e-12)
 
 
 def test_lora_instances_differ_only_by_their_rank(pipeline):
@@ -195,16 +231,18 @@ def test_runs_are_mirrored_to_mlflow(pipeline):
     (full,) = _runs(uri, "train_full")
     tags, params = full.data.tags, full.data.params
     assert tags["variant"] == "full" and tags["resumed_from_step"] == "0" and float(tags["lr"]) == LRS["full"]
-    assert tags["stop_reason"].startswith("completed 2 epochs")
+    assert tags["stop_reason"].startswith("cap: completed 2 epochs") and tags["stopped_by"] == "cap"
     assert {k: params[k] for k in ("run.variant", "run.seed", "run.lr", "run.tag", "full.epochs")} == \
            {"run.variant": "full", "run.seed": str(SEED), "run.lr": str(LRS["full"]), "run.tag": _tag("full", None),
             "full.epochs": "2"}
     assert not {"train.seed", "full.lr"} & set(params)  # per-instance values live under "run" only
     assert {"val_macro_f1", "trainable_params", "epoch_train_loss"} <= set(full.data.metrics)
+    summary = {"validations", "seconds_to_best", "cpu_seconds_to_best", "train_cpu_seconds", "converged"}
+    assert summary <= set(full.data.metrics) and full.data.metrics["converged"] == 0.0  # a boolean as 0/1
     assert not {"seed", "rank", "variant"} & set(full.data.metrics)  # the run record is params; "lr" is the schedule
     client = mlflow.MlflowClient(tracking_uri=uri)
     tag = _tag("full", None)
-    assert {a.path for a in client.list_artifacts(full.info.run_id)} == {f"full-{tag}.json", tag}
+    assert {a.path for a in client.list_artifacts(full.info.run_id)} == {f"full-{tag}.json", tag, f"{tag}.csv"}
     assert {a.path for a in client.list_artifacts(full.info.run_id, tag)} == {f"{tag}/steps.csv", f"{tag}/evals.csv"}
     lora = {r.data.tags["lora_rank"]: r for r in _runs(uri, "train_lora")}
     assert set(lora) == {str(r) for r in RANKS}
@@ -234,7 +272,7 @@ def test_the_end_of_run_summary_adds_no_point_to_the_validation_curve(pipeline, 
     metrics = _read(base, variant, rank)
     curve = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_macro_f1")
     evals = pd.read_csv(_paths(base, variant, rank)["curve"] / "evals.csv")
-    assert [m.step for m in curve] == evals["step"].tolist() == [metrics["steps"] // 2, metrics["steps"]]
+    assert [m.step for m in curve] == evals["step"].tolist() and len(curve) == metrics["validations"] >= 8
     assert [m.value for m in curve] == pytest.approx(evals["val_macro_f1"].tolist())
     assert run.data.metrics["best_val_macro_f1"] == pytest.approx(metrics["val_macro_f1"])
     assert "val_macro_f1" in metrics and "best_val_macro_f1" not in metrics  # the DVC metrics keys stay
@@ -331,10 +369,11 @@ def test_same_seed_same_result_even_over_a_foreign_checkpoint(pipeline, tmp_path
     err = capsys.readouterr().err  # the stage logs to stderr (run_stage replaces the root handlers)
     assert "ignoring checkpoint" in err and "resuming" not in err
     a, b = (json.loads(p["metrics"].read_text()) for p in (first, second))
-    assert {k: v for k, v in a.items() if k not in WALL_CLOCK_KEYS} == \
-           {k: v for k, v in b.items() if k not in WALL_CLOCK_KEYS}
-    for name in ("steps.csv", "evals.csv"):
-        assert (first["curve"] / name).read_text() == (second["curve"] / name).read_text(), name
+    assert {k: v for k, v in a.items() if k not in CLOCK_KEYS} == {k: v for k, v in b.items() if k not in CLOCK_KEYS}
+    for name in ("steps.csv", "evals.csv"):  # all but the clocks
+        ca, cb = (pd.read_csv(p["curve"] / name).drop(columns=["seconds", "cpu_seconds"]) for p in (first, second))
+        pd.testing.assert_frame_equal(ca, cb, check_exact=True)
+    assert first["predictions"].read_text() == second["predictions"].read_text()
     a, b = load_file(first["out"] / "model.safetensors"), load_file(second["out"] / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -53,7 +53,7 @@ def test_each_documented_target_form_trains_the_modules_it_names(form, tmp_path,
     out = tmp_path / "model"
     rc = train_lora.main(["--params", str(params), "--split", str(split_dir), *instance_args("lora"),
                           "--out", str(out), "--metrics", str(tmp_path / "metrics.json"),
-                          "--curve", str(tmp_path / "curves"),
+                          "--curve", str(tmp_path / "curves"), "--predictions", str(tmp_path / "val_predictions.csv"),
                           "--checkpoints", str(tmp_path / "ck"), "--no-progress"])
     assert rc == 0, capsys.readouterr().err[-3000:]
     config = json.loads((out / "adapter_config.json").read_text())

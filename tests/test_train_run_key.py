@@ -39,7 +39,7 @@ def _key(monkeypatch, tmp_path, tiny_model_dir, split_dir, *, bf16: bool, device
     rc = train_full.main(["--params", str(params), "--split", str(split_dir),
                           *instance_args("full", seed=seed, lr=lr),
                           "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "m.json"),
-                          "--curve", str(tmp_path / "curves"), "--checkpoints", str(tmp_path / "ck"), "--no-progress"])
+                          "--curve", str(tmp_path / "curves"), "--predictions", str(tmp_path / "val_predictions.csv"), "--checkpoints", str(tmp_path / "ck"), "--no-progress"])
     assert rc == 2 and len(keys) == 1
     return keys[0]
 

@@ -62,16 +62,19 @@ def data(split_dir):
 def test_fit_learns_the_toy_task(tiny_model_dir, data, tiny_tokenizer):
     train, val = data
     model = _model(tiny_model_dir)
-    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, **EPOCHS_ONLY)
+    cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, eval_every=8, **EPOCHS_ONLY)
     result = fit(model, train, val, cfg, pad_id=tiny_tokenizer.pad_token_id, device=CPU, progress=False)
     losses = [row["train_loss"] for row in result.history]
     assert [row["epoch"] for row in result.history] == [1.0, 2.0, 3.0, 4.0]
     assert [row["step"] for row in result.history] == [8, 16, 24, 32]
     assert losses[-1] < 0.7 * losses[0], losses
     assert result.best_val_macro_f1 > 0.6  # 3 balanced classes: chance is ~0.33
-    assert result.best_val_macro_f1 == max(row["val_macro_f1"] for row in result.history)
+    scores = {row["step"]: row["val_macro_f1"] for row in result.history}
+    assert result.best_val_macro_f1 == scores[result.best_step]
+    assert max(scores.values()) <= result.best_val_macro_f1 + cfg.min_delta  # no later score beat it by more
     assert result.steps == result.planned_steps == 4 * -(-len(train) // 16)
-    assert result.stop_reason == "completed 4 epochs (32 steps)"
+    assert result.stop_reason == f"cap: completed 4 epochs (32 steps) with early stopping off (best at step " \
+                                 f"{result.best_step})"
     assert result.resumed_from_step == 0
     assert result.train_seconds > 0 and result.samples_per_second > 0
 
@@ -83,12 +86,12 @@ def test_fit_restores_the_best_epoch(monkeypatch, tiny_model_dir, data):
 
     def scripted(model, *_args):
         at_epoch_end.append(_state(model))
-        return next(scores)
+        return next(scores), [0] * len(val)
 
     monkeypatch.setattr(training, "_evaluate", scripted)
     model = _model(tiny_model_dir)
-    result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32, **EPOCHS_ONLY), pad_id=0,
-                 device=CPU, progress=False)
+    result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32, eval_every=4, **EPOCHS_ONLY),
+                 pad_id=0, device=CPU, progress=False)
     assert (result.best_epoch, result.best_step, result.best_val_macro_f1) == (2.0, 8, 0.9)  # 4 steps per epoch
     assert [row["val_macro_f1"] for row in result.history] == [0.2, 0.9, 0.5]
     final = _state(model)
@@ -124,7 +127,7 @@ def test_no_weight_decay_on_biases_and_layer_norms(tiny_model_dir):
 def test_linear_warmup_then_linear_decay_to_zero(tiny_model_dir, data):
     train, val = data
     tracker = RecordingTracker()
-    cfg = FitConfig(lr=1e-3, epochs=2, batch_size=16, warmup_ratio=0.25, log_every=1, **EPOCHS_ONLY)
+    cfg = FitConfig(lr=1e-3, epochs=2, batch_size=16, warmup_ratio=0.25, log_every=1, eval_every=8, **EPOCHS_ONLY)
     fit(_model(tiny_model_dir), train, val, cfg, pad_id=0, device=CPU, tracker=tracker, progress=False)
     total = 2 * -(-len(train) // 16)
     warmup = int(0.25 * total)
@@ -146,8 +149,10 @@ def test_two_fits_with_the_same_seed_are_identical(tiny_model_dir, data):
     for _ in range(2):
         model = _model(tiny_model_dir, seed=11)  # dropout draws from the global RNG
         result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
-        runs.append(((result.history, result.steps_log), _state(model)))
-    assert runs[0][0] == runs[1][0] and runs[0][0][1]
+        curves = [[{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")} for row in rows]
+                  for rows in (result.history, result.steps_log)]  # all but the clocks
+        runs.append(((curves, result.best_predictions), _state(model)))
+    assert runs[0][0] == runs[1][0] and runs[0][0][0][1] and len(runs[0][0][1]) == len(val)
     for name in runs[0][1]:
         assert torch.equal(runs[0][1][name], runs[1][1][name]), name
 
@@ -163,7 +168,8 @@ def test_fit_config_from_params_takes_every_shared_default_of_the_train_section(
     assert built == FitConfig(lr=2e-3, epochs=params.lora.epochs, seed=7,
                               bf16=resolve_bf16(params.train.precision, CPU))
     assert FitConfig(lr=1e-3, epochs=1).fast_cpu_dropout is False
-    assert (built.min_steps, built.max_steps, built.patience, built.eval_every, built.log_every) == (240, 240, 2, 0, 10)
+    assert (built.min_steps, built.max_steps, built.patience, built.min_delta, built.eval_every, built.log_every) == \
+           (240, 240, 2, 0.001, 0, 10)
 
 
 def test_fit_config_from_params_copies_every_train_field_it_shares():
@@ -175,11 +181,11 @@ def test_fit_config_from_params_copies_every_train_field_it_shares():
 
     train = TrainConfig(batch_size=8, eval_batch_size=16, weight_decay=0.2, warmup_ratio=0.3, max_grad_norm=0.5,
                         checkpoint_every=7, first_token_last_layer=False, min_steps=11, max_steps=50, patience=4,
-                        eval_every=9, log_every=3, cpu_dropout="fast")
+                        min_delta=0.02, eval_every=9, log_every=3, cpu_dropout="fast")
     built = FitConfig.from_params(types.SimpleNamespace(train=train, full=FullConfig(epochs=5)), "full", CPU,
                                   lr=1e-4, seed=123)
     shared = [f.name for f in dataclasses.fields(FitConfig) if hasattr(train, f.name)]
-    assert {"min_steps", "max_steps", "patience", "eval_every", "log_every"} <= set(shared)
+    assert {"min_steps", "max_steps", "patience", "min_delta", "eval_every", "log_every"} <= set(shared)
     assert {name: getattr(built, name) for name in shared} == {name: getattr(train, name) for name in shared}
     assert (built.lr, built.seed, built.epochs, built.fast_cpu_dropout) == (1e-4, 123, 5, True)
 
@@ -219,6 +225,7 @@ def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, ti
     assert reported == pytest.approx(2 / 3)
     assert result.history[0]["val_macro_f1"] == pytest.approx(reported)
     assert result.best_val_macro_f1 == pytest.approx(reported)
+    assert result.best_predictions == val.labels  # the best validation's predictions, in row order
 
 
 def test_epoch_log_lines_are_not_glued_onto_the_progress_bar(tiny_model_dir, data, capsys):
@@ -228,8 +235,8 @@ def test_epoch_log_lines_are_not_glued_onto_the_progress_bar(tiny_model_dir, dat
     handler.setFormatter(logging.Formatter("LOG %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    fit(_model(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16, **EPOCHS_ONLY), pad_id=0,
-        device=CPU, progress=True)
+    fit(_model(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16, eval_every=8, **EPOCHS_ONLY),
+        pad_id=0, device=CPU, progress=True)
     assert handler in root.handlers  # the redirection is undone
     err = capsys.readouterr().err
     assert "train:" in err  # the bar was drawn
