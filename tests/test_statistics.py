@@ -1,5 +1,6 @@
 """statistics: intervals cover known values at their stated rate, paired verdicts follow the interval,
-degenerate models are named, and the adapter measures match direct linear algebra."""
+degenerate models are named (and trailing a reference is a separate note), and the adapter measures match
+direct linear algebra. Method-level intervals: test_statistics_method.py."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from sklearn.metrics import f1_score
 
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.lora.layers import LoRALinear
+from lora_pipeline.statistics.bootstrap import _scorer
 from lora_pipeline.statistics import (
-    _metric_batched, across_seeds, bootstrap_metric_ci, degenerate_reason, delta_singular_values,
-    effective_rank, majority_macro_f1, paired_difference, subspace_similarity, subspace_similarity_grid,
+    across_seeds, bootstrap_metric_ci, degenerate_reason, delta_singular_values, effective_rank,
+    majority_macro_f1, paired_difference, reference_note, subspace_similarity, subspace_similarity_grid,
     within_tolerance,
 )
 
@@ -29,17 +31,21 @@ def noisy_predictions(rng: np.random.Generator, y_true: np.ndarray, p_correct: f
 # --- the batched metric is scikit-learn's ------------------------------------------------------------
 
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_batched_macro_f1_equals_scikit_learn_exactly(k):
+def test_resampled_scores_equal_scikit_learn_on_the_resampled_arrays_exactly(k):
     rng = np.random.default_rng(k)
-    # (B, n) rows, some with classes absent from y_true or y_pred (zero_division=0 path)
-    y_true = rng.integers(0, k, (40, 25))
-    y_pred = rng.integers(0, k, (40, 25))
-    y_true[:5] = 0
-    y_pred[5:10] = k - 1
-    got = _metric_batched("macro_f1", y_true, y_pred, k)
-    want = [f1_score(t, p, labels=list(range(k)), average="macro", zero_division=0)
-            for t, p in zip(y_true, y_pred)]
+    # three models on 25 examples, 40 resamples, some with classes absent from y_true or a model's
+    # predictions (zero_division=0 path)
+    y_true = rng.integers(0, k, 25)
+    y_true[:12] = 0
+    preds = [rng.integers(0, k, 25), np.full(25, k - 1), rng.integers(0, k, 25)]
+    idx = rng.integers(0, 25, (40, 25))
+    idx[:5] = rng.integers(0, 12, (5, 25))  # only examples of class 0
+    got = _scorer("macro_f1", y_true, preds, k)(idx)  # (B, m)
+    want = [[f1_score(y_true[i], p[i], labels=list(range(k)), average="macro", zero_division=0)
+             for p in preds] for i in idx]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    got = _scorer("accuracy", y_true, preds, k)(idx)
+    np.testing.assert_allclose(got, [[np.mean(y_true[i] == p[i]) for p in preds] for i in idx], rtol=0, atol=1e-15)
 
 
 # --- bootstrap over test examples ---------------------------------------------------------------------
@@ -177,9 +183,43 @@ def test_degenerate_reasons():
     always_wrong = (y_true + 1) % 3  # three classes predicted, macro-F1 0
     assert "at or below" in degenerate_reason(y_true, always_wrong, LABELS)
     assert degenerate_reason(y_true, good, LABELS) is None
-    assert degenerate_reason(y_true, good, LABELS, tfidf_pred=noisy_predictions(rng, y_true, 0.5)) is None
-    same_as_tfidf = degenerate_reason(y_true, good, LABELS, tfidf_pred=good)
-    assert same_as_tfidf.startswith("not better than the TF-IDF reference") and "indistinguishable" in same_as_tfidf
+
+
+def test_a_model_below_the_reference_but_above_the_majority_class_is_not_degenerate():
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(0, 3, 400)
+    reference, weaker = noisy_predictions(rng, y_true, 0.9), noisy_predictions(rng, y_true, 0.6)
+    assert paired_difference(y_true, [weaker], [reference], LABELS).verdict == "worse"
+    assert degenerate_reason(y_true, weaker, LABELS) is None  # macro-F1 0.75 vs the majority class's 0.18
+    with pytest.raises(TypeError):  # a reference cannot make a model degenerate
+        degenerate_reason(y_true, weaker, LABELS, tfidf_pred=reference)
+    note = reference_note(y_true, weaker, LABELS, reference)
+    assert note.startswith("not better than the TF-IDF reference: macro-F1 difference -") and "(worse)" in note
+
+
+def test_reference_note_is_none_when_better_and_says_indistinguishable_when_equal():
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(0, 3, 400)
+    good = noisy_predictions(rng, y_true, 0.9)
+    assert reference_note(y_true, good, LABELS, noisy_predictions(rng, y_true, 0.5)) is None
+    same = reference_note(y_true, good, LABELS, good, reference_name="majority baseline")
+    assert same == ("not better than the majority baseline: macro-F1 difference +0.0000, 95 % paired interval "
+                    "[+0.0000, +0.0000] (indistinguishable)")
+
+
+def test_reference_note_prints_the_interval_at_its_confidence_and_resamples():
+    rng = np.random.default_rng(11)
+    y_true = rng.integers(0, 3, 300)
+    a, b = noisy_predictions(rng, y_true, 0.8), noisy_predictions(rng, y_true, 0.8)  # equally good
+    notes = {}
+    for confidence, n_resamples in [(0.95, 1000), (0.80, 1000), (0.80, 200)]:
+        d = paired_difference(y_true, [a], [b], LABELS, n_resamples=n_resamples, confidence=confidence, seed=3)
+        assert d.verdict == "indistinguishable"
+        notes[confidence, n_resamples] = reference_note(y_true, a, LABELS, b, n_resamples=n_resamples,
+                                                        confidence=confidence, seed=3)
+        printed = f"{confidence * 100:g} % paired interval [{d.low:+.4f}, {d.high:+.4f}]"
+        assert printed in notes[confidence, n_resamples], (printed, notes)
+    assert len(set(notes.values())) == 3  # the 80 % interval is narrower; 200 resamples move its ends
 
 
 # --- adapter analysis -----------------------------------------------------------------------------------

@@ -1,10 +1,6 @@
-"""Uncertainty for the rank × seed study: intervals, paired comparisons, degenerate-model flags and the
-adapter measures of the LoRA paper (arXiv:2106.09685 §7). Pure functions over numpy arrays, no I/O.
-
-Every interval is two-sided at ``confidence`` (default 95 %). Test-set intervals are percentile
-bootstraps over test examples (``scipy.stats.bootstrap``, seeded); intervals across seeds are Student-t
-(``scipy.stats.t``). Results are frozen dataclasses whose ``to_dict()`` is JSON-native.
-"""
+"""Intervals over test examples with the trained models held fixed ("these models"): percentile bootstraps of a
+metric and of paired differences (``scipy.stats.bootstrap``, seeded, vectorised), the Student-t interval across
+seeds, the non-inferiority check, and the degenerate-model flag with the weaker "trails a reference" note."""
 
 from __future__ import annotations
 
@@ -15,17 +11,16 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 
-from .errors import PipelineError
+from ..errors import PipelineError
 
-__all__ = [
-    "MetricCI", "SeedSummary", "PairedDifference", "bootstrap_metric_ci", "across_seeds",
-    "paired_difference", "within_tolerance", "majority_macro_f1", "degenerate_reason",
-    "delta_singular_values", "effective_rank", "subspace_similarity", "subspace_similarity_grid",
-]
+__all__ = ["MetricCI", "PairedDifference", "SeedSummary", "across_seeds", "bootstrap_metric_ci", "degenerate_reason",
+           "majority_macro_f1", "paired_difference", "reference_note", "within_tolerance"]
 
 Metric = Literal["macro_f1", "accuracy"]
 Verdict = Literal["better", "worse", "indistinguishable"]
-# Index elements one vectorised bootstrap batch may hold (resamples × examples × arrays): ~32 MB of int64.
+Covers = Literal["method", "these models"]
+# Index elements one vectorised bootstrap batch may hold (resamples × examples): ~32 MB of int64 indices,
+# as much again for their counts and twice that as float64.
 _BATCH_ELEMENTS = 4_000_000
 
 
@@ -113,39 +108,61 @@ def _metric_point(metric: Metric, y_true: np.ndarray, y_pred: np.ndarray, n_labe
     raise PipelineError(f"statistics: unknown metric {metric!r}; use 'macro_f1' or 'accuracy'")
 
 
-def _metric_batched(metric: Metric, y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
-    """The metric of every row of ``(B, n)`` label arrays → ``(B,)``.
+def _scorer(metric: Metric, y_true: np.ndarray, preds: Sequence[np.ndarray], n_labels: int):
+    """``scores(idx)``: every model's ``metric`` on each bootstrap resample, ``(B, n)`` indices → ``(B, m)``.
 
     scikit-learn has no batched form and its ``f1_score`` costs ~11 ms per call on 3,000 examples here
-    (input validation), i.e. 11 s per 1,000 resamples and 66 s for a 3 + 3-seed paired comparison. This is
-    the same formula on batched confusion counts: per class ``F1 = 2·TP / (2·TP + FP + FN)``, 0 when the
-    denominator is 0 (``zero_division=0``), averaged over all ``n_labels`` classes; the tests check it
-    equals ``f1_score`` exactly, absent classes included.
+    (input validation), i.e. 11 s per 1,000 resamples per model. This is the same formula on resampled
+    counts: per class ``F1 = 2·TP / (2·TP + FP + FN)``, 0 when the denominator is 0 (``zero_division=0``),
+    averaged over all ``n_labels`` classes; the tests check it equals ``f1_score`` exactly, absent classes
+    included. One ``(B, n) @ (n, 2·m·K + K)`` product of example multiplicities and indicators gives every
+    resample's per-class TP, predicted and true counts for all m models at once — 3–6× faster than gathering
+    and bincounting m ``(B, n)`` label arrays (K = 3 to 50, 10 models). Counts are small integers, so the
+    float64 sums are exact.
     """
+    n, m, k = y_true.size, len(preds), n_labels
+    p = np.stack(preds)  # (m, n)
     if metric == "accuracy":
-        return (y_true == y_pred).mean(axis=-1)
-    b, k = y_true.shape[0], n_labels
-    cells = (np.arange(b)[:, None] * k + y_true) * k + y_pred  # (B, n): flat index of (row, true, pred)
-    cm = np.bincount(cells.ravel(), minlength=b * k * k).reshape(b, k, k)  # (B, true, pred)
-    tp = np.diagonal(cm, axis1=1, axis2=2)  # (B, K)
-    denom = cm.sum(axis=2) + cm.sum(axis=1)  # 2·TP + FP + FN = (TP + FN) + (TP + FP)
-    f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape, dtype=float), where=denom > 0)
-    return f1.mean(axis=1)
+        design = (p == y_true).T.astype(float)  # (n, m)
+    elif metric == "macro_f1":
+        classes = np.arange(k)
+        pred_is = p[:, :, None] == classes  # (m, n, K)
+        true_is = y_true[:, None] == classes  # (n, K)
+        design = np.concatenate([(pred_is & true_is).transpose(1, 0, 2).reshape(n, m * k),  # TP
+                                 pred_is.transpose(1, 0, 2).reshape(n, m * k), true_is], axis=1).astype(float)
+    else:
+        raise PipelineError(f"statistics: unknown metric {metric!r}; use 'macro_f1' or 'accuracy'")
+
+    def scores(idx: np.ndarray) -> np.ndarray:
+        b = idx.shape[0]
+        counts = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n)  # (B·n,)
+        c = counts.reshape(b, n).astype(float) @ design  # (B, columns)
+        if metric == "accuracy":
+            return c / n
+        tp, pred_n = c[:, :m * k].reshape(b, m, k), c[:, m * k:2 * m * k].reshape(b, m, k)
+        denom = pred_n + c[:, None, 2 * m * k:]  # 2·TP + FP + FN = (TP + FP) + (TP + FN); (B, m, K)
+        f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+        return f1.mean(axis=2)
+
+    return scores
 
 
-def _bootstrap_interval(arrays: Sequence[np.ndarray], statistic, n_resamples: int, confidence: float,
-                        seed: int) -> tuple[float, float]:
-    """Percentile interval of ``statistic`` over test examples resampled jointly across ``arrays``."""
+def _bootstrap(metric: Metric, y_true: np.ndarray, preds: Sequence[np.ndarray], n_labels: int, combine,
+               n_resamples: int, confidence: float, seed: int):
+    """``scipy.stats.bootstrap`` result (percentile interval, distribution, standard error) of
+    ``combine(scores)`` — ``(B, m)`` per-model scores → ``(B,)`` — over test examples resampled once for
+    ``y_true`` and every model (paired)."""
     if n_resamples < 1:
         raise PipelineError(f"statistics: n_resamples must be ≥ 1, got {n_resamples}")
-    n = arrays[0].size
+    n = y_true.size
     if n < 2:
         raise PipelineError(f"statistics: a bootstrap needs at least 2 test examples, got {n}")
-    batch = max(1, min(n_resamples, _BATCH_ELEMENTS // (n * len(arrays))))
-    res = stats.bootstrap(tuple(arrays), statistic, n_resamples=n_resamples, batch=batch, vectorized=True,
-                          paired=True, axis=-1, confidence_level=confidence, method="percentile",
-                          rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    scores = _scorer(metric, y_true, preds, n_labels)
+    batch = max(1, min(n_resamples, _BATCH_ELEMENTS // n))
+    # resampling the example indices is what scipy's paired=True does for several arrays
+    return stats.bootstrap((np.arange(n),), lambda idx, axis: combine(scores(idx)), n_resamples=n_resamples,
+                           batch=batch, vectorized=True, axis=-1, confidence_level=confidence,
+                           method="percentile", rng=np.random.default_rng(seed))
 
 
 def bootstrap_metric_ci(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
@@ -157,9 +174,9 @@ def bootstrap_metric_ci(y_true: Sequence[int], y_pred: Sequence[int], labels: Se
     when the bootstrap distribution is degenerate (a one-class collapse, identical predictions) — the very
     cases the report must still print; at a few thousand examples macro-F1's bootstrap distribution is
     close to symmetric, where the two agree (a synthetic 3-class, 3,000-example set: ends within 0.0005).
-    Measured on the shared 2-core CPU: 3,000 examples × 1,000 resamples take ~0.3 s for macro-F1 (0.13 s
-    for accuracy); :func:`paired_difference` with 3 + 3 seeds ~0.5 s. One call to scikit-learn's
-    ``f1_score`` per resample would take ~11 s.
+    Measured on the shared 2-core CPU, 3,000 examples × 1,000 resamples: ~0.15 s for one model's macro-F1,
+    ~0.2 s for :func:`paired_difference` with 3 + 3 seeds or :func:`~.method.method_difference` with 5 + 5 (half of
+    it the scikit-learn point scores). One call to scikit-learn's ``f1_score`` per resample would take ~11 s.
 
     Raises:
         PipelineError: lengths differ, ids outside ``0..len(labels)-1``, fewer than 2 examples.
@@ -169,8 +186,9 @@ def bootstrap_metric_ci(y_true: Sequence[int], y_pred: Sequence[int], labels: Se
     t = _labels_array(y_true, k, "y_true")
     p = _labels_array(y_pred, k, "y_pred", t.size)
     value = _metric_point(metric, t, p, k)
-    low, high = _bootstrap_interval([t, p], lambda a, b, axis: _metric_batched(metric, a, b, k),
-                                    n_resamples, confidence, seed)
+    ci = _bootstrap(metric, t, [p], k, lambda scores: scores[:, 0], n_resamples, confidence,
+                    seed).confidence_interval
+    low, high = float(ci.low), float(ci.high)
     return MetricCI(metric, value, low, high, confidence, int(t.size), n_resamples)
 
 
@@ -217,14 +235,19 @@ def paired_difference(y_true: Sequence[int], preds_a: Sequence[Sequence[int]],
     diff = (np.mean([_metric_point(metric, t, p, k) for p in a])
             - np.mean([_metric_point(metric, t, p, k) for p in b]))
 
-    def statistic(true, *preds, axis):  # each (B, n)
-        scores = [_metric_batched(metric, true, p, k) for p in preds]
-        return np.mean(scores[:len(a)], axis=0) - np.mean(scores[len(a):], axis=0)
+    def combine(scores):  # (B, seeds of a + seeds of b) → (B,)
+        return scores[:, :len(a)].mean(axis=1) - scores[:, len(a):].mean(axis=1)
 
-    low, high = _bootstrap_interval([t, *a, *b], statistic, n_resamples, confidence, seed)
-    verdict: Verdict = "better" if low > 0 else "worse" if high < 0 else "indistinguishable"
-    return PairedDifference(metric, float(diff), low, high, confidence, verdict, int(t.size), len(a), len(b),
-                            n_resamples)
+    ci = _bootstrap(metric, t, [*a, *b], k, combine, n_resamples, confidence, seed).confidence_interval
+    low, high = float(ci.low), float(ci.high)
+    return PairedDifference(metric, float(diff), low, high, confidence, _verdict(low, high), int(t.size),
+                            len(a), len(b), n_resamples)
+
+
+def _verdict(low: float, high: float) -> Verdict:
+    """Of a relative to b: an interval touching 0 is never a win."""
+    return "better" if low > 0 else "worse" if high < 0 else "indistinguishable"
+
 
 
 def within_tolerance(interval: tuple[float, float], tolerance: float) -> bool:
@@ -254,16 +277,12 @@ def majority_macro_f1(y_true: Sequence[int], n_labels: int) -> float:
     return _metric_point("macro_f1", t, np.full_like(t, majority), n_labels)
 
 
-def degenerate_reason(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
-                      tfidf_pred: Sequence[int] | None = None, n_resamples: int = 1000,
-                      confidence: float = 0.95, seed: int = 0) -> str | None:
+def degenerate_reason(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> str | None:
     """None for a usable model, else one sentence saying why its numbers are not a result.
 
-    Checked in order, first hit wins: (1) it predicts one class for every example; (2) its macro-F1 is
-    ≤ the majority-class macro-F1; (3) with ``tfidf_pred`` (the TF-IDF reference's predictions on the same
-    examples), the paired bootstrap difference in macro-F1 (model − TF-IDF) is not "better" at
-    ``confidence``. Paired rather than "do the two intervals overlap": overlap is not a test — two 95 %
-    intervals can overlap while the paired difference, where example difficulty cancels, is clearly non-zero.
+    Degenerate means only: (1) it predicts one class for every example, or (2) its macro-F1 is ≤ the
+    majority-class macro-F1 (first hit wins). Trailing a reference model is not degenerate; see
+    :func:`reference_note`.
     """
     k = len(labels)
     t = _labels_array(y_true, k, "y_true")
@@ -275,83 +294,22 @@ def degenerate_reason(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequ
     if score <= floor:
         return (f"macro-F1 {score:.4f} is at or below the {floor:.4f} of always predicting the majority "
                 "class")
-    if tfidf_pred is None:
-        return None
-    d = paired_difference(t, [p], [tfidf_pred], labels, n_resamples=n_resamples, confidence=confidence,
-                          seed=seed)
+    return None
+
+
+def reference_note(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
+                   reference_pred: Sequence[int], reference_name: str = "TF-IDF reference",
+                   n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> str | None:
+    """None when the model's macro-F1 is "better" than the reference's, else a sentence saying it is not.
+
+    Uses the paired bootstrap difference (model − reference, :func:`paired_difference`) at ``confidence``
+    rather than "do the two intervals overlap": overlap is not a test — two 95 % intervals can overlap
+    while the paired difference, where example difficulty cancels, is clearly non-zero. A weaker note than
+    :func:`degenerate_reason`: the model may still be a result.
+    """
+    d = paired_difference(y_true, [y_pred], [reference_pred], labels, n_resamples=n_resamples,
+                          confidence=confidence, seed=seed)
     if d.verdict == "better":
         return None
-    return (f"not better than the TF-IDF reference: macro-F1 difference {d.difference:+.4f}, "
-            f"{confidence:.0%} paired interval [{d.low:+.4f}, {d.high:+.4f}] ({d.verdict})")
-
-
-def delta_singular_values(a: np.ndarray, b: np.ndarray, scaling: float) -> np.ndarray:
-    """Singular values (descending) of ``ΔW = scaling · B · A`` from the factors alone.
-
-    ``a`` is a ``LoRALayer``'s ``lora_a`` (r, in), ``b`` its ``lora_b`` (out, r), as numpy arrays (from
-    torch: ``.detach().float().cpu().numpy()``); ``scaling`` is its ``scaling`` (α/r, or α/√r for rsLoRA).
-    With ``B = Q_B R_B`` and ``Aᵀ = Q_A R_A`` (reduced QR), ``ΔW = scaling · Q_B (R_B R_Aᵀ) Q_Aᵀ`` and the
-    orthonormal factors keep singular values, so only the small r × r core is decomposed: O((in + out)·r²)
-    instead of an SVD of the out × in matrix. Returns min(r, in, out) values.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
-        raise PipelineError(f"statistics: delta_singular_values needs A (r, in) and B (out, r), got A "
-                            f"{a.shape} and B {b.shape}")
-    r_b = np.linalg.qr(b, mode="r")  # (min(out, r), r)
-    r_a = np.linalg.qr(a.T, mode="r")  # (min(in, r), r)
-    return abs(scaling) * np.linalg.svd(r_b @ r_a.T, compute_uv=False)
-
-
-def effective_rank(singular_values: np.ndarray, energy: float = 0.9) -> int:
-    """The fewest largest singular values whose squares hold ≥ ``energy`` of the total squared sum.
-
-    0 for an all-zero update (an adapter whose B never left its zero init). Directions holding less than
-    1e-12 of the energy never count (a slack on the fraction), so round-off singular values of an exactly
-    rank-k update do not add spurious directions at ``energy=1``.
-    """
-    if not 0.0 < energy <= 1.0:
-        raise PipelineError(f"statistics: energy must lie in (0, 1], got {energy!r}")
-    cum = np.cumsum(np.sort(np.asarray(singular_values, dtype=np.float64))[::-1] ** 2)
-    if cum.size == 0 or cum[-1] == 0.0:
-        return 0
-    fraction = cum / cum[-1]  # the last entry is exactly 1
-    return int(np.searchsorted(fraction, energy - 1e-12) + 1)
-
-
-def _right_singular_vectors(a: np.ndarray, name: str) -> np.ndarray:
-    """Rows = right-singular directions of ``a`` (r, in), largest singular value first."""
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2:
-        raise PipelineError(f"statistics: {name} must be a 2-D (r, in) matrix, got shape {a.shape}")
-    return np.linalg.svd(a, full_matrices=False)[2]  # (min(r, in), in)
-
-
-def subspace_similarity_grid(a_small: np.ndarray, a_large: np.ndarray) -> np.ndarray:
-    """``grid[i-1, j-1] = φ(A_small, A_large, i, j)`` for every i ≤ r_small, j ≤ r_large.
-
-    ``φ = ‖U_iᵀ U_j‖_F² / min(i, j)`` with ``U_i`` the top-i right-singular vectors of A_small (the LoRA
-    paper's Figure 3 measure, §7.2): 1 when one subspace contains the other, 0 when orthogonal. Directions
-    with zero singular value are arbitrary, so read only i, j up to each matrix's rank.
-    """
-    v_small, v_large = _right_singular_vectors(a_small, "A_small"), _right_singular_vectors(a_large, "A_large")
-    if v_small.shape[1] != v_large.shape[1]:
-        raise PipelineError(f"statistics: A_small and A_large must share the input size, got "
-                            f"{v_small.shape[1]} and {v_large.shape[1]}; compare the same layer")
-    overlap = (v_small @ v_large.T) ** 2  # (r1, r2): squared cosines between directions
-    cum = overlap.cumsum(axis=0).cumsum(axis=1)  # cum[i-1, j-1] = ‖U_iᵀ U_j‖_F²
-    i, j = np.arange(1, cum.shape[0] + 1), np.arange(1, cum.shape[1] + 1)
-    return np.clip(cum / np.minimum.outer(i, j), 0.0, 1.0)  # clip: round-off may exceed 1 by ~1e-15
-
-
-def subspace_similarity(a_small: np.ndarray, a_large: np.ndarray, i: int, j: int) -> float:
-    """φ(A_small, A_large, i, j) of :func:`subspace_similarity_grid`, in [0, 1].
-
-    Raises:
-        PipelineError: i or j outside 1..(rows of its matrix).
-    """
-    grid = subspace_similarity_grid(a_small, a_large)
-    if not (1 <= i <= grid.shape[0] and 1 <= j <= grid.shape[1]):
-        raise PipelineError(f"statistics: subspace_similarity needs 1 ≤ i ≤ {grid.shape[0]} and "
-                            f"1 ≤ j ≤ {grid.shape[1]}, got i={i}, j={j}")
-    return float(grid[i - 1, j - 1])
+    return (f"not better than the {reference_name}: macro-F1 difference {d.difference:+.4f}, "
+            f"{100 * confidence:g} % paired interval [{d.low:+.4f}, {d.high:+.4f}] ({d.verdict})")
