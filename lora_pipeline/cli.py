@@ -1,4 +1,5 @@
-"""The ``lora-pipeline`` console command (declared in pyproject.toml): ``lora-pipeline predict``.
+"""The ``lora-pipeline`` console command (declared in pyproject.toml): ``lora-pipeline predict`` and
+``lora-pipeline rebuild`` (a committed study's report from its record).
 
 The user-facing entry point beside the stage scripts; like them it parses arguments, sets up logging and turns a
 known error into one line and exit code 2. The work is :mod:`lora_pipeline.inference`.
@@ -51,7 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="default: the precision the model was trained with (what the evaluate stage used)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+    r = sub.add_parser("rebuild", help="recompute a committed study's study.json, report.md and figures from its "
+                                       "record.json.gz (no model, data or training needed)")
+    r.add_argument("folders", nargs="+", help="study folders holding record.json.gz (e.g. docs/results/*)")
     return parser
+
+
+def _rebuild(args: argparse.Namespace) -> None:
+    """Per folder: ``study.json``, ``report.md`` and ``figures/`` recomputed from ``record.json.gz`` alone."""
+    from .figures import write_report
+    from .files import write_json
+    from .record import build_study, read_record
+
+    for folder in map(Path, args.folders):
+        study = build_study(read_record(folder / "record.json.gz"))
+        write_json(folder / "study.json", study)
+        write_report(study, folder / "report.md", folder / "figures")
+        print(f"{folder}: {study['answer']['sentence']}")
+        if study["answer"].get("equal_cost"):
+            print(f"{folder}: {study['answer']['equal_cost']}")
 
 
 def _read_input(args: argparse.Namespace) -> pd.DataFrame:
@@ -139,7 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        _predict(args)
+        _rebuild(args) if args.command == "rebuild" else _predict(args)
     except (ConfigError, PipelineError) as err:
         print(f"lora-pipeline {args.command}: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,5 +1,5 @@
 """The report's figures, drawn from ``metrics/study.json`` with matplotlib's object API (no pyplot state): the
-rank curve, the adapters' spectra, training curves and confusion matrices.
+rank curve, the adapters' spectra, learning curves (steps and CPU seconds) and confusion matrices.
 
 Every figure draws something sensible for one rank, one seed, a missing scratch row or only degenerate rows.
 """
@@ -7,21 +7,23 @@ Every figure draws something sensible for one rank, one seed, a missing scratch 
 from __future__ import annotations
 
 import math
+import os
 import re
 import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from .reporting import ordered_rows, row_title
+from .curves import CLOCK
+from .files import atomic_dir, atomic_file
+from .reporting import ordered_rows, render_report, row_title
 
 __all__ = ["FIGURE_FILES", "confusion_figure", "curves_figure", "rank_curve_figure", "save_figures",
-           "spectra_figure"]
+           "spectra_figure", "write_report"]
 
 FIGURE_FILES = {"rank_curve": "rank_curve.png", "spectra": "spectra.png", "curves": "curves.png",
                 "confusion": "confusion.png"}
@@ -222,27 +224,31 @@ def _subspace_panel(fig: Figure, ax: Axes, small: int, large: int, seed: int, gr
 # ---------------------------------------------------------------------------------------------------- curves
 
 
-def curves_figure(curves: Mapping[str, tuple[Optional[pd.DataFrame], Optional[pd.DataFrame]]]) -> Figure:
-    """Per-step training loss and validation macro-F1 against epoch (integer ticks), one line per title.
-
-    Args:
-        curves: per line title, ``(steps, evals)``: the frames of ``steps.csv`` (epoch, train_loss) and
-            ``evals.csv`` (epoch, val_macro_f1); either may be None.
-    """
+def curves_figure(study: Mapping[str, Any]) -> Figure:
+    """Learning curves of each chosen (variant, rank): best-so-far validation macro-F1 against optimizer steps
+    (left) and against CPU seconds of training (right), mean over seeds with the min–max band; full fine-tuning's
+    cost to its best is the dotted vertical line of the equal-cost reading."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
-    loss_ax, f1_ax = fig.subplots(1, 2)
-    for i, (title, (steps, evals)) in enumerate(curves.items()):
-        if steps is not None and {"epoch", "train_loss"} <= set(steps.columns) and len(steps):
-            loss_ax.plot(steps["epoch"], steps["train_loss"], color=f"C{i % 10}", lw=1, label=title)
-        if evals is not None and {"epoch", "val_macro_f1"} <= set(evals.columns) and len(evals):
-            f1_ax.plot(evals["epoch"], evals["val_macro_f1"], color=f"C{i % 10}", marker="o", label=title)
-    for ax, what in ((loss_ax, "training loss (per logged step)"), (f1_ax, "validation macro-F1")):
+    axes = fig.subplots(1, 2)
+    curves = study.get("learning_curves") or {}
+    names = [n for n, _ in ordered_rows(study) if n in curves]
+    for ax, clock, label in ((axes[0], "step", "optimizer steps"), (axes[1], CLOCK, "CPU seconds of training")):
+        for i, name in enumerate(names):
+            points = curves[name].get(clock) or []
+            if not points:
+                continue
+            x = [p[clock] for p in points]
+            ax.plot(x, [p["val_macro_f1"] for p in points], color=f"C{i % 10}", marker=".", label=row_title(name))
+            ax.fill_between(x, [p["low"] for p in points], [p["high"] for p in points], color=f"C{i % 10}",
+                            alpha=0.15, lw=0)
         if not ax.lines:
-            _empty(ax, f"{what}: no curve found")
+            _empty(ax, f"validation curves against {label}: none in the study")
             continue
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(title=what, xlabel="epoch")
+        ax.set(title=f"best validation macro-F1 so far vs {label}", xlabel=label, ylabel="validation macro-F1")
         ax.legend(fontsize=8)
+    cost = study.get("equal_cost") or {}
+    if cost.get("budget") and axes[1].lines:
+        axes[1].axvline(cost["budget"], color="grey", ls=":", lw=1)
     return fig
 
 
@@ -279,14 +285,31 @@ def confusion_figure(results: Mapping[str, Mapping[str, Any]], labels: Sequence[
     return fig
 
 
-def save_figures(study: Mapping[str, Any], curves: Mapping[str, tuple], folder: Path) -> dict[str, Path]:
+def save_figures(study: Mapping[str, Any], folder: Path) -> dict[str, Path]:
     """Draw every figure of the report into ``folder``; returns their paths by key (see ``FIGURE_FILES``)."""
     detail = study.get("detail", {})
     shown = {n: detail[n] for n in ("scratch", "full", study.get("record"), "tfidf_logreg") if n in detail}
     figures = {"rank_curve": rank_curve_figure(study), "spectra": spectra_figure(study),
-               "curves": curves_figure(curves), "confusion": confusion_figure(shown, study.get("labels", []))}
+               "curves": curves_figure(study), "confusion": confusion_figure(shown, study.get("labels", []))}
     paths = {}
     for key, fig in figures.items():
         paths[key] = Path(folder) / FIGURE_FILES[key]
         fig.savefig(paths[key], dpi=DPI)
     return paths
+
+
+SETUP_SECTIONS = ("model", "train", "scratch", "full", "lora", "study")  # what the report's Setup section shows
+
+
+def write_report(study: Mapping[str, Any], report: Path, figures: Path) -> None:
+    """``report`` (Markdown) and its PNG figures in ``figures``, from ``study`` alone: it carries the params and
+    the data summary it was made with, so a committed record rebuilds the same report anywhere."""
+    with atomic_dir(figures) as tmp:
+        save_figures(study, tmp)
+    rel = Path(os.path.relpath(Path(figures).resolve(), Path(report).parent.resolve())).as_posix()
+    links = {key: f"{rel}/{name}" for key, name in FIGURE_FILES.items()}
+    params = study.get("params") or {}
+    with atomic_file(report) as tmp:
+        tmp.write_text(render_report(study, links, dataset=study.get("dataset"),
+                                     params={k: params[k] for k in SETUP_SECTIONS if k in params}),
+                       encoding="utf-8")

@@ -11,7 +11,7 @@ import re
 from typing import Any, Mapping, Optional, Sequence
 
 __all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
-           "markdown_table", "ordered_rows", "render_report", "row_title", "run_rows", "setup_section", "curve_runs"]
+           "markdown_table", "ordered_rows", "render_report", "row_title", "run_rows", "setup_section"]
 
 VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
                   "tfidf_logreg": "TF-IDF + logistic regression"}
@@ -79,31 +79,69 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def headline(study: Mapping[str, Any]) -> str:
-    """The answer sentence, every degenerate model by name and seed, and each LoRA rank's paired verdict vs full
-    fine-tuning in words (never a winner the interval does not support)."""
-    paragraphs = [f"**{study.get('answer', {}).get('sentence', 'The study has no answer.')}**"]
+    """The answer, the equal-cost reading, what the intervals cover, every degenerate model by name and seed (with
+    why it could not learn), runs that hit their cap while improving, the TF-IDF notes, and each LoRA rank's
+    unadjusted verdict vs full fine-tuning (never a winner the interval does not support)."""
+    ans = study.get("answer", {})
+    paragraphs = [f"**{ans.get('sentence', 'The study has no answer.')}**"]
+    if ans.get("equal_cost"):
+        paragraphs.append(f"**{ans['equal_cost']}**")
     rows = ordered_rows(study)
+    paragraphs.append(_intervals_paragraph(study, rows))
     for name, row in rows:
         for seed, reason in zip(row.get("seeds", []), row.get("degenerate", [])):
             if reason:
+                why = f" Why: {row['degenerate_why']}." if row.get("degenerate_why") else ""
                 paragraphs.append(f"⚠ **{row_title(name)} (seed {seed}) is degenerate**: {reason}; its numbers "
-                                  "are not a result.")
+                                  f"are not a result.{why}")
+        capped = [str(s) for s, c in zip(row.get("seeds", []), row.get("converged") or []) if c is False]
+        if capped:
+            paragraphs.append(f"⏱ **{row_title(name)} did not converge** (seed{'s' if len(capped) > 1 else ''} "
+                              f"{', '.join(capped)}: still improving at the cap of {_count(row.get('planned_steps'))} "
+                              "steps); it is never called worse.")
+        notes = [f"seed {s}: {n}" for s, n in zip(row.get("seeds", []), row.get("notes") or []) if n]
+        if notes:
+            paragraphs.append(f"Note — {row_title(name)}: {'; '.join(notes)}.")
     full = study.get("rows", {}).get("full")
     if full is not None and not any(full.get("degenerate", [])):  # a degenerate reference supports no verdict
-        paragraphs += [_verdict_line(name, row) for name, row in rows if row.get("vs_full")]
-    paragraphs.append(f"All rows are scored on the same held-out test split ({study.get('n_test', 0):,} examples). "
-                      "Intervals: a t-interval across seeds where a row has several, else a percentile bootstrap "
-                      "over test examples; differences are paired bootstraps over test examples.")
+        lines = [_verdict_line(name, row) for name, row in rows if row.get("vs_full")]
+        if lines:
+            paragraphs.append("Each rank against full fine-tuning, unadjusted (the answer above controls the family; "
+                              "these lines do not):\n\n" + "\n".join(f"- {line}" for line in lines))
     return "\n\n".join(paragraphs)
+
+
+def _intervals_paragraph(study: Mapping[str, Any], rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    covers = {r.get("macro_f1", {}).get("covers") for _, r in rows}
+    what = ("over training seeds and test examples: they are about the methods (a new seed, a new test set)"
+            if covers == {"method"} else
+            "over test examples only where a row has one seed: about these trained models, not the method; over "
+            "seeds and test examples where it has several")
+    ans = study.get("answer", {})
+    proc = f" The answer's procedure: {ans['procedure']}." if ans.get("procedure") else ""
+    return (f"All rows are scored once, at the checkpoint chosen on validation, on the same held-out test split "
+            f"({study.get('n_test', 0):,} examples). Intervals are {_conf(study.get('confidence'))} {what}; "
+            f"differences are paired (same test examples).{proc}")
 
 
 def _verdict_line(name: str, row: Mapping[str, Any]) -> str:
     d = row["vs_full"]
     conf = _conf(d.get("confidence"))
     seeds = d.get("seeds_a", len(row.get("seeds", [])))
-    return (f"{row_title(name)} is {_VERDICT.get(d['verdict'], d['verdict'])} full fine-tuning at {conf}: "
-            f"paired difference {100 * d['difference']:+.2f} points, {conf} interval [{100 * d['low']:+.2f}, "
-            f"{100 * d['high']:+.2f}] ({seeds} seed{'s' if seeds != 1 else ''}).")
+    scope = "seeds and test examples" if d.get("covers") == "method" else "test examples, these models"
+    said = f"is {_VERDICT.get(d['verdict'], d['verdict'])} full fine-tuning at {conf}"
+    if _capped_worse(row):
+        said = "did not converge, so it is not ranked against full fine-tuning"
+    mc = " (borderline: at the Monte-Carlo error)" if d.get("mc_close") else ""
+    return (f"{row_title(name)} {said}: paired difference "
+            f"{100 * d['difference']:+.2f} points, {conf} interval over {scope} [{100 * d['low']:+.2f}, "
+            f"{100 * d['high']:+.2f}] ({seeds} seed{'s' if seeds != 1 else ''}){mc}.")
+
+
+def _capped_worse(row: Mapping[str, Any]) -> bool:
+    """A "worse" verdict on a row with a seed capped while still improving: it is labelled, never called worse."""
+    d = row.get("vs_full") or {}
+    return d.get("verdict") == "worse" and any(c is False for c in row.get("converged") or [])
 
 
 # ------------------------------------------------------------------------------------------- data / setup
@@ -147,14 +185,15 @@ def setup_section(params: Mapping[str, Mapping[str, Any]]) -> str:
             f"{train.get('batch_size')}, precision {train.get('precision')}, weight decay "
             f"{train.get('weight_decay')}, warmup ratio {train.get('warmup_ratio')}. Seeds {seeds}: every "
             "trained row is repeated with each.\n\n"
-            f"Step budget: at least {train.get('min_steps')} and at most "
-            f"{'unlimited (no cap)' if max_steps == 0 else max_steps} optimizer steps; validation "
-            f"{f'every {every} steps' if every else 'at every epoch end'} and at the last step; early stop after "
-            f"{train.get('patience')} validations without a new best (0: never). \"Within tolerance\" of full "
-            f"fine-tuning: the {_conf(study.get('confidence'))} paired interval of LoRA − full stays above "
+            f"Training length: until validation macro-F1 stops improving — validation "
+            f"{f'every {every} steps' if every else 'every quarter epoch (auto)'} and at the last step, stop after "
+            f"{train.get('patience')} validations without a gain of at least {train.get('min_delta', 0)} (0: never), "
+            f"the best checkpoint kept — capped at the variant's epochs (raised to at least {train.get('min_steps')} "
+            f"steps) and at {'no step cap' if max_steps == 0 else f'{max_steps} steps'}. \"Within tolerance\" of "
+            f"full fine-tuning: the {_conf(study.get('confidence'))} paired interval of LoRA − full stays above "
             f"−{_plural(100 * (study.get('tolerance') or 0), 'point')} ({study.get('resamples')} bootstrap "
-            "resamples).\n\n"
-            + markdown_table(["variant", "what was trained", "learning-rate grid", "epochs"], _variant_rows(params)))
+            "resamples, raised near a threshold).\n\n"
+            + markdown_table(["variant", "what was trained", "learning-rate grid", "max epochs"], _variant_rows(params)))
 
 
 def _variant_rows(params: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
@@ -175,10 +214,24 @@ def _variant_rows(params: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
 
 # ------------------------------------------------------------------------------------------------ tables
 
-COMPARISON_HEADER = ["variant", "test macro-F1 (mean ± std)", "interval", "interval kind", "accuracy [interval]",
-                     "vs full: points [interval]", "verdict", "chosen lr", "seeds", "trainable params",
-                     "% trainable", "train time (s)", "peak memory (MB)", "size on disk (MB)", "precision", "steps",
-                     "degenerate"]
+COMPARISON_HEADER = ["variant", "test macro-F1 (mean ± std)", "interval", "covers", "accuracy [interval]",
+                     "vs full: points [interval]", "verdict (unadjusted)", "answer's test", "chosen lr", "seeds",
+                     "trainable params", "% trainable", "CPU s to best", "train time (s)", "peak memory (MB)",
+                     "size on disk (MB)", "precision", "steps", "converged", "degenerate"]
+
+
+def _status(study: Mapping[str, Any], row: Mapping[str, Any]) -> str:
+    """The rank's place in the answer's fixed sequence (within / worse / undecided / … / not tested)."""
+    seq = {s["rank"]: s["status"] for s in study.get("answer", {}).get("sequence", [])}
+    return seq.get(row.get("rank"), "–") if row.get("variant") == "lora" else "–"
+
+
+def _converged(row: Mapping[str, Any]) -> str:
+    flags = row.get("converged") or []
+    if not flags or all(c is None for c in flags):
+        return "–"
+    capped = [str(s) for s, c in zip(row.get("seeds", []), flags) if c is False]
+    return "yes" if not capped else "⏱ no (seed " + ", ".join(capped) + ")"
 
 
 def comparison_rows(study: Mapping[str, Any]) -> list[list[str]]:
@@ -191,21 +244,21 @@ def comparison_rows(study: Mapping[str, Any]) -> list[list[str]]:
         spread = "" if _missing(m.get("std")) else f" ± {m['std']:.4f}"
         d = row.get("vs_full")
         versus = _points(d) if d else ("reference" if name == "full" else "–")
-        verdict = "–" if not d else f"{d['verdict']} at {_conf(d.get('confidence'))}" if ref_ok \
-            else "none: full fine-tuning is degenerate"
+        verdict = "–" if not d else "none: full fine-tuning is degenerate" if not ref_ok \
+            else "none: did not converge" if _capped_worse(row) else f"{d['verdict']} at {_conf(d.get('confidence'))}"
         bad = [str(s) for s, r in zip(row.get("seeds", []), row.get("degenerate", [])) if r]
         out.append([row_title(name), f"{m['mean']:.4f}{spread}", _interval(m.get("low"), m.get("high")),
-                    m.get("interval", "–"), f"{a['mean']:.4f} {_interval(a.get('low'), a.get('high'))}", versus,
-                    verdict, _num(row.get("lr"), "g"), len(row.get("seeds", [])),
+                    m.get("covers", "–"), f"{a['mean']:.4f} {_interval(a.get('low'), a.get('high'))}", versus,
+                    verdict, _status(study, row), _num(row.get("lr"), "g"), len(row.get("seeds", [])),
                     _count(row.get("trainable_params")), _num(row.get("trainable_percent"), ".2f"),
-                    _num(row.get("train_seconds"), ",.1f"), _num(row.get("peak_memory_mb"), ",.2f"),
-                    _num(row.get("size_on_disk_mb"), ",.2f"), row.get("precision") or "–",
-                    _count(row.get("steps")),
+                    _num(row.get("cpu_seconds_to_best"), ",.0f"), _num(row.get("train_seconds"), ",.1f"),
+                    _num(row.get("peak_memory_mb"), ",.2f"), _num(row.get("size_on_disk_mb"), ",.2f"),
+                    row.get("precision") or "–", _count(row.get("steps")), _converged(row),
                     ("⚠ seed " + ", ".join(bad)) if bad else "no"])
     tfidf = study.get("tfidf_logreg")
     if tfidf:
         out.append([VARIANT_TITLES["tfidf_logreg"], f"{tfidf['macro_f1']:.4f}",
-                    _interval(tfidf.get("macro_f1_low"), tfidf.get("macro_f1_high")), "bootstrap over test examples",
+                    _interval(tfidf.get("macro_f1_low"), tfidf.get("macro_f1_high")), "these models",
                     f"{tfidf['accuracy']:.4f} {_interval(tfidf.get('accuracy_low'), tfidf.get('accuracy_high'))}",
                     *["–"] * (len(COMPARISON_HEADER) - 5)])
     return out
@@ -221,13 +274,19 @@ def lr_rows(study: Mapping[str, Any]) -> list[list[str]]:
     return out
 
 
+RUN_HEADER = ["variant", "rank", "seed", "lr", "chosen", "validation macro-F1", "steps", "epochs", "best step",
+              "CPU s to best", "stopped by", "why"]
+
+
 def run_rows(study: Mapping[str, Any]) -> list[list[str]]:
-    """Every train instance of the grid: where it stopped and why."""
+    """Every train instance of the grid: where it stopped, what its best cost, and why it stopped."""
     runs = sorted(study.get("runs", []), key=lambda r: (_ORDER.get(r.get("variant"), 9), r.get("rank") or 0,
                                                          float(r.get("lr") or 0), r.get("seed") or 0))
     return [[VARIANT_TITLES.get(r.get("variant"), r.get("variant")), r.get("rank") or "–", r.get("seed"),
              _num(r.get("lr"), "g"), "✓" if r.get("chosen") else "", _num(r.get("val_macro_f1"), ".4f"),
              _count(r.get("steps")), _num(r.get("epochs"), ".2f"), _count(r.get("best_step")),
+             _num(r.get("cpu_seconds_to_best"), ",.0f"),
+             {"plateau": "plateau", "cap": "⏱ cap"}.get(r.get("stopped_by"), r.get("stopped_by") or "–"),
              r.get("stop_reason") or "–"] for r in runs]
 
 
@@ -240,17 +299,6 @@ def effective_rank_rows(study: Mapping[str, Any]) -> list[list[str]]:
         seeds.setdefault(spec["rank"], set()).add(spec.get("seed"))
     return [[rank, f"{sum(v) / len(v):.1f}", f"{min(v)}–{max(v)}", len(v), len(seeds[rank])]
             for rank, v in sorted(by_rank.items()) if v]
-
-
-def curve_runs(study: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """Per chosen (variant, rank), its first seed's run (whose curves the report draws), titled."""
-    chosen = [r for r in study.get("runs", []) if r.get("chosen")]
-    chosen.sort(key=lambda r: (_ORDER.get(r.get("variant"), 9), r.get("rank") or 0, r.get("seed") or 0))
-    out: dict[str, Mapping[str, Any]] = {}
-    for run in chosen:
-        name = f"lora_r{run['rank']}" if run.get("variant") == "lora" else run.get("variant")
-        out.setdefault(row_title(name), run)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -305,12 +353,13 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         "## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); the test split was scored only "
         "for the chosen lr.\n\n" + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
                                                    lr_rows(study)).rstrip(),
-        "## Where each run stopped\n\n" + markdown_table(
-            ["variant", "rank", "seed", "lr", "chosen", "validation macro-F1", "steps", "epochs", "best step",
-             "stopped because"], run_rows(study)).rstrip(),
+        "## Where each run stopped\n\n" + markdown_table(RUN_HEADER, run_rows(study)).rstrip(),
         _spectra_section(study, figures["spectra"]).rstrip(),
         _detail_section(study, figures["confusion"]).rstrip(),
-        f"## Training curves\n\n![training curves]({figures['curves']})\n\nPer-step training loss and validation "
-        "macro-F1 of each chosen (variant, rank), first seed.",
+        f"## Learning curves (validation)\n\n![learning curves]({figures['curves']})\n\nBest validation macro-F1 "
+        "so far of each chosen (variant, rank) — the checkpoint a run would keep if stopped there — against optimizer "
+        "steps and against CPU seconds of training (process CPU time: steadier than wall time on a shared machine); "
+        "mean over seeds, band min–max. The dotted line: full fine-tuning's mean CPU time to its best, where the "
+        "equal-cost reading is taken. Per-step training loss: `dvc plots show` (metrics/curves).",
     ]
     return "\n\n".join(parts) + "\n"

@@ -1,8 +1,9 @@
 """The rank × seed study: pick each method's learning rate on validation, summarise every (variant, rank)
-across seeds with intervals, compare LoRA(r) with full fine-tuning, and phrase the answer.
+across seeds with method-level intervals and compare LoRA(r) with full fine-tuning.
 
-Pure functions over the train stages' metrics records and test predictions; no I/O. The statistics
-themselves live in :mod:`lora_pipeline.statistics`.
+Pure functions over the train stages' metrics records and predictions; no I/O. The statistics live in
+:mod:`lora_pipeline.statistics`, the answer's procedure and sentences in :mod:`lora_pipeline.answer`, learning
+curves and the equal-cost reading in :mod:`lora_pipeline.curves`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import PipelineError
-from .statistics import (across_seeds, bootstrap_metric_ci, degenerate_reason, paired_difference,
-                         within_tolerance)
+from sklearn.metrics import accuracy_score, f1_score
 
-__all__ = ["Group", "adapter_spectrum", "answer", "choose_learning_rates", "compact_metrics", "grid_runs", "rank_curve",
-           "record_row", "row_name", "subspace_overlaps", "summarise"]
+from .errors import PipelineError
+from .statistics import (MethodInterval, degenerate_reason, method_difference, method_mean, needed_to_decide,
+                         paired_difference, reference_note)
+
+__all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
+           "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "vs_reference"]
 
 REFERENCE = "full"  # the method LoRA is compared with
+MAX_RESAMPLES = 20_000  # ceiling when resamples are raised for a verdict at its Monte-Carlo error
 
 
 @dataclass(frozen=True)
@@ -72,29 +76,72 @@ def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
 
 def _metric_summary(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str], metric: str,
                     confidence: float, n_resamples: int, seed: int) -> dict:
-    """Mean over seeds with a t-interval (≥ 2 seeds) or the test-set bootstrap interval (1 seed)."""
-    per_seed = [bootstrap_metric_ci(y_true, p, labels, metric=metric, n_resamples=n_resamples,
-                                    confidence=confidence, seed=seed) for p in preds]
-    seeds = across_seeds([ci.value for ci in per_seed], confidence=confidence)
-    if seeds.n >= 2:
-        low, high, kind = seeds.low, seeds.high, f"t-interval across {seeds.n} seeds"
-    else:
-        low, high, kind = per_seed[0].low, per_seed[0].high, "bootstrap over test examples"
-    return {"mean": seeds.mean, "std": seeds.std, "low": low, "high": high, "interval": kind,
-            "per_seed": [ci.to_dict() for ci in per_seed]}
+    """Mean over seeds with its method-level interval (seeds and test examples; one seed: these models only)."""
+    iv = method_mean(y_true, list(preds), labels, metric=metric, n_resamples=n_resamples, confidence=confidence,
+                     seed=seed)
+    scores = [_score(metric, y_true, p, labels) for p in preds]
+    return {"mean": iv.estimate, "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            "low": iv.low, "high": iv.high, "interval": iv.method, "covers": iv.covers, "se": iv.se,
+            "se_test": iv.se_test, "se_seeds": iv.se_seeds, "per_seed": scores}
+
+
+def _score(metric: str, y_true: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> float:
+    """One model's whole-test-set score (scikit-learn, as the intervals' point estimates)."""
+    if metric == "accuracy":
+        return float(accuracy_score(y_true, pred))
+    return float(f1_score(y_true, pred, labels=list(range(len(labels))), average="macro", zero_division=0))
+
+
+def _near(value: float, threshold: float, mc_error: float) -> bool:
+    """Whether an interval end lies within two Monte-Carlo errors of a threshold (the verdict could flip)."""
+    return abs(value - threshold) <= 2 * mc_error
+
+
+def _deciding_ends_near(d: MethodInterval, tolerance: float) -> bool:
+    """Whether either verdict (vs −tolerance, vs 0) rests on an end within Monte-Carlo error of its threshold."""
+    return any(_near(end, thr, d.mc_error) for end in (d.low, d.high) for thr in (-tolerance, 0.0))
+
+
+def vs_reference(y_true: np.ndarray, preds: Sequence[np.ndarray], ref: Sequence[np.ndarray], labels: Sequence[str],
+                 *, tolerance: float, confidence: float, n_resamples: int, seed: int) -> dict:
+    """LoRA − full with its method-level interval; resamples are raised (×10, up to ``MAX_RESAMPLES``) when a
+    verdict rests on an end within Monte-Carlo error of its threshold, and ``mc_close`` says if it still does.
+    When the interval straddles −tolerance, ``to_decide`` says roughly what data would decide it."""
+    def run(n: int) -> MethodInterval:
+        return method_difference(y_true, list(preds), list(ref), labels, n_resamples=n, confidence=confidence,
+                                 seed=seed)
+
+    d = run(n_resamples)
+    if _deciding_ends_near(d, tolerance) and n_resamples < MAX_RESAMPLES:
+        d = run(min(10 * n_resamples, MAX_RESAMPLES))
+    out = {**d.to_dict(), "difference": d.estimate, "mc_close": _deciding_ends_near(d, tolerance)}
+    if d.low < -tolerance < d.high:
+        out["to_decide"] = needed_to_decide(d, -tolerance)
+    fixed = paired_difference(y_true, list(preds), list(ref), labels, n_resamples=n_resamples,
+                              confidence=confidence, seed=seed)
+    out["these_models"] = {"low": fixed.low, "high": fixed.high, "verdict": fixed.verdict}
+    return out
+
+
+def _seed_flags(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str]) -> list[Optional[str]]:
+    return [degenerate_reason(y_true, p, labels) for p in preds]
 
 
 def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.ndarray]], y_true: np.ndarray,
-              labels: Sequence[str], tfidf_pred: np.ndarray, *, confidence: float = 0.95,
-              n_resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """One row per (variant, rank): test metrics with intervals, costs, degenerate flag and, for LoRA, the paired
-    difference with full fine-tuning.
+              labels: Sequence[str], tfidf_pred: np.ndarray, *, tolerance: float = 0.01, confidence: float = 0.95,
+              n_resamples: int = 1000, seed: int = 0,
+              val: Optional[tuple[np.ndarray, Mapping[str, Sequence[np.ndarray]]]] = None) -> dict[str, dict]:
+    """One row per (variant, rank): test metrics with method-level intervals, costs, convergence, degenerate flags
+    (test and validation), the TF-IDF note and, for LoRA, the paired difference with full fine-tuning.
 
     Args:
         groups: from :func:`choose_learning_rates`.
         predictions: per group name, the test predictions of each seed (same order as ``group.records``).
         y_true: test labels (class ids).
-        tfidf_pred: the TF-IDF reference's test predictions (a model not better than it is flagged).
+        tfidf_pred: the TF-IDF reference's test predictions (a model not better than it gets a note, no flag).
+        tolerance: the non-inferiority margin (resamples are raised when a verdict sits at its Monte-Carlo error).
+        val: validation labels and, per group name, each seed's validation predictions (the checkpoint kept);
+            picks (registry) use the validation flags.
     """
     rows: dict[str, dict] = {}
     reference = next((g for g in groups if g.variant == REFERENCE), None)
@@ -103,82 +150,48 @@ def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.nda
         row: dict[str, Any] = {
             "variant": group.variant, "rank": group.rank, "lr": group.lr, "seeds": [r["seed"] for r in group.records],
             "val_macro_f1_by_lr": {f"{lr:g}": v for lr, v in sorted(group.val_by_lr.items())},
+            "val_macro_f1": group.val_by_lr[group.lr],
             "macro_f1": _metric_summary(y_true, preds, labels, "macro_f1", confidence, n_resamples, seed),
             "accuracy": _metric_summary(y_true, preds, labels, "accuracy", confidence, n_resamples, seed),
-            "degenerate": [degenerate_reason(y_true, p, labels, tfidf_pred=tfidf_pred, seed=seed) for p in preds],
+            "degenerate": _seed_flags(y_true, preds, labels),
+            "degenerate_val": _seed_flags(val[0], val[1][group.name], labels) if val else None,
+            "notes": [reference_note(y_true, p, labels, tfidf_pred, n_resamples=n_resamples, confidence=confidence,
+                                     seed=seed) for p in preds],
         }
-        for key in ("trainable_params", "trainable_percent", "size_on_disk_mb", "total_params", "precision"):
-            row[key] = group.records[0].get(key)
-        for key in ("train_seconds", "peak_memory_mb", "steps", "epochs"):
-            row[key] = float(np.mean([r[key] for r in group.records if r.get(key) is not None] or [np.nan]))
-        row["stopped"] = [r.get("stop_reason") for r in group.records]
+        row.update(_costs(group.records))
         if group.variant == "lora" and reference is not None:
-            diff = paired_difference(y_true, list(preds), list(predictions[reference.name]), labels,
-                                     n_resamples=n_resamples, confidence=confidence, seed=seed)
-            row["vs_full"] = diff.to_dict()
+            row["vs_full"] = vs_reference(y_true, preds, predictions[reference.name], labels, tolerance=tolerance,
+                                          confidence=confidence, n_resamples=n_resamples, seed=seed)
         rows[group.name] = row
     return rows
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return None if not a or not b else a / b
+def _costs(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sizes (first seed), means over seeds of the costs, and each seed's stop: converged, why, where."""
+    out: dict[str, Any] = {k: records[0].get(k) for k in
+                           ("trainable_params", "trainable_percent", "size_on_disk_mb", "total_params", "precision")}
+    for key in ("train_seconds", "train_cpu_seconds", "seconds_to_best", "cpu_seconds_to_best", "peak_memory_mb",
+                "steps", "planned_steps", "epochs", "best_step"):
+        values = [r[key] for r in records if r.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    out["stopped"] = [r.get("stop_reason") for r in records]
+    out["stopped_by"] = [r.get("stopped_by") for r in records]
+    out["converged"] = [r.get("converged") for r in records]
+    return out
 
 
-def _others(ok: Sequence[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> str:
-    """Which other trained ranks qualify too: larger ranks need not (a rank curve is not monotone)."""
-    rest = [r["rank"] for r in ok[1:]]
-    failed = [r["rank"] for r in lora if r not in ok and r["rank"] > ok[0]["rank"]]
-    if not rest and not failed:
-        return ""
-    said = f" (also rank{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))}" if rest else " ("
-    said += ("; " if rest else "") + f"not rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))}" \
-        if failed else ""
-    return said + ")"
-
-
-def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: float = 0.95) -> dict:
-    """The smallest rank whose macro-F1 is within ``tolerance`` of full fine-tuning, its costs, and one sentence.
-
-    "Within tolerance" is non-inferiority: the lower end of the paired interval of LoRA − full is ≥ −tolerance
-    (:func:`lora_pipeline.statistics.within_tolerance`), so a rank only qualifies when the data rule out a larger
-    loss, not when its point estimate happens to be close.
-    """
-    full = rows.get(REFERENCE)
-    lora = sorted((r for r in rows.values() if r["variant"] == "lora"), key=lambda r: r["rank"])
-    pts, conf = f"{100 * tolerance:g} point{'s' if tolerance != 0.01 else ''}", f"{100 * confidence:g} %"
-    if full is None or not lora:
-        return {"rank": None, "sentence": "The study needs full fine-tuning and at least one LoRA rank."}
-    if any(full["degenerate"]):
-        return {"rank": None, "sentence": f"Full fine-tuning is degenerate ({next(d for d in full['degenerate'] if d)}"
-                                          "), so it is no reference: no comparison is stated."}
-    ok = [r for r in lora if within_tolerance((r["vs_full"]["low"], r["vs_full"]["high"]), tolerance)
-          and not any(r["degenerate"])]
-    f = full["macro_f1"]
-    if not ok:
-        best = max(lora, key=lambda r: r["vs_full"]["low"])
-        d = best["vs_full"]
-        return {"rank": None, "closest_rank": best["rank"], "sentence": (
-            f"No trained LoRA rank ({', '.join(str(r['rank']) for r in lora)}) is within {pts} of full fine-tuning "
-            f"at {conf}: the closest, rank {best['rank']}, differs by {100 * d['difference']:+.1f} points "
-            f"({conf} paired interval [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]) from full fine-tuning's "
-            f"{f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}].")}
-    r = ok[0]
-    d, m = r["vs_full"], r["macro_f1"]
-    costs = {"trainable_params": _ratio(r["trainable_params"], full["trainable_params"]),
-             "train_seconds": _ratio(r["train_seconds"], full["train_seconds"]),
-             "peak_memory_mb": _ratio(r["peak_memory_mb"], full["peak_memory_mb"]),
-             "size_on_disk_mb": _ratio(r["size_on_disk_mb"], full["size_on_disk_mb"])}
-    verdict = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
-    sentence = (
-        f"The smallest LoRA rank within {pts} of full fine-tuning is {r['rank']}{_others(ok, lora)}: test macro-F1 "
-        f"{m['mean']:.3f} "
-        f"[{m['low']:.3f}, {m['high']:.3f}] vs {f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}], a difference of "
-        f"{100 * d['difference']:+.1f} points ({conf} paired interval [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]; "
-        f"{verdict[d['verdict']]} full fine-tuning at {conf}), training {r['trainable_percent']:.2f} % of the "
-        f"parameters ({r['trainable_params']:,} vs {full['trainable_params']:,}), in "
-        f"{costs['train_seconds']:.2f}× the train time and {costs['peak_memory_mb']:.2f}× the peak memory, "
-        f"with {r['size_on_disk_mb']:.2f} MB on disk vs {full['size_on_disk_mb']:.1f} MB.")
-    return {"rank": r["rank"], "sentence": sentence, "cost_ratios": costs, "difference": d}
+def explain_degenerate(row: Mapping[str, Any]) -> Optional[str]:
+    """Why a degenerate row could not learn, from how its runs stopped (None when no seed is degenerate)."""
+    if not any(row.get("degenerate") or []):
+        return None
+    lr, cap = row.get("lr"), row.get("planned_steps")
+    if any(c is False for c in row.get("converged") or []):
+        return (f"it was still improving when it hit its cap of {cap:,.0f} steps at lr {lr:g}: it needs more steps "
+                "(train.max_steps or the variant's epochs)")
+    best = row.get("best_step")
+    return (f"it stopped on a validation plateau (best at step {best:,.0f} of {row.get('steps') or 0:,.0f}) "
+            f"without learning beyond the majority class at lr {lr:g}; try other learning rates in the study's "
+            "grid, more warm-up, or a smaller model for this little data")
 
 
 def grid_runs(records: Sequence[Mapping[str, Any]], seeds: Sequence[int], lrs: Mapping[str, Sequence[float]],
@@ -221,19 +234,6 @@ def record_row(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int]
     return row_name("lora", rank)
 
 
-def registry_pick(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int]) -> tuple[Optional[str], str]:
-    """The row whose model the Model Registry gets, and why: the answer's LoRA rank, else (no rank within
-    tolerance) the non-degenerate row with the best mean test macro-F1 — a deployment pick, not a claim that it
-    beats the others. None when every row is degenerate."""
-    if answer_rank is not None and row_name("lora", answer_rank) in rows:
-        return row_name("lora", answer_rank), "the study's answer: smallest LoRA rank within tolerance of full"
-    usable = [(name, r) for name, r in rows.items() if not any(r["degenerate"])]
-    if not usable:
-        return None, "every trained model is degenerate"
-    name = max(usable, key=lambda item: item[1]["macro_f1"]["mean"])[0]
-    return name, "best mean test macro-F1 (no LoRA rank within tolerance; not a significance claim)"
-
-
 def adapter_spectrum(factors: Mapping[str, tuple[np.ndarray, np.ndarray, float]], energy: float = 0.9) -> dict:
     """Per targeted layer: singular values of ΔW = scaling·B·A (descending) and its effective rank."""
     from .statistics import delta_singular_values, effective_rank
@@ -266,8 +266,8 @@ def rank_curve(rows: Mapping[str, Mapping[str, Any]], tfidf_macro_f1: float) -> 
                     "full_high": full["macro_f1"]["high"] if full else None,
                     "scratch_macro_f1": scratch["macro_f1"]["mean"] if scratch else None,
                     "tfidf_macro_f1": tfidf_macro_f1, "trainable_params": r["trainable_params"],
-                    "train_seconds": r["train_seconds"], "peak_memory_mb": r["peak_memory_mb"],
-                    "size_on_disk_mb": r["size_on_disk_mb"]})
+                    "train_seconds": r["train_seconds"], "cpu_seconds_to_best": r.get("cpu_seconds_to_best"),
+                    "peak_memory_mb": r["peak_memory_mb"], "size_on_disk_mb": r["size_on_disk_mb"]})
     return out
 
 
@@ -280,7 +280,9 @@ def compact_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, f
         row = {"macro_f1": m["mean"], "macro_f1_low": m["low"], "macro_f1_high": m["high"], "macro_f1_std": m["std"],
                "accuracy": a["mean"], "accuracy_low": a["low"], "accuracy_high": a["high"], "lr": r["lr"],
                "seeds": len(r["seeds"]), "degenerate": any(r["degenerate"]),
-               "trainable_params": r["trainable_params"], "train_seconds": r["train_seconds"]}
+               "converged": all(c is not False for c in r.get("converged") or []),
+               "val_macro_f1": r.get("val_macro_f1"), "trainable_params": r["trainable_params"],
+               "train_seconds": r["train_seconds"], "cpu_seconds_to_best": r.get("cpu_seconds_to_best")}
         if "vs_full" in r:
             d = r["vs_full"]
             row.update(vs_full=d["difference"], vs_full_low=d["low"], vs_full_high=d["high"])

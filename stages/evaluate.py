@@ -1,6 +1,7 @@
 """evaluate: the study's answer. Per (variant, rank) the learning rate with the best validation macro-F1 is chosen,
-only the chosen models are scored on the test split (every seed), and each row gets intervals, a degenerate check
-and, for LoRA, the paired difference with full fine-tuning; the adapters' update spectra come along."""
+only the chosen models are scored on the test split (every seed); every input of the numbers is written to the
+study record (record.json.gz), and study.json is computed from it alone (lora_pipeline.record.build_study): rows
+with method-level intervals, the fixed-sequence answer, the equal-cost reading and the adapters' spectra."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lora_pipeline import answer as answer_lib
+from lora_pipeline import record as record_lib
 from lora_pipeline import study
-from lora_pipeline.config import Params, load_params
+from lora_pipeline.config import LoraConfig, Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
+from lora_pipeline.data.summary import DATASET_FILE
+from lora_pipeline.errors import PipelineError
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
 from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
 from lora_pipeline.lora import adapter_factors
@@ -28,6 +33,7 @@ from stages._cli import run_stage
 
 log = logging.getLogger(__name__)
 ENERGY = 0.9  # effective rank: the singular values holding this share of an update's energy
+RECORD_SECTIONS = ("model", "train", "scratch", "full", "lora", "study", "baseline")  # the params a record keeps
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,9 +42,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", required=True, help="directory from the split stage")
     parser.add_argument("--models", required=True, help="directory holding <variant>/<tag>/ of every train instance")
     parser.add_argument("--runs", required=True, help="directory of the train instances' metrics JSON files")
+    parser.add_argument("--curves", required=True, help="directory of <variant>/<tag>/evals.csv (validation curves)")
+    parser.add_argument("--val-predictions", required=True,
+                        help="directory of <variant>/<tag>.csv: each run's validation predictions (kept checkpoint)")
     parser.add_argument("--metrics", required=True, help="compact metrics JSON (dvc metrics diff / exp show)")
     parser.add_argument("--study", required=True, help="the whole study as JSON (the report reads it)")
+    parser.add_argument("--record", required=True,
+                        help="record.json.gz: every input of the study's numbers (lora-pipeline rebuild reads it)")
     parser.add_argument("--rank-curve", required=True, help="CSV of test macro-F1 against LoRA rank (dvc plots)")
+    parser.add_argument("--learning-curves", required=True,
+                        help="directory of per-row mean validation curves by step and by CPU seconds (dvc plots)")
     parser.add_argument("--predictions", required=True, help="directory of actual/predicted CSVs (dvc plots)")
     return parser.parse_args(argv)
 
@@ -91,60 +104,124 @@ def _tfidf(params: Params, frames, test: EncodedSplit, labels: list[str]) -> tup
     return pred, row
 
 
-def _write_predictions(folder: str, preds: dict, y_true, labels: list[str]) -> None:
+def _write_predictions(folder: str, study_json: dict, record: dict) -> None:
+    """actual/predicted CSVs (label names) of the detail rows' first seed and TF-IDF, for ``dvc plots``."""
+    labels, y_true = record["labels"], record["test"]["labels"]
+    by_tag = {(r["variant"], r["tag"]): r for r in record["runs"] if r.get("test_predictions") is not None}
+    shown = {}
+    for name in study_json["detail"]:
+        if name == "tfidf_logreg":
+            shown[name] = record["tfidf"]["test_predictions"]
+            continue
+        row = study_json["rows"][name]
+        run = next(r for (v, _), r in by_tag.items() if v == row["variant"] and r.get("rank") == row["rank"]
+                   and r["seed"] == row["seeds"][0] and r["lr"] == row["lr"])
+        shown[name] = run["test_predictions"]
     with atomic_dir(folder) as tmp:
-        for name, p in preds.items():
+        for name, p in shown.items():
             pd.DataFrame({"actual": [labels[i] for i in y_true],
                           "predicted": [labels[i] for i in p]}).to_csv(tmp / f"{name}.csv", index=False)
 
 
+def _write_learning_curves(folder: str, study_json: dict) -> None:
+    """<folder>/<clock>/<row>.csv: mean best-so-far validation macro-F1 with its min-max band over seeds."""
+    with atomic_dir(folder) as tmp:
+        for name, by_clock in study_json["learning_curves"].items():
+            for clock, points in by_clock.items():
+                (tmp / clock).mkdir(exist_ok=True)
+                pd.DataFrame(points, columns=[clock, "val_macro_f1", "low", "high", "seeds"]).to_csv(
+                    tmp / clock / f"{name}.csv", index=False)
+
+
+def _csv_rows(path: Path) -> list[dict] | None:
+    return pd.read_csv(path).to_dict("records") if path.is_file() else None
+
+
+def _val_predictions(path: Path, n_val: int) -> list[int] | None:
+    """A run's kept validation predictions (class ids in the val split's order), or None for a run trained before
+    they were written."""
+    if not path.is_file():
+        log.warning("no validation predictions at %s (a run from an older version): picks fall back to the stated "
+                    "validation score", path)
+        return None
+    frame = pd.read_csv(path)
+    if len(frame) != n_val:
+        raise PipelineError(f"evaluate: {path} has {len(frame)} rows but the validation split has {n_val}; rerun "
+                            "its train stage (`dvc repro -f <stage>`)")
+    return [int(v) for v in frame.sort_values("row")["predicted"]]
+
+
+def _record(args, params: Params, labels: list[str], frames, runs, groups, preds, tfidf_pred, tfidf) -> dict:
+    """Everything study.json is computed from (see lora_pipeline.record)."""
+    chosen = {(g.variant, r["tag"]): preds[g.name][i] for g in groups for i, r in enumerate(g.records)}
+    n_val = len(frames["val"])
+    out_runs = []
+    for r in runs:
+        variant, tag = r["variant"], r["tag"]
+        test = chosen.get((variant, tag))
+        out_runs.append({**{k: r.get(k) for k in record_lib.RUN_FIELDS},
+                         "curve": _csv_rows(Path(args.curves) / variant / tag / "evals.csv") or [],
+                         "val_predictions": _val_predictions(Path(args.val_predictions) / variant / f"{tag}.csv",
+                                                             n_val),
+                         "test_predictions": None if test is None else [int(v) for v in test]})
+    spectra, subspace = _adapters(groups, Path(args.models))
+    dataset = Path(args.split) / DATASET_FILE
+    return {"format": record_lib.FORMAT, "version": record_lib.VERSION, "labels": labels,
+            "params": {k: _plain(getattr(params, k)) for k in RECORD_SECTIONS},
+            "dataset": read_json(dataset) if dataset.is_file() else None,
+            "test": {"labels": [int(v) for v in EncodedSplit.from_frame(frames["test"]).labels]},
+            "val": {"labels": [int(v) for v in EncodedSplit.from_frame(frames["val"]).labels]},
+            "runs": out_runs, "tfidf": {"test_predictions": [int(v) for v in tfidf_pred], "row": tfidf},
+            "spectra": spectra, "subspace": subspace, "energy": ENERGY}
+
+
+def _plain(section) -> dict:
+    out = dataclasses.asdict(section)
+    out.pop("rank", None) if isinstance(section, LoraConfig) else None  # ranks come from study.ranks
+    return out
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    params = load_params(args.params, sections=["model", "lora", "train", "baseline", "study", "mlflow"])
+    params = load_params(args.params, sections=["model", "lora", "train", "scratch", "full", "baseline", "study",
+                                                "mlflow"])
     s = params.study
-    labels, frames = read_split(args.split, ("train", "test"))
+    labels, frames = read_split(args.split, ("train", "val", "test"))
     test = EncodedSplit.from_frame(frames["test"])
     records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
     runs = study.grid_runs(records, s.seeds, {v: s.lrs(v) for v in ("scratch", "full", "lora")}, s.ranks)
-    groups = study.choose_learning_rates(runs)
+    groups = study.choose_learning_rates(runs)  # on validation: test is scored for the chosen runs only
     preds = _predict_groups(groups, args, params, labels, test)
     tfidf_pred, tfidf = _tfidf(params, frames, test, labels)
-    rows = study.summarise(groups, preds, test.labels, labels, tfidf_pred, confidence=s.confidence,
-                           n_resamples=s.resamples, seed=s.bootstrap_seed)
-    answer = study.answer(rows, s.tolerance, s.confidence)
-    record = study.record_row(rows, answer["rank"], s.record_rank, answer.get("closest_rank"))
-    shown = {n: preds[n][0] for n in ("scratch", "full", record) if n in preds} | {"tfidf_logreg": tfidf_pred}
-    detail = {n: {"seed": rows[n]["seeds"][0] if n in rows else None,
-                  **{k: v for k, v in classification_metrics(test.labels, p, labels).items()
-                     if k in ("per_class", "confusion_matrix")}} for n, p in shown.items()}
-    chosen = {(g.variant, g.rank, g.lr) for g in groups}
-    run_rows = [{**{k: r.get(k) for k in ("variant", "rank", "seed", "lr", "tag", "val_macro_f1", "steps", "epochs",
-                                         "best_step", "stop_reason", "train_seconds")},
-                 "chosen": (r["variant"], r.get("rank"), r["lr"]) in chosen} for r in runs]
-    spectra, subspace = _adapters(groups, Path(args.models))
-    write_json(args.study, {"labels": labels, "n_test": len(test.labels), "confidence": s.confidence,
-                            "tolerance": s.tolerance, "rows": rows, "tfidf_logreg": tfidf, "answer": answer,
-                            "record": record, "detail": detail, "runs": run_rows, "spectra": spectra,
-                            "subspace": subspace, "energy": ENERGY})
+    record = _record(args, params, labels, frames, runs, groups, preds, tfidf_pred, tfidf)
+    result = record_lib.build_study(record)
+    with atomic_file(args.record) as tmp:
+        record_lib.write_record(tmp, record)
+    write_json(args.study, result)
+    answer = result["answer"]
     with atomic_file(args.rank_curve) as tmp:
-        pd.DataFrame(study.rank_curve(rows, tfidf["macro_f1"])).to_csv(tmp, index=False)
-    _write_predictions(args.predictions, shown, test.labels, labels)
-    compact = study.compact_metrics(rows, tfidf, answer["rank"])
+        pd.DataFrame(study.rank_curve(result["rows"], tfidf["macro_f1"])).to_csv(tmp, index=False)
+    _write_predictions(args.predictions, result, record)
+    _write_learning_curves(args.learning_curves, result)
+    compact = study.compact_metrics(result["rows"], tfidf, answer["rank"])
     write_json(args.metrics, compact)
     log.info("%s", answer["sentence"])
+    if answer.get("equal_cost"):
+        log.info("%s", answer["equal_cost"])
     with open_tracker(params.mlflow, "evaluate", {"stage": "evaluate", "answer": answer["sentence"][:250],
                                                   "answer_rank": answer["rank"]}) as tracker:
         tracker.log_params({"study": dataclasses.asdict(s), "baseline": dataclasses.asdict(params.baseline)})
         tracker.log_metrics({f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
                              for k in ("accuracy", "macro_f1") if k in r})
-        for path in (args.metrics, args.study, args.rank_curve, args.predictions):
+        for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
             tracker.log_artifact(path)
-        _register(tracker, params, groups, rows, preds, answer, test, labels, Path(args.models))
+        _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models))
 
 
 def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,
               labels: list[str], models: Path) -> None:
-    """Register the study's pick (its first seed's model) in the Model Registry under ``mlflow.registered_model``."""
-    name, why = study.registry_pick(rows, answer["rank"])
+    """Register the study's pick (its first seed's model) in the Model Registry under ``mlflow.registered_model``;
+    the pick is made on validation (answer_lib.registry_pick), the test score is only a tag."""
+    name, why = answer_lib.registry_pick(rows, answer["rank"])
     if name is None:
         log.warning("Model Registry: nothing registered (%s)", why)
         return
@@ -153,7 +230,8 @@ def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: 
     directory = models / group.variant / rec["tag"]
     score = classification_metrics(test.labels, preds[name][0], labels)["macro_f1"]
     tags = {"variant": group.variant, "rank": group.rank, "seed": rec["seed"], "lr": rec["lr"], "tag": rec["tag"],
-            "test_macro_f1": round(score, 4), "selection": why, "git_commit": git_commit()}
+            "test_macro_f1": round(score, 4), "val_macro_f1": round(rows[name]["val_macro_f1"], 4),
+            "selection": why, "git_commit": git_commit()}
     digest, cfg = model_digest(weights_files(group.variant, directory)), params.mlflow
 
     def register(mlflow):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from lora_pipeline.config import ModelConfig
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
-from lora_pipeline.reporting import comparison_rows, render_report
+from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, render_report
 from tests.test_report_study import FIGURES, make_study, params_dict
 
 LONG = ["Credit reporting, credit repair services, or other personal consumer reports", "Debt collection",
@@ -41,8 +41,9 @@ def test_sizes_use_one_unit_and_format():
     study["rows"]["lora_r8"].update(peak_memory_mb=1500.0, size_on_disk_mb=0.3)
     study["rows"]["full"].update(peak_memory_mb=2100.5, size_on_disk_mb=87.0)
     rows = {r[0]: r for r in comparison_rows(study)}
-    assert rows["LoRA r=8 (ours)"][12:14] == ["1,500.00", "0.30"]
-    assert rows["full fine-tuning"][12:14] == ["2,100.50", "87.00"]
+    mem, disk = COMPARISON_HEADER.index("peak memory (MB)"), COMPARISON_HEADER.index("size on disk (MB)")
+    assert [rows["LoRA r=8 (ours)"][i] for i in (mem, disk)] == ["1,500.00", "0.30"]
+    assert [rows["full fine-tuning"][i] for i in (mem, disk)] == ["2,100.50", "87.00"]
 
 
 def test_long_label_names_neither_overlap_nor_leave_the_figure():

@@ -102,7 +102,8 @@ def test_every_instance_of_the_grid_has_its_outputs(repo):
     assert expected <= set(names) and len([n for n in names if "@" in n]) == len(expected), names
     for path in (repo / "metrics/train").glob("*.json"):
         rec = json.loads(path.read_text())
-        assert {"variant", "rank", "seed", "lr", "tag", "stop_reason", "steps", "val_macro_f1"} <= set(rec), path
+        assert {"variant", "rank", "seed", "lr", "tag", "stop_reason", "stopped_by", "converged", "steps",
+                "val_macro_f1", "cpu_seconds_to_best"} <= set(rec), path
         folder = repo / "models" / rec["variant"] / rec["tag"]
         assert folder.is_dir() and any(folder.iterdir()), folder
         curves = repo / "metrics/curves" / rec["variant"] / rec["tag"]
@@ -130,7 +131,8 @@ def test_evaluate_chooses_on_validation_and_scores_only_the_chosen_models(repo):
     for name in ("full", "lora_r2", "lora_r4"):
         row = study["rows"][name]
         assert row["seeds"] == list(SEEDS) and len(row["macro_f1"]["per_seed"]) == len(SEEDS)
-        assert row["macro_f1"]["interval"] == "t-interval across 2 seeds"
+        assert row["macro_f1"]["covers"] == "method"  # 2 seeds: seeds and test examples
+        assert len(row["degenerate_val"]) == len(SEEDS) and len(row["converged"]) == len(SEEDS)
         assert row["macro_f1"]["low"] <= row["macro_f1"]["mean"] <= row["macro_f1"]["high"]
     assert study["rows"]["lora_r4"]["vs_full"]["verdict"] in ("better", "worse", "indistinguishable")
     assert {s["rank"] for s in study["spectra"]} == set(RANKS) and study["subspace"]
@@ -139,6 +141,11 @@ def test_evaluate_chooses_on_validation_and_scores_only_the_chosen_models(repo):
     assert list(curve["rank"]) == list(RANKS)
     assert sorted(p.stem for p in (repo / "metrics/predictions").glob("*.csv")) == \
         sorted(["scratch", "full", study["record"], "tfidf_logreg"])
+    # the committed form of a study: the record rebuilds the same study.json
+    from lora_pipeline.record import build_study, read_record
+
+    rebuilt = json.loads(json.dumps(build_study(read_record(repo / "metrics/record.json.gz"))))
+    assert rebuilt["answer"] == study["answer"] and rebuilt["rows"] == study["rows"]
 
 
 def test_report_holds_the_answer_and_both_figures(repo):
@@ -162,7 +169,7 @@ def test_the_study_pick_is_registered_and_predict_serves_logged_models(repo):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from lora_pipeline.study import registry_pick
+    from lora_pipeline.answer import registry_pick
 
     repo, env = repo
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])

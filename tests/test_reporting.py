@@ -9,7 +9,7 @@ import pytest
 
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
-from lora_pipeline.reporting import comparison_rows, headline, markdown_table, render_report, row_title
+from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title
 from tests.test_report_study import FIGURES, make_study, table
 
 LABELS = ["neg", "plot", "pos"]
@@ -33,7 +33,11 @@ def test_unmeasured_costs_show_as_a_dash_never_nan():
                                     steps=math.nan, precision=None)
     text = render_report(study, FIGURES)
     r8 = next(r for r in table(text, "variant | test macro-F1 (mean ± std)") if r[0] == "LoRA r=8 (ours)")
-    assert r8[9:16] == ["–", "0.58", "–", "–", "1.42", "–", "–"]
+    cells = {h: r8[COMPARISON_HEADER.index(h)] for h in ("trainable params", "% trainable", "train time (s)",
+                                                           "peak memory (MB)", "size on disk (MB)", "precision",
+                                                           "steps")}
+    assert cells == {"trainable params": "–", "% trainable": "0.58", "train time (s)": "–", "peak memory (MB)": "–",
+                     "size on disk (MB)": "1.42", "precision": "–", "steps": "–"}
     assert "nan" not in text.lower()
 
 
@@ -41,7 +45,8 @@ def test_mean_steps_over_seeds_keep_one_decimal_and_counts_get_separators():
     study = make_study(ranks=[8])
     study["rows"]["lora_r8"]["steps"] = 235.5
     r8 = next(r for r in comparison_rows(study) if r[0] == "LoRA r=8 (ours)")
-    assert r8[15] == "235.5" and r8[9] == "371,184"
+    assert r8[COMPARISON_HEADER.index("steps")] == "235.5"
+    assert r8[COMPARISON_HEADER.index("trainable params")] == "371,184"
 
 
 def test_the_headline_names_no_winner_that_the_interval_does_not_support():
@@ -50,8 +55,8 @@ def test_the_headline_names_no_winner_that_the_interval_does_not_support():
     study["rows"]["lora_r8"]["vs_full"].update(difference=0.006, low=-0.008, high=0.02, verdict="indistinguishable")
     text = headline(study)
     assert "LoRA r=8 (ours) is indistinguishable from full fine-tuning at 95 %: paired difference +0.60 points, " \
-           "95 % interval [-0.80, +2.00] (2 seeds)." in text
-    assert "better" not in text and "best" not in text.lower()
+           "95 % interval over seeds and test examples [-0.80, +2.00] (2 seeds)." in text
+    assert "better than full" not in text and "best test macro-f1" not in text.lower()
     study["rows"]["lora_r8"]["vs_full"].update(low=0.001, verdict="better")
     assert "LoRA r=8 (ours) is better than full fine-tuning at 95 %" in headline(study)
 

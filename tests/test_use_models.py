@@ -244,7 +244,7 @@ def test_every_train_run_logs_its_model_and_a_lora_run_only_the_adapter(pipeline
 def test_evaluate_registers_the_study_pick_or_says_why_not(pipeline):
     from mlflow.exceptions import MlflowException
 
-    from lora_pipeline.study import registry_pick
+    from lora_pipeline.answer import registry_pick
 
     base, _, _, uri = pipeline
     study = json.loads((base / "metrics" / "study.json").read_text())
@@ -253,29 +253,16 @@ def test_evaluate_registers_the_study_pick_or_says_why_not(pipeline):
     evaluate_run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                       "tags.stage = 'evaluate'")[0]
     if name is None:  # the tiny random models are degenerate: nothing is made champion
-        assert why == "every trained model is degenerate" and "registered_model" not in evaluate_run.data.tags
+        assert why == "every trained model is degenerate on validation" and "registered_model" not in evaluate_run.data.tags
         with pytest.raises(MlflowException):
             client.get_model_version_by_alias(REGISTERED, "champion")
         return
     version = client.get_model_version_by_alias(REGISTERED, "champion")
     tags = version.tags
-    assert {"variant", "rank", "seed", "lr", "test_macro_f1", "git_commit", "selection", "model_digest"} <= set(tags)
+    assert {"variant", "rank", "seed", "lr", "test_macro_f1", "val_macro_f1", "git_commit", "selection",
+            "model_digest"} <= set(tags)
     assert (f"lora_r{tags['rank']}" if tags["variant"] == "lora" else tags["variant"]) == name
     assert evaluate_run.data.tags["registered_model"] == f"{REGISTERED}@champion v{version.version}"
-
-
-def test_the_registry_pick_is_the_answer_else_the_best_usable_row():
-    from lora_pipeline.study import registry_pick
-
-    def row(variant, rank, mean, degenerate=False):
-        return {"variant": variant, "rank": rank, "macro_f1": {"mean": mean}, "degenerate": [degenerate and "x"]}
-
-    rows = {"full": row("full", None, 0.80), "lora_r2": row("lora", 2, 0.78), "lora_r8": row("lora", 8, 0.79),
-            "scratch": row("scratch", None, 0.90, degenerate=True)}
-    assert registry_pick(rows, 8)[0] == "lora_r8"
-    assert registry_pick(rows, None) == ("full", "best mean test macro-F1 (no LoRA rank within tolerance; "
-                                                 "not a significance claim)")
-    assert registry_pick({"scratch": rows["scratch"]}, None) == (None, "every trained model is degenerate")
 
 
 def test_registration_logs_the_model_itself_when_no_train_run_did(tiny_model_dir, tiny_tokenizer, tmp_path, capsys,

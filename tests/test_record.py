@@ -1,0 +1,82 @@
+"""A study record rebuilds its study.json and report from itself alone, and checks itself on the way."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from lora_pipeline.cli import main as cli_main
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.record import FORMAT, VERSION, build_study, read_record, write_record
+
+LABELS = ["neg", "pos"]
+STUDY = {"seeds": [1, 2], "ranks": [4, 16], "tolerance": 0.01, "confidence": 0.95, "resamples": 300,
+         "bootstrap_seed": 0, "record_rank": None, "scratch_lrs": [1e-3], "full_lrs": [1e-4], "lora_lrs": [2e-3]}
+
+
+def _noisy(rng, y, p):
+    return np.where(rng.random(y.size) < p, y, 1 - y)
+
+
+def _run(rng, variant, rank, seed, lr, y_val, y_test, p, cpu):
+    val = _noisy(rng, y_val, p)
+    score = f1_score(y_val, val, average="macro")
+    tag = f"{'' if rank is None else f'r{rank}-'}s{seed}-lr{lr}"
+    curve = [{"step": s, "epoch": s / 100, "seconds": cpu * s / 300, "cpu_seconds": cpu * s / 300,
+              "val_macro_f1": score * (0.9 + 0.1 * s / 300), "train_loss": 0.5} for s in (100, 200, 300)]
+    return {"variant": variant, "rank": rank, "seed": seed, "lr": lr, "tag": tag, "val_macro_f1": score,
+            "steps": 300, "planned_steps": 3000, "best_step": 300, "stopped_by": "plateau", "converged": True,
+            "stop_reason": "plateau", "train_seconds": cpu, "cpu_seconds_to_best": cpu, "peak_memory_mb": 100.0,
+            "trainable_params": 1000 if variant != "lora" else 10 * rank, "trainable_percent": 1.0,
+            "size_on_disk_mb": 1.0, "curve": curve, "val_predictions": val.tolist(),
+            "test_predictions": _noisy(rng, y_test, p).tolist()}
+
+
+def _record():
+    rng = np.random.default_rng(0)
+    y_val, y_test = rng.integers(0, 2, 300), rng.integers(0, 2, 600)
+    runs = [_run(rng, "scratch", None, s, 1e-3, y_val, y_test, 0.7, 50.0) for s in (1, 2)]
+    runs += [_run(rng, "full", None, s, 1e-4, y_val, y_test, 0.9, 400.0) for s in (1, 2)]
+    runs += [_run(rng, "lora", r, s, 2e-3, y_val, y_test, 0.9, 200.0) for r in (4, 16) for s in (1, 2)]
+    params = {"study": STUDY, "model": {"name": "tiny"}, "train": {"batch_size": 32}, "scratch": {}, "full": {},
+              "lora": {}, "baseline": {}}
+    return {"format": FORMAT, "version": VERSION, "labels": LABELS, "params": params, "dataset": None,
+            "test": {"labels": y_test.tolist()}, "val": {"labels": y_val.tolist()}, "runs": runs,
+            "tfidf": {"test_predictions": _noisy(rng, y_test, 0.8).tolist(),
+                      "row": {"macro_f1": 0.8, "accuracy": 0.8}}, "spectra": [], "subspace": []}
+
+
+def test_a_record_rebuilds_its_study_and_report_with_the_same_answer(tmp_path):
+    record = _record()
+    write_record(tmp_path / "record.json.gz", record)
+    assert read_record(tmp_path / "record.json.gz") == json.loads(json.dumps(record))
+    expected = build_study(record)
+    assert cli_main(["rebuild", str(tmp_path)]) == 0
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert study["answer"]["sentence"] == expected["answer"]["sentence"]
+    assert study["rows"]["lora_r4"]["vs_full"]["low"] == pytest.approx(expected["rows"]["lora_r4"]["vs_full"]["low"])
+    assert study["equal_cost"]["budget"] == pytest.approx(400.0)  # both full seeds reach their best at 400 s
+    report = (tmp_path / "report.md").read_text()
+    assert expected["answer"]["sentence"] in report and (tmp_path / "figures" / "curves.png").stat().st_size > 0
+    assert study["answer"]["equal_cost"] in report
+
+
+def test_the_same_record_writes_the_same_bytes(tmp_path):
+    write_record(tmp_path / "a.json.gz", _record())
+    write_record(tmp_path / "b.json.gz", _record())
+    assert (tmp_path / "a.json.gz").read_bytes() == (tmp_path / "b.json.gz").read_bytes()
+
+
+def test_a_record_whose_stated_validation_score_disagrees_with_its_predictions_is_refused():
+    record = _record()
+    record["runs"][3]["val_macro_f1"] += 0.01
+    with pytest.raises(PipelineError, match="states validation macro-F1 .* but its predictions give"):
+        build_study(record)
+
+
+def test_rebuild_of_a_folder_without_a_record_is_a_one_line_error(tmp_path, capsys):
+    assert cli_main(["rebuild", str(tmp_path)]) == 2
+    assert "record.json.gz" in capsys.readouterr().err
