@@ -44,15 +44,14 @@ def resolve_device(name: str) -> torch.device:
 def resolve_bf16(precision: str, device: torch.device) -> bool:
     """Whether ``precision`` (auto | fp32 | bf16) means bf16 autocast on ``device``.
 
-    ``auto`` picks bf16 where the hardware runs it natively: a CUDA GPU with bf16 support, or a CPU that
-    oneDNN can run bf16 GEMMs on (AVX-512/AMX); else fp32. An explicit ``bf16`` is honoured everywhere.
+    ``auto`` picks bf16 on a CUDA GPU that supports it and fp32 on every CPU. On CPU the gain depends on the chip,
+    not on its flags: bf16 autocast made train stages ~1.5× faster on a Zen 4 EPYC but a training step 1.9× slower
+    on an AVX-512-bf16 Xeon without AMX (BENCHMARKS.md), and a choice made per chip would change a run's numbers
+    from one machine to the next. fp32 keeps CPU runs comparable everywhere; ``bf16`` is honoured everywhere.
     """
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() \
-        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def seed_everything(seed: int) -> None:
