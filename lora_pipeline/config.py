@@ -325,7 +325,7 @@ class StudyConfig:
     (section ``study``; read by dvc.yaml's ``matrix:`` and by evaluate/report, never by one train instance)."""
 
     seeds: tuple[int, ...] = (42,)
-    ranks: tuple[int, ...] = (2, 8, 32)
+    ranks: tuple[int, ...] = (4, 16)
     scratch_lrs: tuple[float, ...] = (4e-4,)
     full_lrs: tuple[float, ...] = (1e-4,)
     lora_lrs: tuple[float, ...] = (2e-3,)

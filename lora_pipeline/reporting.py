@@ -187,7 +187,7 @@ def setup_section(params: Mapping[str, Mapping[str, Any]]) -> str:
             "trained row is repeated with each.\n\n"
             f"Training length: until validation macro-F1 stops improving — validation "
             f"{f'every {every} steps' if every else 'every quarter epoch (auto)'} and at the last step, stop after "
-            f"{train.get('patience')} validations without a gain of at least {train.get('min_delta', 0)} (0: never), "
+            f"{train.get('patience')} validations without a gain of more than {train.get('min_delta', 0)} (0: never), "
             f"the best checkpoint kept — capped at the variant's epochs (raised to at least {train.get('min_steps')} "
             f"steps) and at {'no step cap' if max_steps == 0 else f'{max_steps} steps'}. \"Within tolerance\" of "
             f"full fine-tuning: the {_conf(study.get('confidence'))} paired interval of LoRA − full stays above "

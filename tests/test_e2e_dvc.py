@@ -65,7 +65,8 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=2)
     params["full"].update(epochs=2)
     params["lora"].update(epochs=2)
-    params["train"].update(batch_size=16, checkpoint_every=5, min_steps=0, max_steps=30, patience=2)
+    # min_steps 20: early stopping cannot end a run on the flat one-class start before two loss rows are logged
+    params["train"].update(batch_size=16, checkpoint_every=5, min_steps=20, max_steps=30, patience=2)
     # the study the tests grow and shrink: 2 ranks x 2 seeds, and a two-value learning-rate grid for full
     params["study"].update(seeds=list(SEEDS), ranks=list(RANKS), scratch_lrs=[1e-3], full_lrs=list(FULL_LRS),
                            lora_lrs=[LORA_LR])

@@ -434,18 +434,18 @@ def test_setup_describes_convergence_based_training_and_what_each_variant_traine
     assert f"Base model **{ModelConfig().name}** (max_length 64)" in text
     assert "Seeds 42: every trained row is repeated with each." in text
     assert ("Training length: until validation macro-F1 stops improving — validation every quarter epoch (auto) "
-            "and at the last step, stop after 2 validations without a gain of at least 0.001 (0: never), the best "
-            "checkpoint kept — capped at the variant's epochs (raised to at least 240 steps) and at 240 steps.") \
+            "and at the last step, stop after 4 validations without a gain of more than 0.001 (0: never), the best "
+            "checkpoint kept — capped at the variant's epochs (raised to at least 300 steps) and at 6000 steps.") \
         in text
     assert "stays above −1 point (1000 bootstrap resamples, raised near a threshold)" in text
     assert "| variant | what was trained | learning-rate grid | max epochs |" in text
-    assert ("| LoRA (ours) | ranks 2, 8, 32, alpha 16.0, dropout 0.0, targets model default, also trained pooler | "
-            "0.002 | 3 |") in text
-    assert "| full fine-tuning | every parameter | 5e-05 | 2 |" in text
+    assert ("| LoRA (ours) | ranks 4, 16, alpha 16.0, dropout 0.0, targets model default, also trained pooler | "
+            "0.002 | 20 |") in text
+    assert "| full fine-tuning | every parameter | 0.0001 | 10 |" in text
     params["train"].update(eval_every=50, max_steps=0, min_delta=0.0, patience=4)
     text = setup_section(params)
-    assert "validation every 50 steps and at the last step, stop after 4 validations without a gain of at least 0.0" \
-        in text and "240 steps) and at no step cap." in text
+    assert "validation every 50 steps and at the last step, stop after 4 validations without a gain of more than 0.0" \
+        in text and "300 steps) and at no step cap." in text
     assert "None" in setup_section({"train": {}})  # a key the lead removed shows as missing, never fails
 
 
