@@ -96,10 +96,12 @@ def _failure(row: Mapping[str, Any], status: str, tolerance: float, conf: str) -
     if need.get("seeds"):
         what.append(f"about {need['seeds']} seeds per method")
     fix = f"; {' or '.join(what)} would decide it" if what else ""
-    cause = f" Cause: {need['cause']} ({d.get('n_examples', 0):,} test examples, {d.get('seeds_a', 0)} seed(s))" \
-        if need.get("cause") else ""
+    seeds = d.get("seeds_a", 0)
+    cause = (f" Cause: {need['cause']} ({d.get('n_examples', 0):,} test examples, {seeds} "
+             f"seed{'s' if seeds != 1 else ''})") if need.get("cause") else ""
     return (f"rank {r} is undecided: it differs from full fine-tuning by {100 * d['difference']:+.1f} points "
-            f"({conf} {_covers(d)} {_iv(d)}), too wide to tell whether it is within {_pts(tolerance)}.{cause}{fix}")
+            f"({conf} {_covers(d)} {_iv(d)}; {_VERDICT[d['verdict']]} full fine-tuning at {conf}), too wide to tell "
+            f"whether it is within {_pts(tolerance)}.{cause}{fix}")
 
 
 def _closest(lora: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:

@@ -53,9 +53,18 @@ def test_a_rank_that_is_ahead_but_too_uncertain_is_undecided_never_not_within():
     result = answer(rows, tolerance=0.01)
     assert result["rank"] is None
     assert result["sentence"].startswith("Undecided: testing ranks from the largest down, rank 32 is undecided")
-    assert "+2.5 points" in result["sentence"] and "[-1.8, +7.0]" in result["sentence"]
+    assert "+2.5 points" in result["sentence"] and "[-1.8, +7.0]; indistinguishable from full" in result["sentence"]
     assert "Cause: test-set size" in result["sentence"] and "about 1,600 test examples" in result["sentence"]
     assert "not within" not in result["sentence"] and "No LoRA rank" not in result["sentence"]
+
+
+def test_an_undecided_rank_that_is_worse_than_full_says_both():
+    """[-2.6, -0.4]: worse than full fine-tuning at 95 %, but not shown to be worse by more than the tolerance."""
+    need = {"n_examples": 13556, "seeds": None, "cause": "test-set size"}
+    rows = _rows(r16=_diff(-0.015, -0.026, -0.004, to_decide=need, seeds_a=1, seeds_b=1, covers="these models"))
+    sentence = answer(rows, tolerance=0.01)["sentence"]
+    assert "[-2.6, -0.4]; worse than full fine-tuning at 95 %), too wide to tell whether it is within 1 point" in sentence
+    assert "(2,000 test examples, 1 seed)" in sentence and "about 13,556 test examples would decide it" in sentence
 
 
 def test_the_post_hoc_closest_rank_gets_no_interval():
