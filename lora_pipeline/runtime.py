@@ -45,7 +45,7 @@ def resolve_bf16(precision: str, device: torch.device) -> bool:
     """Whether ``precision`` (auto | fp32 | bf16) means bf16 autocast on ``device``.
 
     ``auto`` picks bf16 on a CUDA GPU that supports it and fp32 on every CPU. On CPU the gain depends on the chip,
-    not on its flags: bf16 autocast made train stages ~1.5× faster on a Zen 4 EPYC but a training step 1.9× slower
+    not on its flags: bf16 autocast made train stages ~1.5× faster on a Zen 4 EPYC but a training step 1.34× slower
     on an AVX-512-bf16 Xeon without AMX (BENCHMARKS.md), and a choice made per chip would change a run's numbers
     from one machine to the next. fp32 keeps CPU runs comparable everywhere; ``bf16`` is honoured everywhere.
     """
