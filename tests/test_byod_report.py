@@ -33,7 +33,7 @@ def test_report_opens_with_data_model_and_hyperparameters():
     assert "| 0 | World | 500 | 90 | 120 |" in text and "| 1 | Sports | 300 | 60 | 80 |" in text
     assert "val 0.0 %, test 2.0 %" in text
     assert f"Base model **{ModelConfig().name}** (max_length 64)" in text
-    assert "| BERT from scratch | 4 layers × 256, 4 heads | 0.0004 | 3 |" in text
+    assert "| BERT from scratch | 4 layers × 256, 4 heads | 0.0004 | 20 |" in text
 
 
 def test_sizes_use_one_unit_and_format():

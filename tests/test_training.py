@@ -169,7 +169,7 @@ def test_fit_config_from_params_takes_every_shared_default_of_the_train_section(
                               bf16=resolve_bf16(params.train.precision, CPU))
     assert FitConfig(lr=1e-3, epochs=1).fast_cpu_dropout is False
     assert (built.min_steps, built.max_steps, built.patience, built.min_delta, built.eval_every, built.log_every) == \
-           (240, 240, 2, 0.001, 0, 10)
+           (300, 6000, 4, 0.001, 0, 10)
 
 
 def test_fit_config_from_params_copies_every_train_field_it_shares():
