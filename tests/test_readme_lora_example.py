@@ -1,4 +1,4 @@
-"""Run the README's LoRA example, so the documented usage can never rot."""
+"""Run the LoRA guide's example (docs/lora-package.md), so the documented usage can never rot."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "lora-package.md"
 HEADING = "## Use the LoRA package directly"
 
 
 def readme_example() -> str:
-    """The single ```python block of the README section under :data:`HEADING`."""
+    """The single ```python block of the guide's section under :data:`HEADING`."""
     text = README.read_text(encoding="utf-8")
-    assert HEADING in text, f"README.md lost the heading {HEADING!r}"
+    assert HEADING in text, f"{README.name} lost the heading {HEADING!r}"
     section = re.split(r"^## ", text.split(HEADING, 1)[1], flags=re.MULTILINE)[0]
     blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
     assert len(blocks) == 1, f"expected one python block under {HEADING!r}, found {len(blocks)}"
