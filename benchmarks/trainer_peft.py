@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    params = load_params(args.params, sections=["model", "train", "lora"])
+    params = load_params(args.params, sections=["model", "train", "lora", "study"])
+    seed, lr = params.study.seeds[0], params.study.lora_lrs[0]  # the grid's first point, as end_to_end's stage run
     labels, frames = read_split(args.split, ("train", "val"), columns=["text", "label_id"])
     tokenizer = load_tokenizer(params.model)
     train = Encoded(frames["train"], tokenizer, params.model.max_length)
@@ -94,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and t.device != "cpu"
     bf16 = resolve_bf16(t.precision, torch.device("cuda" if cuda else "cpu"))  # as the stage resolves it
     targs = TrainingArguments(
-        output_dir=args.out, learning_rate=params.study.lora_lrs[0], num_train_epochs=params.lora.epochs,
+        output_dir=args.out, learning_rate=lr, num_train_epochs=params.lora.epochs,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
-        warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        lr_scheduler_type="linear", seed=t.seed, eval_strategy="no", save_strategy="no",
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a share of the steps (transformers >= 5)
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type="linear", seed=seed, eval_strategy="no", save_strategy="no",
         logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=not cuda, bf16=bf16,
         train_sampling_strategy="group_by_length" if args.group_by_length else "random")
     trainer = Trainer(model=build(params, labels, tokenizer), args=targs, train_dataset=train,
