@@ -3,12 +3,17 @@
 The three training variants are built exactly as the pipeline builds them (``build_model``) from the
 repository's ``params.yaml``; the peft reference gets the same rank, alpha, targets and head, and is then
 given our initial adapter and head weights, so both LoRA models start from the same numbers.
+
+Every script's ``--smoke`` runs its own measuring code at toy sizes on :func:`smoke_fixture`: a random BERT
+(hidden 32, 2 layers) with the embedded MiniLM tokenizer, a split of generated texts, and the repository's
+``params.yaml`` pointed at both — so a script that no longer fits the library fails in seconds, not in a long run.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -19,16 +24,17 @@ from typing import Callable, Optional
 
 import pandas as pd
 import torch
+import yaml
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, not the repo, on sys.path
     sys.path.insert(0, str(ROOT))
 
-from lora_pipeline.config import Params, load_params  # noqa: E402
-from lora_pipeline.files import LABELS_FILE, read_json, read_split, split_part_file  # noqa: E402
+from lora_pipeline.config import EMBEDDED_MODEL, ModelConfig, Params, SplitConfig, load_params  # noqa: E402
+from lora_pipeline.files import LABELS_FILE, read_json, read_split, split_part_file, write_split  # noqa: E402
 from lora_pipeline.models import HEAD_MODULES, build_model  # noqa: E402
-from lora_pipeline.pretrained import load_tokenizer  # noqa: E402
+from lora_pipeline.pretrained import load_tokenizer, resolve_model_path  # noqa: E402
 
 DEFAULT_SPLIT = Path("/tmp/bench/split")
 STEP_BATCH, STEP_LENGTH = 32, 64
@@ -60,8 +66,85 @@ def ensure_split(split: Path, build: bool) -> Path:
 
 
 def load_bench_params(path: Path) -> Params:
-    """The sections the benchmarks read from ``params.yaml``."""
-    return load_params(path, sections=["model", "train", "full", "lora"])
+    """The sections the benchmarks read from ``params.yaml`` (``study``: the seed and learning rates)."""
+    return load_params(path, sections=["model", "train", "full", "lora", "study"])
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """What :func:`smoke_fixture` built: a tiny model directory, a split made with it, and params naming both."""
+
+    model: Path
+    split: Path
+    params: Path
+
+
+SMOKE_WORDS = {"neg": "awful boring dull clumsy tedious bland", "plot": "detective village sister journey heist",
+               "pos": "great wonderful superb moving charming funny"}
+SMOKE_FILLER = "the a film story it was and with this of".split()
+
+
+def smoke_texts(per_class: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Short generated texts (columns text, label) whose class shows in their words, as the clean data."""
+    rng = random.Random(seed)
+    rows = [{"text": " ".join(rng.sample(words.split(), 3) + rng.choices(SMOKE_FILLER, k=rng.randint(2, 12)))
+             + f" {i}", "label": label}
+            for label, words in SMOKE_WORDS.items() for i in range(per_class)]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def smoke_model(directory: Path, num_labels: int = 3) -> Path:
+    """A random BERT classifier (hidden 32, 2 layers, 2 heads) with the embedded MiniLM tokenizer, saved."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" on every smoke run
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=STEP_LENGTH, num_labels=num_labels)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def smoke_params(path: Path, model: Path, **sections: dict) -> Path:
+    """The repository's ``params.yaml`` at toy sizes on ``model``, with ``{section: {key: value}}`` overrides.
+
+    One thread (a hidden-32 model gains nothing from more), MLflow off, exact epochs (no step floor or cap).
+    """
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["model"].update(name=str(model), max_length=32)
+    raw["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1)
+    raw["train"].update(batch_size=16, eval_batch_size=64, checkpoint_every=0, num_threads=1, min_steps=0,
+                        max_steps=0)
+    raw["mlflow"]["enabled"] = False
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def smoke_fixture(directory: Path, per_class: int = 40) -> Smoke:
+    """Build a tiny model, a split of ``3 x per_class`` generated texts (as the split stage writes it) and params.
+
+    Args:
+        directory: an empty or new folder; gets ``model/``, ``split/`` and ``params.yaml``.
+    """
+    from lora_pipeline.data.splitting import label_map, split_frame
+    from lora_pipeline.data.tokenization import tokenize_frame
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = smoke_model(directory / "model")
+    params = smoke_params(directory / "params.yaml", model)
+    df = smoke_texts(per_class)
+    labels = label_map(df["label"])
+    tokenizer = load_tokenizer(ModelConfig(name=str(model), max_length=32))
+    split = directory / "split"
+    split.mkdir()
+    parts = split_frame(df, SplitConfig(seed=0, val_size=0.15, test_size=0.2))
+    write_split(split, labels, {name: tokenize_frame(part, tokenizer, 32, labels) for name, part in parts.items()})
+    return Smoke(model, split, params)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -1,8 +1,8 @@
 """Item 4: our ``train_lora`` stage for one epoch vs HF ``Trainer`` + peft (``trainer_peft.py``), wall clock.
 
 Both run as subprocesses from the repository root, with the same params file (the repository's
-``params.yaml`` with ``lora.epochs: 1``, the parent's torch thread count and MLflow off, since the Trainer
-reports to nothing either), the same split and the same device. Wall time counts everything a user waits
+``params.yaml``, or the one given, with ``lora.epochs: 1``, the parent's torch thread count and MLflow off, since
+the Trainer reports to nothing either), the same split and the same device. Wall time counts everything a user waits
 for: interpreter start, imports, model load, (tokenisation for the Trainer), training, the validation pass.
 """
 
@@ -18,14 +18,20 @@ from pathlib import Path
 import torch
 import yaml
 
+from lora_pipeline.config import LoraConfig
 from lora_pipeline.files import read_split, write_split
 
 from ._common import ROOT, ratio
 
 
-def write_params(directory: Path, threads: int, device: str, precision: str) -> Path:
-    """The repository's params with one LoRA epoch, a fixed thread count and MLflow off."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+# the LoRA rank of both runs: params.yaml has no lora.rank (each stage instance takes --rank), so the Trainer's
+# params.lora.rank is the section's default; the stage gets the same value
+RANK = LoraConfig().rank
+
+
+def write_params(directory: Path, threads: int, device: str, precision: str, base: Path = ROOT / "params.yaml") -> Path:
+    """``base`` with one LoRA epoch, a fixed thread count and MLflow off."""
+    raw = yaml.safe_load(base.read_text(encoding="utf-8"))
     raw["lora"]["epochs"] = 1
     raw["train"].update(min_steps=0, max_steps=0)  # one whole epoch, as the Trainer runs it
     raw["train"]["num_threads"] = threads
@@ -62,7 +68,7 @@ def run_stage(params: Path, split: Path, work: Path) -> dict:
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
     study = raw["study"]
     cmd = [sys.executable, "-m", "stages.train_lora", "--params", str(params), "--split", str(split),
-           "--rank", "8", "--seed", str(study["seeds"][0]), "--lr", str(study["lora_lrs"][0]),
+           "--rank", str(RANK), "--seed", str(study["seeds"][0]), "--lr", str(study["lora_lrs"][0]),
            "--out", str(work / "model"), "--metrics", str(work / "metrics.json"), "--curve",
            str(work / "curve"), "--predictions", str(work / "val_predictions.csv"), "--checkpoints",
            str(work / "checkpoints"), "--no-progress"]
@@ -84,12 +90,13 @@ def run_trainer(params: Path, split: Path, work: Path, threads: int, group_by_le
             "train_seconds": metrics["train_seconds"], "steps": metrics["steps"]}
 
 
-def measure(split: Path, device: torch.device, quick: bool, grouped_trainer: bool, precision: str = "auto") -> dict:
-    """Run both (and, when asked, the Trainer with ``group_by_length``); ratios of wall time."""
+def measure(split: Path, device: torch.device, quick: bool, grouped_trainer: bool, precision: str = "auto",
+            params: Path = ROOT / "params.yaml") -> dict:
+    """Run both (and, when asked, the Trainer with ``group_by_length``) on ``params``; ratios of wall time."""
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         tmp = Path(tmp)
-        params = write_params(tmp, threads, device.type, precision)
+        params = write_params(tmp, threads, device.type, precision, params)
         if quick:
             split = subset_split(split, tmp, train_rows=960, val_rows=400)
         dirs = {name: tmp / name for name in ("stage", "trainer", "trainer_grouped")}

@@ -1,6 +1,6 @@
 """One command for a machine with CUDA: the GPU-only tests, then every GPU figure BENCHMARKS.md lacks, as one JSON line.
 
-    python benchmarks/gpu_check.py [--no-dag] [--split DIR] [--quick] [--compile] [--out FILE]
+    python benchmarks/gpu_check.py [--no-dag] [--split DIR] [--quick] [--compile] [--out FILE] [--smoke]
 
 1. ``pytest tests/test_gpu.py``: bf16 autocast step, fused AdamW, the trimmed last layer and prediction on CUDA;
    data-parallel training over NCCL where two GPUs or more are visible (skipped, with its reason, otherwise);
@@ -13,6 +13,11 @@
 The last line printed is one JSON object: the device, torch/CUDA versions, the test counts and each figure; a part
 that failed carries its error instead and the exit code is 1. Without CUDA it prints one line,
 ``gpu_check: skipped: no CUDA device …``, and exits 0.
+
+``--smoke`` runs all three parts in seconds on the CPU (or the GPU, where there is one) at toy size, to check the
+script still fits the project: the GPU tests (they skip without CUDA), the project copy and its DAG's stage list
+(``dvc stage list``; nothing is reproduced), and ``benchmarks/run.py --smoke --only step`` / ``--only memory`` on
+its toy model and split, with the same figure extraction.
 """
 
 from __future__ import annotations
@@ -57,11 +62,16 @@ def _last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def run_tests(work: Path) -> dict:
+# --smoke leaves out the tests of this script itself: one runs it again, one lists the DAG as the smoke run does
+SMOKE_DESELECT = ["-k", "not gpu_check"]
+
+
+def run_tests(work: Path, smoke: bool = False) -> dict:
     """``pytest tests/test_gpu.py``: counts, and the failed and skipped tests with their reasons."""
     report = work / "gpu-tests.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
-                           f"--junitxml={report}"], cwd=ROOT, env=run_env(), capture_output=True, text=True)
+                           f"--junitxml={report}", *SMOKE_DESELECT * smoke], cwd=ROOT, env=run_env(),
+                          capture_output=True, text=True)
     if not report.is_file():
         return {"error": f"pytest exited {proc.returncode} without a report: {proc.stdout[-1500:]}"}
     return junit_summary(report.read_text())
@@ -110,15 +120,29 @@ def run_dag(project: Path) -> dict:
     return {"seconds": times.pop("total"), "stages": times}
 
 
-def run_benchmarks(work: Path, split: Path, quick: bool, compiled: bool) -> dict:
-    """benchmarks/run.py items 1 and 2 on CUDA, one run each (a failure of one keeps the other's figures)."""
+def list_dag(project: Path) -> dict:
+    """The stage instances of ``project``'s DAG (``dvc stage list``), without reproducing any: the smoke test's
+    stand-in for :func:`run_dag`."""
+    proc = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=project, env=run_env(PYTHONPATH=str(project)),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": f"dvc stage list failed (exit {proc.returncode}): {proc.stderr[-1500:]}"}
+    return {"stages": proc.stdout.split()}
+
+
+def run_benchmarks(work: Path, split: Path | None, quick: bool, compiled: bool, device: str = "cuda",
+                   smoke: bool = False) -> dict:
+    """benchmarks/run.py items 1 and 2 on ``device``, one run each (a failure of one keeps the other's figures).
+
+    ``smoke``: run.py's ``--smoke`` (its toy model and split when ``split`` is None).
+    """
     figures: dict = {}
     for item, figures_of in (("step", step_figures), ("memory", memory_figures)):
         out = work / f"{item}.json"
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", item, "--device", "cuda",
-               "--split", str(split), "--out", str(out)] + (["--quick"] if quick else []) \
-            + ([] if compiled else ["--no-compile"])
-        if split.name == "split" and not split.exists():
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", item, "--device", device,
+               "--out", str(out)] + (["--split", str(split)] if split else []) + (["--quick"] if quick else []) \
+            + ([] if compiled else ["--no-compile"]) + (["--smoke"] if smoke else [])
+        if split and split.name == "split" and not split.exists():
             cmd.append("--build-split")
         proc = subprocess.run(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not out.is_file():
@@ -147,6 +171,8 @@ def memory_figures(memory: dict) -> dict:
 
 
 def device_info() -> dict:
+    if not torch.cuda.is_available():  # --smoke on a machine without a GPU
+        return {"device": "cpu", "gpus": 0, "torch": torch.__version__, "date": datetime.date.today().isoformat()}
     props = torch.cuda.get_device_properties(0)
     return {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
             "memory_gib": round(props.total_memory / 2**30, 1), "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -162,28 +188,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer timed steps (benchmarks/run.py --quick)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd LoRA (needs triton)")
     parser.add_argument("--out", type=Path, help="also write the JSON line here")
+    parser.add_argument("--smoke", action="store_true", help="every part at toy size, on the CPU without a GPU; "
+                        "the DAG is listed, not run")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.smoke:
         build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
         print(f"gpu_check: skipped: no CUDA device (torch {torch.__version__}, {build}); nothing to run")
         return 0
     from benchmarks._common import DEFAULT_SPLIT
 
     started = time.perf_counter()
-    figures: dict = {"gpu_check": "ran", **device_info()}
+    figures: dict = {"gpu_check": "smoke" if args.smoke else "ran", **device_info()}
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(tmp)
         _log(f"{figures['device']} x{figures['gpus']}: tests/test_gpu.py")
-        figures["tests"] = run_tests(work)
-        split = args.split or DEFAULT_SPLIT
-        if not args.no_dag:
+        figures["tests"] = run_tests(work, args.smoke)
+        split = args.split or (None if args.smoke else DEFAULT_SPLIT)
+        if args.smoke and not args.no_dag:
+            figures["dag"] = list_dag(copy_project(work / "project"))
+        elif not args.no_dag:
             _log("the default DAG in a copy of the project (benchmarks/pipeline_timing.py --force)")
             project = copy_project(work / "project")
             figures["dag"] = run_dag(project)
             if args.split is None and "error" not in figures["dag"]:
                 split = project / "data" / "split"  # the DAG's split: the benchmarks need no second download
         _log(f"step time and peak memory on {split} (benchmarks/run.py --only step,memory)")
-        figures["bench"] = run_benchmarks(work, split, args.quick, args.compile)
+        figures["bench"] = run_benchmarks(work, split, args.quick, args.compile,
+                                          "cuda" if torch.cuda.is_available() else "cpu", args.smoke)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     line = json.dumps(figures)
     if args.out:

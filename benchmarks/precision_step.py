@@ -5,7 +5,10 @@ LoRA, fp32 against bf16 autocast, round-robin on the same fixed batch; the media
 whether forcing ``bf16`` pays on theirs. It needs no data: a seeded random batch of token ids stands in for text
 (the cost of a step depends on shapes, not on which tokens).
 
-    python -m benchmarks.precision_step [--steps 10] [--batch 32] [--length 40] [--model package:...]
+    python benchmarks/precision_step.py [--steps 10] [--batch 32] [--length 40] [--model package:...] [--smoke]
+
+Prints one JSON object (one line). ``--smoke``: the same steps on a toy random BERT (``_common.smoke_model``),
+one timed step of batch 4 x 8 tokens, in seconds.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
+import tempfile
+from pathlib import Path
 
-import torch
-from transformers import get_linear_schedule_with_warmup
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` puts benchmarks/ there
 
-from lora_pipeline.config import EMBEDDED_MODEL, LoraConfig, ModelConfig
-from lora_pipeline.models import build_model
-from lora_pipeline.pretrained import load_tokenizer
-from lora_pipeline.training import FitConfig, make_optimizer, train_step
+import torch  # noqa: E402
+from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
-from ._common import interleaved_medians, ratio
+from benchmarks._common import interleaved_medians, ratio, smoke_model  # noqa: E402
+from lora_pipeline.config import EMBEDDED_MODEL, LoraConfig, ModelConfig  # noqa: E402
+from lora_pipeline.models import build_model  # noqa: E402
+from lora_pipeline.pretrained import load_tokenizer  # noqa: E402
+from lora_pipeline.training import FitConfig, make_optimizer, train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -62,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (after 2 warm-up steps)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=40, help="tokens per row (the default corpus: median 28)")
+    parser.add_argument("--smoke", action="store_true", help="toy model, 1 step of 4 x 8 tokens")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.model, args.steps, args.batch, args.length), indent=2))
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+            print(json.dumps(measure(str(smoke_model(Path(tmp) / "model")), steps=1, batch=4, length=8)))
+    else:
+        print(json.dumps(measure(args.model, args.steps, args.batch, args.length)))
     return 0
 
 

@@ -1,13 +1,18 @@
-"""Issue 14: prediction throughput of the trained models, and the latency of one served REST request.
+"""Prediction throughput of the trained models, and the latency of one served REST request.
 
 What ``lora-pipeline predict`` runs (tokenise, length-grouped batches, forward, softmax), timed end to end on
 texts of the test split, for: full fine-tuning, LoRA merged in memory (what ``load_classifier`` serves) and LoRA
 unmerged (adapters evaluated beside the frozen weights). Batch 1 and 64; variants round-robin, median of repeats.
 With ``--serve URI`` it also starts ``mlflow models serve -m URI --env-manager local`` on 127.0.0.1 and times
-single-text POSTs to ``/invocations`` (median).
+single-text POSTs to ``/invocations`` (median). Prints one JSON object (one line).
 
-    python -m benchmarks.predict_throughput --full models/full/s42-lr5e-05 --lora models/lora/r8-s42-lr0.002 \
+    python benchmarks/predict_throughput.py --full models/full/s42-lr5e-05 --lora models/lora/r8-s42-lr0.002 \
         --split data/split --serve models:/lora-pipeline-classifier@champion
+    python benchmarks/predict_throughput.py --smoke
+
+``--smoke`` times the same three loaders on a toy split and on untrained toy models written by the train stages'
+own ``save_trained`` (``_common.smoke_fixture``), one repeat, in seconds; it starts no server (``--serve`` needs
+a registered MLflow model).
 """
 
 from __future__ import annotations
@@ -20,18 +25,20 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` puts benchmarks/ there
 
-from lora_pipeline.inference import Classifier, load_classifier, read_card
-from lora_pipeline.lora import load_adapter
-from lora_pipeline.models import _pretrained
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
-from ._common import interleaved_medians, machine, ratio
+from benchmarks._common import Smoke, interleaved_medians, machine, ratio, smoke_fixture  # noqa: E402
+from lora_pipeline.inference import Classifier, load_classifier, read_card  # noqa: E402
+from lora_pipeline.lora import load_adapter  # noqa: E402
+from lora_pipeline.models import _pretrained  # noqa: E402
 
 
 def _unmerged(directory: Path) -> Classifier:
@@ -58,6 +65,28 @@ def throughput(full: Path, lora: Path, texts: list[str], repeats: int) -> dict:
                                  "merged_over_unmerged": ratio(rate["lora_merged"], rate["lora_unmerged"]),
                                  "merged_over_full": ratio(rate["lora_merged"], rate["full"])}
     return out
+
+
+def smoke_models(fixture: Smoke, directory: Path) -> tuple[Path, Path]:
+    """Untrained full and LoRA (rank 8) model directories of the fixture's model, as the train stages save them."""
+    from lora_pipeline.config import load_params
+    from lora_pipeline.files import read_json
+    from lora_pipeline.inference import ModelCard
+    from lora_pipeline.models import build_model, save_trained
+    from lora_pipeline.pretrained import load_tokenizer
+
+    params = load_params(fixture.params)
+    labels = read_json(fixture.split / "labels.json")
+    tokenizer = load_tokenizer(params.model)
+    out = []
+    for variant in ("full", "lora"):
+        torch.manual_seed(0)
+        model = build_model(variant, params.model, labels, tokenizer, lora=params.lora)
+        card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length, text_pair=False,
+                         precision=params.train.precision, base_model=params.model.name if variant == "lora" else None)
+        save_trained(variant, model, tokenizer, directory / variant, card=card, lora=params.lora)
+        out.append(directory / variant)
+    return out[0], out[1]
 
 
 def _free_port() -> int:
@@ -102,24 +131,38 @@ def serve_latency(uri: str, texts: list[str], repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", type=Path, required=True, help="a full fine-tuning model directory")
-    parser.add_argument("--lora", type=Path, required=True, help="a LoRA model directory")
-    parser.add_argument("--split", type=Path, required=True, help="the split stage's folder (texts of test)")
+    parser.add_argument("--full", type=Path, help="a full fine-tuning model directory")
+    parser.add_argument("--lora", type=Path, help="a LoRA model directory")
+    parser.add_argument("--split", type=Path, help="the split stage's folder (texts of test)")
     parser.add_argument("--texts", type=int, default=512, help="test texts for the batch-64 figure")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--serve", help="an MLflow model URI to serve and time (e.g. models:/<name>@champion)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--smoke", action="store_true", help="toy models and split, one repeat, no server")
     args = parser.parse_args(argv)
-    texts = pd.read_parquet(args.split / "test.parquet", columns=["text"])["text"].astype(str).tolist()[:args.texts]
-    result = {"machine": machine(torch.device("cpu")), "throughput": throughput(args.full, args.lora, texts,
-                                                                               args.repeats)}
-    if args.serve:
-        result["serve"] = serve_latency(args.serve, texts, 20)
-    text = json.dumps(result, indent=2)
-    print(text)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+            fixture = smoke_fixture(Path(tmp))
+            full, lora = smoke_models(fixture, Path(tmp) / "models")
+            result = measure(full, lora, fixture.split, args.texts, 1, None)
+    else:
+        missing = [f"--{name}" for name in ("full", "lora", "split") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)} (or --smoke)")
+        result = measure(args.full, args.lora, args.split, args.texts, args.repeats, args.serve)
+    print(json.dumps(result))
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def measure(full: Path, lora: Path, split: Path, n_texts: int, repeats: int, serve: str | None) -> dict:
+    """Throughput of the three loaders on the first ``n_texts`` test texts, and (``serve``) the REST latency."""
+    texts = pd.read_parquet(split / "test.parquet", columns=["text"])["text"].astype(str).tolist()[:n_texts]
+    result = {"machine": machine(torch.device("cpu")), "throughput": throughput(full, lora, texts, repeats)}
+    if serve:
+        result["serve"] = serve_latency(serve, texts, 20)
+    return result
 
 
 if __name__ == "__main__":

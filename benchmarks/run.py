@@ -1,6 +1,6 @@
 """One entry point for the benchmarks in BENCHMARKS.md (items 1-4); the last line printed is one JSON object.
 
-    python benchmarks/run.py [--split /tmp/bench/split] [--quick] [--only step,memory,latency,e2e]
+    python benchmarks/run.py [--split /tmp/bench/split] [--quick | --smoke] [--only step,memory,latency,e2e]
 
 1. step time of full fine-tuning, our LoRA (eager with torch's / the fast CPU dropout, torch.compile'd) and peft's;
 2. peak training memory, full vs LoRA (CUDA: max_memory_allocated; CPU: peak RSS of a child process);
@@ -9,6 +9,8 @@
 
 The device is CUDA when available (bf16 autocast in training, as ``fit``), else CPU with torch's default
 thread count. ``--quick`` measures the same ratios on fewer steps and a subset of the data for item 4.
+``--smoke`` runs every item's code in seconds on a toy model and split (``_common.smoke_fixture``; one thread,
+one timed step, nothing compiled): a check that the benchmarks still run, not a measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import datetime
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import torch  # noqa: E402
 
 from benchmarks import end_to_end, latency, memory, step_time  # noqa: E402
 from benchmarks._common import (DEFAULT_SPLIT, ROOT, Models, ensure_split, load_bench_params,  # noqa: E402
-                                machine, pick_device)
+                                machine, pick_device, smoke_fixture)
 from lora_pipeline.runtime import resolve_bf16, seed_everything  # noqa: E402
 
 ITEMS = ("step", "memory", "latency", "e2e")
@@ -34,9 +37,12 @@ ITEMS = ("step", "memory", "latency", "e2e")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="LoRA pipeline benchmarks (BENCHMARKS.md)")
-    parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split stage output (default data)")
+    parser.add_argument("--split", type=Path, help=f"split stage output (default: the default data in {DEFAULT_SPLIT})")
     parser.add_argument("--build-split", action="store_true", help="build --split with the stages if missing")
+    parser.add_argument("--params", type=Path, help="params file of the models (default: the repository's)")
     parser.add_argument("--quick", action="store_true", help="fewer steps, data subset for item 4 (< 3 min CPU)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy model and split (unless --split/--params are given), one step: seconds, no figures")
     parser.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {ITEMS}")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd variant")
@@ -50,34 +56,47 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_items(args: argparse.Namespace, items: list[str], device: torch.device) -> dict:
-    split = ensure_split(args.split, args.build_split)
-    params_path = ROOT / "params.yaml"
+def run_items(args: argparse.Namespace, items: list[str], device: torch.device, split: Path,
+              params_path: Path) -> dict:
     models = Models.load(load_bench_params(params_path), split)
-    quick = args.quick
+    quick, smoke = args.quick or args.smoke, args.smoke
     bf16 = resolve_bf16(args.precision, device)
     out: dict = {"precision": "bf16" if bf16 else "fp32"}
     if "step" in items:
         _log("item 1: step time")
-        out["step"] = step_time.measure(split, models, device, repeats=4 if quick else 20, warmup=2,
-                                        compiled=not args.no_compile, extra=not quick, bf16=bf16)
+        out["step"] = step_time.measure(split, models, device, repeats=1 if smoke else 4 if quick else 20,
+                                        warmup=0 if smoke else 2, compiled=not (args.no_compile or smoke),
+                                        extra=not quick, bf16=bf16)
     if "memory" in items:
         _log("item 2: peak memory (child processes)")
-        out["memory"] = memory.measure(split, params_path, device, steps=3, bf16=bf16)
+        out["memory"] = memory.measure(split, params_path, device, steps=1 if smoke else 3, bf16=bf16)
     if "latency" in items:
         _log("item 3: inference latency")
-        out["latency"] = latency.measure(split, models, device, repeats=8 if quick else 40)
+        out["latency"] = latency.measure(split, models, device, repeats=1 if smoke else 8 if quick else 40)
     if "e2e" in items:
         _log("item 4: train_lora stage vs Trainer + peft (subprocesses)")
         out["e2e"] = end_to_end.measure(split, device, quick, grouped_trainer=not quick,
-                                        precision="bf16" if bf16 else "fp32")
+                                        precision="bf16" if bf16 else "fp32", params=params_path)
     return out
 
 
-def summary(out: dict, device: torch.device, started: float, quick: bool) -> dict:
+def run_on_data(args: argparse.Namespace, items: list[str], device: torch.device) -> dict:
+    """``run_items`` on ``--split``/``--params``, or with ``--smoke`` on a toy fixture where those are not given."""
+    if not args.smoke:
+        split = ensure_split(args.split or DEFAULT_SPLIT, args.build_split)
+        return run_items(args, items, device, split, args.params or ROOT / "params.yaml")
+    torch.set_num_threads(1)  # a toy model gains nothing from more, and the children inherit this count
+    with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+        fixture = smoke_fixture(Path(tmp))
+        return run_items(args, items, device, args.split or fixture.split, args.params or fixture.params)
+
+
+def summary(out: dict, device: torch.device, started: float, quick: bool, smoke: bool = False) -> dict:
     """The flat headline object: one ratio per target, plus where it was measured."""
     head = {"device": device.type, "precision": out["precision"], "quick": quick,
             "date": datetime.date.today().isoformat()}
+    if smoke:
+        head["smoke"] = True  # toy model and data: the figures say the code runs, nothing about speed
     if "step" in out:
         s = out["step"]
         head.update(ours_over_peft_step=s["ours_best_over_peft_step"],
@@ -113,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(42)  # also torch.use_deterministic_algorithms, as the train stages do
     device = pick_device(args.device)
     _log(f"device {device}, {torch.get_num_threads()} threads")
-    out = run_items(args, items, device)
-    head = summary(out, device, started, args.quick)
+    out = run_on_data(args, items, device)
+    head = summary(out, device, started, args.quick, args.smoke)
     full = {"summary": head, "machine": machine(device), **out}
     print(json.dumps(full, indent=2))
     if args.out:
