@@ -13,19 +13,26 @@ same weights, follow the same loss curve: the largest loss difference from ours 
 they compute the same thing. ours_fast_dropout and ours_compiled draw other masks (same p) by design.
 
 ``torch.compile`` is measured here only (:func:`compile_for_training`); the pipeline trains eagerly.
+
+:func:`measure_levers` (run by ``benchmarks/step_profile.py --levers``) times ours with one candidate speed-up at
+a time beside ours and peft, and says which of them keep ours' losses and weights bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from lora_pipeline.lora import LoRALayer, lora_layers
 from lora_pipeline.speedups import fast_cpu_dropout, first_token_last_layer
 from lora_pipeline.training import FitConfig, make_optimizer, train_step
 
@@ -55,7 +62,8 @@ def compile_for_training(model: nn.Module, *, eager_random: bool = False) -> Cal
 
 def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: torch.device,
             compiled: Optional[str] = None, trim: Optional[contextlib.ExitStack] = None, bf16: bool = False,
-            fast_dropout: bool = False) -> tuple[Callable[[], None], list[torch.Tensor]]:
+            fast_dropout: bool = False, make_opt: Callable[..., torch.optim.Optimizer] = make_optimizer
+            ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     """A closure doing one seeded step of ``model`` and the list its losses go to (left on the device).
 
     Args:
@@ -64,13 +72,14 @@ def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: to
             ``fit``, which trains inside one such context).
         bf16: bf16 autocast for the forward (every variant of one measurement gets the same).
         fast_dropout: each step inside ``fast_cpu_dropout`` (process-wide while open, so per step here).
+        make_opt: builds the optimizer as ``make_optimizer`` does (a lever may swap the implementation).
     """
     t = models.params.train
     model.to(device).train()
     if trim is not None:
         trim.enter_context(first_token_last_layer(model))
     cfg = FitConfig(lr=lr, epochs=1, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_opt(model, cfg, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10**9)  # same work as the loop's, ~constant lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
     forward = compile_for_training(model, eager_random=compiled == "eager_rng") if compiled else model
@@ -137,3 +146,62 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
         name: float((torch.stack(ls).float().cpu() - reference).abs().max())
         for name, ls in losses.items() if name in ("ours_untrimmed", "peft", "ours_compiled_eager_rng")}
     return result
+
+
+def adamw(**flags: Any) -> Callable[..., torch.optim.Optimizer]:
+    """``make_optimizer``'s AdamW (same groups, lr, decay) with other implementation ``flags`` (foreach, fused)."""
+    def make(model: nn.Module, cfg: FitConfig, device: torch.device) -> torch.optim.Optimizer:
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+                  for g in make_optimizer(model, cfg, device).param_groups]
+        return torch.optim.AdamW(groups, lr=cfg.lr, **flags)
+    return make
+
+
+def _prescaled_forward(self: LoRALayer, x: torch.Tensor) -> torch.Tensor:
+    """``W0·x + B·A·x`` with ``s`` folded into ``B``: exact for ``s = 2**k`` (k >= 0), and the backward pass then
+    scales the (out, r) gradient of ``B`` instead of the (..., out) gradient of the update."""
+    result = self.base(x)  # (..., out); first, as in LoRALayer.forward (the same autograd order)
+    if self.merged:
+        return result
+    return result + F.linear(F.linear(self.dropout(x), self.lora_a), self.lora_b * self.scaling)
+
+
+def prescale_lora(model: nn.Module) -> nn.Module:
+    """Give every LoRA layer whose scaling is a power of two >= 1 :func:`_prescaled_forward` (instance-level)."""
+    for _, layer in lora_layers(model):
+        mantissa, exponent = math.frexp(layer.scaling)
+        if mantissa == 0.5 and exponent >= 1:
+            layer.forward = types.MethodType(_prescaled_forward, layer)
+    return model
+
+
+def measure_levers(models: Models, batch: dict, device: torch.device, repeats: int, warmup: int) -> dict:
+    """Median step seconds of ours as ``fit`` runs it, each lever on top of it, and peft, round-robin.
+
+    Every variant starts from the same weights and draws the same masks (seeded per step), so a lever that keeps
+    the numbers gives bit-identical losses and trainable weights to ours: ``bit_identical`` says whether it did
+    over all the steps run (warm-up and timed).
+    """
+    lr = models.params.study.lora_lrs[0]
+    ours = models.ours()
+    levers = {"ours": {}, "adamw_single_tensor": {"make_opt": adamw(foreach=False)},
+              "adamw_fused": {"make_opt": adamw(fused=True)}, "lora_prescaled_b": {"patch": prescale_lora},
+              "ours_fast_dropout": {"fast_dropout": True}, "ours_untrimmed": {"trim": False}}
+    steps, losses, trained = {}, {}, {}
+    with contextlib.ExitStack() as stack:
+        for name, lever in levers.items():
+            model = lever.get("patch", lambda m: m)(ours if name == "ours" else models.ours())
+            trained[name] = model
+            steps[name], losses[name] = stepper(
+                model, lr, models, batch, device, trim=stack if lever.get("trim", True) else None,
+                fast_dropout=lever.get("fast_dropout", False), make_opt=lever.get("make_opt", make_optimizer))
+        steps["peft"], losses["peft"] = stepper(models.peft(like=ours), lr, models, batch, device)
+        seconds = interleaved_medians(steps, repeats, device, warmup=warmup)
+    ms = {name: round(s * 1000, 1) for name, s in seconds.items()}
+    reference = {n: p for n, p in trained["ours"].named_parameters() if p.requires_grad}
+    same = {name: torch.equal(torch.stack(losses[name]), torch.stack(losses["ours"]))
+            and all(torch.equal(p, reference[n]) for n, p in model.named_parameters() if p.requires_grad)
+            for name, model in trained.items() if name != "ours"}
+    return {"repeats": repeats, "steps_compared": len(losses["ours"]), "median_ms": ms,
+            "over_peft": {name: ratio(t, ms["peft"]) for name, t in ms.items()},
+            "over_ours": {name: ratio(t, ms["ours"]) for name, t in ms.items()}, "bit_identical": same}
