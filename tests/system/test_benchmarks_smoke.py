@@ -84,6 +84,13 @@ def check_trim_predict(out: dict) -> None:
     assert _positive([out["seconds_full"], out["seconds_trimmed"], out["trimmed_over_full"]])
 
 
+def check_step_profile(out: dict) -> None:
+    assert out["smoke"] is True and _positive(out["median_ms"].values()) and out["ours_over_peft_step"] > 0
+    assert out["max_loss_diff_ours_vs_peft"] < 1e-4  # same numbers: ours and peft start from the same weights
+    for parts in out["profile_ms"].values():
+        assert "frozen GEMMs fwd" in parts and "LoRA path fwd" in parts and sum(parts.values()) > 0
+
+
 # script -> (its arguments after --smoke, the check of its last printed line)
 CASES: dict[str, tuple[list[str], Callable[[dict], None]]] = {
     "cpu_dropout_fit": ([], check_cpu_dropout_fit),
@@ -92,7 +99,8 @@ CASES: dict[str, tuple[list[str], Callable[[dict], None]]] = {
     "pipeline_timing": ([], check_pipeline_timing),
     "precision_step": ([], check_precision_step),
     "predict_throughput": ([], check_predict_throughput),
-    "run": (["--only", "latency,e2e"], check_run),  # step and memory: through gpu_check
+    "run": (["--only", "latency,e2e"], check_run),
+    "step_profile": ([], check_step_profile),  # step and memory: through gpu_check
     "trim_predict": ([], check_trim_predict),
 }
 
