@@ -261,7 +261,8 @@ def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManage
 
 def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
         device: torch.device, tracker: Tracker = NullTracker(),
-        checkpointer: Optional[Checkpointer] = None, progress: bool = True, world: World = SINGLE) -> TrainResult:
+        checkpointer: Optional[Checkpointer] = None, progress: bool = True, world: World = SINGLE,
+        timings: Optional[dict[str, float]] = None) -> TrainResult:
     """Train ``model`` in place for the planned steps (:func:`plan_steps`) and leave it holding the weights of
     its best validation.
 
@@ -281,6 +282,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         progress: show a tqdm progress bar.
         world: this process's place in a torchrun launch (process group joined): DDP over the ranks; the
             checkpointer is only read and written by rank 0 (the state reaches the others by broadcast).
+        timings: when given, gets the wall seconds this call spent validating (``forward``) and saving checkpoints
+            (``checkpoint``), for the stage's timing line.
 
     Returns:
         TrainResult with the per-validation history, the per-step loss curve, why it stopped, the best
@@ -317,6 +320,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
                 if loop.after_step(loss, len(rows)):
                     break
     bar.close()
+    if timings is not None:
+        timings.update(loop.spent)
     model.load_state_dict(st["best_state"], strict=False)
     return loop.result(resumed)
 
@@ -378,6 +383,7 @@ class _Loop:
         self.world, self.eval_every = world, eval_interval(plan, cfg.eval_every)
         self.acc = torch.zeros((), device=device)  # loss summed since the last boundary step
         self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.spent = {"forward": 0.0, "checkpoint": 0.0}  # wall seconds of validations and saves
 
     def finished(self) -> bool:
         return self.st["global_step"] >= self.plan.steps or bool(self.st["early_stop"])
@@ -413,7 +419,9 @@ class _Loop:
             if eval_now:
                 self._validate()
             if save_now:
+                start = time.perf_counter()
                 self.save()
+                self.spent["checkpoint"] += time.perf_counter() - start
             self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self.finished()
 
@@ -427,7 +435,9 @@ class _Loop:
 
     def _validate(self) -> None:
         st, step, cfg = self.st, self.st["global_step"], self.cfg
+        start = time.perf_counter()
         f1, preds = _evaluate(self.model, self.val, cfg, self.pad_id, self.device, self.world)
+        self.spent["forward"] += time.perf_counter() - start
         row = {"step": step, "epoch": self.epoch(step), "train_loss": st["eval_sum"] / st["eval_n"],
                "val_macro_f1": f1, "seconds": st["seconds"], "cpu_seconds": st["cpu_seconds"]}
         st["history"].append(row)
