@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -34,9 +35,9 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from .checkpoint import Checkpointer
 from .config import Params, TrainConfig
@@ -252,6 +253,22 @@ def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: tor
     return macro_f1(val.labels, preds, model.config.num_labels), preds.tolist()
 
 
+def linear_warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """The learning rate rises linearly from 0 over ``warmup_steps``, then falls linearly to 0 at ``total_steps``.
+
+    The formula and floats of transformers' ``get_linear_schedule_with_warmup`` (a ``LambdaLR`` of a partial),
+    so checkpoints resume under either; importing that one loads transformers' trainer modules (and peft where
+    installed), seconds of a train stage's start-up.
+    """
+    return LambdaLR(optimizer, functools.partial(_linear_warmup, warmup_steps=warmup_steps, total_steps=total_steps))
+
+
+def _linear_warmup(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+
 def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManager:
     """Route console log records through ``tqdm.write`` while a bar is shown, so a line never lands on the bar."""
     console = any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
@@ -295,7 +312,7 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     model.to(device).train()
     plan = plan_steps(len(train), cfg)
     optimizer = make_optimizer(model, cfg, device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
+    scheduler = linear_warmup_schedule(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
     st = _resume(checkpointer, model, optimizer, scheduler, device, world)
     resumed = st["global_step"]
     save = _saver(checkpointer if world.is_main else None, model, optimizer, scheduler, device, st)
