@@ -5,8 +5,9 @@ Each stage runs as DVC runs it — ``python -m stages.<name>`` with the flags of
 scratch project folder (its own ``params.yaml``, ``data/``, ``models/``, ``metrics/`` and an MLflow SQLite store),
 ``--runs`` times in pipeline order. The phases come from the ``timing:`` line each stage logs at its end; the
 benchmark's own clock gives the total from spawning the process to its exit, and ``rest`` is what no phase
-covers (interpreter exit, argument parsing, small writes). ``overhead`` is the total less training steps and
-forward passes: what a stage costs before and around its real work.
+covers (interpreter exit, argument parsing, seeding, small writes). ``overhead`` is the total less training steps
+and forward passes: what a stage costs before and around its real work. The first run of a fresh ``--work``
+folder also creates the MLflow store (schema migrations); the medians of ``--runs 3`` leave that run out.
 
     python benchmarks/stage_overhead.py --smoke                  # a tiny random BERT on tiny data: seconds
     python benchmarks/stage_overhead.py --max-steps 20           # the default data and model, 20 steps per run
@@ -185,8 +186,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 runs[stage].append(phases)
             print(f"run {i + 1}/{args.runs} {stage}: {phases['total']:.2f} s", file=sys.stderr, flush=True)
     text, medians = table(runs)
-    print(f"Median of {args.runs} runs, seconds ({'smoke' if args.smoke else 'default data'}, "
-          f"train.max_steps {args.max_steps}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs)\n")
+    print(f"Median of {args.runs} runs, seconds, each column its own median (so a row need not add up; "
+          f"{'smoke' if args.smoke else 'default data'}, train.max_steps {args.max_steps}, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs)\n")
     print(text)
     print(json.dumps({"smoke": args.smoke, "runs": args.runs, "max_steps": args.max_steps, "median": medians,
                       "all": runs}))
