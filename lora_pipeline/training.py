@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -34,9 +35,9 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from .checkpoint import Checkpointer
 from .config import Params, TrainConfig
@@ -252,6 +253,22 @@ def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: tor
     return macro_f1(val.labels, preds, model.config.num_labels), preds.tolist()
 
 
+def linear_warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """The learning rate rises linearly from 0 over ``warmup_steps``, then falls linearly to 0 at ``total_steps``.
+
+    The formula and floats of transformers' ``get_linear_schedule_with_warmup`` (a ``LambdaLR`` of a partial),
+    so checkpoints resume under either; importing that one loads transformers' trainer modules (and peft where
+    installed), seconds of a train stage's start-up.
+    """
+    return LambdaLR(optimizer, functools.partial(_linear_warmup, warmup_steps=warmup_steps, total_steps=total_steps))
+
+
+def _linear_warmup(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+
 def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManager:
     """Route console log records through ``tqdm.write`` while a bar is shown, so a line never lands on the bar."""
     console = any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
@@ -261,7 +278,8 @@ def _console_logging_to_tqdm(progress: bool) -> contextlib.AbstractContextManage
 
 def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig, *, pad_id: int,
         device: torch.device, tracker: Tracker = NullTracker(),
-        checkpointer: Optional[Checkpointer] = None, progress: bool = True, world: World = SINGLE) -> TrainResult:
+        checkpointer: Optional[Checkpointer] = None, progress: bool = True, world: World = SINGLE,
+        timings: Optional[dict[str, float]] = None) -> TrainResult:
     """Train ``model`` in place for the planned steps (:func:`plan_steps`) and leave it holding the weights of
     its best validation.
 
@@ -281,6 +299,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         progress: show a tqdm progress bar.
         world: this process's place in a torchrun launch (process group joined): DDP over the ranks; the
             checkpointer is only read and written by rank 0 (the state reaches the others by broadcast).
+        timings: when given, gets the wall seconds this call spent validating (``forward``) and saving checkpoints
+            (``checkpoint``), for the stage's timing line.
 
     Returns:
         TrainResult with the per-validation history, the per-step loss curve, why it stopped, the best
@@ -292,7 +312,7 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     model.to(device).train()
     plan = plan_steps(len(train), cfg)
     optimizer = make_optimizer(model, cfg, device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
+    scheduler = linear_warmup_schedule(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
     st = _resume(checkpointer, model, optimizer, scheduler, device, world)
     resumed = st["global_step"]
     save = _saver(checkpointer if world.is_main else None, model, optimizer, scheduler, device, st)
@@ -317,6 +337,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
                 if loop.after_step(loss, len(rows)):
                     break
     bar.close()
+    if timings is not None:
+        timings.update(loop.spent)
     model.load_state_dict(st["best_state"], strict=False)
     return loop.result(resumed)
 
@@ -378,6 +400,7 @@ class _Loop:
         self.world, self.eval_every = world, eval_interval(plan, cfg.eval_every)
         self.acc = torch.zeros((), device=device)  # loss summed since the last boundary step
         self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.spent = {"forward": 0.0, "checkpoint": 0.0}  # wall seconds of validations and saves
 
     def finished(self) -> bool:
         return self.st["global_step"] >= self.plan.steps or bool(self.st["early_stop"])
@@ -413,7 +436,9 @@ class _Loop:
             if eval_now:
                 self._validate()
             if save_now:
+                start = time.perf_counter()
                 self.save()
+                self.spent["checkpoint"] += time.perf_counter() - start
             self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self.finished()
 
@@ -427,7 +452,9 @@ class _Loop:
 
     def _validate(self) -> None:
         st, step, cfg = self.st, self.st["global_step"], self.cfg
+        start = time.perf_counter()
         f1, preds = _evaluate(self.model, self.val, cfg, self.pad_id, self.device, self.world)
+        self.spent["forward"] += time.perf_counter() - start
         row = {"step": step, "epoch": self.epoch(step), "train_loss": st["eval_sum"] / st["eval_n"],
                "val_macro_f1": f1, "seconds": st["seconds"], "cpu_seconds": st["cpu_seconds"]}
         st["history"].append(row)

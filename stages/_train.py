@@ -26,7 +26,7 @@ from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
 from lora_pipeline.tracking import NullTracker, open_tracker
 from lora_pipeline.training import FitConfig, TrainResult, fit
-from stages._cli import run_stage
+from stages._cli import add_phase, phase, run_stage, timed_tracker
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +154,19 @@ class Fitted(NamedTuple):
 def _fit(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
          checkpointer: DirCheckpointer | None, world: World, tracker=NullTracker()) -> Fitted:
     """Load the split, build the model and train it."""
-    labels, frames = read_split(args.split, ("train", "val"))
-    train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
-    tokenizer = load_tokenizer(params.model)
-    model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
-    result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
-                 checkpointer=checkpointer if cfg.checkpoint_every else None,
-                 progress=not args.no_progress and world.is_main, world=world)
+    with phase("data"):
+        labels, frames = read_split(args.split, ("train", "val"))
+        train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
+    with phase("model"):
+        tokenizer = load_tokenizer(params.model)
+        model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
+    timings: dict[str, float] = {}
+    with phase("train"):
+        result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
+                     checkpointer=checkpointer if cfg.checkpoint_every else None,
+                     progress=not args.no_progress and world.is_main, world=world, timings=timings)
+        add_phase("forward", timings["forward"])
+        add_phase("save", timings["checkpoint"])
     return Fitted(model, tokenizer, labels, frames, result)
 
 
@@ -171,28 +177,33 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
             "checkpoint_key": checkpointer.key}
     if variant == "lora":
         tags["lora_rank"] = tags["rank"] = args.rank
-    with open_tracker(params.mlflow, f"train_{variant}", tags) as tracker:
+    with phase("mlflow"):
+        tracker = timed_tracker(open_tracker(params.mlflow, f"train_{variant}", tags))
+    with tracker:
         tracker.log_params({**sections, "run": {k: v for k, v in run.items() if v is not None},
                             "resolved": {"device": str(device), "precision": "bf16" if cfg.bf16 else "fp32"},
                             "world_size": world.size})
         model, tokenizer, labels, frames, result = _fit(args, variant, params, cfg, device, checkpointer, world,
                                                         tracker)
-        card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
-                         text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
-                         base_model=params.model.name if variant == "lora" else None)
-        save_trained(variant, model, tokenizer, args.out, card=card, lora=params.lora,
-                     save_merged=variant == "lora" and params.lora.save_merged)
-        metrics = {**run, **_metrics(model, result, device, weights_files(variant, args.out), cfg)}
-        write_json(args.metrics, metrics)
-        _write_curves(result, args.curve)
-        _write_predictions(frames["val"]["label_id"].astype(int).tolist(), result.best_predictions, args.predictions)
-        checkpointer.clear()
+        with phase("save"):
+            card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
+                             text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
+                             base_model=params.model.name if variant == "lora" else None)
+            save_trained(variant, model, tokenizer, args.out, card=card, lora=params.lora,
+                         save_merged=variant == "lora" and params.lora.save_merged)
+            metrics = {**run, **_metrics(model, result, device, weights_files(variant, args.out), cfg)}
+            write_json(args.metrics, metrics)
+            _write_curves(result, args.curve)
+            _write_predictions(frames["val"]["label_id"].astype(int).tolist(), result.best_predictions,
+                               args.predictions)
+            checkpointer.clear()
         tracker.log_metrics(summary_for_tracking({k: v for k, v in metrics.items() if k not in run}))
         tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason,
                           "stopped_by": result.stopped_by})
         for path in (args.metrics, args.curve, args.predictions):
             tracker.log_artifact(path)
-        digest = model_digest(weights_files(variant, args.out))
+        with phase("mlflow"):  # the digest is for MLflow's copy of the model
+            digest = model_digest(weights_files(variant, args.out))
         tracker.use("model", lambda mlflow: _log_model(mlflow, args.out, digest))
 
 

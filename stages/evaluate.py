@@ -29,7 +29,7 @@ from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.speedups import trim_switch
 from lora_pipeline.statistics import bootstrap_metric_ci
 from lora_pipeline.tracking import git_commit, open_tracker
-from stages._cli import run_stage
+from stages._cli import phase, run_stage, timed_tracker
 
 log = logging.getLogger(__name__)
 ENERGY = 0.9  # effective rank: the singular values holding this share of an update's energy
@@ -58,16 +58,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _predict_groups(groups, args, params: Params, labels: list[str], test: EncodedSplit) -> dict[str, list]:
     """Test predictions of every seed of every chosen (variant, rank, lr): the only time test is scored."""
-    tokenizer = load_tokenizer(params.model)
+    with phase("model"):
+        tokenizer = load_tokenizer(params.model)
     device = resolve_device(params.train.device)
     bf16 = resolve_bf16(params.train.precision, device)
     preds = {}
     for group in groups:
         preds[group.name] = []
         for rec in group.records:
-            model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model, labels,
-                                 tokenizer).to(device)
-            with trim_switch(model, params.train.first_token_last_layer):  # as validation predicted
+            with phase("model"):
+                model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model,
+                                     labels, tokenizer).to(device)
+            with trim_switch(model, params.train.first_token_last_layer), phase("forward"):  # as validation did
                 preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,
                                                  device, bf16=bf16))
     return preds
@@ -185,36 +187,42 @@ def _evaluate(args: argparse.Namespace) -> None:
     params = load_params(args.params, sections=["model", "lora", "train", "scratch", "full", "baseline", "study",
                                                 "mlflow"])
     s = params.study
-    labels, frames = read_split(args.split, ("train", "val", "test"))
-    test = EncodedSplit.from_frame(frames["test"])
-    records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
+    with phase("data"):
+        labels, frames = read_split(args.split, ("train", "val", "test"))
+        test = EncodedSplit.from_frame(frames["test"])
+        records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
     runs = study.grid_runs(records, s.seeds, {v: s.lrs(v) for v in ("scratch", "full", "lora")}, s.ranks)
     groups = study.choose_learning_rates(runs)  # on validation: test is scored for the chosen runs only
     preds = _predict_groups(groups, args, params, labels, test)
-    tfidf_pred, tfidf = _tfidf(params, frames, test, labels)
-    record = _record(args, params, labels, frames, runs, groups, preds, tfidf_pred, tfidf)
-    result = record_lib.build_study(record)
-    with atomic_file(args.record) as tmp:
-        record_lib.write_record(tmp, record)
-    write_json(args.study, result)
-    answer = result["answer"]
-    with atomic_file(args.rank_curve) as tmp:
-        pd.DataFrame(study.rank_curve(result["rows"], tfidf["macro_f1"])).to_csv(tmp, index=False)
-    _write_predictions(args.predictions, result, record)
-    _write_learning_curves(args.learning_curves, result)
-    compact = study.compact_metrics(result["rows"], tfidf, answer["rank"])
-    write_json(args.metrics, compact)
+    with phase("work"):  # the TF-IDF reference, the record's inputs, the statistics
+        tfidf_pred, tfidf = _tfidf(params, frames, test, labels)
+        record = _record(args, params, labels, frames, runs, groups, preds, tfidf_pred, tfidf)
+        result = record_lib.build_study(record)
+    with phase("save"):
+        with atomic_file(args.record) as tmp:
+            record_lib.write_record(tmp, record)
+        write_json(args.study, result)
+        answer = result["answer"]
+        with atomic_file(args.rank_curve) as tmp:
+            pd.DataFrame(study.rank_curve(result["rows"], tfidf["macro_f1"])).to_csv(tmp, index=False)
+        _write_predictions(args.predictions, result, record)
+        _write_learning_curves(args.learning_curves, result)
+        compact = study.compact_metrics(result["rows"], tfidf, answer["rank"])
+        write_json(args.metrics, compact)
     log.info("%s", answer["sentence"])
     if answer.get("equal_cost"):
         log.info("%s", answer["equal_cost"])
-    with open_tracker(params.mlflow, "evaluate", {"stage": "evaluate", "answer": answer["sentence"][:250],
-                                                  "answer_rank": answer["rank"]}) as tracker:
+    with phase("mlflow"):
+        tracker = timed_tracker(open_tracker(params.mlflow, "evaluate", {
+            "stage": "evaluate", "answer": answer["sentence"][:250], "answer_rank": answer["rank"]}))
+    with tracker:
         tracker.log_params({"study": dataclasses.asdict(s), "baseline": dataclasses.asdict(params.baseline)})
         tracker.log_metrics({f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
                              for k in ("accuracy", "macro_f1") if k in r})
         for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
             tracker.log_artifact(path)
-        _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models))
+        with phase("mlflow"):  # its git and weights digests are for the registry
+            _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models))
 
 
 def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,

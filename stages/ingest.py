@@ -10,7 +10,7 @@ from pathlib import Path
 from lora_pipeline.config import load_params
 from lora_pipeline.data.sources import MANIFEST_FILE, ingest
 from lora_pipeline.errors import listing
-from stages._cli import log_stage_run, run_stage
+from stages._cli import log_stage_run, phase, run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params, sections=["data", "mlflow"])
-        manifest = ingest(params.data, Path(args.out))
+        with phase("data"):  # fetch, parse, check and write
+            manifest = ingest(params.data, Path(args.out))
         logging.getLogger("ingest").info("wrote %d rows to %s (columns %s)", manifest["rows"], args.out,
                                          listing(manifest["columns"]))
-        log_stage_run(params.mlflow, "ingest", params={"data": dataclasses.asdict(params.data)},
-                      metrics={"rows": manifest["rows"]}, artifacts=[Path(args.out) / MANIFEST_FILE])
+        with phase("mlflow"):
+            log_stage_run(params.mlflow, "ingest", params={"data": dataclasses.asdict(params.data)},
+                          metrics={"rows": manifest["rows"]}, artifacts=[Path(args.out) / MANIFEST_FILE])
 
     return run_stage("ingest", body)
 

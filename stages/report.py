@@ -14,7 +14,7 @@ from lora_pipeline.figures import write_report
 from lora_pipeline.files import read_json
 from lora_pipeline.reporting import ordered_rows
 from lora_pipeline.tracking import log_stage_run
-from stages._cli import run_stage
+from stages._cli import phase, run_stage
 
 log = logging.getLogger(__name__)
 STUDY_KEYS = ("labels", "rows", "answer", "params")  # what the report cannot do without
@@ -57,11 +57,14 @@ def _metrics(study: Mapping[str, Any]) -> dict[str, float]:
 
 def _report(args: argparse.Namespace) -> None:
     params = load_params(args.params, sections=["mlflow"])
-    study = read_study(args.study)
-    write_report(study, Path(args.report), Path(args.figures))
+    with phase("data"):
+        study = read_study(args.study)
+    with phase("save"):  # the Markdown and its figures
+        write_report(study, Path(args.report), Path(args.figures))
     log.info("%s", study["answer"].get("sentence", ""))
-    log_stage_run(params.mlflow, "report", artifacts=[args.report, args.figures, args.study], metrics=_metrics(study),
-                  tags={"answer": str(study["answer"].get("sentence", ""))[:250]})
+    with phase("mlflow"):
+        log_stage_run(params.mlflow, "report", artifacts=[args.report, args.figures, args.study],
+                      metrics=_metrics(study), tags={"answer": str(study["answer"].get("sentence", ""))[:250]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from lora_pipeline.data.summary import DATASET_FILE
 from lora_pipeline.data.tokenization import tokenize_frame, truncation_stats
 from lora_pipeline.files import DATA_FILE, LABELS_FILE, atomic_dir, read_json, write_json, write_split
 from lora_pipeline.pretrained import load_tokenizer
-from stages._cli import log_stage_run, run_stage
+from stages._cli import log_stage_run, phase, run_stage
 
 log = logging.getLogger("split")
 
@@ -38,30 +38,36 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params, sections=["split", "model", "mlflow"])
         clean = Path(args.clean)
-        df = pd.read_parquet(clean / DATA_FILE)
-        # validate writes the class order (numeric labels numerically, names from validate.label_names)
-        labels = read_json(clean / LABELS_FILE) if (clean / LABELS_FILE).is_file() else label_map(df["label"])
-        parts = split_frame(df, params.split)
-        tokenizer = load_tokenizer(params.model)
+        with phase("data"):
+            df = pd.read_parquet(clean / DATA_FILE)
+            # validate writes the class order (numeric labels numerically, names from validate.label_names)
+            labels = read_json(clean / LABELS_FILE) if (clean / LABELS_FILE).is_file() else label_map(df["label"])
+        with phase("work"):
+            parts = split_frame(df, params.split)
+        with phase("model"):
+            tokenizer = load_tokenizer(params.model)
         metrics: dict[str, Any] = {"n_labels": len(labels)}
-        for name, part in parts.items():
-            metrics[f"rows_{name}"] = len(part)
-            stats = truncation_stats(part, tokenizer, params.model.max_length)
-            metrics.update({f"{key}_{name}": value for key, value in stats.items()})
-            _warn_truncation(name, stats, params.model.max_length, params.split.max_truncated_share)
-        metrics.update({f"shared_texts_{pair}": n for pair, n in shared_texts(parts).items()})
+        with phase("work"):
+            for name, part in parts.items():
+                metrics[f"rows_{name}"] = len(part)
+                stats = truncation_stats(part, tokenizer, params.model.max_length)
+                metrics.update({f"{key}_{name}": value for key, value in stats.items()})
+                _warn_truncation(name, stats, params.model.max_length, params.split.max_truncated_share)
+            metrics.update({f"shared_texts_{pair}": n for pair, n in shared_texts(parts).items()})
         summary = read_json(clean / DATASET_FILE) if (clean / DATASET_FILE).is_file() else {}
         summary.update(labels=labels, rows_per_split={n: len(p) for n, p in parts.items()},
                        rows_per_class_per_split={n: _counts(p, labels) for n, p in parts.items()},
                        max_length=params.model.max_length,
                        truncated_share={n: metrics.get(f"truncated_share_{n}", 0.0) for n in parts})
-        with atomic_dir(args.out) as tmp:
-            write_split(tmp, labels, {n: tokenize_frame(p, tokenizer, params.model.max_length, labels)
-                                      for n, p in parts.items()})
+        with atomic_dir(args.out) as tmp, phase("save"):
+            with phase("work"):
+                encoded = {n: tokenize_frame(p, tokenizer, params.model.max_length, labels) for n, p in parts.items()}
+            write_split(tmp, labels, encoded)
             write_json(tmp / DATASET_FILE, summary)
         write_json(args.metrics, metrics)
-        log_stage_run(params.mlflow, "split", metrics=metrics, artifacts=[args.metrics],
-                      params={"split": dataclasses.asdict(params.split), "model": dataclasses.asdict(params.model)})
+        with phase("mlflow"):
+            log_stage_run(params.mlflow, "split", metrics=metrics, artifacts=[args.metrics],
+                          params={"split": dataclasses.asdict(params.split), "model": dataclasses.asdict(params.model)})
 
     return run_stage("split", body)
 

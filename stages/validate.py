@@ -20,7 +20,7 @@ from lora_pipeline.data.summary import DATASET_FILE, dataset_summary
 from lora_pipeline.data.validation import flat_metrics, validate
 from lora_pipeline.errors import DataError, listing
 from lora_pipeline.files import DATA_FILE, LABELS_FILE, MANIFEST_FILE, atomic_dir, read_json, write_json
-from stages._cli import log_stage_run, run_stage
+from stages._cli import log_stage_run, phase, run_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         raw_file = Path(args.raw) / DATA_FILE
         if not raw_file.is_file():
             raise DataError(f"{raw_file} not found: run the ingest stage first (--raw points at its output)")
-        raw = pd.read_parquet(raw_file)
-        with atomic_dir(args.report) as report_tmp:  # discarded if validation raises
-            clean, report = validate(raw, params.validate, docs_dir=report_tmp)
+        with phase("data"):
+            raw = pd.read_parquet(raw_file)
+        with atomic_dir(args.report) as report_tmp, phase("save"):  # discarded if validation raises
+            with phase("work"):  # the expectation suite and its Data Docs
+                clean, report = validate(raw, params.validate, docs_dir=report_tmp)
             write_json(report_tmp / "summary.json", report)
             manifest_file = Path(args.raw) / MANIFEST_FILE
             manifest = read_json(manifest_file) if manifest_file.is_file() else {}
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("validate").info("kept %d of %d rows: %s (labels %s)", report["rows_clean"],
                                            report["rows_raw"], listing(report["rows_per_class"]),
                                            "inferred" if report["labels_inferred"] else "as declared")
-        log_stage_run(params.mlflow, "validate", params={"validate": dataclasses.asdict(params.validate)},
-                      metrics=metrics, artifacts=[args.metrics, Path(args.report) / "summary.json"])
+        with phase("mlflow"):
+            log_stage_run(params.mlflow, "validate", params={"validate": dataclasses.asdict(params.validate)},
+                          metrics=metrics, artifacts=[args.metrics, Path(args.report) / "summary.json"])
 
     return run_stage("validate", body)
 
