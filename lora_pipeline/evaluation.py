@@ -1,7 +1,7 @@
-"""Metrics (scikit-learn; macro-F1 in numpy), batched prediction, and the TF-IDF + logistic-regression reference.
+"""Metrics (scikit-learn), batched prediction, and the TF-IDF + logistic-regression reference.
 
-scikit-learn is imported where it is used: the train stages score every validation with :func:`macro_f1` alone,
-and importing ``sklearn.metrics`` (with scipy) costs them a second or more of start-up.
+scikit-learn is imported where it is used, so that a stage which imports this module for :func:`predict` does not
+pay for ``sklearn.metrics`` (with scipy, a second or more) at start-up.
 """
 
 from __future__ import annotations
@@ -24,22 +24,10 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> f
 
     A class absent from both ``y_true`` and ``y_pred`` scores 0 and still counts, so a split that lacks a
     class is scored the same way everywhere (scikit-learn alone would average over the classes present).
-    The floats are scikit-learn's ``f1_score(labels=range(num_labels), average="macro", zero_division=0)``:
-    per class ``2·tp / (true + predicted)``, then their mean.
     """
-    true = np.asarray(y_true, dtype=np.int64).reshape(-1)
-    pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
-    if true.shape != pred.shape:
-        raise ValueError(f"y_true has {true.size} labels, y_pred {pred.size}")
-    if num_labels < 1:
-        raise ValueError("num_labels must be >= 1")
-    known = (true >= 0) & (true < num_labels)  # as sklearn's labels=: other ids count for no class
-    tp = np.bincount(true[known & (true == pred)], minlength=num_labels)[:num_labels]
-    true_sum = np.bincount(true[known], minlength=num_labels)[:num_labels]
-    pred_sum = np.bincount(pred[(pred >= 0) & (pred < num_labels)], minlength=num_labels)[:num_labels]
-    denom = 1.0 * true_sum + pred_sum  # beta² · true + predicted, beta = 1
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros(num_labels), where=denom != 0)
-    return float(np.average(f1))
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=list(range(num_labels)), average="macro", zero_division=0))
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: list[str]) -> dict:

@@ -1,7 +1,7 @@
 """A stage imports only the heavy libraries it uses, so its start-up stays short: Great Expectations in validate,
 matplotlib in report, scikit-learn/scipy in split and evaluate, MLflow only once a run is logged, never
-transformers' trainer modules (nor peft through them). Where a lighter path replaced a library call, it gives the
-library's floats exactly."""
+transformers' trainer modules (nor peft through them). The warm-up schedule that replaced transformers' (whose import
+pulled those modules in) gives its learning rates exactly. Each stage module is imported in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,20 +39,6 @@ def _heavy_imported(module: str) -> set[str]:
 def test_stage_module_imports_only_the_heavy_libraries_it_uses(stage):
     extra = _heavy_imported(f"stages.{stage}") - ALLOWED[stage]
     assert not extra, f"importing stages.{stage} imports {sorted(extra)}"
-
-
-def test_macro_f1_gives_scikit_learns_floats():
-    from sklearn.metrics import f1_score
-
-    from lora_pipeline.evaluation import macro_f1
-
-    rng = np.random.default_rng(0)
-    for case in range(400):
-        n, m = int(rng.integers(1, 7)), int(rng.integers(1, 200))
-        y_true = rng.integers(0, n, m)
-        y_pred = rng.integers(0, n + 1, m) if case % 3 else np.full(m, rng.integers(0, n))  # one-class runs too
-        expected = float(f1_score(y_true, y_pred, labels=list(range(n)), average="macro", zero_division=0))
-        assert macro_f1(y_true.tolist(), y_pred.tolist(), n) == expected, (y_true, y_pred, n)
 
 
 @pytest.mark.parametrize("warmup, total", [(0, 1), (0, 10), (1, 1), (3, 50), (18, 300), (360, 6000)])
