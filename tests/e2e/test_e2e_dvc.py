@@ -125,7 +125,7 @@ def test_report_holds_the_answer_and_both_figures(repo):
 
 
 def test_the_study_pick_is_registered_and_predict_serves_logged_models(repo):
-    """Issue 14 on the real DAG: evaluate registered the study's pick with its alias (or, when every row is
+    """On the real DAG: evaluate registered the study's pick with its alias (or, when every row is
     degenerate, nothing), and the console script predicts with an MLflow model URI what the directory predicts."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -188,7 +188,7 @@ def test_second_repro_is_a_noop(repo):
 
 
 def test_a_fresh_clone_pulls_from_a_dvc_remote_and_retrains_nothing(repo, tmp_path):
-    """Issue 15 (a DVC remote): push the run from one clone to a local-directory remote; a second clone that
+    """A DVC remote: push the run from one clone to a local-directory remote; a second clone that
     `dvc pull`s is up to date and its `dvc repro` runs nothing."""
     repo, env = repo
     run(["dvc", "remote", "add", "--default", "--force", "shared", str(tmp_path / "remote")], repo, env)

@@ -11,19 +11,15 @@ The tests run in file order: the last one kills the server.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +28,7 @@ import yaml
 
 from tests.support.builders import ROOT
 from tests.support.dvc_project import BIN, exp_names_by_rank, ran, run, write_project
+from tests.support.servers import Server, free_port, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 SEED, LORA_LR, BASE_RANK = 1, 5e-3, 2
@@ -45,61 +42,9 @@ def _tag(rank: int) -> str:
 # ------------------------------------------------------------------------------------------ the server
 
 
-@dataclass
-class Server:
-    """An ``mlflow server`` process (own session: killed as a group) with its SQLite store and artifact root."""
-
-    proc: subprocess.Popen
-    url: str
-    artifacts: Path
-
-    def send(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.send(sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.send(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(base: Path, backend: Optional[str] = None) -> Server:
-    """``mlflow server`` as README's team set-up runs it, on a free port of 127.0.0.1; waits for ``/health``.
-    ``backend``: its backend store URI; a SQLite file in ``base`` by default."""
-    port = _free_port()
-    backend = backend or f"sqlite:///{base / 'mlflow-server.db'}"
-    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend,
-            "--serve-artifacts", "--artifacts-destination", str(base / "mlflow-artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    log = open(base / "mlflow-server.log", "ab")  # a pipe nobody reads would fill up and stall the server
-    proc = subprocess.Popen(argv, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(proc, f"http://127.0.0.1:{port}", base / "mlflow-artifacts")
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            urllib.request.urlopen(f"{server.url}/health", timeout=2).close()
-            return server
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.stop(signal.SIGKILL)
-                log_tail = (base / "mlflow-server.log").read_text()[-3000:]
-                raise AssertionError(f"mlflow server did not start:\n{log_tail}")
-            time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
-    server = start_server(tmp_path_factory.mktemp("mlflow-server"))
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     yield server
     server.send(signal.SIGCONT)  # in case a test stopped it and failed before resuming it
     server.stop()
@@ -308,7 +253,7 @@ def postgres() -> str:
         user = pwd.getpwnam("postgres")
         os.chown(base, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
+    data, port = base / "data", free_port()
     ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
     try:
         options = f"-h 127.0.0.1 -p {port} -k {base}"  # loopback only, its socket in its own directory
@@ -348,7 +293,7 @@ def test_a_postgresql_backed_server_takes_parallel_writers(postgres, tmp_path):
     import psycopg
     from mlflow import MlflowClient
 
-    server = start_server(tmp_path, backend=postgres)
+    server = start_mlflow_server(tmp_path, backend=postgres)
     try:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
                "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": server.url}

@@ -26,6 +26,8 @@ from lora_pipeline.runtime import resolve_bf16
 from lora_pipeline.speedups import first_token_last_layer
 from lora_pipeline.training import FitConfig, make_optimizer, train_step
 from tests.support.builders import LABELS, ROOT, load_encoded, make_frame, save_tiny_bert, write_params, write_split
+from tests.support.tiny_models import dropout_model, padded_batch
+from tests.support.training import nonzero_lora_model
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 needs_cuda = pytest.mark.skipif(GPUS == 0, reason=f"needs a CUDA GPU: torch {torch.__version__} sees none")
@@ -107,13 +109,11 @@ def _seeded_step(model: torch.nn.Module, batch: dict, bf16: bool) -> tuple[torch
 def test_the_trimmed_last_layer_on_cuda_gives_the_untrimmed_outputs_and_gradients(attn, precision):
     """Dropout off: on CUDA the fused SDPA kernels draw the last layer's masks from another kernel, so only the
     arithmetic is compared (tests/unit/test_first_token.py compares the masks too, on CPU)."""
-    from tests.unit.test_first_token import _model, _padded_batch
-
     bf16 = precision == "bf16"
     if bf16 and not torch.cuda.is_bf16_supported():
         pytest.skip(f"{torch.cuda.get_device_name()} runs no bf16")
-    model = _model("bert", attn, dropout=0.0).to(CUDA)
-    batch = {k: v.to(CUDA) for k, v in _padded_batch("bert").items()}
+    model = dropout_model("bert", attn, dropout=0.0).to(CUDA)
+    batch = {k: v.to(CUDA) for k, v in padded_batch("bert").items()}
     logits, grads = _seeded_step(model, batch, bf16)
     with first_token_last_layer(model) as trimmed:
         assert trimmed
@@ -131,15 +131,13 @@ def test_the_trimmed_last_layer_on_cuda_gives_the_untrimmed_outputs_and_gradient
 def test_predict_on_cuda_gives_the_cpu_answers(tiny_model_dir, tiny_tokenizer, split_dir, tmp_path):
     """Both prediction paths: the evaluate stage's ``predict`` and ``load_classifier`` (lora-pipeline predict,
     the MLflow pyfunc model); fp32 on CUDA matches CPU, bf16 autocast to bf16 rounding."""
-    from tests.system.test_use_models import _lora_model
-
     model = _lora(tiny_model_dir, tiny_tokenizer).eval()
     test = load_encoded(split_dir, "test")
     on_cpu = predict(model, test, 16, tiny_tokenizer.pad_token_id, torch.device("cpu"))
     on_gpu = predict(model.to(CUDA), test, 16, tiny_tokenizer.pad_token_id, CUDA)
     np.testing.assert_array_equal(on_gpu, on_cpu)
 
-    trained, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer)
+    trained, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", trained, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
     texts = make_frame(per_class=5)["text"].tolist()
     reference = load_classifier(tmp_path / "m", device="cpu", precision="fp32").predict_proba(texts)

@@ -1,5 +1,5 @@
-"""Ingest refuses structurally wrong input that it used to accept silently (issue 11, item 14):
-NUL characters, non-string text columns, duplicate column names."""
+"""Ingest refuses structurally wrong input that it used to accept silently: NUL characters, non-string text
+columns, duplicate column names."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 
 from lora_pipeline.config import parse_params
-from tests.stages.test_byod_splits import run_data_stages, write_files
+from tests.support.data_stages import run_data_stages, write_files
 
 
 def test_several_text_columns_are_joined_with_the_separator_and_missing_parts_counted(tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lora_pipeline.data.sampling import stratified_subsample
-from tests.stages.test_byod_splits import run_data_stages, write_files
+from tests.support.data_stages import run_data_stages, write_files
 
 # sentence pairs as MRPC ships them: quotes are part of the sentences, never CSV quoting
 PAIRS = "".join(f'{i % 2}\t"Quoted sentence {i}" he said .\tplain pair {i}\n' for i in range(6)) + \

@@ -7,7 +7,7 @@ from lora_pipeline.config import ModelConfig
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
 from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, render_report
-from tests.stages.test_report_study import FIGURES, make_study, params_dict
+from tests.support.studies import FIGURES, make_study, params_dict
 
 LONG = ["Credit reporting, credit repair services, or other personal consumer reports", "Debt collection",
         "Mortgage", "Checking or savings account", "Student loan servicing and private student loans"]

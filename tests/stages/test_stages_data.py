@@ -144,7 +144,7 @@ def test_missing_raw_and_bad_params_are_clean_errors(tmp_path, capsys):
     assert run_ingest(p) == 2 and "'data.colour' is not a known key" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- issue 11, items 14 and 15
+# ---------------------------------------------------------------- structurally bad input: exit 2 with the reason
 BAD_INPUT = {  # accepted silently before: now exit 2 with a one-line reason
     "nul_byte": (b"text,label\nfine,pos\nhel\x00lo,neg\n", "in.csv", ["NUL character at line 3, column 4"]),
     "duplicate_text_column": (b"text,text,label\na,b,pos\n", "in.csv",

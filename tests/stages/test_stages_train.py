@@ -14,93 +14,26 @@ import torch
 from safetensors.torch import load_file
 
 from lora_pipeline.checkpoint import DirCheckpointer
-from tests.support.builders import (LABELS, LRS, SEED, WALL_CLOCK_KEYS, instance_args, isolate_env, make_frame,
-                            restored_logging, write_clean, write_params)
+from tests.support.builders import LABELS, LRS, SEED, WALL_CLOCK_KEYS, make_frame, write_clean, write_params
+from tests.support.chains import (EXPERIMENT, INSTANCES, RANKS, evaluate_args, instance_paths, instance_tag, run_chain,
+                                  run_train, train_args)
 
-EXPERIMENT = "stages-test"
-RANKS = (2, 4)  # two LoRA ranks: evaluate compares their adapters' subspaces
 TRAIN_KEYS = {"variant", "rank", "seed", "lr", "tag", "val_macro_f1", "best_epoch", "best_step", "epochs", "steps",
               "planned_steps", "stop_reason", "stopped_by", "converged", "validations", "seconds_to_best",
               "cpu_seconds_to_best", "train_seconds", "train_cpu_seconds", "samples_per_second", "peak_memory_mb",
               "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision"}
 # the metrics that read a clock: wall (conftest's) and process CPU seconds
 CLOCK_KEYS = WALL_CLOCK_KEYS | {"train_cpu_seconds", "seconds_to_best", "cpu_seconds_to_best"}
-INSTANCES = [("scratch", None), ("full", None)] + [("lora", rank) for rank in RANKS]
-
-
-def _tag(variant: str, rank: int | None) -> str:
-    """The instance's folder name, as dvc.yaml builds it (evaluate reads it back from the metrics' ``tag``)."""
-    return (f"r{rank}-" if rank is not None else "") + f"s{SEED}-lr{LRS[variant]}"
-
-
-def _paths(base: Path, variant: str, rank: int | None = None) -> dict[str, Path]:
-    """Where one train instance writes: model, metrics JSON, curve folder, val predictions, checkpoints."""
-    tag = _tag(variant, rank)
-    return {"out": base / "models" / variant / tag, "metrics": base / "metrics" / "train" / f"{variant}-{tag}.json",
-            "curve": base / "metrics" / "curves" / variant / tag,
-            "predictions": base / "metrics" / "val_predictions" / variant / f"{tag}.csv",
-            "checkpoints": base / "checkpoints" / variant / tag}
-
-
-def _train_args(base: Path, variant: str, params: Path, split: Path, rank: int | None = None) -> list[str]:
-    paths = _paths(base, variant, rank)
-    return ["--params", str(params), "--split", str(split), *instance_args(variant, **({"rank": rank} if rank else {})),
-            "--out", str(paths["out"]), "--metrics", str(paths["metrics"]), "--curve", str(paths["curve"]),
-            "--predictions", str(paths["predictions"]), "--checkpoints", str(paths["checkpoints"]), "--no-progress"]
-
-
-def _evaluate_args(base: Path, params: Path, split: Path) -> list[str]:
-    metrics = base / "metrics"
-    return ["--params", str(params), "--split", str(split), "--models", str(base / "models"),
-            "--runs", str(metrics / "train"), "--curves", str(metrics / "curves"),
-            "--val-predictions", str(metrics / "val_predictions"), "--metrics", str(metrics / "evaluate.json"),
-            "--study", str(metrics / "study.json"), "--record", str(metrics / "record.json.gz"),
-            "--rank-curve", str(metrics / "rank_curve.csv"), "--learning-curves", str(metrics / "learning_curves"),
-            "--predictions", str(metrics / "predictions")]
 
 
 def _read(base: Path, variant: str, rank: int | None = None) -> dict:
-    return json.loads(_paths(base, variant, rank)["metrics"].read_text())
-
-
-def _train(variant: str, argv: list[str]) -> int:
-    from stages import train_full, train_lora, train_scratch
-
-    return {"scratch": train_scratch, "full": train_full, "lora": train_lora}[variant].main(argv)
-
-
-def run_chain(tmp_path_factory, tiny_model_dir, overrides: dict | None = None):
-    """Run every stage after validate once; returns (base dir, params file, {stage: exit code}, uri)."""
-    from stages import evaluate, report, split
-
-    base = tmp_path_factory.mktemp("stages")
-    clean = write_clean(base / "clean", make_frame(60))
-    params = write_params(base / "params.yaml", tiny_model_dir,
-                          {"mlflow.experiment": EXPERIMENT, "train.checkpoint_every": 4, "study.ranks": list(RANKS),
-                           **(overrides or {})})
-    codes = {}
-    with pytest.MonkeyPatch.context() as mp, restored_logging():
-        uri = isolate_env(mp, tmp_path_factory)
-        codes["split"] = split.main(["--params", str(params), "--clean", str(clean), "--out", str(base / "split"),
-                                     "--metrics", str(base / "metrics" / "split.json")])
-        for variant, rank in INSTANCES:
-            codes[_stage(variant, rank)] = _train(variant, _train_args(base, variant, params, base / "split", rank))
-        codes["evaluate"] = evaluate.main(_evaluate_args(base, params, base / "split"))
-        codes["report"] = report.main([
-            "--params", str(params), "--study", str(base / "metrics" / "study.json"),
-            "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
-    return base, params, codes, uri
+    return json.loads(instance_paths(base, variant, rank)["metrics"].read_text())
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_model_dir):
     """Run every stage after validate once; returns (base dir, params file, {stage: exit code}, uri)."""
     return run_chain(tmp_path_factory, tiny_model_dir)
-
-
-def _stage(variant: str, rank: int | None) -> str:
-    """The key of a train instance in the fixture's exit codes."""
-    return f"train_{variant}" + (f" r{rank}" if rank is not None else "")
 
 
 def test_every_stage_exits_zero(pipeline):
@@ -135,7 +68,7 @@ def test_train_outputs(pipeline, variant, rank):
     metrics = _read(base, variant, rank)
     assert set(metrics) == TRAIN_KEYS
     assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag")} == \
-           {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": _tag(variant, rank)}
+           {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": instance_tag(variant, rank)}
     per_epoch = -(-len(pd.read_parquet(base / "split" / "train.parquet")) // 16)
     every = min(-(-per_epoch // 4), 2 * per_epoch // 8)  # eval_every 0: auto
     assert metrics["epochs"] == 2 and metrics["steps"] == metrics["planned_steps"] == 2 * per_epoch
@@ -150,7 +83,7 @@ def test_train_outputs(pipeline, variant, rank):
     assert 0 < metrics["trainable_params"] <= metrics["total_params"]
     assert (metrics["trainable_percent"] == 100.0) == (variant != "lora")
     assert metrics["size_on_disk_mb"] > 0 and metrics["train_seconds"] > 0
-    paths = _paths(base, variant, rank)
+    paths = instance_paths(base, variant, rank)
     evals = pd.read_csv(paths["curve"] / "evals.csv")
     assert list(evals.columns) == ["step", "epoch", "train_loss", "val_macro_f1", "seconds", "cpu_seconds"]
     assert evals["step"].tolist() == list(range(every, 2 * per_epoch + 1, every))
@@ -178,7 +111,7 @@ def test_train_writes_the_best_validations_predictions(pipeline, variant, rank):
     from lora_pipeline.evaluation import macro_f1
 
     base, _, _, _ = pipeline
-    preds = pd.read_csv(_paths(base, variant, rank)["predictions"])
+    preds = pd.read_csv(instance_paths(base, variant, rank)["predictions"])
     val = pd.read_parquet(base / "split" / "val.parquet")
     assert list(preds.columns) == ["row", "actual", "predicted"]
     assert preds["row"].tolist() == list(range(len(val))) and preds["actual"].tolist() == val["label_id"].tolist()
@@ -205,7 +138,7 @@ def test_trained_model_reloads_and_predicts_like_at_the_end_of_training(pipeline
 
     base, params_file, _, _ = pipeline
     params = load_params(params_file)
-    model = load_trained(variant, _paths(base, variant)["out"], params.model, LABELS, tiny_tokenizer)
+    model = load_trained(variant, instance_paths(base, variant)["out"], params.model, LABELS, tiny_tokenizer)
     assert model.config.id2label == dict(enumerate(LABELS))
     val = EncodedSplit.from_frame(pd.read_parquet(base / "split" / "val.parquet"))
     preds = predict(model, val, 64, tiny_tokenizer.pad_token_id, torch.device("cpu"))
@@ -233,15 +166,15 @@ def test_runs_are_mirrored_to_mlflow(pipeline):
     assert tags["variant"] == "full" and tags["resumed_from_step"] == "0" and float(tags["lr"]) == LRS["full"]
     assert tags["stop_reason"].startswith("cap: completed 2 epochs") and tags["stopped_by"] == "cap"
     assert {k: params[k] for k in ("run.variant", "run.seed", "run.lr", "run.tag", "full.epochs")} == \
-           {"run.variant": "full", "run.seed": str(SEED), "run.lr": str(LRS["full"]), "run.tag": _tag("full", None),
-            "full.epochs": "2"}
+           {"run.variant": "full", "run.seed": str(SEED), "run.lr": str(LRS["full"]),
+            "run.tag": instance_tag("full", None), "full.epochs": "2"}
     assert not {"train.seed", "full.lr"} & set(params)  # per-instance values live under "run" only
     assert {"val_macro_f1", "trainable_params", "epoch_train_loss"} <= set(full.data.metrics)
     summary = {"validations", "seconds_to_best", "cpu_seconds_to_best", "train_cpu_seconds", "converged"}
     assert summary <= set(full.data.metrics) and full.data.metrics["converged"] == 0.0  # a boolean as 0/1
     assert not {"seed", "rank", "variant"} & set(full.data.metrics)  # the run record is params; "lr" is the schedule
     client = mlflow.MlflowClient(tracking_uri=uri)
-    tag = _tag("full", None)
+    tag = instance_tag("full", None)
     assert {a.path for a in client.list_artifacts(full.info.run_id)} == {f"full-{tag}.json", tag, f"{tag}.csv"}
     assert {a.path for a in client.list_artifacts(full.info.run_id, tag)} == {f"{tag}/steps.csv", f"{tag}/evals.csv"}
     lora = {r.data.tags["lora_rank"]: r for r in _runs(uri, "train_lora")}
@@ -264,14 +197,14 @@ def test_train_runs_are_tagged_with_seed_and_checkpoint_key(pipeline):
 
 @pytest.mark.parametrize("variant, rank", INSTANCES)
 def test_the_end_of_run_summary_adds_no_point_to_the_validation_curve(pipeline, variant, rank):
-    """Issue 11, item 9: the summary's val_macro_f1 (step-less, so step 0) used to join the per-epoch curve."""
+    """The end-of-run summary's val_macro_f1 (step-less, so step 0) is no point of the per-validation curve."""
     import mlflow
 
     base, _, _, uri = pipeline
     (run,) = [r for r in _runs(uri, f"train_{variant}") if r.data.tags.get("lora_rank") in (None, str(rank))]
     metrics = _read(base, variant, rank)
     curve = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_macro_f1")
-    evals = pd.read_csv(_paths(base, variant, rank)["curve"] / "evals.csv")
+    evals = pd.read_csv(instance_paths(base, variant, rank)["curve"] / "evals.csv")
     assert [m.step for m in curve] == evals["step"].tolist() and len(curve) == metrics["validations"] >= 8
     assert [m.value for m in curve] == pytest.approx(evals["val_macro_f1"].tolist())
     assert run.data.metrics["best_val_macro_f1"] == pytest.approx(metrics["val_macro_f1"])
@@ -361,11 +294,11 @@ def test_report_outputs(pipeline):
 
 
 def test_same_seed_same_result_even_over_a_foreign_checkpoint(pipeline, tmp_path, capsys):
-    """Determinism (issue 4): a second run reproduces the first; a stale checkpoint of another run is ignored."""
+    """Determinism: a second run reproduces the first; a stale checkpoint of another run is ignored."""
     base, params, _, _ = pipeline
-    first, second = _paths(base, "full"), _paths(tmp_path, "full")
+    first, second = instance_paths(base, "full"), instance_paths(tmp_path, "full")
     DirCheckpointer(second["checkpoints"], "another-run").save({"loop": {"epoch": 1}})
-    assert _train("full", _train_args(tmp_path, "full", params, base / "split")) == 0
+    assert run_train("full", train_args(tmp_path, "full", params, base / "split")) == 0
     err = capsys.readouterr().err  # the stage logs to stderr (run_stage replaces the root handlers)
     assert "ignoring checkpoint" in err and "resuming" not in err
     a, b = (json.loads(p["metrics"].read_text()) for p in (first, second))
@@ -390,7 +323,7 @@ def test_unknown_param_exits_2_naming_the_key_and_writes_nothing(tmp_path, tiny_
         rc = split.main(["--params", str(params), "--clean", str(clean), "--out", str(tmp_path / "split"),
                          "--metrics", str(tmp_path / "metrics" / "split.json")])
     else:
-        rc = _train(stage.split("_")[1], _train_args(tmp_path, stage.split("_")[1], params, split_dir))
+        rc = run_train(stage.split("_")[1], train_args(tmp_path, stage.split("_")[1], params, split_dir))
     assert rc == 2
     err = capsys.readouterr().err
     assert f"'{key}'" in err and "not a known key" in err and "Traceback" not in err
@@ -405,8 +338,8 @@ def test_a_per_instance_key_left_in_params_exits_2_pointing_at_the_study_list(tm
     """An old params.yaml (``lora.rank: 8``) must not train silently at the CLI's value: it names the study list."""
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, {key: 8, "mlflow.enabled": False})
     before = set(tmp_path.iterdir())
-    assert _train(variant, _train_args(tmp_path, variant, params, split_dir, RANKS[0] if variant == "lora" else None)) \
-        == 2
+    rank = RANKS[0] if variant == "lora" else None
+    assert run_train(variant, train_args(tmp_path, variant, params, split_dir, rank)) == 2
     err = capsys.readouterr().err
     failure = [line for line in err.splitlines() if line.startswith(f"train_{variant} failed:")]
     assert len(failure) == 1 and f"'{key}'" in failure[0] and f"'{study_key}'" in failure[0], err
@@ -416,11 +349,12 @@ def test_a_per_instance_key_left_in_params_exits_2_pointing_at_the_study_list(tm
 
 def test_a_cuda_device_on_a_cpu_only_torch_exits_2_with_one_line(tmp_path, tiny_model_dir, split_dir, capsys,
                                                                   monkeypatch):
-    """Issue 11, item 16: `train.device: cuda` without CUDA was a traceback (exit 1) after loading the model."""
+    """`train.device: cuda` without CUDA exits 2 with one line before loading the model (it was a traceback,
+    exit 1, after loading it)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, {"train.device": "cuda", "mlflow.enabled": False})
     before = set(tmp_path.iterdir())
-    assert _train("full", _train_args(tmp_path, "full", params, split_dir)) == 2
+    assert run_train("full", train_args(tmp_path, "full", params, split_dir)) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     failure = [line for line in err.splitlines() if line.startswith("train_full failed:")]
@@ -456,7 +390,8 @@ def test_cpu_dropout_param_reaches_the_fit_config(choice, fast):
 @pytest.mark.parametrize("stage, missing", [("evaluate", "test.parquet"), ("train_full", "val.parquet")])
 def test_a_split_file_missing_exits_2_with_one_line_naming_it(tmp_path, tiny_model_dir, split_dir, capsys, stage,
                                                               missing):
-    """Issue 12: evaluate raised a bare FileNotFoundError traceback when test.parquet was missing."""
+    """A missing split file is a one-line error naming it (evaluate raised a bare FileNotFoundError traceback
+    when test.parquet was missing)."""
     import shutil
 
     from stages import evaluate
@@ -466,9 +401,9 @@ def test_a_split_file_missing_exits_2_with_one_line_naming_it(tmp_path, tiny_mod
     (split / missing).unlink()
     params = write_params(tmp_path / "params.yaml", tiny_model_dir, {"mlflow.enabled": False})
     if stage == "evaluate":
-        rc = evaluate.main(_evaluate_args(tmp_path, params, split))
+        rc = evaluate.main(evaluate_args(tmp_path, params, split))
     else:
-        rc = _train("full", _train_args(tmp_path, "full", params, split))
+        rc = run_train("full", train_args(tmp_path, "full", params, split))
     assert rc == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

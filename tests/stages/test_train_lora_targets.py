@@ -1,6 +1,6 @@
-"""Every documented form of ``lora.target_modules`` in params.yaml works through the train stage (issue 10,
-item 1): module names, name suffixes, a full-match regex, and all-linear. A string used to become a one-element
-list, which apply_lora reads as name suffixes, so a regex or all-linear matched nothing."""
+"""Every documented form of ``lora.target_modules`` in params.yaml works through the train stage: module names,
+name suffixes, a full-match regex, and all-linear. A string used to become a one-element list, which apply_lora
+reads as name suffixes, so a regex or all-linear matched nothing."""
 
 from __future__ import annotations
 

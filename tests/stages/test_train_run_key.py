@@ -1,6 +1,6 @@
-"""The train stage's checkpoint key (issue 10, item 9): it hashes the resolved precision and device type, so
+"""The train stage's checkpoint key: it hashes the resolved precision and device type, so
 a bf16 checkpoint written under ``precision: auto`` is never resumed by an fp32 run (or a CPU one by CUDA), and
-the instance's seed and learning rate (issue 13), so one grid point never resumes another's state."""
+the instance's seed and learning rate, so one grid point never resumes another's state."""
 
 from __future__ import annotations
 

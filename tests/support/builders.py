@@ -1,12 +1,15 @@
 """Builders the test tiers share: tiny labelled text data, the split and params files the stages read, a tiny
-random BERT on disk, and the environment isolation every test runs in (no MLflow store or DVC state of the repo)."""
+random BERT on disk, the environment isolation every test runs in (no MLflow store or DVC state of the repo), and
+fresh copies of the session's MLflow store."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
 import random
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +48,19 @@ def isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
     uri = f"sqlite:///{store / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def initialised_store(db: Path) -> str:
+    """A SQLite store with MLflow's schema at ``db``: a copy of the session's (migrating a new one takes seconds)."""
+    import mlflow
+
+    session = os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.MlflowClient(tracking_uri=session).search_experiments(max_results=1)  # creates the schema once
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(session[len("sqlite:///"):])) as src, \
+            contextlib.closing(sqlite3.connect(db)) as dst:
+        src.backup(dst)
+    return f"sqlite:///{db}"
 
 
 @contextlib.contextmanager

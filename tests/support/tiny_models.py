@@ -1,4 +1,5 @@
-"""Tiny random-weight Hugging Face classifiers and shared fixtures for the LoRA tests (no hub downloads)."""
+"""Tiny random-weight Hugging Face classifiers, batches for them and shared fixtures for the LoRA and speed-up
+tests (no hub downloads)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ CONFIGS: dict[str, PretrainedConfig] = {
     "xlm-roberta": XLMRobertaConfig(max_position_embeddings=66, pad_token_id=1, **_ENCODER),
 }
 ARCHS = tuple(CONFIGS)
+# the architectures whose exact classes speedups.first_token_last_layer trims
+FIRST_TOKEN_ARCHS = ("bert", "roberta", "electra", "xlm-roberta")
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +57,29 @@ def tiny_model(arch: str, seed: int = 0) -> nn.Module:
     """A tiny random sequence classifier of ``arch`` in eval mode; the same seed gives the same weights."""
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(copy.deepcopy(CONFIGS[arch])).eval()
+
+
+def dropout_model(arch: str, attn: str | None = "sdpa", dropout: float = 0.1, seed: int = 0) -> nn.Module:
+    """A tiny random classifier of ``arch`` in train mode with attention implementation ``attn``; on the
+    FIRST_TOKEN_ARCHS, hidden dropout ``dropout`` and attention dropout twice that (the others keep none)."""
+    config = copy.deepcopy(CONFIGS[arch])
+    if arch in FIRST_TOKEN_ARCHS:
+        config.hidden_dropout_prob = dropout
+        config.attention_probs_dropout_prob = 2 * dropout
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn).train()
+
+
+def padded_batch(arch: str, batch: int = 5, length: int = 11) -> dict[str, torch.Tensor]:
+    """Random token ids of ``arch``'s vocabulary, rows right-padded to different lengths (pad id, mask 0); labels
+    for a loss."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, CONFIGS[arch].vocab_size, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, keep in enumerate((11, 7, 4, 11, 2)[:batch]):  # right padding of different lengths
+        mask[row, keep:] = 0
+        ids[row, keep:] = CONFIGS[arch].pad_token_id or 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 3, (batch,), generator=gen)}
 
 
 # Each head type, with the modules_to_save that make it train a module besides the final Linear.

@@ -1,4 +1,4 @@
-"""Checkpoint folder lock (issue 11, item 18): a second training process on the same folder fails at once,
+"""Checkpoint folder lock: a second training process on the same folder fails at once,
 naming the holder; a lock left by a killed process never blocks; the train stage takes the lock first."""
 
 from __future__ import annotations

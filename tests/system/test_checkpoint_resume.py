@@ -1,4 +1,4 @@
-"""Resumable checkpoints (issue 4): safe loading, run keys, and an interrupted run that ends exactly
+"""Resumable checkpoints: safe loading, run keys, and an interrupted run that ends exactly
 like an uninterrupted one (cut by its cap or stopped on a plateau, with the same best validation's predictions)
 -- in process, and with a real training subprocess killed by SIGKILL."""
 
@@ -24,8 +24,8 @@ from lora_pipeline import checkpoint as checkpoint_mod
 from lora_pipeline import training
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.training import FitConfig, fit
-from tests.support.builders import ROOT, WALL_CLOCK_KEYS, load_encoded, make_frame, write_params, write_split
-from tests.unit.test_training import EPOCHS_ONLY
+from tests.support.builders import (EPOCHS_ONLY, ROOT, WALL_CLOCK_KEYS, load_encoded, make_frame, write_params,
+                                   write_split)
 
 CPU = torch.device("cpu")
 

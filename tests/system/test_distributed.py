@@ -24,6 +24,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from lora_pipeline.config import ConfigError, TrainConfig
 from lora_pipeline.distributed import World, shard, torchrun_argv
 from tests.support.builders import ROOT, make_frame, save_tiny_bert, write_params, write_split
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 # dropout 0, fp32: two processes with half batches each must reproduce one process with the whole batch, up to
@@ -199,9 +200,7 @@ def test_a_dying_rank_ends_the_launch_with_an_error(tmp_path, no_dropout_model, 
 
 def test_two_machines_train_as_one_process(tmp_path, no_dropout_model, split):
     """train.nnodes 2 (two launches on this machine standing in for two): node rank 0 writes the outputs."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = _env(tmp_path)
     two = _params(tmp_path / "p2.yaml", no_dropout_model, 1, **{"train.nnodes": 2,
                                                                 "train.rdzv_endpoint": f"127.0.0.1:{port}"})
@@ -217,9 +216,7 @@ def test_two_machines_train_as_one_process(tmp_path, no_dropout_model, split):
 
 def test_a_rendezvous_nobody_joins_times_out(tmp_path, no_dropout_model, split):
     """Two machines asked for, one comes: the launch fails after train.dist_timeout_s, with the reason."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     params = _params(tmp_path / "p.yaml", no_dropout_model, 1, **{"train.nnodes": 2, "train.dist_timeout_s": 10,
                                                                    "train.rdzv_endpoint": f"127.0.0.1:{port}"})
     t0 = time.monotonic()

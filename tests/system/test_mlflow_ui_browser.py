@@ -10,13 +10,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html import unescape
 from pathlib import Path
 
 import pytest
 
-from tests.system.test_use_models import _free_port, _lora_model, _start, _stop
+from tests.support.servers import start_mlflow_server
+from tests.support.training import nonzero_lora_model
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow,
@@ -46,7 +46,7 @@ def test_the_ui_shows_the_logged_model_and_the_registered_version_with_its_alias
     from lora_pipeline import mlflow_model
     from lora_pipeline.models import model_digest, save_trained, weights_files
 
-    model, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer)
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
     digest = model_digest(weights_files("lora", tmp_path / "m"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -57,16 +57,13 @@ def test_the_ui_shows_the_logged_model_and_the_registered_version_with_its_alias
     with mlflow.start_run(run_name="evaluate"):
         version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "ui-check-classifier", "champion",
                                              {"variant": "lora", "rank": 4})
-    port = _free_port()
-    server = _start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                     "--port", str(port), "--workers", "1"], dict(os.environ), f"http://127.0.0.1:{port}/health",
-                    "mlflow server")
+    server = start_mlflow_server(tmp_path, backend=uri)
     try:
-        base = f"http://127.0.0.1:{port}/#"
+        base = f"{server.url}/#"
         run_page = _render(f"{base}/experiments/{experiment.experiment_id}/runs/{run.info.run_id}", tmp_path / "p1")
         registry_page = _render(f"{base}/models/ui-check-classifier", tmp_path / "p2")
     finally:
-        _stop(server)
+        server.stop()
     run_text, registry_text = _text(run_page), _text(registry_page)
     assert "train_lora r4 s42" in run_text and "Logged models (1)" in run_text
     assert re.search(rf"Logged models \(1\).*\b{mlflow_model.MODEL_NAME} Ready\b", run_text)

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from tests.support.builders import ROOT
-from tests.unit.test_tracking_runs import initialised_store
+from tests.support.builders import ROOT, initialised_store
 
 # Each worker imports everything first, then waits for the go file of each repetition, so that both open a
 # tracker on the same brand-new store within a millisecond: what `dvc queue start -j 2` does on a first run.

@@ -1,7 +1,8 @@
 """Using what the pipeline trained: self-contained model directories, ``lora-pipeline predict``, the peft export,
 the merged model, the MLflow pyfunc model of every train run and the registry entry of the study's pick.
 
-The stage chain of ``test_stages_train`` (tiny random BERT, MLflow on a temp SQLite store) runs once here too.
+The stage chain of ``test_stages_train`` (tests/support/chains.py: tiny random BERT, MLflow on a temp SQLite store)
+runs once here too.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import pytest
 import torch
 
 from lora_pipeline import cli
-from lora_pipeline.inference import CARD, ModelCard, load_classifier, predict_frame
+from lora_pipeline.inference import CARD, load_classifier, predict_frame
 from tests.support.builders import LABELS
-from tests.stages.test_stages_train import INSTANCES, _paths, run_chain
+from tests.support.chains import INSTANCES, instance_paths, run_chain
+from tests.support.servers import start_mlflow_server, start_model_server
+from tests.support.training import nonzero_lora_model
 
 EVAL_BATCH = 64  # write_params' train.eval_batch_size: the evaluate stage's batches
 EXPERIMENT = "use-models-test"
@@ -46,7 +49,7 @@ def _test_texts(base: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("variant, rank", INSTANCES)
 def test_every_model_directory_loads_by_itself_with_its_label_names(pipeline, variant, rank):
     base, *_ = pipeline
-    out = _paths(base, variant, rank)["out"]
+    out = instance_paths(base, variant, rank)["out"]
     card = json.loads((out / CARD).read_text())
     assert card["labels"] == LABELS and card["variant"] == variant and card["max_length"] == 32
     assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
@@ -86,7 +89,7 @@ def test_predict_on_the_test_split_equals_the_evaluate_predictions(pipeline, nam
 @pytest.mark.parametrize("kind", ["tsv", "jsonl", "parquet", "stdin", "args"])
 def test_predict_reads_every_input_kind_and_writes_jsonl(pipeline, kind, tmp_path, capsys, monkeypatch):
     base, *_ = pipeline
-    model = str(_paths(base, "full")["out"])
+    model = str(instance_paths(base, "full")["out"])
     texts = ["a first review", "a second, rather different review", "third"]
     frame = pd.DataFrame({"review": texts})
     source = {"tsv": lambda p: frame.to_csv(p, sep="\t", index=False), "jsonl": lambda p: frame.to_json(
@@ -111,7 +114,7 @@ def test_predict_reads_every_input_kind_and_writes_jsonl(pipeline, kind, tmp_pat
 
 def test_predict_refuses_bad_input_in_one_line_with_exit_code_2(pipeline, tmp_path, capsys):
     base, *_ = pipeline
-    model = str(_paths(base, "lora", INSTANCES[-1][1])["out"])
+    model = str(instance_paths(base, "lora", INSTANCES[-1][1])["out"])
     pd.DataFrame({"review": ["fine", "  ", "good"]}).to_csv(tmp_path / "blank.csv", index=False)
     pd.DataFrame({"body": ["fine"]}).to_csv(tmp_path / "other.csv", index=False)
     (tmp_path / "nocard").mkdir()
@@ -135,29 +138,13 @@ def test_predict_refuses_bad_input_in_one_line_with_exit_code_2(pipeline, tmp_pa
         assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (what, err)
 
 
-def _lora_model(tiny_model_dir: Path, tiny_tokenizer, *, pairs: bool = False):
-    """A LoRA model on the tiny base with non-zero adapters (B is zero at init: nothing to tell apart)."""
-    from lora_pipeline.config import LoraConfig, ModelConfig
-    from lora_pipeline.lora import lora_layers
-    from lora_pipeline.models import build_model
-
-    lora = LoraConfig(rank=4, alpha=8.0)
-    model = build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=lora)
-    torch.manual_seed(1)
-    for _, layer in lora_layers(model):
-        torch.nn.init.normal_(layer.lora_b, std=0.5)
-    card = ModelCard(variant="lora", labels=tuple(LABELS), max_length=32, text_pair=pairs, precision="fp32",
-                     base_model=str(tiny_model_dir))
-    return model, lora, card
-
-
 def test_the_peft_export_loads_with_peft_alone_to_the_same_logits(tiny_model_dir, tiny_tokenizer, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
     from lora_pipeline.models import save_trained
 
-    model, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer)
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3)
     peft_model = PeftModel.from_pretrained(base, tmp_path / "m" / "peft").eval()
@@ -173,7 +160,7 @@ def test_the_merged_model_works_in_a_transformers_pipeline(tiny_model_dir, tiny_
 
     from lora_pipeline.models import save_trained
 
-    model, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer)
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora, save_merged=True)
     texts = ["a text", "another text here", "third one"]
     got = hf_pipeline("text-classification", model=str(tmp_path / "m" / "merged"), device="cpu")(texts)
@@ -188,7 +175,7 @@ def test_the_merged_model_works_in_a_transformers_pipeline(tiny_model_dir, tiny_
 def test_sentence_pairs_are_tokenised_as_pairs(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
     from lora_pipeline.models import save_trained
 
-    model, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer, pairs=True)
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer, pairs=True)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
     frame = pd.DataFrame({"q": ["is it good?", "what time"], "a": ["it is very good", "noon"]})
     frame.to_csv(tmp_path / "pairs.csv", index=False)
@@ -272,7 +259,7 @@ def test_registration_logs_the_model_itself_when_no_train_run_did(tiny_model_dir
     from lora_pipeline import mlflow_model
     from lora_pipeline.models import model_digest, save_trained, weights_files
 
-    model, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer)
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'fresh.db'}")
     mlflow.set_experiment("empty")
@@ -319,54 +306,11 @@ def test_a_failing_tracking_call_costs_the_stage_nothing(tmp_path):
     tracker.close()
 
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(argv: list[str], env: dict, url: str, what: str):
-    """Start a server process (own session, killed as a group) and wait until ``url`` answers (≤ 240 s)."""
-    import subprocess
-    import time
-    import urllib.request
-
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"{what} exited: {proc.stdout.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                _stop(proc)
-                raise AssertionError(f"{what} did not answer {url} within 240 s")
-            time.sleep(1)
-
-
-def _stop(proc) -> None:
-    import os
-    import signal
-    import subprocess
-
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.mark.slow
 def test_a_model_registered_on_a_tracking_server_is_served_with_the_right_labels(tiny_model_dir, tiny_tokenizer,
                                                                                   tmp_path):
     """Log and register through ``mlflow server`` (SQLite backend, proxied artifacts), then
     ``mlflow models serve -m models:/<name>@champion --env-manager local`` on 127.0.0.1, as README shows."""
-    import os
     import urllib.request
 
     import mlflow
@@ -374,40 +318,29 @@ def test_a_model_registered_on_a_tracking_server_is_served_with_the_right_labels
     from lora_pipeline import mlflow_model
     from lora_pipeline.models import model_digest, save_trained, weights_files
 
-    model, lora, card = _lora_model(tiny_model_dir, tiny_tokenizer)
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
-    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH (it is under `make test` and an activated venv)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    tracking_port, serve_port = _free_port(), _free_port()
-    tracking = _start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                       f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-                       "--host", "127.0.0.1", "--port", str(tracking_port), "--workers", "1"], env,
-                      f"http://127.0.0.1:{tracking_port}/health", "mlflow server")
-    uri = f"http://127.0.0.1:{tracking_port}"
+    tracking = start_mlflow_server(tmp_path)
     texts = ["a good film", "a bad film", "something else entirely"]
     try:
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(tracking.url)
         mlflow.set_experiment("serve")
         with mlflow.start_run():
             mlflow_model.register_pick(mlflow, tmp_path / "m", model_digest(weights_files("lora", tmp_path / "m")),
                                        "serve-test", "champion", {})
-        server = _start([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/serve-test@champion",
-                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(serve_port)],
-                        {**env, "MLFLOW_TRACKING_URI": uri}, f"http://127.0.0.1:{serve_port}/ping",
-                        "mlflow models serve")
+        server = start_model_server("models:/serve-test@champion", tracking.url, tmp_path / "serve.log")
         try:
             body = json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode()
-            request = urllib.request.Request(f"http://127.0.0.1:{serve_port}/invocations", data=body,
+            request = urllib.request.Request(f"{server.url}/invocations", data=body,
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=60) as response:
                 answer = json.loads(response.read())["predictions"]
         finally:
-            _stop(server)
+            server.stop()
     finally:
-        _stop(tracking)
+        tracking.stop()
     expected = predict_frame(load_classifier(tmp_path / "m"), pd.DataFrame({"text": texts}))
     assert [row["label"] for row in answer] == expected["label"].tolist()
     assert np.allclose([[row[f"prob_{x}"] for x in LABELS] for row in answer], expected.filter(like="prob_"),
                        atol=1e-5)
-    assert list((tmp_path / "artifacts").rglob("adapter.safetensors"))  # the artifacts went through the server
+    assert list(tracking.artifacts.rglob("adapter.safetensors"))  # the artifacts went through the server

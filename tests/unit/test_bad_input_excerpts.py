@@ -1,5 +1,5 @@
-"""Error messages quote user data in capped excerpts (issue 11, item 15): errors.excerpt / errors.listing
-and the data-path messages that use them."""
+"""Error messages quote user data in capped excerpts: errors.excerpt / errors.listing and the data-path
+messages that use them."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def test_config_error_is_a_value_error_and_a_pipeline_error_type_is_exported():
     assert errors.ConfigError is ConfigError
 
 
-# ------------------------------------------------------------ lora.target_modules forms (issue 10, item 1)
+# ---------------------------------------------------------------------------- lora.target_modules forms
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -200,7 +200,7 @@ def test_bad_target_modules_name_their_key(value, message):
         parse_params(_with("lora.target_modules", value))
 
 
-# ------------------------------------------------- train.first_token_last_layer (issue 10, item 8)
+# ------------------------------------------------------------------------------ train.first_token_last_layer
 
 
 @pytest.mark.parametrize("value", ["auto", True, False])
@@ -220,7 +220,7 @@ def test_bad_first_token_last_layer_is_named(value):
         parse_params(_with("train.first_token_last_layer", value))
 
 
-# ------------------------------------------------- credentials in mlflow.tracking_uri (issue 11, item 12)
+# -------------------------------------------------------------------------- credentials in mlflow.tracking_uri
 
 
 @pytest.mark.parametrize("uri, secret", [

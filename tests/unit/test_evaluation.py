@@ -57,7 +57,7 @@ def test_a_class_never_predicted_scores_zero_without_warnings():
     ([0, 1, 2, 2], [0, 1, 2, 2], 1.0),
 ])
 def test_macro_f1_averages_over_the_declared_label_set(y_true, y_pred, expected):
-    """Issue 10, item 10: one function for best-epoch selection and the reported metric, over every class."""
+    """One function for best-epoch selection and the reported metric, over every class."""
     assert macro_f1(y_true, y_pred, 3) == pytest.approx(expected)
     assert classification_metrics(y_true, y_pred, ["a", "b", "c"])["macro_f1"] == pytest.approx(expected)
 

@@ -13,7 +13,7 @@ from lora_pipeline.speedups import fast_bernoulli_, fast_cpu_dropout
 from lora_pipeline.speedups import fast_dropout
 from lora_pipeline.training import FitConfig, fit
 from tests.support.builders import EPOCHS_ONLY
-from tests.unit.test_training import _model, _state
+from tests.support.training import parameter_state, pretrained_classifier
 
 CPU = torch.device("cpu")
 
@@ -99,12 +99,12 @@ def test_fit_uses_it_on_cpu_and_stays_deterministic(tiny_model_dir, split_dir):
     stock = _seeded_dropout(seed=2)
     runs = {}
     for name, fast in (("fast", True), ("fast_again", True), ("torch", False)):
-        model = _model(tiny_model_dir, seed=11)
+        model = pretrained_classifier(tiny_model_dir, seed=11)
         cfg = FitConfig(lr=5e-3, epochs=1, batch_size=16, seed=3, fast_cpu_dropout=fast,
                         eval_every=-(-len(train) // 16), **EPOCHS_ONLY)
         result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
         assert result.steps == -(-len(train) // 16) and len(result.history) == 1  # one whole epoch
-        runs[name] = (result.history[0]["train_loss"], _state(model))
+        runs[name] = (result.history[0]["train_loss"], parameter_state(model))
     assert runs["fast"][0] == runs["fast_again"][0]
     assert all(torch.equal(runs["fast"][1][k], runs["fast_again"][1][k]) for k in runs["fast"][1])
     assert runs["fast"][0] != runs["torch"][0]  # other dropped units, so another loss curve
@@ -130,7 +130,7 @@ def _impl_refused(monkeypatch):
                                             (_no_overload, "overload bernoulli_.no_such_overload is missing"),
                                             (_impl_refused, "override failed (RuntimeError: impl is not allowed")])
 def test_a_missing_private_api_falls_back_to_torch_with_one_log_line(monkeypatch, caplog, break_api, why):
-    """Issue 12: the override needs torch.library internals; without them, stock dropout and one warning."""
+    """The override needs torch.library internals; without them, stock dropout and one warning."""
     stock = _seeded_dropout(seed=4)
     break_api(monkeypatch)
     with caplog.at_level(logging.INFO, logger="lora_pipeline"):

@@ -23,29 +23,9 @@ from lora_pipeline.lora import apply_lora, mark_only_lora_as_trainable
 from lora_pipeline.speedups import first_token_last_layer
 from lora_pipeline.speedups import first_token
 from tests.support.builders import EPOCHS_ONLY
-from tests.support.tiny_models import CONFIGS
+from tests.support.tiny_models import CONFIGS, FIRST_TOKEN_ARCHS, dropout_model, padded_batch
 
-SUPPORTED = ("bert", "roberta", "electra", "xlm-roberta")  # the exact classes trimmed
 UNSUPPORTED = ("distilbert", "deberta-v2", "gpt2")
-
-
-def _model(arch: str, attn: str | None = "sdpa", dropout: float = 0.1, seed: int = 0):
-    config = copy.deepcopy(CONFIGS[arch])
-    if arch in SUPPORTED:
-        config.hidden_dropout_prob = dropout
-        config.attention_probs_dropout_prob = 2 * dropout
-    torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn).train()
-
-
-def _padded_batch(arch: str, batch: int = 5, length: int = 11) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(3)
-    ids = torch.randint(3, CONFIGS[arch].vocab_size, (batch, length), generator=gen)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    for row, keep in enumerate((11, 7, 4, 11, 2)[:batch]):  # right padding of different lengths
-        mask[row, keep:] = 0
-        ids[row, keep:] = CONFIGS[arch].pad_token_id or 0
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 3, (batch,), generator=gen)}
 
 
 def _step(model, batch, seed: int = 11) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -68,9 +48,9 @@ def _assert_same_step(reference, trimmed) -> None:
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", SUPPORTED)
+@pytest.mark.parametrize("arch", FIRST_TOKEN_ARCHS)
 def test_full_fine_tuning_step_is_unchanged_with_dropout_and_padding(arch, attn):
-    model, batch = _model(arch, attn), _padded_batch(arch)
+    model, batch = dropout_model(arch, attn), padded_batch(arch)
     reference = _step(model, batch)
     with first_token_last_layer(model) as trimmed:
         assert trimmed
@@ -81,16 +61,16 @@ def test_full_fine_tuning_step_is_unchanged_with_dropout_and_padding(arch, attn)
 
 @pytest.mark.parametrize("targets", [["query", "value"], ["query", "key", "value", "attention.output.dense"],
                                      "all-linear"])
-@pytest.mark.parametrize("arch", SUPPORTED)
+@pytest.mark.parametrize("arch", FIRST_TOKEN_ARCHS)
 def test_lora_step_is_unchanged_and_reaches_the_last_layer_adapters(arch, targets):
-    model = _model(arch)
+    model = dropout_model(arch)
     apply_lora(model, targets, rank=4, alpha=8.0, dropout=0.1)
     mark_only_lora_as_trainable(model)
     with torch.no_grad():  # non-zero B, so the adapters' A receive gradient too
         for name, p in model.named_parameters():
             if "lora_b" in name:
                 p.normal_(0.0, 0.3)
-    batch = _padded_batch(arch)
+    batch = padded_batch(arch)
     reference = _step(model, batch)
     with first_token_last_layer(model):
         result = _step(model, batch)
@@ -100,7 +80,7 @@ def test_lora_step_is_unchanged_and_reaches_the_last_layer_adapters(arch, target
 
 
 def test_the_trimmed_layer_returns_one_row_and_the_forward_comes_back(monkeypatch):
-    model, batch = _model("bert"), _padded_batch("bert")
+    model, batch = dropout_model("bert"), padded_batch("bert")
     layer = model.bert.encoder.layer[-1]
     shapes = []
     layer.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
@@ -122,10 +102,10 @@ def test_the_trimmed_layer_returns_one_row_and_the_forward_comes_back(monkeypatc
 
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", SUPPORTED)
+@pytest.mark.parametrize("arch", FIRST_TOKEN_ARCHS)
 def test_eval_mode_logits_and_predictions_are_unchanged_by_the_trim(arch, attn, lora):
     """Validation and the test predictions run trimmed too: same logits up to rounding, padded rows included."""
-    model = _model(arch, attn)
+    model = dropout_model(arch, attn)
     if lora:
         apply_lora(model, "all-linear", rank=4, alpha=8.0, dropout=0.1)
         with torch.no_grad():
@@ -133,7 +113,7 @@ def test_eval_mode_logits_and_predictions_are_unchanged_by_the_trim(arch, attn, 
                 if "lora_b" in name:
                     p.normal_(0.0, 0.3)
     model.eval()
-    batch = _padded_batch(arch)
+    batch = padded_batch(arch)
     batch.pop("labels")
     with torch.no_grad():
         reference = model(**batch).logits
@@ -146,8 +126,8 @@ def test_eval_mode_logits_and_predictions_are_unchanged_by_the_trim(arch, attn, 
 
 @pytest.mark.parametrize("arch", UNSUPPORTED)
 def test_other_heads_are_left_alone(arch):
-    model = _model(arch, attn=None)  # each architecture's default attention
-    batch = {k: v.clamp(max=CONFIGS[arch].vocab_size - 1) for k, v in _padded_batch("bert").items()}
+    model = dropout_model(arch, attn=None)  # each architecture's default attention
+    batch = {k: v.clamp(max=CONFIGS[arch].vocab_size - 1) for k, v in padded_batch("bert").items()}
     reference = _step(model, batch)
     with first_token_last_layer(model) as trimmed:
         result = _step(model, batch)
@@ -156,13 +136,13 @@ def test_other_heads_are_left_alone(arch):
 
 
 def test_hidden_states_output_is_not_trimmed():
-    model = _model("bert")
+    model = dropout_model("bert")
     model.config.output_hidden_states = True  # a caller reading every layer's tokens needs the full last layer
     with first_token_last_layer(model) as trimmed:
         assert not trimmed
 
 
-# ------------------------------------------- exact classes only, and a visible switch (issue 10, item 8)
+# ------------------------------------------------------------------ exact classes only, and a visible switch
 
 
 class BertForSequenceClassification(transformers.BertForSequenceClassification):
@@ -183,7 +163,7 @@ def _same_named_subclass():
 
 
 def test_a_same_named_subclass_that_pools_every_token_is_left_alone():
-    model, batch = _same_named_subclass(), _padded_batch("bert")
+    model, batch = _same_named_subclass(), padded_batch("bert")
     assert type(model).__name__ == "BertForSequenceClassification"
     reference = _step(model, batch)
     with first_token_last_layer(model) as trimmed:
@@ -194,7 +174,7 @@ def test_a_same_named_subclass_that_pools_every_token_is_left_alone():
 
 @pytest.mark.parametrize("where", ["instance", "class"])
 def test_a_last_layer_with_another_forward_is_left_alone(where):
-    model, batch = _model("bert"), _padded_batch("bert")
+    model, batch = dropout_model("bert"), padded_batch("bert")
     layer = model.bert.encoder.layer[-1]
     calls = []
 
@@ -214,22 +194,22 @@ def test_a_last_layer_with_another_forward_is_left_alone(where):
 
 
 def test_required_on_an_unsupported_model_is_a_clear_error():
-    for model in (_model("distilbert", attn=None), _same_named_subclass()):
+    for model in (dropout_model("distilbert", attn=None), _same_named_subclass()):
         with pytest.raises(PipelineError, match=r"train\.first_token_last_layer.*true.*"
                                                 r"auto or false") as info:
             with first_token_last_layer(model, required=True):
                 pass
         assert type(model).__name__ in str(info.value) and "\n" not in str(info.value)
-    with first_token_last_layer(_model("bert"), required=True) as trimmed:
+    with first_token_last_layer(dropout_model("bert"), required=True) as trimmed:
         assert trimmed
 
 
 def test_an_unverified_transformers_major_is_not_trimmed(monkeypatch):
     monkeypatch.setattr(first_token, "_transformers_major", lambda: 99)
-    with first_token_last_layer(_model("bert")) as trimmed:
+    with first_token_last_layer(dropout_model("bert")) as trimmed:
         assert not trimmed
     with pytest.raises(PipelineError, match=r"transformers 99"):
-        with first_token_last_layer(_model("bert"), required=True):
+        with first_token_last_layer(dropout_model("bert"), required=True):
             pass
 
 

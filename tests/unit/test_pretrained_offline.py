@@ -1,5 +1,5 @@
 """An unknown Hugging Face model id without network fails in seconds with one clear message, and a cached
-one loads offline (issue 11, item 17). The hub endpoint is a closed or silent local port, so these tests
+one loads offline. The hub endpoint is a closed or silent local port, so these tests
 behave the same with or without internet."""
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ from lora_pipeline.config import ModelConfig
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path
 from tests.support.builders import EMBEDDED_MODEL
+from tests.support.servers import free_port
 
 UNKNOWN = "someorg/no-such-model"
-
-
-def closed_port() -> int:
-    """A local port nobody listens on: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -63,7 +57,7 @@ def hub(monkeypatch, tmp_path):
 def test_unknown_model_without_network_fails_fast_with_one_clear_message(hub):
     from transformers import AutoTokenizer  # noqa: F401 -- importing it (seconds) is not what is timed here
 
-    hub(closed_port())
+    hub(free_port())
     start = time.monotonic()
     with pytest.raises(PipelineError) as err:
         load_tokenizer(ModelConfig(name=UNKNOWN))
@@ -85,7 +79,7 @@ def test_a_hub_that_never_answers_is_given_up_after_the_probe_timeout(hub):
 
 
 def test_hf_hub_offline_skips_the_probe(hub, monkeypatch):
-    hub(closed_port())
+    hub(free_port())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(pretrained, "_probe", lambda url: pytest.fail("probed the hub although HF_HUB_OFFLINE=1"))
     with pytest.raises(PipelineError, match=r"is unreachable \(HF_HUB_OFFLINE is set\)"):
@@ -93,7 +87,7 @@ def test_hf_hub_offline_skips_the_probe(hub, monkeypatch):
 
 
 def test_cached_model_loads_offline_from_its_snapshot(hub):
-    cache = hub(closed_port())
+    cache = hub(free_port())
     repo = cache / "models--someorg--cached-model"
     snapshot = repo / "snapshots" / ("a" * 40)
     shutil.copytree(resolve_model_path(EMBEDDED_MODEL), snapshot)
@@ -105,14 +99,14 @@ def test_cached_model_loads_offline_from_its_snapshot(hub):
 
 
 def test_reachable_hub_passes_the_id_through(hub, monkeypatch):
-    hub(closed_port())
+    hub(free_port())
     monkeypatch.setattr(pretrained, "_probe", lambda url: None)
     assert resolve_model_path(UNKNOWN) == UNKNOWN  # transformers downloads (and caches) it
 
 
 @pytest.mark.parametrize("name", ["./models/missing", "a/b/c", "no such dir"])
 def test_a_name_that_is_neither_a_directory_nor_an_id_is_refused_at_once(hub, name):
-    hub(closed_port())
+    hub(free_port())
     with pytest.raises(PipelineError, match="is neither an existing directory nor a valid Hugging Face model id"):
         resolve_model_path(name)
 
@@ -121,7 +115,7 @@ def test_split_stage_exits_2_within_seconds(hub, tmp_path, capsys):
     from stages import split as split_stage
     from tests.support.builders import make_frame, write_params
 
-    hub(closed_port())
+    hub(free_port())
     (tmp_path / "clean").mkdir()
     make_frame(20).to_parquet(tmp_path / "clean" / "data.parquet")
     write_params(tmp_path / "params.yaml", Path(UNKNOWN))

@@ -10,7 +10,7 @@ import pytest
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
 from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title
-from tests.stages.test_report_study import FIGURES, make_study, table
+from tests.support.studies import FIGURES, make_study, table
 
 LABELS = ["neg", "plot", "pos"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

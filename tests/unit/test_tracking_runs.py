@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,19 +12,7 @@ import pytest
 
 from lora_pipeline.config import MlflowConfig
 from lora_pipeline.tracking import MlflowTracker, log_stage_run, run_display_name
-
-
-def initialised_store(db: Path) -> str:
-    """A SQLite store with MLflow's schema at ``db``: a copy of the session's (migrating a new one takes seconds)."""
-    import mlflow
-
-    session = os.environ["MLFLOW_TRACKING_URI"]
-    mlflow.MlflowClient(tracking_uri=session).search_experiments(max_results=1)  # creates the schema once
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(session[len("sqlite:///"):])) as src, \
-            contextlib.closing(sqlite3.connect(db)) as dst:
-        src.backup(dst)
-    return f"sqlite:///{db}"
+from tests.support.builders import initialised_store
 
 
 def _runs(uri: str, experiment: str) -> list:

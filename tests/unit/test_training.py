@@ -21,37 +21,10 @@ from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.models import build_model
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.training import FitConfig, fit
-from tests.support.builders import EPOCHS_ONLY, LABELS, load_encoded, save_tiny_bert  # EPOCHS_ONLY: re-exported
+from tests.support.builders import EPOCHS_ONLY, LABELS, load_encoded, save_tiny_bert
+from tests.support.training import RecordingTracker, parameter_state, pretrained_classifier
 
 CPU = torch.device("cpu")
-
-
-class RecordingTracker:
-    """Keeps every ``log_metrics`` call."""
-
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int | None, dict]] = []
-
-    def log_params(self, params): pass
-    def set_tags(self, tags): pass
-    def log_artifact(self, path): pass
-    def close(self, failed: bool = False): pass
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((step, dict(metrics)))
-
-    def steps_with(self, key: str) -> list[int | None]:
-        """The steps at which ``key`` was logged."""
-        return [step for step, m in self.metrics if key in m]
-
-
-def _model(model_dir: Path, seed: int = 0):
-    torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-
-
-def _state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +34,7 @@ def data(split_dir):
 
 def test_fit_learns_the_toy_task(tiny_model_dir, data, tiny_tokenizer):
     train, val = data
-    model = _model(tiny_model_dir)
+    model = pretrained_classifier(tiny_model_dir)
     cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, eval_every=8, **EPOCHS_ONLY)
     result = fit(model, train, val, cfg, pad_id=tiny_tokenizer.pad_token_id, device=CPU, progress=False)
     losses = [row["train_loss"] for row in result.history]
@@ -85,16 +58,16 @@ def test_fit_restores_the_best_epoch(monkeypatch, tiny_model_dir, data):
     at_epoch_end: list[dict[str, torch.Tensor]] = []
 
     def scripted(model, *_args):
-        at_epoch_end.append(_state(model))
+        at_epoch_end.append(parameter_state(model))
         return next(scores), [0] * len(val)
 
     monkeypatch.setattr(training, "_evaluate", scripted)
-    model = _model(tiny_model_dir)
+    model = pretrained_classifier(tiny_model_dir)
     result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32, eval_every=4, **EPOCHS_ONLY),
                  pad_id=0, device=CPU, progress=False)
     assert (result.best_epoch, result.best_step, result.best_val_macro_f1) == (2.0, 8, 0.9)  # 4 steps per epoch
     assert [row["val_macro_f1"] for row in result.history] == [0.2, 0.9, 0.5]
-    final = _state(model)
+    final = parameter_state(model)
     for name, value in at_epoch_end[1].items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=0, msg=name)
     assert any(not torch.equal(final[n], v) for n, v in at_epoch_end[2].items())  # epoch 3 really differed
@@ -102,19 +75,19 @@ def test_fit_restores_the_best_epoch(monkeypatch, tiny_model_dir, data):
 
 def test_only_trainable_parameters_change(tiny_model_dir, data):
     train, val = data
-    model = _model(tiny_model_dir)
+    model = pretrained_classifier(tiny_model_dir)
     for name, param in model.named_parameters():
         param.requires_grad = name.startswith("classifier.")
-    before = _state(model)
+    before = parameter_state(model)
     fit(model, train, val, FitConfig(lr=1e-2, epochs=1, batch_size=32, weight_decay=0.1, **EPOCHS_ONLY), pad_id=0,
         device=CPU, progress=False)
-    after = _state(model)
+    after = parameter_state(model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == {"classifier.weight", "classifier.bias"}
 
 
 def test_no_weight_decay_on_biases_and_layer_norms(tiny_model_dir):
-    model = _model(tiny_model_dir)
+    model = pretrained_classifier(tiny_model_dir)
     opt = training.make_optimizer(model, FitConfig(lr=1e-3, epochs=1, weight_decay=0.05), CPU)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed, plain = ({names[id(p)] for p in g["params"]} for g in opt.param_groups)
@@ -128,7 +101,7 @@ def test_linear_warmup_then_linear_decay_to_zero(tiny_model_dir, data):
     train, val = data
     tracker = RecordingTracker()
     cfg = FitConfig(lr=1e-3, epochs=2, batch_size=16, warmup_ratio=0.25, log_every=1, eval_every=8, **EPOCHS_ONLY)
-    fit(_model(tiny_model_dir), train, val, cfg, pad_id=0, device=CPU, tracker=tracker, progress=False)
+    fit(pretrained_classifier(tiny_model_dir), train, val, cfg, pad_id=0, device=CPU, tracker=tracker, progress=False)
     total = 2 * -(-len(train) // 16)
     warmup = int(0.25 * total)
     lrs = {step: m["lr"] for step, m in tracker.metrics if "lr" in m}
@@ -147,18 +120,18 @@ def test_two_fits_with_the_same_seed_are_identical(tiny_model_dir, data):
     cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=3, **EPOCHS_ONLY)
     runs = []
     for _ in range(2):
-        model = _model(tiny_model_dir, seed=11)  # dropout draws from the global RNG
+        model = pretrained_classifier(tiny_model_dir, seed=11)  # dropout draws from the global RNG
         result = fit(model, train, val, cfg, pad_id=0, device=CPU, progress=False)
         curves = [[{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")} for row in rows]
                   for rows in (result.history, result.steps_log)]  # all but the clocks
-        runs.append(((curves, result.best_predictions), _state(model)))
+        runs.append(((curves, result.best_predictions), parameter_state(model)))
     assert runs[0][0] == runs[1][0] and runs[0][0][0][1] and len(runs[0][0][1]) == len(val)
     for name in runs[0][1]:
         assert torch.equal(runs[0][1][name], runs[1][1][name]), name
 
 
 def test_fit_config_from_params_takes_every_shared_default_of_the_train_section():
-    """Issue 12: FitConfig's defaults of the train fields are TrainConfig's (fast_cpu_dropout drifted to True)."""
+    """FitConfig's defaults of the train fields are TrainConfig's (fast_cpu_dropout once drifted to True)."""
     import types
 
     from lora_pipeline.config import LoraConfig, TrainConfig
@@ -173,7 +146,7 @@ def test_fit_config_from_params_takes_every_shared_default_of_the_train_section(
 
 
 def test_fit_config_from_params_copies_every_train_field_it_shares():
-    """Issue 13: the run length knobs come from ``train`` like the others; lr and seed from the study grid point."""
+    """The run length knobs come from ``train`` like the others; lr and seed from the study grid point."""
     import dataclasses
     import types
 
@@ -197,7 +170,7 @@ def test_resolve_device():
 
 @pytest.mark.parametrize("name", ["cuda", "cuda:0"])
 def test_a_cuda_request_without_cuda_is_a_one_line_error(monkeypatch, name):
-    """Issue 11, item 16: `train.device: cuda` on a CPU-only torch was a traceback deep inside training."""
+    """`train.device: cuda` on a CPU-only torch is a one-line error, not a traceback deep inside training."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(PipelineError, match=rf"'train\.device' is '{name}' but .*no CUDA.*auto or cpu") as info:
         resolve_device(name)
@@ -214,12 +187,12 @@ def test_a_cuda_index_beyond_the_visible_gpus_is_a_one_line_error(monkeypatch):
 
 
 def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, tiny_model_dir, split_dir):
-    """Issue 10, item 10: a class absent from the val split and the predictions still counts (as 0), exactly as
+    """A class absent from the val split and the predictions still counts (as 0), exactly as
     in the reported metric; without the declared set, selection scored 1.0 where the report says 2/3."""
     frame = pd.read_parquet(split_dir / "val.parquet")
     val = EncodedSplit.from_frame(frame[frame["label_id"] < 2].reset_index(drop=True))  # no class 2
     monkeypatch.setattr(training, "predict", lambda model, split, *a, **k: np.asarray(split.labels))  # all right
-    result = fit(_model(tiny_model_dir), load_encoded(split_dir, "train"), val,
+    result = fit(pretrained_classifier(tiny_model_dir), load_encoded(split_dir, "train"), val,
                  FitConfig(lr=1e-3, epochs=1, batch_size=32, **EPOCHS_ONLY), pad_id=0, device=CPU, progress=False)
     reported = classification_metrics(val.labels, val.labels, LABELS)["macro_f1"]
     assert reported == pytest.approx(2 / 3)
@@ -229,13 +202,13 @@ def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, ti
 
 
 def test_epoch_log_lines_are_not_glued_onto_the_progress_bar(tiny_model_dir, data, capsys):
-    """Issue 11, "Logs": with the bar on, each validation summary starts its own line (tqdm's logging redirection)."""
+    """With the bar on, each validation summary starts its own line (tqdm's logging redirection)."""
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)  # capsys's stderr, as run_stage's handler is the real one
     handler.setFormatter(logging.Formatter("LOG %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    fit(_model(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16, eval_every=8, **EPOCHS_ONLY),
+    fit(pretrained_classifier(tiny_model_dir), *data, FitConfig(lr=1e-3, epochs=2, batch_size=16, eval_every=8, **EPOCHS_ONLY),
         pad_id=0, device=CPU, progress=True)
     assert handler in root.handlers  # the redirection is undone
     err = capsys.readouterr().err
@@ -289,7 +262,7 @@ def test_resolve_bf16():
 def test_bf16_fit_learns_and_keeps_fp32_weights(tiny_model_dir, data, tiny_tokenizer, monkeypatch):
     """bf16 autocast reaches the forward passes (train and eval); weights and optimizer state stay fp32."""
     train, val = data
-    model = _model(tiny_model_dir)
+    model = pretrained_classifier(tiny_model_dir)
     seen = []
     model.classifier.register_forward_hook(lambda mod, args, out: seen.append((mod.training, out.dtype)))
     cfg = FitConfig(lr=2e-2, epochs=4, batch_size=16, warmup_ratio=0.1, seed=1, bf16=True, **EPOCHS_ONLY)

@@ -13,8 +13,8 @@ from lora_pipeline import training
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.training import FitConfig, StepPlan, eval_interval, fit, plan_steps
-from tests.support.builders import load_encoded
-from tests.unit.test_training import EPOCHS_ONLY, RecordingTracker
+from tests.support.builders import EPOCHS_ONLY, load_encoded
+from tests.support.training import RecordingTracker
 
 CPU = torch.device("cpu")
 

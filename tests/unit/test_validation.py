@@ -165,7 +165,7 @@ def test_flat_metrics():
     assert all(isinstance(v, (int, float)) for v in flat.values())
 
 
-# --------------------------------------------------------------------------- invisible-only texts (issue 11, item 14)
+# --------------------------------------------------------------------------- invisible-only texts
 def test_zero_width_only_texts_are_empty_dropped_and_counted(caplog):
     invisible = [("\u200b\u200b", "a"), (" \ufeff\u200d ", "b"), ("\u2060\u00ad", "c")]
     df = add(frame(), invisible + [("\u200bvisible\u200b", "a")])
