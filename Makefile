@@ -23,7 +23,7 @@ else
 INSTALL_LOCK = $(BIN)/python -m pip install -q --require-hashes --no-deps -r
 endif
 
-.PHONY: setup setup-dev repro test lock clean-venv
+.PHONY: setup setup-dev repro test test-fast lock clean-venv
 
 # The lock first, exactly (--no-deps: it is complete), then torch from TORCH_SPEC on top (its dependencies are
 # already locked, so only torch and, for a CUDA build, its CUDA libraries come in), then the package itself.
@@ -50,8 +50,16 @@ repro: setup
 
 # Bytecode writing stays ON for the tests, as on users' machines: PYTHONDONTWRITEBYTECODE=1 once hid that
 # __pycache__ changed the hash of DVC's code directory dependencies.
+# Tests run on every core (pytest-xdist): each file whole on one worker, its tests in file order (the e2e files
+# build on their earlier tests). TEST_WORKERS=0 runs them in this process, one after the other.
+TEST_WORKERS ?= auto
+PYTEST := $(RUN) env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 test: setup-dev
-	$(RUN) env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The fast tier (tests/unit, tests/stages; no `dvc repro`, no servers, no torchrun, nothing marked slow).
+test-fast: setup-dev
+	$(PYTEST) -m "(unit or stages) and not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py [--no-dag] [--split DIR] [--quick] [--compile] [--out FILE] [--smoke]
 
-1. ``pytest tests/test_gpu.py``: bf16 autocast step, fused AdamW, the trimmed last layer and prediction on CUDA;
+1. ``pytest tests/gpu/test_gpu.py``: bf16 autocast step, fused AdamW, the trimmed last layer and prediction on CUDA;
    data-parallel training over NCCL where two GPUs or more are visible (skipped, with its reason, otherwise);
 2. the whole default DAG (``benchmarks/pipeline_timing.py --force``) in a temporary copy of the project, so this
    repository's outputs, ``dvc.lock`` and MLflow store stay as they are (ingest downloads the default data: it
@@ -67,9 +67,9 @@ SMOKE_DESELECT = ["-k", "not gpu_check"]
 
 
 def run_tests(work: Path, smoke: bool = False) -> dict:
-    """``pytest tests/test_gpu.py``: counts, and the failed and skipped tests with their reasons."""
+    """``pytest tests/gpu/test_gpu.py``: counts, and the failed and skipped tests with their reasons."""
     report = work / "gpu-tests.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu/test_gpu.py",
                            f"--junitxml={report}", *SMOKE_DESELECT * smoke], cwd=ROOT, env=run_env(),
                           capture_output=True, text=True)
     if not report.is_file():
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {"gpu_check": "smoke" if args.smoke else "ran", **device_info()}
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(tmp)
-        _log(f"{figures['device']} x{figures['gpus']}: tests/test_gpu.py")
+        _log(f"{figures['device']} x{figures['gpus']}: tests/gpu/test_gpu.py")
         figures["tests"] = run_tests(work, args.smoke)
         split = args.split or (None if args.smoke else DEFAULT_SPLIT)
         if args.smoke and not args.no_dag:

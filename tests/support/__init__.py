@@ -1,0 +1,1 @@
+"""What the tiers share: builders of tiny data, params and models."""

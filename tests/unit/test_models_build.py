@@ -1,0 +1,107 @@
+"""build_model / load_trained on a tiny random BERT saved to disk: every documented target form, clear errors,
+LoRA targets inside modules trained in full, and one log line instead of transformers' load report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lora_pipeline.config import LoraConfig, ModelConfig
+from lora_pipeline.errors import PipelineError
+from lora_pipeline.lora import HEAD_NAMES, lora_layers, save_adapter
+from lora_pipeline.models import HEAD_MODULES, build_model, load_trained
+from tests.support.tiny_models import train_steps
+
+LABELS = ["neg", "pos"]  # the tiny checkpoint has 3 labels: its classifier is replaced (a "newly initialised" head)
+LINEAR = [f"bert.encoder.layer.{i}.{m}" for i in range(2) for m in (
+    "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+    "intermediate.dense", "output.dense")]
+
+
+def lora_model(tiny_model_dir: Path, tiny_tokenizer, **lora) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer,
+                       lora=LoraConfig(rank=4, alpha=8, **lora))
+
+
+@pytest.mark.parametrize("targets, expected", [
+    ("all-linear", LINEAR),  # a string stays a string: not split into characters
+    (r"bert\.encoder\.layer\.0\..*(query|value)",  # a regex (full match)
+     ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value"]),
+    (("query", "value"), [n for n in LINEAR if n.endswith(("query", "value"))]),  # names
+    (("layer.1.attention.self.key", "output.dense"),  # dotted suffixes
+     ["bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense",
+      "bert.encoder.layer.1.attention.self.key", "bert.encoder.layer.1.attention.output.dense",
+      "bert.encoder.layer.1.output.dense"]),
+    (None, [n for n in LINEAR if n.endswith(("query", "value"))]),  # the architecture's default
+])
+def test_every_documented_target_form(targets, expected, tiny_model_dir, tiny_tokenizer) -> None:
+    model = lora_model(tiny_model_dir, tiny_tokenizer, target_modules=targets, modules_to_save=("pooler",))
+    assert [name for name, _ in lora_layers(model)] == expected
+
+
+def test_targets_inside_modules_trained_in_full_are_left_unwrapped_and_round_trip(tiny_model_dir, tiny_tokenizer,
+                                                                                   tmp_path) -> None:
+    """The pipeline's default modules_to_save [pooler] with target "dense": pooler.dense is not wrapped, no base
+    weight trains, and the saved adapter loads back through load_trained (the evaluate stage) to the same logits.
+    Before, pooler.dense's "frozen" W0 trained and the fingerprint check refused the adapter."""
+    model = lora_model(tiny_model_dir, tiny_tokenizer, target_modules=("dense",), modules_to_save=("pooler",))
+    wrapped = [name for name, _ in lora_layers(model)]
+    assert "bert.pooler.dense" not in wrapped and len(wrapped) == 6  # 3 dense layers per encoder layer
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(".base." in n for n in trainable)
+    assert {"bert.pooler.dense.weight", "classifier.weight"} <= trainable
+    batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
+             "labels": torch.tensor([0, 1] * 4)}
+    train_steps(model, batch, lr=1e-2)
+    save_adapter(model, tmp_path / "lora", base_model_name=str(tiny_model_dir),
+                 trainable_extra=HEAD_MODULES + ("pooler",))  # as models.save_trained saves it
+    loaded = load_trained("lora", tmp_path / "lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)  # merged vs unmerged: fp32 rounding only
+
+
+@pytest.mark.parametrize("lora, message", [
+    ({"rank": 10**9}, r"^lora\.rank: rank 1000000000 exceeds min\(in_features, out_features\) = 32 of "
+                      r"bert\.encoder\.layer\.0\.attention\.self\.query \(32 -> 32\)"),
+    ({"target_modules": ("nonexistent",)}, r"^lora\.target_modules: target_modules=\['nonexistent'\] matched no "
+                                           r".*candidate names \(suffixes\): \[.*'query'"),
+    ({"target_modules": "classifier"}, r"^lora\.target_modules: .*matched only \['classifier'\]"),
+])
+def test_bad_lora_settings_are_one_line_pipeline_errors(lora, message, tiny_model_dir, tiny_tokenizer) -> None:
+    with pytest.raises(PipelineError, match=message) as err:
+        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer,
+                    lora=LoraConfig(**{"rank": 4, **lora}))
+    assert "\n" not in str(err.value) and len(str(err.value)) < 1000
+
+
+def test_head_names_have_one_source() -> None:
+    assert HEAD_MODULES is HEAD_NAMES
+
+
+def test_load_report_is_one_log_line(tiny_model_dir, tiny_tokenizer, caplog, capfd) -> None:
+    with caplog.at_level(logging.INFO):
+        build_model("full", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
+        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=LoraConfig())
+    out, err = capfd.readouterr()
+    assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err
+    fresh = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
+    assert fresh == [f"model.name {tiny_model_dir}: newly initialised (not in the checkpoint, trained here): "
+                     "classifier"] * 2
+    assert not any("LOAD REPORT" in r.getMessage() for r in caplog.records)
+
+
+def test_load_trained_refuses_a_non_finite_adapter_in_one_line(tiny_model_dir, tiny_tokenizer, tmp_path) -> None:
+    model = lora_model(tiny_model_dir, tiny_tokenizer)
+    with torch.no_grad():
+        lora_layers(model)[0][1].lora_b.fill_(float("inf"))
+        lora_layers(model)[0][1].lora_a.fill_(1.0)
+    save_adapter(model, tmp_path / "lora", base_model_name="tiny")
+    with pytest.raises(PipelineError, match="cannot use this LoRA adapter: merge_and_unload refused: .*not finite"):
+        load_trained("lora", tmp_path / "lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)

@@ -1,0 +1,86 @@
+"""reporting: Markdown tables that never break or print "nan", a headline that names no winner the interval does
+not support, and confusion matrices side by side in a real PNG."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lora_pipeline.evaluation import classification_metrics
+from lora_pipeline.figures import confusion_figure
+from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title
+from tests.support.studies import FIGURES, make_study, table
+
+LABELS = ["neg", "plot", "pos"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_row_titles_name_the_lora_rank():
+    assert [row_title(n) for n in ("scratch", "full", "lora_r16", "tfidf_logreg")] == [
+        "BERT from scratch", "full fine-tuning", "LoRA r=16 (ours)", "TF-IDF + logistic regression"]
+
+
+def test_markdown_table_keeps_one_cell_per_column_whatever_the_text():
+    text = markdown_table(["a", "b"], [["x | y", "two\nlines"]])
+    assert text == "| a | b |\n|---|---|\n| x \\| y | two lines |\n"
+
+
+def test_unmeasured_costs_show_as_a_dash_never_nan():
+    """summarise writes NaN for a cost no seed measured (JSON NaN) and None for a missing count."""
+    study = make_study(ranks=[8], seeds=[42])
+    study["rows"]["lora_r8"].update(train_seconds=math.nan, peak_memory_mb=math.nan, trainable_params=None,
+                                    steps=math.nan, precision=None)
+    text = render_report(study, FIGURES)
+    r8 = next(r for r in table(text, "variant | test macro-F1 (mean ± std)") if r[0] == "LoRA r=8 (ours)")
+    cells = {h: r8[COMPARISON_HEADER.index(h)] for h in ("trainable params", "% trainable", "train time (s)",
+                                                           "peak memory (MB)", "size on disk (MB)", "precision",
+                                                           "steps")}
+    assert cells == {"trainable params": "–", "% trainable": "0.58", "train time (s)": "–", "peak memory (MB)": "–",
+                     "size on disk (MB)": "1.42", "precision": "–", "steps": "–"}
+    assert "nan" not in text.lower()
+
+
+def test_mean_steps_over_seeds_keep_one_decimal_and_counts_get_separators():
+    study = make_study(ranks=[8])
+    study["rows"]["lora_r8"]["steps"] = 235.5
+    r8 = next(r for r in comparison_rows(study) if r[0] == "LoRA r=8 (ours)")
+    assert r8[COMPARISON_HEADER.index("steps")] == "235.5"
+    assert r8[COMPARISON_HEADER.index("trainable params")] == "371,184"
+
+
+def test_the_headline_names_no_winner_that_the_interval_does_not_support():
+    """The report used to print "Best test macro-F1: LoRA (ours)" for a difference inside one dropout draw."""
+    study = make_study(ranks=[8])
+    study["rows"]["lora_r8"]["vs_full"].update(difference=0.006, low=-0.008, high=0.02, verdict="indistinguishable")
+    text = headline(study)
+    assert "LoRA r=8 (ours) is indistinguishable from full fine-tuning at 95 %: paired difference +0.60 points, " \
+           "95 % interval over seeds and test examples [-0.80, +2.00] (2 seeds)." in text
+    assert "better than full" not in text and "best test macro-f1" not in text.lower()
+    study["rows"]["lora_r8"]["vs_full"].update(low=0.001, verdict="better")
+    assert "LoRA r=8 (ours) is better than full fine-tuning at 95 %" in headline(study)
+
+
+def test_confusion_matrices_sit_side_by_side_in_a_png(tmp_path):
+    truth = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    preds = {"scratch": [0, 1, 2, 1, 1, 0, 2, 0, 2], "full": [0, 0, 0, 1, 1, 1, 2, 2, 1],
+             "lora_r8": [0, 0, 0, 1, 1, 1, 2, 2, 2], "tfidf_logreg": [0, 0, 1, 1, 1, 1, 2, 2, 2]}
+    detail = {name: {"seed": 42, **classification_metrics(truth, p, LABELS)} for name, p in preds.items()}
+    fig = confusion_figure(detail, LABELS)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "BERT from scratch (seed 42)", "full fine-tuning (seed 42)", "LoRA r=8 (ours) (seed 42)",
+        "TF-IDF + logistic regression (seed 42)"]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1", "1", "1", "1", "2", "0", "1", "0", "2"]
+    fig.savefig(tmp_path / "confusion.png", dpi=110)
+    data = (tmp_path / "confusion.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5_000
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "confusion.png")
+    assert image.shape[1] > 2 * image.shape[0]  # four panels side by side
+
+
+@pytest.mark.parametrize("ranks", [[8], [2, 8, 32]])
+def test_every_row_of_the_comparison_has_every_column(ranks):
+    rows = comparison_rows(make_study(ranks=ranks))
+    assert len(rows) == 2 + len(ranks) + 1 and len({len(r) for r in rows}) == 1
