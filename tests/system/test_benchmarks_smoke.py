@@ -91,6 +91,16 @@ def check_step_profile(out: dict) -> None:
         assert "frozen GEMMs fwd" in parts and "LoRA path fwd" in parts and sum(parts.values()) > 0
 
 
+def check_stage_overhead(out: dict) -> None:
+    stages = ("ingest", "validate", "split", "train_scratch", "train_full", "train_lora", "evaluate", "report")
+    assert out["smoke"] is True and set(out["median"]) == set(stages)
+    for stage in stages:
+        phases = out["median"][stage]
+        assert phases["total"] > 0 and 0 <= phases["overhead"] <= phases["total"], (stage, phases)
+        assert phases["startup"] > 0 and phases["mlflow"] > 0, (stage, phases)  # both read from the stage's log
+    assert all(out["median"][s]["train"] > 0 for s in stages if s.startswith("train_"))
+
+
 # script -> (its arguments after --smoke, the check of its last printed line)
 CASES: dict[str, tuple[list[str], Callable[[dict], None]]] = {
     "cpu_dropout_fit": ([], check_cpu_dropout_fit),
@@ -100,6 +110,7 @@ CASES: dict[str, tuple[list[str], Callable[[dict], None]]] = {
     "precision_step": ([], check_precision_step),
     "predict_throughput": ([], check_predict_throughput),
     "run": (["--only", "latency,e2e"], check_run),
+    "stage_overhead": (["--runs", "1"], check_stage_overhead),
     "step_profile": ([], check_step_profile),  # step and memory: through gpu_check
     "trim_predict": ([], check_trim_predict),
 }
