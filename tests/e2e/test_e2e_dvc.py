@@ -139,9 +139,9 @@ def test_the_study_pick_is_registered_and_predict_serves_logged_models(repo):
     if name is None:  # 30 steps of a tiny random BERT: often every row is degenerate
         with pytest.raises(MlflowException):
             client.get_model_version_by_alias("lora-pipeline-classifier", "champion")
-        run = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id],
+        train_run = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id],
                                  "tags.stage = 'train_lora'")[0]
-        uri, folder = run.data.tags["model_uri"], repo / "models" / "lora" / run.data.params["run.tag"]
+        uri, folder = train_run.data.tags["model_uri"], repo / "models" / "lora" / train_run.data.params["run.tag"]
     else:
         tags = client.get_model_version_by_alias("lora-pipeline-classifier", "champion").tags
         assert (f"lora_r{tags['rank']}" if tags["variant"] == "lora" else tags["variant"]) == name

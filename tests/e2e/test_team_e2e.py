@@ -305,11 +305,11 @@ def test_a_postgresql_backed_server_takes_parallel_writers(postgres, tmp_path):
         client = MlflowClient(tracking_uri=server.url)
         experiment = client.get_experiment_by_name("postgres-check").experiment_id
         for rank in (4, 16):
-            (run,) = client.search_runs([experiment], f"tags.stage = 'train_lora' and tags.lora_rank = '{rank}'")
-            assert run.info.status == "FINISHED" and run.data.params == {"lora.rank": str(rank)}
-            history = client.get_metric_history(run.info.run_id, "train_loss")
+            (logged,) = client.search_runs([experiment], f"tags.stage = 'train_lora' and tags.lora_rank = '{rank}'")
+            assert logged.info.status == "FINISHED" and logged.data.params == {"lora.rank": str(rank)}
+            history = client.get_metric_history(logged.info.run_id, "train_loss")
             assert sorted(m.step for m in history) == list(range(60))
-            assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"lora-r{rank}.json"]
+            assert [a.path for a in client.list_artifacts(logged.info.run_id)] == [f"lora-r{rank}.json"]
         with psycopg.connect(postgres) as db, db.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM runs JOIN experiments e USING (experiment_id) WHERE e.name = %s",
                            ("postgres-check",))
