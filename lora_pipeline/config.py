@@ -294,10 +294,13 @@ class TrainConfig:
     nnodes: int = 1  # machines (torchrun --nnodes); > 1 needs rdzv_endpoint, each machine runs the same stage
     rdzv_endpoint: Optional[str] = None  # host:port of the c10d rendezvous when nnodes > 1
     dist_timeout_s: int = 300  # seconds a rank waits for the others (joining, each collective) before failing
+    # seconds beyond dist_timeout_s for torchrun and its workers to start before the launch is stopped
+    dist_start_grace_s: int = 30
 
     def __post_init__(self) -> None:
         for key in ("processes", "nnodes", "dist_timeout_s"):
             _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+        _check(self.dist_start_grace_s >= 0, "train.dist_start_grace_s", "must be >= 0")
         _check(self.nnodes == 1 or bool(self.rdzv_endpoint and re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint)),
                "train.rdzv_endpoint", "must be host:port (the rendezvous every machine joins) when train.nnodes > 1")
         for key in ("min_steps", "max_steps", "patience", "eval_every"):

@@ -38,8 +38,6 @@ __all__ = ["World", "SINGLE", "current_world", "torchrun_argv", "wants_launch", 
 _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 #: a file the launcher watches: workers (who only start once the rendezvous is complete) create it
 _STARTED_ENV = "LORA_PIPELINE_WORKERS_STARTED"
-#: seconds allowed, beyond the rendezvous timeout, for torchrun and its workers to start
-_START_GRACE_S = 30
 
 
 @dataclass(frozen=True)
@@ -95,12 +93,13 @@ def torchrun_argv(train: TrainConfig, module: str, args: Sequence[str], run_id: 
     return argv + ["--module", module, *args]
 
 
-def run_torchrun(command: Sequence[str], timeout_s: int) -> int:
+def run_torchrun(command: Sequence[str], timeout_s: int, grace_s: int = 30) -> int:
     """Run a :func:`torchrun_argv` command and return its exit code; stop it if no worker started in time.
 
     torchrun gives up on a rendezvous the other machines never join (its ``timeout``), but a machine whose
     rendezvous endpoint is a port held by an unrelated program waits forever for a reply. So the launch must see a worker (workers
-    start only after the rendezvous) within ``timeout_s`` + a grace period, or it is killed with an error.
+    start only after the rendezvous) within ``timeout_s`` + ``grace_s`` (``train.dist_start_grace_s``), or it is
+    killed with an error.
 
     Raises:
         PipelineError: no worker started in time.
@@ -109,7 +108,7 @@ def run_torchrun(command: Sequence[str], timeout_s: int) -> int:
         started = Path(tmp) / "started"
         proc = subprocess.Popen(list(command), env={**os.environ, _STARTED_ENV: str(started)},
                                 preexec_fn=die_with_parent)
-        deadline = time.monotonic() + timeout_s + _START_GRACE_S
+        deadline = time.monotonic() + timeout_s + grace_s
         while True:
             try:
                 return proc.wait(timeout=0.5)
@@ -118,8 +117,9 @@ def run_torchrun(command: Sequence[str], timeout_s: int) -> int:
             if not started.exists() and time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()
-                raise PipelineError(f"torchrun: no training process started within {timeout_s + _START_GRACE_S} s "
-                                    "(train.dist_timeout_s + 30 s): the rendezvous never completed. Check "
+                raise PipelineError(f"torchrun: no training process started within {timeout_s + grace_s} s "
+                                    "(train.dist_timeout_s + train.dist_start_grace_s): the rendezvous never "
+                                    "completed. Check "
                                     "train.rdzv_endpoint (a port held by another program never answers), that "
                                     "every machine runs the stage, and the firewall; or set train.nnodes: 1")
 

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
 
 
 #: how a run is launched, not what it computes: a checkpoint resumes under any of these (DDP shards global batches)
-LAUNCH_KEYS = ("processes", "nnodes", "rdzv_endpoint", "dist_timeout_s")
+LAUNCH_KEYS = ("processes", "nnodes", "rdzv_endpoint", "dist_timeout_s", "dist_start_grace_s")
 
 
 def checkpoint_key(variant: Variant, sections: dict, device: torch.device, cfg: FitConfig, split: Path) -> str:
@@ -125,7 +125,7 @@ def _launch(params: Params, variant: Variant, argv: list[str], run_id: str) -> N
     command = torchrun_argv(params.train, f"stages.train_{variant}", argv, run_id)
     log.info("launching %d training processes per machine under torchrun: %s", params.train.processes,
              " ".join(command))
-    code = run_torchrun(command, params.train.dist_timeout_s)
+    code = run_torchrun(command, params.train.dist_timeout_s, params.train.dist_start_grace_s)
     if code != 0:
         train = params.train
         raise PipelineError(f"torchrun ({train.processes} process(es) per machine x {train.nnodes} machine(s)) failed "
