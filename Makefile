@@ -51,9 +51,11 @@ repro: setup
 # Bytecode writing stays ON for the tests, as on users' machines: PYTHONDONTWRITEBYTECODE=1 once hid that
 # __pycache__ changed the hash of DVC's code directory dependencies.
 # Tests run on every core (pytest-xdist): each file whole on one worker, its tests in file order (the e2e files
-# build on their earlier tests). TEST_WORKERS=0 runs them in this process, one after the other.
+# build on their earlier tests), files handed out in collection order, so that the two longest (tests/e2e/) start
+# first on two workers. TEST_WORKERS=0 runs them in this process, one after the other.
 TEST_WORKERS ?= auto
-PYTEST := $(RUN) env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(RUN) env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) \
+	--dist loadfile --no-loadscope-reorder
 test: setup-dev
 	$(PYTEST) $(PYTEST_ARGS)
 
