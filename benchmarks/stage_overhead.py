@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import statistics
@@ -34,13 +33,13 @@ from typing import Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/stage_overhead.py` puts benchmarks/, not the repo, on sys.path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import SMOKE_WORDS, smoke_model, smoke_texts  # noqa: E402
 STAGES = ("ingest", "validate", "split", "train_scratch", "train_full", "train_lora", "evaluate", "report")
 PHASES = ("startup", "model", "data", "train", "forward", "work", "save", "mlflow")
 TIMING = re.compile(r" timing: (.*)$", re.M)
-SMOKE_WORDS = {"pos": "great wonderful superb moving charming delightful brilliant funny",
-               "neg": "awful boring dull clumsy tedious bland lifeless messy",
-               "plot": "detective village sister journey kingdom heist captain island"}
-SMOKE_FILLER = "the a film story it was and with this of".split()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -56,42 +55,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def smoke_data(work: Path, per_class: int = 60, seed: int = 0) -> Path:
-    """A CSV of short texts whose class shows in its words (text, label), for the file source."""
-    import csv
-
-    rng = random.Random(seed)
-    rows = []
-    for label, words in SMOKE_WORDS.items():
-        for i in range(per_class):
-            toks = rng.choices(words.split(), k=3) + rng.choices(SMOKE_FILLER, k=rng.randint(2, 14))
-            rng.shuffle(toks)
-            rows.append((" ".join(toks) + f" {i}", label))
-    rng.shuffle(rows)
+def smoke_data(work: Path, per_class: int = 60) -> Path:
+    """A CSV of short generated texts whose class shows in their words (text, label), for the file source."""
     path = work / "data" / "external" / "smoke.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        csv.writer(fh).writerows([("text", "label"), *rows])
-    return path
-
-
-def smoke_model(path: Path, seed: int = 0) -> Path:
-    """A random BERT (hidden 32, 2 layers) with the embedded MiniLM tokenizer, saved as safetensors."""
-    if (path / "config.json").is_file():
-        return path
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    sys.path.insert(0, str(ROOT))
-    from lora_pipeline.config import EMBEDDED_MODEL
-    from lora_pipeline.pretrained import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
-    torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
+    smoke_texts(per_class).to_csv(path, index=False)
     return path
 
 
@@ -108,7 +76,9 @@ def write_params(args: argparse.Namespace, work: Path) -> dict:
         params["data"] = {"source": "file", "path": "data/external/smoke.csv", "text_column": "text",
                           "label_column": "label"}
         params["validate"].update(labels=sorted(SMOKE_WORDS), min_rows_per_class=10)
-        params["model"].update(name=str(smoke_model(work / "tiny-bert")), max_length=32)
+        model = work / "tiny-bert"
+        params["model"].update(name=str(model if (model / "config.json").is_file() else smoke_model(model)),
+                               max_length=32)
         params["scratch"].update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
         params["train"].update(batch_size=16, eval_batch_size=64)
         params["baseline"].update(max_features=2000)
