@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from tests.support.dvc_project import BIN, exp_names_by_rank, exp_values, ran, run, write_project
-pytestmark = pytest.mark.slow
 SEEDS, RANKS, FULL_LRS, LORA_LR = (1, 2), (2, 4), (1e-3, 3e-3), 5e-3
 
 

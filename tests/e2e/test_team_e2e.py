@@ -30,7 +30,6 @@ from tests.support.builders import ROOT
 from tests.support.dvc_project import BIN, exp_names_by_rank, ran, run, write_project
 from tests.support.servers import Server, free_port, start_mlflow_server
 
-pytestmark = pytest.mark.slow
 SEED, LORA_LR, BASE_RANK = 1, 5e-3, 2
 A_SHARE, B_SHARE = (3, 5), 7  # ranks machine A queues (two workers), and the one machine B queues
 

@@ -296,7 +296,6 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert torch.equal(wa[name], wb[name]), name
 
 
-@pytest.mark.slow
 def test_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir):
     split = write_split(tmp_path / "split", tiny_model_dir, make_frame(300))  # 37 steps per epoch
     # a cap of 100 steps, validations every 10 (auto: min(ceil(37 / 4), 100 // 8)); patience 3 stops it earlier

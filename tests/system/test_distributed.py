@@ -26,7 +26,6 @@ from lora_pipeline.distributed import World, shard, torchrun_argv
 from tests.support.builders import ROOT, make_frame, save_tiny_bert, write_params, write_split
 from tests.support.servers import free_port
 
-pytestmark = pytest.mark.slow
 # dropout 0, fp32: two processes with half batches each must reproduce one process with the whole batch, up to
 # float rounding of another summation order
 TOLERANCE = {"rtol": 1e-4, "atol": 2e-5}

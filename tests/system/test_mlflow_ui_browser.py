@@ -19,8 +19,7 @@ from tests.support.servers import start_mlflow_server
 from tests.support.training import nonzero_lora_model
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium (or set CHROMIUM)")]
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install chromium (or set CHROMIUM)")
 
 
 def _text(html: str) -> str:

@@ -10,8 +10,6 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 from tests.support.builders import ROOT, initialised_store
 
 # Each worker imports everything first, then waits for the go file of each repetition, so that both open a
@@ -52,7 +50,6 @@ def _runs(uri: str, experiment: str) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id])
 
 
-@pytest.mark.slow
 def test_two_workers_creating_a_fresh_sqlite_store_both_log(tmp_path):
     reps, workers = 3, 2
     for rep in range(reps):
@@ -109,7 +106,6 @@ def _start_stages(uri: str, jobs: list[tuple[str, int]]) -> list[subprocess.Pope
     return procs
 
 
-@pytest.mark.slow
 def test_a_killed_stage_run_is_resumed_and_other_orphans_are_marked_killed(monkeypatch, tmp_path):
     import mlflow
 

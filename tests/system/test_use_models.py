@@ -306,7 +306,6 @@ def test_a_failing_tracking_call_costs_the_stage_nothing(tmp_path):
     tracker.close()
 
 
-@pytest.mark.slow
 def test_a_model_registered_on_a_tracking_server_is_served_with_the_right_labels(tiny_model_dir, tiny_tokenizer,
                                                                                   tmp_path):
     """Log and register through ``mlflow server`` (SQLite backend, proxied artifacts), then
