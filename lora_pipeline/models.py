@@ -66,6 +66,13 @@ def _log_load(name: str, info: dict) -> None:
 
 
 def _pretrained(cfg: ModelConfig, labels: list[str], pad_token_id: int) -> nn.Module:
+    """The pretrained encoder with a fresh head, in fp32 whatever dtype its checkpoint was saved in.
+
+    transformers loads a checkpoint in its saved dtype by default; a bf16/fp16 hub checkpoint would then train its
+    weights (and the head and adapters) in half precision, rounding small updates away, whatever
+    ``train.precision`` says. fp32 parameters keep that choice to autocast (bf16 compute, fp32 weights).
+    """
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     try:
@@ -75,7 +82,7 @@ def _pretrained(cfg: ModelConfig, labels: list[str], pad_token_id: int) -> nn.Mo
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 resolve_model_path(cfg.name), num_labels=len(labels),
                 id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                trust_remote_code=cfg.trust_remote_code, use_safetensors=True, dtype=torch.float32,
                 ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise PipelineError(f"model.name '{cfg.name}': cannot load safetensors weights ({err}). "
@@ -228,13 +235,15 @@ def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig
         PipelineError: the directory is missing, does not match the configured base model, or its merged
             weights would not be finite.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     directory = Path(directory)
     if not directory.is_dir():
         raise PipelineError(f"no trained {variant} model in {directory}; run `dvc repro train_{variant}`")
     if variant != "lora":
-        model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True,
+                                                                   dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id  # decoders find the last token by it
         return model
     from .lora import load_adapter, merge_and_unload

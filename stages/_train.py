@@ -199,7 +199,7 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
             checkpointer.clear()
         tracker.log_metrics(summary_for_tracking({k: v for k, v in metrics.items() if k not in run}))
         tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason,
-                          "stopped_by": result.stopped_by})
+                          "stopped_by": result.stopped_by, "param_dtype": metrics["param_dtype"]})
         for path in (args.metrics, args.curve, args.predictions):
             tracker.log_artifact(path)
         with phase("mlflow"):  # the digest is for MLflow's copy of the model
@@ -253,8 +253,14 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
         "trainable_percent": round(100.0 * trainable / total, 4),
         "size_on_disk_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 3),  # weights + their config
         "device": device.type,
-        "precision": "bf16" if cfg.bf16 else "fp32",
+        "precision": "bf16" if cfg.bf16 else "fp32",  # the compute (autocast) dtype
+        "param_dtype": trained_dtype(model),  # the dtype the trained parameters were held and updated in
     }
+
+
+def trained_dtype(model) -> str:
+    """The dtype(s) of the trainable parameters, e.g. ``float32`` (comma-joined if they differ)."""
+    return ",".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}))
 
 
 def train_main(variant: Variant, argv: list[str] | None) -> int:

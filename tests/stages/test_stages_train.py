@@ -21,7 +21,8 @@ from tests.support.chains import (EXPERIMENT, INSTANCES, RANKS, evaluate_args, i
 TRAIN_KEYS = {"variant", "rank", "seed", "lr", "tag", "val_macro_f1", "best_epoch", "best_step", "epochs", "steps",
               "planned_steps", "stop_reason", "stopped_by", "converged", "validations", "seconds_to_best",
               "cpu_seconds_to_best", "train_seconds", "train_cpu_seconds", "samples_per_second", "peak_memory_mb",
-              "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision"}
+              "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision",
+              "param_dtype"}
 # the metrics that read a clock: wall (conftest's) and process CPU seconds
 CLOCK_KEYS = WALL_CLOCK_KEYS | {"train_cpu_seconds", "seconds_to_best", "cpu_seconds_to_best"}
 
@@ -67,6 +68,7 @@ def test_train_outputs(pipeline, variant, rank):
     base, _, _, _ = pipeline
     metrics = _read(base, variant, rank)
     assert set(metrics) == TRAIN_KEYS
+    assert (metrics["precision"], metrics["param_dtype"]) == ("fp32", "float32")
     assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag")} == \
            {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": instance_tag(variant, rank)}
     per_epoch = -(-len(pd.read_parquet(base / "split" / "train.parquet")) // 16)

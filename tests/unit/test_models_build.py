@@ -105,3 +105,33 @@ def test_load_trained_refuses_a_non_finite_adapter_in_one_line(tiny_model_dir, t
     save_adapter(model, tmp_path / "lora", base_model_name="tiny")
     with pytest.raises(PipelineError, match="cannot use this LoRA adapter: merge_and_unload refused: .*not finite"):
         load_trained("lora", tmp_path / "lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def bf16_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny BERT saved in bf16, as many hub checkpoints are (config.json says dtype bfloat16)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("bf16_bert")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["full", "lora"])
+def test_a_half_precision_checkpoint_trains_in_fp32(variant, bf16_model_dir, tiny_tokenizer) -> None:
+    """A bf16 checkpoint is loaded in fp32: every parameter (frozen base, adapters, head) is fp32, so small updates
+    are not rounded away and `train.precision` alone decides the compute dtype (autocast)."""
+    torch.manual_seed(0)
+    model = build_model(variant, ModelConfig(name=str(bf16_model_dir), max_length=32), LABELS, tiny_tokenizer,
+                        lora=LoraConfig(rank=4, alpha=8) if variant == "lora" else None)
+    dtypes = {p.dtype for p in model.parameters()}
+    assert dtypes == {torch.float32}
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
+             "labels": torch.tensor([0, 1] * 4)}
+    train_steps(model, batch, steps=2, lr=5e-5)
+    changed = [(p.detach() != before[n]).float().mean().item() for n, p in model.named_parameters()
+               if p.requires_grad and p.dim() == 2 and n.startswith("bert.") and "lora_b" not in n]
+    assert min(changed) > 0.99  # in bf16, a 5e-5 step leaves about half of the entries where they were
