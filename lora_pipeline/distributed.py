@@ -32,7 +32,7 @@ from .errors import PipelineError
 
 __all__ = ["World", "SINGLE", "current_world", "torchrun_argv", "wants_launch", "run_torchrun", "mark_started",
            "die_with_parent", "init_process_group",
-           "destroy_process_group", "shard", "shard_weight", "all_sum", "broadcast_object"]
+           "destroy_process_group", "shard", "shard_weight", "all_sum", "broadcast_object", "gather_objects"]
 
 #: environment variables torchrun sets in every worker
 _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -199,3 +199,12 @@ def broadcast_object(obj: Optional[Any], world: World, device: torch.device) -> 
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
     return box[0]
+
+
+def gather_objects(obj: Any, world: World) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out

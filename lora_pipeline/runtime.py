@@ -15,7 +15,7 @@ import torch
 
 from .errors import PipelineError
 
-__all__ = ["resolve_device", "resolve_bf16", "seed_everything", "peak_memory_mb", "peak_rss_mb"]
+__all__ = ["resolve_device", "resolve_bf16", "seed_everything", "seed_rank_stream", "peak_memory_mb", "peak_rss_mb"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +60,13 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seed_rank_stream(seed: int, rank: int, step: int = 0) -> None:
+    """Give data-parallel rank ``rank`` a torch random stream of its own (dropout masks), derived from the run's
+    seed, the rank and the step it starts at with numpy's ``SeedSequence``: ranks seeded alike would drop the
+    same units in corresponding rows of their shards."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1))
 
 
 def peak_rss_mb() -> float:

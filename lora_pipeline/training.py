@@ -42,10 +42,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .checkpoint import Checkpointer
 from .config import Params, TrainConfig
 from .data.loaders import EncodedSplit, collate, train_batches
-from .distributed import SINGLE, World, all_sum, broadcast_object, shard
+from .distributed import SINGLE, World, all_sum, broadcast_object, gather_objects, shard
 from .errors import PipelineError
 from .evaluation import macro_f1, predict
-from .runtime import resolve_bf16
+from .runtime import resolve_bf16, seed_rank_stream
 from .speedups import fast_cpu_dropout, trim_switch
 from .tracking import NullTracker, Tracker
 
@@ -231,17 +231,30 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def _rng_state(device: torch.device, world: World = SINGLE) -> dict[str, Any]:
+    """This process's random state; under torchrun (a collective: every rank calls it) rank 0's, plus every
+    rank's under ``by_rank``."""
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    if world.distributed:
+        ranks = gather_objects(state, world)
+        return {**ranks[0], "by_rank": ranks}
     return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _set_rng_state(state: dict[str, Any], device: torch.device, world: World = SINGLE, seed: int = 0,
+                   step: int = 0) -> None:
+    """Restore this rank's saved random state; a rank the checkpoint has none for (it was written by fewer
+    processes) starts a stream of its own at ``step`` (:func:`~lora_pipeline.runtime.seed_rank_stream`)."""
+    ranks = state.get("by_rank") or [state]
+    if world.rank >= len(ranks):
+        seed_rank_stream(seed, world.rank, step)
+        return
+    own = ranks[world.rank]
+    torch.set_rng_state(own["torch"])
+    if device.type == "cuda" and "cuda" in own:
+        torch.cuda.set_rng_state(own["cuda"], device)
 
 
 def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device,
@@ -313,9 +326,10 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
     plan = plan_steps(len(train), cfg)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = linear_warmup_schedule(optimizer, int(cfg.warmup_ratio * plan.steps), plan.steps)
-    st = _resume(checkpointer, model, optimizer, scheduler, device, world)
+    st = _resume(checkpointer, model, optimizer, scheduler, device, world, cfg.seed)
     resumed = st["global_step"]
-    save = _saver(checkpointer if world.is_main else None, model, optimizer, scheduler, device, st)
+    keeps = broadcast_object(checkpointer is not None, world, device)  # rank 0's say: the others hold none
+    save = _saver(checkpointer, model, optimizer, scheduler, device, st, world) if keeps else lambda: None
     loop = _Loop(model, val, cfg, plan, st, pad_id, device, tracker, save, lambda: scheduler.get_last_lr()[0],
                  world)
     lengths = train.lengths()
@@ -352,35 +366,41 @@ def _fresh_state() -> dict[str, Any]:
 
 
 def _resume(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, device: torch.device, world: World = SINGLE) -> dict[str, Any]:
+            scheduler: Any, device: torch.device, world: World = SINGLE, seed: int = 0) -> dict[str, Any]:
     """The loop state to start from: a fresh one, or the checkpoint's (model, optimizer, schedule and RNG restored).
 
     Under torchrun rank 0 reads the checkpoint and every rank gets its copy; the state holds no trace of the world
-    size (global batches, global step), so a run resumes under any number of processes.
+    size (global batches, global step), so a run resumes under any number of processes. Each rank draws its
+    dropout masks from a stream of its own, seeded from (``seed``, rank) on a fresh start and restored per rank
+    on a resume; a single process keeps the stream :func:`~lora_pipeline.runtime.seed_everything` started.
     """
     saved = checkpointer.load() if checkpointer is not None and world.is_main else None
     saved = broadcast_object(saved, world, device)
-    if saved is None:
-        return _fresh_state()
-    if set(saved["loop"]) != set(_fresh_state()):  # written by another version of this loop
+    if saved is not None and set(saved["loop"]) != set(_fresh_state()):  # written by another version of this loop
         log.warning("ignoring a checkpoint whose loop state has other fields (an older version); starting afresh")
+        saved = None
+    if saved is None:
+        if world.distributed:
+            seed_rank_stream(seed, world.rank)
         return _fresh_state()
     model.load_state_dict(saved["model"], strict=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    _set_rng_state(saved["rng"], device)
+    _set_rng_state(saved["rng"], device, world, seed, saved["loop"]["global_step"])
     st = saved["loop"]
     log.info("resuming from checkpoint at step %d (epoch %d)", st["global_step"], st["epoch"] + 1)
     return st
 
 
 def _saver(checkpointer: Optional[Checkpointer], model: nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: Any, device: torch.device, st: dict[str, Any]) -> Callable[[], None]:
-    """Saves everything a resumed run needs to continue exactly (a no-op without a checkpointer)."""
+           scheduler: Any, device: torch.device, st: dict[str, Any], world: World = SINGLE) -> Callable[[], None]:
+    """Saves everything a resumed run needs to continue exactly; under torchrun every rank calls it (the random
+    states are gathered) and rank 0 writes with its ``checkpointer``."""
     def save() -> None:
-        if checkpointer is not None:
+        rng = _rng_state(device, world)
+        if world.is_main and checkpointer is not None:
             checkpointer.save({"model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "rng": _rng_state(device), "loop": st})
+                               "scheduler": scheduler.state_dict(), "rng": rng, "loop": st})
     return save
 
 
