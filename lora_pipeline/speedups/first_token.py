@@ -205,11 +205,55 @@ def first_token_last_layer(model: nn.Module, required: bool = False) -> Iterator
         log.info("first_token_last_layer: off (%s)", why)
         yield False
         return
-    layer.forward = types.MethodType(_first_token_forward, layer)
+    watched, stock = _reshaped_modules(model, layer), [False]
+
+    def decide(module: nn.Module, args: tuple, kwargs: dict) -> None:  # runs before every base-model call
+        stock[0] = _asks_for_outputs(model.config, kwargs) or _hooked(watched, ignore=handle.id)
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any):
+        return type(self).forward(self, *args, **kwargs) if stock[0] else _first_token_forward(self, *args, **kwargs)
+
+    handle = model.base_model.register_forward_pre_hook(decide, with_kwargs=True)
+    layer.forward = types.MethodType(forward, layer)
     try:
         yield True
     finally:
         del layer.forward  # back to the class's forward
+        handle.remove()
+
+
+def _reshaped_modules(model: nn.Module, layer: nn.Module) -> list[nn.Module]:
+    """The modules whose calls the trim skips or whose inputs/outputs it shortens to one row: the base model, the
+    encoder, the last layer and the head, with their submodules (not the embeddings or the earlier layers)."""
+    base = model.base_model
+    head = base.pooler if getattr(base, "pooler", None) is not None else model.classifier
+    return [base, base.encoder, *layer.modules(), *head.modules()]
+
+
+def _asks_for_outputs(config: Any, kwargs: dict) -> bool:
+    """A call (or the config) asks for per-layer outputs (hidden states, attentions): the last layer must be whole."""
+    return any(value is not None and value is not False for key, value in kwargs.items()
+               if key.startswith("output_")) \
+        or any(getattr(config, key, False) for key in ("output_hidden_states", "output_attentions"))
+
+
+# transformers' output capture: hooks it installs once on every layer and attention module, idle unless a call asks
+# for an output (which _asks_for_outputs sees)
+_CAPTURE_HOOKS_MODULE = "transformers.utils.output_capturing"
+
+
+def _hooked(modules: list[nn.Module], ignore: int) -> bool:
+    """Whether a forward/backward hook is registered on one of ``modules`` or globally (the trim would skip it or
+    hand it one row). torch has no public way to list hooks: the registries read here are ``nn.Module``'s
+    (``_forward_hooks`` …, and ``torch.nn.modules.module._global_*_hooks``), stable across torch 2.x."""
+    from torch.nn.modules import module as torch_module
+
+    registries = [getattr(torch_module, f"_global_{kind}_hooks", {})
+                  for kind in ("forward", "forward_pre", "backward", "backward_pre")]
+    for m in modules:
+        registries += [m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks]
+    return any(key != ignore and getattr(hook, "__module__", "") != _CAPTURE_HOOKS_MODULE
+               for registry in registries for key, hook in registry.items())
 
 
 def trim_switch(model: nn.Module, setting: bool | str) -> contextlib.AbstractContextManager:

@@ -79,25 +79,71 @@ def test_lora_step_is_unchanged_and_reaches_the_last_layer_adapters(arch, target
     assert last and result[1][last[0]].abs().sum() > 0
 
 
-def test_the_trimmed_layer_returns_one_row_and_the_forward_comes_back(monkeypatch):
+def _last_hidden_shape(model, batch) -> tuple[int, ...]:
+    """What the encoder hands the head: (B, 1, C) when the last layer is trimmed, (B, T, C) when it is not."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return tuple(model.bert(**inputs).last_hidden_state.shape)
+
+
+def test_the_trimmed_layer_returns_one_row_and_the_forward_comes_back():
     model, batch = dropout_model("bert"), padded_batch("bert")
     layer = model.bert.encoder.layer[-1]
-    shapes = []
-    layer.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
     keys = list(model.state_dict())
     with first_token_last_layer(model):
         model(**batch)
+        shapes = [_last_hidden_shape(model, batch)]
         model.eval()
         with torch.no_grad():
             inside = model(**batch).logits
+            shapes.append(_last_hidden_shape(model, batch))
         model.train()
     assert shapes == [(5, 1, 32), (5, 1, 32)]  # one row in training and in eval mode
     assert "forward" not in vars(layer) and list(model.state_dict()) == keys
     model.eval()
     with torch.no_grad():
         outside = model(**batch).logits
-    assert shapes[-1] == (5, 11, 32)  # out of the context: the class's own forward, every token
+        assert _last_hidden_shape(model, batch) == (5, 11, 32)  # out of the context: every token
     torch.testing.assert_close(inside, outside, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("request_", ["output_hidden_states", "output_attentions"])
+def test_outputs_requested_at_call_time_get_the_stock_last_layer(request_):
+    """A call that asks for hidden states or attentions gets every token of the last layer and every layer's
+    attention map, as without the trim; the calls before and after it stay trimmed."""
+    model, batch = dropout_model("bert", attn="eager").eval(), padded_batch("bert")  # SDPA returns no maps
+    with torch.no_grad():
+        reference = model(**batch, **{request_: True})
+        with first_token_last_layer(model) as trimmed:
+            assert trimmed and _last_hidden_shape(model, batch) == (5, 1, 32)
+            result = model(**batch, **{request_: True})
+            assert _last_hidden_shape(model, batch) == (5, 1, 32)
+    key = request_.removeprefix("output_")
+    assert len(result[key]) == len(reference[key]) == (3 if key == "hidden_states" else 2)
+    for got, want in zip(result[key], reference[key]):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.logits, reference.logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["bert", "bert.encoder", "bert.encoder.layer.1", "bert.encoder.layer.1.output",
+                                   "bert.encoder.layer.1.attention.self.query", "bert.pooler"])
+@pytest.mark.parametrize("kind", ["forward", "forward_pre"])
+def test_a_hook_on_a_module_the_trim_bypasses_or_reshapes_fires_as_without_it(where, kind):
+    model, batch = dropout_model("bert").eval(), padded_batch("bert")
+    seen = []
+    module = model.get_submodule(where)
+    hook = (lambda mod, args, out: seen.append(tuple((out if torch.is_tensor(out) else out[0]).shape))) \
+        if kind == "forward" else (lambda mod, args: seen.append(tuple(args[0].shape) if args else None))
+    handle = getattr(module, f"register_{kind}_hook")(hook)
+    with torch.no_grad():
+        model(**batch)
+        reference, seen[:] = list(seen), []
+        with first_token_last_layer(model):
+            model(**batch)
+    assert seen == reference and seen  # it fired, on inputs and outputs of the stock shapes
+    handle.remove()
+    with torch.no_grad(), first_token_last_layer(model):
+        assert _last_hidden_shape(model, batch) == (5, 1, 32)  # the hook gone, the trim is back
 
 
 @pytest.mark.parametrize("lora", [False, True])
