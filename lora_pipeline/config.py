@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .credentials import has_credentials
 from .errors import ConfigError  # defined with the other error types; importable from here as before
 
 __all__ = [
@@ -386,34 +387,11 @@ class MlflowConfig:
         _check(bool(self.registered_model), "mlflow.registered_model", "must be a non-empty name")
         _check(bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", self.alias)) and not re.fullmatch(r"[vV]\d+", self.alias),
                "mlflow.alias", "must be a name of letters, digits, _ and - (not v<N>, which MLflow keeps for versions)")
-        _check(self.tracking_uri is None or not _has_credentials(self.tracking_uri), "mlflow.tracking_uri",
-               "carries credentials (a password before '@' or a secret query value); params.yaml is copied into "
+        _check(self.tracking_uri is None or not has_credentials(self.tracking_uri), "mlflow.tracking_uri",
+               "carries credentials (user info before '@' or a secret query value); params.yaml is copied into "
                "dvc.lock, `dvc params diff` and `dvc exp show`, so put only the bare URI here and set "
                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment "
                "(or the whole URI in MLFLOW_TRACKING_URI)")
-
-
-# query parameter names (split at _ - .) that carry secrets: ?token=, ?access_token=, ?api_key=, ?X-Amz-Signature=
-_SECRET_WORDS = frozenset({"token", "password", "passwd", "pwd", "secret", "key", "apikey", "sig", "signature",
-                           "auth", "credential", "credentials"})
-
-
-def _has_credentials(uri: str) -> bool:
-    """Whether ``uri`` has a password in its netloc or a secret-looking query value (never echoes either)."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return False
-    # split by hand: urlsplit raises on a '[' in a password, and a '@' after the netloc is part of a path
-    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
-    netloc, tail = rest[:end], rest[end:]
-    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
-        return True
-    query = tail.split("#", 1)[0].partition("?")[2]
-    for pair in filter(None, query.split("&")):
-        name, _, value = pair.partition("=")
-        if value and _SECRET_WORDS & set(re.split(r"[_.\-]", name.lower())):
-            return True
-    return False
 
 
 @dataclass(frozen=True)

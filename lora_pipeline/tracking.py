@@ -31,34 +31,13 @@ except ImportError:  # Windows: no cross-process lock on store creation
     fcntl = None  # type: ignore[assignment]
 
 from .config import MlflowConfig
+from .credentials import redact
 
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
            "log_stage_run", "flatten", "run_display_name", "git_commit"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_SECRET_QUERY = re.compile(r"(?i)((?:token|password|passwd|secret|key|sig|signature)=)[^&\s]+")
-
-
-def redact(text: str) -> str:
-    """Hide credentials in URIs (``user:password@`` → ``user:***@``) and secret-looking query values."""
-    def _one(match: re.Match) -> str:
-        # split by hand: urlunsplit rewrites URIs without credentials (sqlite:////abs → sqlite://abs) and
-        # urlsplit raises on a '[' in a password, which would turn a logging call into a crash
-        scheme, rest = match.group(0).split("://", 1)
-        end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
-        netloc, tail = rest[:end], rest[end:]
-        if "@" not in netloc:
-            return match.group(0)
-        creds, host = netloc.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}{tail}" if ":" in creds else f"{scheme}://***@{host}{tail}"
-
-    # quotes are valid in a password (RFC 3986 sub-delims): only whitespace ends a URI here
-    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", _one, text)
-    return _SECRET_QUERY.sub(r"\1***", text)
-
 
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
