@@ -79,11 +79,10 @@ def ingest(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     if "split" in data:
         manifest["rows_per_split"] = {k: int(v) for k, v in data["split"].value_counts().sort_index().items()}
     if cfg.subsample is not None:
-        strata = ["split", "label"] if "split" in data else ["label"]
-        data, manifest["subsample"] = stratified_subsample(data, cfg.subsample, cfg.subsample_seed, strata)
+        data, manifest["subsample"] = _subsample(data, cfg)
         manifest["rows"] = len(data)
-        log.info("subsample: kept %d of %d rows (data.subsample %s, seed %d, stratified by %s)", len(data),
-                 manifest["subsample"]["rows_before"], cfg.subsample, cfg.subsample_seed, "/".join(strata))
+        if "split" in data:
+            manifest["rows_per_split"] = {k: int(v) for k, v in data["split"].value_counts().sort_index().items()}
     manifest["changes"] = dict(sorted(changes.items()))
     with atomic_dir(out_dir) as tmp:
         data.to_parquet(tmp / DATA_FILE, index=False)
@@ -91,6 +90,24 @@ def ingest(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         write_json(tmp / MANIFEST_FILE, manifest)
     log.debug("ingested %d rows from %s", len(data), listing(origin for _, _, origin in pieces))
     return manifest
+
+
+def _subsample(data: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The seeded, stratified subsample of ``data.subsample``. With predefined splits only the training pool
+    (train, and val when given) is subsampled: a given test split is a benchmark's, and is kept whole."""
+    if "split" not in data:
+        out, summary = stratified_subsample(data, cfg.subsample, cfg.subsample_seed, ["label"])
+        log.info("subsample: kept %d of %d rows (data.subsample %s, seed %d, stratified by label)", len(out),
+                 summary["rows_before"], cfg.subsample, cfg.subsample_seed)
+        return out, summary
+    pool, test = data[data["split"] != "test"], data[data["split"] == "test"]
+    sampled, summary = stratified_subsample(pool, cfg.subsample, cfg.subsample_seed, ["split", "label"])
+    out = pd.concat([sampled, test], ignore_index=True)
+    summary = {**summary, "applies_to": sorted(set(pool["split"])), "test_rows_kept": len(test)}
+    log.warning("subsample: kept %d of %d training rows (data.subsample %s, seed %d, stratified by split/label); "
+                "the given test split keeps all its %d rows", len(sampled), len(pool), cfg.subsample,
+                cfg.subsample_seed, len(test))
+    return out, summary
 
 
 def _read_pieces(cfg: DataConfig, changes: Counter) -> tuple[Pieces, dict[str, Any]]:
