@@ -411,12 +411,17 @@ class Params:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
+# YAML reads ``key: #1 String`` as key: null: everything from " #" on is a comment
+_NULL = "null (empty: a value that starts with '#' is a YAML comment, so quote it: \"#1 String\")"
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a (simple) type hint and convert lists to tuples, ints to floats."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, args, key)
+    _check(value is not None or hint is type(None), key, f"must not be {_NULL}")
     if origin is Literal:
         _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
         return value
@@ -459,7 +464,7 @@ def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
             return _coerce(value, alternative, key)
         except ConfigError:
             continue
-    shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + "…"
+    shown = _NULL if value is None else repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + "…"
     raise ConfigError(f"params: '{key}' must be {' or '.join(map(_describe, alternatives))}, got {shown}")
 
 

@@ -285,3 +285,11 @@ def test_min_delta_is_a_non_negative_macro_f1_gain():
     assert isinstance(params.train.min_delta, float) and params.train.min_delta == 0.0
     with pytest.raises(ConfigError, match=r"'train\.min_delta' must be >= 0"):
         parse_params(_with("train.min_delta", -0.01))
+
+
+@pytest.mark.parametrize("key", ["data.text_column", "data.label_column", "train.batch_size"])
+def test_a_value_yaml_reads_as_a_comment_is_refused_naming_the_hash(key):
+    section, name = key.split(".")
+    raw = yaml.safe_load(f"{section}:\n  {name}: #1 String\n")
+    with pytest.raises(ConfigError, match=f"'{key}' must .*null.*starts with '#'.*quote it"):
+        parse_params(raw, sections=[section])
