@@ -22,6 +22,7 @@ from lora_pipeline.data.summary import DATASET_FILE
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
 from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
+from lora_pipeline.inference import load_weights
 from lora_pipeline.lora import adapter_factors
 from lora_pipeline.models import model_digest, weights_files
 from lora_pipeline.pretrained import load_tokenizer
