@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional, Protocol
 import torch
 
 from .errors import PipelineError
-from .files import atomic_file, sha256_bytes
+from .files import atomic_file, disk_full_is_an_error, sha256_bytes
 
 __all__ = ["Checkpointer", "DirCheckpointer", "run_key", "lock_dir"]
 
@@ -128,10 +128,11 @@ class DirCheckpointer:
         key_path = self.dir / "key.txt"
         if key_path.is_file() and key_path.read_text().strip() != self.key:
             key_path.unlink()
-        with atomic_file(self.dir / "state.pt") as tmp:
-            torch.save(state, tmp)
-        with atomic_file(self.dir / "key.txt") as tmp:
-            tmp.write_text(self.key + "\n")
+        with disk_full_is_an_error(self.dir / "state.pt", "the training checkpoint"):
+            with atomic_file(self.dir / "state.pt") as tmp, open(tmp, "wb") as fh:
+                torch.save(state, fh)  # through a Python file, so that a failed write keeps its errno
+            with atomic_file(self.dir / "key.txt") as tmp:
+                tmp.write_text(self.key + "\n")
 
     def lock(self) -> contextlib.AbstractContextManager[Path]:
         """This folder's :func:`lock_dir`: take it before loading or saving, hold it until the run's outputs exist."""

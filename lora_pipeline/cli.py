@@ -8,7 +8,6 @@ known error into one line and exit code 2. The work is :mod:`lora_pipeline.infer
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import re
 import sys
@@ -18,14 +17,18 @@ from typing import Optional
 
 import pandas as pd
 
+from .config import DataConfig
+from .credentials import install_redaction, redact
+from .data.sources import decode_strict, read_table
 from .errors import ConfigError, PipelineError, excerpt
-from .inference import CARD, Classifier, load_classifier, predict_frame
+from .inference import CARD, Classifier, input_columns, load_classifier, predict_frame, read_card
 
 __all__ = ["main"]
 
 log = logging.getLogger("lora-pipeline")
 EXIT_USER_ERROR = 2
-READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "lines", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+READERS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "lines", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _URI = re.compile(r"^(models|runs|mlflow-artifacts|s3|gs|wasbs|hdfs|dbfs|file):/", re.IGNORECASE)
 
 
@@ -42,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-format", choices=sorted(set(READERS.values())),
                    help="csv | tsv | jsonl | parquet | lines (one text per line; the default for stdin)")
     p.add_argument("--text-column", default="text", help="column of the texts (default: text)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the input, as data.encoding (default utf-8)")
+    p.add_argument("--quoting", choices=["minimal", "none"], default="minimal",
+                   help="CSV/TSV quoting, as data.quoting: none keeps quote characters as text (default minimal)")
+    p.add_argument("--delimiter", help="field delimiter, as data.delimiter (default: , for csv, tab for tsv)")
     p.add_argument("--pair-column", help="column of the second texts of sentence pairs (default: text_pair for a "
                                          "model trained on pairs)")
     p.add_argument("--output", "-o", help="output file (default: stdout)")
@@ -74,32 +81,35 @@ def _rebuild(args: argparse.Namespace) -> None:
 
 
 def _read_input(args: argparse.Namespace) -> pd.DataFrame:
+    """The texts to classify, read as the ingest stage reads a file (same readers, quoting checks and encodings)."""
     if args.texts:
         if args.input:
             raise PipelineError("give texts as arguments or --input, not both")
         return pd.DataFrame({args.text_column: args.texts})
     source = args.input or "-"
-    kind = args.input_format or ("lines" if source == "-" else READERS.get(Path(source).suffix.lower()))
+    kind = args.input_format or ("lines" if source == "-" else READERS.get(_suffix(source)))
     if kind is None:
         raise PipelineError(f"--input {excerpt(source)}: unknown suffix; name the format with --input-format "
                             f"({', '.join(sorted(set(READERS.values())))})")
     if source != "-" and not Path(source).is_file():
         raise PipelineError(f"--input {excerpt(source)}: no such file")
-    handle = io.StringIO(sys.stdin.read()) if source == "-" and kind != "parquet" else source
-    try:
-        if kind == "lines":
-            lines = (handle.read() if isinstance(handle, io.StringIO) else Path(source).read_text("utf-8"))
-            return pd.DataFrame({args.text_column: [t for t in lines.splitlines() if t.strip()]})
-        if kind in ("csv", "tsv"):
-            return pd.read_csv(handle, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
-                               skip_blank_lines=False)  # a blank row is an error, not silently dropped
-        if kind == "jsonl":
-            return pd.read_json(handle, lines=True, dtype=False)
-        return pd.read_parquet(source)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise PipelineError(f"--input {excerpt(source)}: cannot read it as {kind} "
-                            f"({excerpt(str(err).splitlines()[0] if str(err) else type(err).__name__, 200, quote=False)})"
-                            ) from None
+    data = Path(source).read_bytes() if source != "-" else sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") \
+        else sys.stdin.read().encode(args.encoding)
+    name = "stdin" if source == "-" else source
+    if kind == "lines":
+        text = decode_strict(data, args.encoding, name)
+        return pd.DataFrame({args.text_column: [t for t in text.split("\n") if t.strip()]})
+    cfg = DataConfig(source="file", path=name, format=kind, encoding=args.encoding, quoting=args.quoting,
+                     delimiter=args.delimiter, text_column=args.text_column)
+    frame, _ = read_table(data, name if source != "-" else f"stdin.{kind}", cfg)
+    return frame
+
+
+def _suffix(path: str) -> str:
+    """``.csv`` of ``x.csv`` and of ``x.csv.gz`` (ingest's decompression applies)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    return suffixes[-2] if len(suffixes) > 1 and suffixes[-1] in (".gz", ".bz2", ".xz") else \
+        (suffixes[-1] if suffixes else "")
 
 
 def _resolve_model(model: str, workdir: Path) -> Path:
@@ -109,13 +119,20 @@ def _resolve_model(model: str, workdir: Path) -> Path:
     import mlflow
 
     from .config import MlflowConfig
+    from .mlflow_store import http_limits, sqlite_db
     from .tracking import default_tracking_uri
 
-    mlflow.set_tracking_uri(default_tracking_uri(MlflowConfig()))  # MLFLOW_TRACKING_URI, else ./mlflow.db
+    uri = default_tracking_uri(MlflowConfig())  # MLFLOW_TRACKING_URI, else the project's mlflow.db
+    db = sqlite_db(uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store there
+        raise PipelineError(f"model {excerpt(model)}: no MLflow store at {db}; run inside the pipeline's project, "
+                            "or set MLFLOW_TRACKING_URI to the store or server the model was registered in")
+    mlflow.set_tracking_uri(uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(workdir)))
+        with http_limits():  # a server that is down costs seconds, not minutes of retries
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(workdir)))
     except Exception as err:  # noqa: BLE001 - MLflow raises many types for a missing model or an unreachable store
-        raise PipelineError(f"model {excerpt(model)}: cannot download it from MLflow "
+        raise PipelineError(f"model {excerpt(model)}: cannot download it from MLflow at {uri} "
                             f"({excerpt(str(err).splitlines()[0] if str(err) else type(err).__name__, 200, quote=False)})"
                             ) from None
     found = sorted(p.parent for p in local.glob(f"artifacts/*/{CARD}"))
@@ -142,25 +159,27 @@ def _predict(args: argparse.Namespace) -> None:
     if frame.empty:
         raise PipelineError("no texts to classify (empty input)")
     with tempfile.TemporaryDirectory(prefix="lora-pipeline-model-") as workdir:
-        classifier: Classifier = load_classifier(_resolve_model(args.model, Path(workdir)), device=args.device,
-                                                 precision=args.precision)
+        directory = _resolve_model(args.model, Path(workdir))
+        columns = input_columns(read_card(directory), frame, args.text_column, args.pair_column)  # before the load
+        classifier: Classifier = load_classifier(directory, device=args.device, precision=args.precision)
     from tqdm import tqdm
 
     with tqdm(total=len(frame), unit="text", disable=True if args.no_progress else None, file=sys.stderr) as bar:
         result = predict_frame(classifier, frame, text_column=args.text_column, pair_column=args.pair_column,
                                batch_size=args.batch_size, on_batch=bar.update)
-    shown = [c for c in (args.text_column, args.pair_column or ("text_pair" if classifier.card.text_pair else None))
-             if c and c in frame.columns]
-    _write(pd.concat([frame[shown].reset_index(drop=True), result], axis=1), args)
+    if len(result) != len(frame):
+        raise PipelineError(f"{len(frame)} rows read but {len(result)} predictions made; nothing was written")
+    _write(pd.concat([frame[columns].reset_index(drop=True), result], axis=1), args)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    install_redaction(streams=("stderr",))  # stdout is the predictions: a text is never changed
     try:
         _rebuild(args) if args.command == "rebuild" else _predict(args)
     except (ConfigError, PipelineError) as err:
-        print(f"lora-pipeline {args.command}: {err}", file=sys.stderr)
+        print(f"lora-pipeline {args.command}: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .credentials import has_credentials
 from .errors import ConfigError  # defined with the other error types; importable from here as before
 
 __all__ = [
@@ -386,34 +387,11 @@ class MlflowConfig:
         _check(bool(self.registered_model), "mlflow.registered_model", "must be a non-empty name")
         _check(bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", self.alias)) and not re.fullmatch(r"[vV]\d+", self.alias),
                "mlflow.alias", "must be a name of letters, digits, _ and - (not v<N>, which MLflow keeps for versions)")
-        _check(self.tracking_uri is None or not _has_credentials(self.tracking_uri), "mlflow.tracking_uri",
-               "carries credentials (a password before '@' or a secret query value); params.yaml is copied into "
+        _check(self.tracking_uri is None or not has_credentials(self.tracking_uri), "mlflow.tracking_uri",
+               "carries credentials (user info before '@' or a secret query value); params.yaml is copied into "
                "dvc.lock, `dvc params diff` and `dvc exp show`, so put only the bare URI here and set "
                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment "
                "(or the whole URI in MLFLOW_TRACKING_URI)")
-
-
-# query parameter names (split at _ - .) that carry secrets: ?token=, ?access_token=, ?api_key=, ?X-Amz-Signature=
-_SECRET_WORDS = frozenset({"token", "password", "passwd", "pwd", "secret", "key", "apikey", "sig", "signature",
-                           "auth", "credential", "credentials"})
-
-
-def _has_credentials(uri: str) -> bool:
-    """Whether ``uri`` has a password in its netloc or a secret-looking query value (never echoes either)."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return False
-    # split by hand: urlsplit raises on a '[' in a password, and a '@' after the netloc is part of a path
-    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
-    netloc, tail = rest[:end], rest[end:]
-    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
-        return True
-    query = tail.split("#", 1)[0].partition("?")[2]
-    for pair in filter(None, query.split("&")):
-        name, _, value = pair.partition("=")
-        if value and _SECRET_WORDS & set(re.split(r"[_.\-]", name.lower())):
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -433,12 +411,17 @@ class Params:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
+# YAML reads ``key: #1 String`` as key: null: everything from " #" on is a comment
+_NULL = "null (empty: a value that starts with '#' is a YAML comment, so quote it: \"#1 String\")"
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a (simple) type hint and convert lists to tuples, ints to floats."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, args, key)
+    _check(value is not None or hint is type(None), key, f"must not be {_NULL}")
     if origin is Literal:
         _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
         return value
@@ -481,7 +464,7 @@ def _coerce_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
             return _coerce(value, alternative, key)
         except ConfigError:
             continue
-    shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + "…"
+    shown = _NULL if value is None else repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + "…"
     raise ConfigError(f"params: '{key}' must be {' or '.join(map(_describe, alternatives))}, got {shown}")
 
 

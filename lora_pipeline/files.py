@@ -7,13 +7,14 @@ Named ``files`` rather than ``io`` so that it never shadows the standard library
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from .errors import PipelineError
 
@@ -36,7 +37,39 @@ SPLIT_PARTS = ("train", "val", "test")
 
 __all__ = ["DATA_FILE", "MANIFEST_FILE", "LABELS_FILE", "SPLIT_PARTS", "split_part_file", "read_split",
            "write_split", "split_digests", "atomic_dir", "atomic_file", "write_json", "read_json", "sha256_file",
-           "sha256_bytes"]
+           "sha256_bytes", "is_disk_full", "disk_full_is_an_error"]
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def is_disk_full(err: Optional[BaseException]) -> bool:
+    """Whether ``err``, or an error it was raised from or while handling, is a write that failed for want of space
+    (no space, quota, file-size limit). torch's writer raises a RuntimeError of its own after the OSError."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(path: str | Path, what: str) -> Iterator[None]:
+    """Turn a write that runs out of space inside the block into one :class:`PipelineError` naming ``what``,
+    the folder of ``path`` and its free space."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        folder = Path(path).parent
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        raise PipelineError(f"cannot write {what} {path}: no space left on device in {folder} ({free}); "
+                            "free space there, then rerun") from None
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from .runtime import resolve_bf16, resolve_device
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CARD", "ModelCard", "Classifier", "load_classifier", "read_card", "predict_frame"]
+__all__ = ["CARD", "ModelCard", "Classifier", "load_classifier", "read_card", "load_weights", "input_columns", "predict_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,6 @@ def load_classifier(directory: str | Path, *, device: str = "auto", precision: O
     """
     from transformers import AutoTokenizer
 
-    from .models import load_trained
-
     directory = Path(directory)
     card = read_card(directory)
     try:
@@ -148,10 +146,66 @@ def load_classifier(directory: str | Path, *, device: str = "auto", precision: O
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # as pretrained.load_tokenizer did for training
     base = ModelConfig(name=card.base_model or str(directory), max_length=card.max_length)
-    model = load_trained(card.variant, directory, base, list(card.labels), tokenizer)
+    model = load_weights(card.variant, directory, base, list(card.labels), tokenizer)
     torch_device = resolve_device(device)
     bf16 = resolve_bf16(precision or card.precision, torch_device)
     return Classifier(model.to(torch_device), tokenizer, card, torch_device, bf16)
+
+
+def load_weights(variant: Variant, directory: str | Path, model_cfg: ModelConfig, labels: list[str],
+                 tokenizer: Any) -> torch.nn.Module:
+    """:func:`~lora_pipeline.models.load_trained`, with a truncated or corrupt ``*.safetensors`` file turned into
+    one :class:`PipelineError` naming the file and the fix.
+
+    Raises:
+        PipelineError: what ``load_trained`` raises, and unreadable weights.
+    """
+    from safetensors import SafetensorError
+
+    from .models import load_trained
+
+    try:
+        return load_trained(variant, directory, model_cfg, labels, tokenizer)
+    except SafetensorError as err:
+        files = sorted(p.name for p in Path(directory).rglob("*.safetensors"))
+        raise PipelineError(f"model {excerpt(str(directory))}: its weights ({', '.join(files) or 'safetensors'}) "
+                            f"are truncated or corrupt ({excerpt(str(err), 120, quote=False)}); copy the directory "
+                            f"again, or rerun its train stage (`dvc repro -f train_{variant}`)") from None
+
+
+def input_columns(card: ModelCard, frame: "pd.DataFrame", text_column: str = "text",
+                  pair_column: Optional[str] = None) -> list[str]:
+    """The columns of ``frame`` a model with ``card`` reads: the text column, and the pair column (default
+    ``text_pair``) for a model trained on pairs. Cheap: call it before loading the model.
+
+    Raises:
+        PipelineError: a column is missing.
+    """
+    if pair_column is None and card.text_pair:
+        pair_column = "text_pair"
+    columns = [text_column] + ([pair_column] if pair_column else [])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"input has no column {excerpt(missing[0])} (columns: "
+                            f"{excerpt(', '.join(map(str, frame.columns)), 200, quote=False)}); choose the text "
+                            "column with --text-column (and --pair-column for sentence pairs)")
+    return columns
+
+
+def _check_texts(column: str, values: list) -> None:
+    """Every value a non-empty string, as the ingest and validate stages require of training texts."""
+    def rows(found: list[int]) -> str:
+        return ", ".join(str(i + 1) for i in found[:5]) + (f" … and {len(found) - 5} more" if len(found) > 5 else "")
+
+    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and np.isnan(v))
+             or (isinstance(v, str) and not v.strip())]
+    if empty:
+        raise PipelineError(f"column {excerpt(column)}: empty text in row {rows(empty)}; remove those rows or fill them")
+    other = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if other:
+        first = values[other[0]]
+        raise PipelineError(f"column {excerpt(column)}: row {rows(other)} holds {type(first).__name__} values, not "
+                            f"text (e.g. {excerpt(first, 40)}); give texts as strings (quote them in JSON)")
 
 
 def predict_frame(classifier: Classifier, frame: "pd.DataFrame", *, text_column: str = "text",
@@ -162,27 +216,16 @@ def predict_frame(classifier: Classifier, frame: "pd.DataFrame", *, text_column:
     ``pair_column`` defaults to ``text_pair`` for a model trained on pairs.
 
     Raises:
-        PipelineError: a missing column, or an empty text (row numbers are 1-based, as in the input file).
+        PipelineError: a missing column, an empty text or a value that is not a string (row numbers are
+            1-based, as in the input file).
     """
     import pandas as pd
 
-    if pair_column is None and classifier.card.text_pair:
-        pair_column = "text_pair"
-    columns = [text_column] + ([pair_column] if pair_column else [])
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PipelineError(f"input has no column {excerpt(missing[0])} (columns: "
-                            f"{excerpt(', '.join(map(str, frame.columns)), 200, quote=False)}); choose the text "
-                            "column with --text-column (and --pair-column for sentence pairs)")
-    texts = {c: frame[c] for c in columns}
+    columns = input_columns(classifier.card, frame, text_column, pair_column)
+    texts = {c: frame[c].tolist() for c in columns}
     for column, values in texts.items():
-        empty = [i for i, v in enumerate(values.tolist()) if v is None or (isinstance(v, float) and np.isnan(v))
-                 or not str(v).strip()]
-        if empty:
-            rows = ", ".join(str(i + 1) for i in empty[:5]) + (f" … and {len(empty) - 5} more" if len(empty) > 5 else "")
-            raise PipelineError(f"column {excerpt(column)}: empty text in row {rows}; remove those rows or fill them")
-    probs = classifier.predict_proba(texts[text_column].astype(str).tolist(),
-                                     texts[pair_column].astype(str).tolist() if pair_column else None,
+        _check_texts(column, values)
+    probs = classifier.predict_proba(texts[columns[0]], texts[columns[1]] if len(columns) > 1 else None,
                                      batch_size=batch_size, on_batch=on_batch)
     labels = classifier.labels
     out = pd.DataFrame({"label": [labels[i] for i in probs.argmax(axis=1)]})

@@ -22,6 +22,9 @@ from typing import Any, Mapping, Optional
 import mlflow.pyfunc
 import pandas as pd
 
+from mlflow.exceptions import MlflowException
+
+from .errors import PipelineError
 from .inference import ModelCard, load_classifier, predict_frame, read_card
 
 __all__ = ["ARTIFACT", "MODEL_NAME", "TextClassifierModel", "log_classifier", "log_trained", "find_logged_model",
@@ -45,7 +48,13 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
                                            device=os.environ.get("LORA_PIPELINE_DEVICE", "auto"))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
-        return predict_frame(self._classifier, model_input, batch_size=int(os.environ.get("LORA_PIPELINE_BATCH", "64")))
+        """Bad input (a missing column, an empty or non-string text) is a 400 whose message says what to fix,
+        without a server-side stack trace."""
+        try:
+            return predict_frame(self._classifier, model_input,
+                                 batch_size=int(os.environ.get("LORA_PIPELINE_BATCH", "64")))
+        except PipelineError as err:
+            raise MlflowException.invalid_parameter_value(str(err)) from None
 
 
 def _signature(card: ModelCard):

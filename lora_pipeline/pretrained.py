@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import ssl
 import threading
 import urllib.error
@@ -43,6 +44,10 @@ def resolve_model_path(name: str) -> str:
     if name.startswith("package:"):
         return _package_dir(name)
     if Path(name).expanduser().is_dir():
+        if not (Path(name).expanduser() / "config.json").is_file():
+            raise PipelineError(f"model.name {excerpt(name)} is a directory but not a model: it has no config.json "
+                                "(a directory saved with save_pretrained, or models/<variant>/<tag> of a train "
+                                "stage). Point model.name at the model's own folder, or use a Hugging Face id.")
         return name
     return _hub_model(name)
 
@@ -62,8 +67,18 @@ def hub_offline_reason(endpoint: str) -> Optional[str]:
     return _PROBED[endpoint]
 
 
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _package_dir(name: str) -> str:
+    """The directory ``<dir>`` of the installed package ``<pkg>`` of ``package:<pkg>/<dir>``, found without
+    importing anything: ``<pkg>`` must be a plain module name (``find_spec`` of a dotted name imports its parents,
+    and a model card names it)."""
     pkg, _, sub = name[len("package:"):].partition("/")
+    if not _MODULE.fullmatch(pkg):
+        raise PipelineError(f"model.name {excerpt(name)}: {excerpt(pkg)} is not a plain Python package name "
+                            "(letters, digits and _; no dots); use package:<pkg>/<dir>, e.g. "
+                            f"{EMBEDDED_MODEL}")
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
         raise PipelineError(f"model.name '{name}': Python package '{pkg}' is not installed "

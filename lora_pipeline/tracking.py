@@ -18,47 +18,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from time import monotonic
-from time import sleep as wait  # the lock's poll, apart from the retry backoff (tests patch time)
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock on store creation
-    fcntl = None  # type: ignore[assignment]
-
 from .config import MlflowConfig
+from .credentials import redact
+from .mlflow_store import check_writable, http_limits, sqlite_db, store_lock
 
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
            "log_stage_run", "flatten", "run_display_name", "git_commit"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_SECRET_QUERY = re.compile(r"(?i)((?:token|password|passwd|secret|key|sig|signature)=)[^&\s]+")
-
-
-def redact(text: str) -> str:
-    """Hide credentials in URIs (``user:password@`` → ``user:***@``) and secret-looking query values."""
-    def _one(match: re.Match) -> str:
-        # split by hand: urlunsplit rewrites URIs without credentials (sqlite:////abs → sqlite://abs) and
-        # urlsplit raises on a '[' in a password, which would turn a logging call into a crash
-        scheme, rest = match.group(0).split("://", 1)
-        end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0], default=len(rest))
-        netloc, tail = rest[:end], rest[end:]
-        if "@" not in netloc:
-            return match.group(0)
-        creds, host = netloc.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}{tail}" if ":" in creds else f"{scheme}://***@{host}{tail}"
-
-    # quotes are valid in a password (RFC 3986 sub-delims): only whitespace ends a URI here
-    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", _one, text)
-    return _SECRET_QUERY.sub(r"\1***", text)
-
 
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
@@ -104,7 +77,6 @@ def git_commit() -> Optional[str]:
 
 # what parallel workers on one SQLite file raise while another holds the write lock or is creating the schema
 _TRANSIENT = re.compile(r"(?i)database is locked|already exists|duplicate column|no such table|alembic_version")
-STORE_LOCK_TIMEOUT = 300.0  # s: a first migration takes seconds, even on a loaded machine
 
 
 def run_display_name(stage: str, tags: Mapping[str, Any]) -> str:
@@ -120,36 +92,9 @@ def run_display_name(stage: str, tags: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _sqlite_db(uri: str) -> Optional[Path]:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Hold ``<db>-lock`` (beside a SQLite store) exclusively; other stores need no lock."""
-    db = _sqlite_db(uri)
-    if db is None or fcntl is None:
-        yield
-        return
-    with open(f"{db}-lock", "a") as handle:  # the OS drops the lock when the holder dies, even by SIGKILL
-        deadline = monotonic() + STORE_LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if monotonic() > deadline:
-                    raise TimeoutError(f"{db}-lock held by another process for {STORE_LOCK_TIMEOUT:.0f} s")
-                wait(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _experiment(mlflow: Any, name: str, uri: str) -> Any:
     """The experiment ``name``; a SQLite store keeps its artifacts in ``mlartifacts/`` beside the db file."""
-    db = _sqlite_db(uri)
+    db = sqlite_db(uri)
     location = (Path(os.path.abspath(db)).parent / "mlartifacts").as_uri() if db is not None else None
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -218,22 +163,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
-
-
-def _errors_only(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR
-
-
-@contextlib.contextmanager
-def _quiet_http_retries() -> Iterator[None]:
-    """Drop urllib3's "Retrying (…)" warnings while MLflow's client retries a request: when it gives up, the
-    tracker's one warning names the final error; when a retry succeeds, nothing was lost."""
-    logger = logging.getLogger("urllib3.connectionpool")
-    logger.addFilter(_errors_only)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_errors_only)
 
 
 def _forget_active_run(run_id: str) -> None:
@@ -309,10 +238,6 @@ class MlflowTracker(_ClosedOnExit):
         self._run_id: Optional[str] = None  # once started: MLflow's exit hook would end it (see close)
         self._logged_params: dict[str, str] = {}  # params of a resumed run
         self._resume_tags: dict[str, str] = {}
-        # fail fast instead of retrying an unreachable server for minutes: one retry, 5 s per attempt, so a
-        # server that accepts connections but never answers costs a stage ~10 s, not ~20 s
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.uri = default_tracking_uri(cfg)
         self._call("start", lambda: self._start(cfg, run_name, tags))
         if self._resume_tags:
@@ -321,6 +246,7 @@ class MlflowTracker(_ClosedOnExit):
     def _start(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> None:
         import mlflow
 
+        check_writable(self.uri)  # before MLflow, which logs tracebacks of its own on a read-only store
         mlflow.set_tracking_uri(self.uri)
         all_tags = {"git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), **tags,
                     "host": socket.gethostname(), "pid": os.getpid()}
@@ -328,7 +254,7 @@ class MlflowTracker(_ClosedOnExit):
         # the first access of a brand-new SQLite store runs MLflow's schema migrations, and two queued workers
         # doing it at once break each other ("table … already exists"): serialise store access until the run
         # exists; the same lock keeps two trackers from claiming one orphaned run
-        with _store_lock(self.uri):
+        with store_lock(self.uri):
             experiment = _experiment(mlflow, cfg.experiment, self.uri)
             mlflow.set_experiment(experiment_id=experiment.experiment_id)
             orphan = _sweep_orphans(mlflow, experiment.experiment_id, all_tags.get("checkpoint_key"))
@@ -348,7 +274,7 @@ class MlflowTracker(_ClosedOnExit):
             return
         for attempt in range(self.RETRIES):
             try:
-                with _quiet_http_retries():
+                with http_limits():  # fail fast instead of retrying for minutes, and quietly
                     fn()
                 return
             except Exception as err:  # noqa: BLE001 - tracking must never fail a stage

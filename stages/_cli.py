@@ -8,11 +8,11 @@ import logging
 import os
 import sys
 import time
-import traceback
 from typing import Any, Callable, Iterator, Optional
 
+from lora_pipeline.credentials import RedactingFormatter, install_redaction, redact
 from lora_pipeline.errors import ConfigError, PipelineError
-from lora_pipeline.tracking import log_stage_run, redact
+from lora_pipeline.tracking import log_stage_run
 
 # log_stage_run lives in lora_pipeline.tracking; re-exported here until ingest/validate/split import it from there
 __all__ = ["EXIT_USER_ERROR", "run_stage", "install_redaction", "RedactingFormatter", "log_stage_run", "phase",
@@ -110,51 +110,3 @@ class timed_tracker:  # noqa: N801 - used like a function that returns a tracker
     def __exit__(self, *exc: Any) -> None:
         with phase("mlflow"):
             self._tracker.__exit__(*exc)
-
-
-class RedactingFormatter(logging.Formatter):
-    """Wraps a handler's formatter and hides credentials in the whole text: message, traceback and stack."""
-
-    def __init__(self, inner: logging.Formatter | None = None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(self.inner.format(record))
-
-
-def install_redaction() -> None:
-    """Redact every log record of the process, whichever library logs it and whichever handler prints it.
-
-    Root's handlers get a :class:`RedactingFormatter`; a record factory redacts each record's message and
-    traceback when it is made, for handlers set up elsewhere (MLflow's own, which does not propagate); the
-    traceback of an uncaught error is redacted as well.
-    """
-    for handler in logging.getLogger().handlers:
-        if not isinstance(handler.formatter, RedactingFormatter):
-            handler.setFormatter(RedactingFormatter(handler.formatter))
-    factory = logging.getLogRecordFactory()
-    if not getattr(factory, "redacts", False):
-        logging.setLogRecordFactory(_redacting_factory(factory))
-    sys.excepthook = _redacting_excepthook  # an unexpected error's traceback is part of the stage log too
-
-
-def _redacting_excepthook(kind: type[BaseException], err: BaseException, tb: Any) -> None:
-    sys.stderr.write(redact("".join(traceback.format_exception(kind, err, tb))))
-
-
-def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = make(*args, **kwargs)
-        try:
-            record.msg, record.args = redact(record.getMessage()), ()
-        except Exception:  # noqa: BLE001 - a malformed call is reported by the handler, as without redaction
-            return record
-        if record.exc_info and not record.exc_text:  # formatters reuse exc_text instead of formatting again
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return record
-
-    factory.redacts = True  # type: ignore[attr-defined]
-    return factory

@@ -5,11 +5,13 @@ literal one (``quoting: none``) and reports what differs."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
+import sys
 from collections import Counter
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -51,14 +53,27 @@ def _malformed_records(text: str, sep: str) -> tuple[int, int]:
     """(records whose quoting is malformed, file line where the first starts), by Python's strict csv reader."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
     bad, first = 0, 0
-    while True:
-        start = reader.line_num + 1
-        try:
-            next(reader)
-        except StopIteration:
-            return bad, first
-        except csv.Error:
-            bad, first = bad + 1, first or start
+    with _field_size_limit(len(text) + 1):  # a long text is not malformed quoting (validate judges its length)
+        while True:
+            start = reader.line_num + 1
+            try:
+                next(reader)
+            except StopIteration:
+                return bad, first
+            except csv.Error:
+                bad, first = bad + 1, first or start
+
+
+@contextlib.contextmanager
+def _field_size_limit(chars: int) -> Iterator[None]:
+    """Python's csv reader refuses fields over ``csv.field_size_limit()`` (131,072 characters by default) with
+    the same error as malformed quoting: raise it to ``chars`` for the block."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(max(before, min(chars, sys.maxsize)))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
 
 
 def _stripped_quotes(text: str, parsed: pd.DataFrame, sep: str, header: bool, name: str, mode: str,

@@ -15,7 +15,6 @@ import bz2
 import codecs
 import csv
 import difflib
-import gzip
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import replace
 from importlib import metadata
@@ -48,7 +48,8 @@ __all__ = ["DATA_FILE", "MANIFEST_FILE", "ingest", "read_table", "read_archive_m
 log = logging.getLogger(__name__)
 
 PIP_TIMEOUT_S = 900
-_COMPRESSIONS = {".bz2": bz2.decompress, ".gz": gzip.decompress, ".xz": lzma.decompress}
+_COMPRESSIONS = (".bz2", ".gz", ".xz")
+MAX_DECOMPRESSED_BYTES = 2**30  # a compressed input may hold at most this much data (it is read into memory)
 # what each reader returns: (split name or None, table, where it came from) per piece, plus provenance
 Pieces = list[tuple[Optional[str], pd.DataFrame, str]]
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -79,11 +80,10 @@ def ingest(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     if "split" in data:
         manifest["rows_per_split"] = {k: int(v) for k, v in data["split"].value_counts().sort_index().items()}
     if cfg.subsample is not None:
-        strata = ["split", "label"] if "split" in data else ["label"]
-        data, manifest["subsample"] = stratified_subsample(data, cfg.subsample, cfg.subsample_seed, strata)
+        data, manifest["subsample"] = _subsample(data, cfg)
         manifest["rows"] = len(data)
-        log.info("subsample: kept %d of %d rows (data.subsample %s, seed %d, stratified by %s)", len(data),
-                 manifest["subsample"]["rows_before"], cfg.subsample, cfg.subsample_seed, "/".join(strata))
+        if "split" in data:
+            manifest["rows_per_split"] = {k: int(v) for k, v in data["split"].value_counts().sort_index().items()}
     manifest["changes"] = dict(sorted(changes.items()))
     with atomic_dir(out_dir) as tmp:
         data.to_parquet(tmp / DATA_FILE, index=False)
@@ -91,6 +91,24 @@ def ingest(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         write_json(tmp / MANIFEST_FILE, manifest)
     log.debug("ingested %d rows from %s", len(data), listing(origin for _, _, origin in pieces))
     return manifest
+
+
+def _subsample(data: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The seeded, stratified subsample of ``data.subsample``. With predefined splits only the training pool
+    (train, and val when given) is subsampled: a given test split is a benchmark's, and is kept whole."""
+    if "split" not in data:
+        out, summary = stratified_subsample(data, cfg.subsample, cfg.subsample_seed, ["label"])
+        log.info("subsample: kept %d of %d rows (data.subsample %s, seed %d, stratified by label)", len(out),
+                 summary["rows_before"], cfg.subsample, cfg.subsample_seed)
+        return out, summary
+    pool, test = data[data["split"] != "test"], data[data["split"] == "test"]
+    sampled, summary = stratified_subsample(pool, cfg.subsample, cfg.subsample_seed, ["split", "label"])
+    out = pd.concat([sampled, test], ignore_index=True)
+    summary = {**summary, "applies_to": sorted(set(pool["split"])), "test_rows_kept": len(test)}
+    log.warning("subsample: kept %d of %d training rows (data.subsample %s, seed %d, stratified by split/label); "
+                "the given test split keeps all its %d rows", len(sampled), len(pool), cfg.subsample,
+                cfg.subsample_seed, len(test))
+    return out, summary
 
 
 def _read_pieces(cfg: DataConfig, changes: Counter) -> tuple[Pieces, dict[str, Any]]:
@@ -310,10 +328,7 @@ def read_table(data: bytes, name: str, cfg: DataConfig, changes: Optional[Counte
     """
     suffixes = [s.lower() for s in PurePosixPath(name).suffixes]
     if suffixes and suffixes[-1] in _COMPRESSIONS:
-        try:
-            data = _COMPRESSIONS[suffixes.pop()](data)
-        except (OSError, EOFError, ValueError, lzma.LZMAError) as err:
-            raise DataError(f"{name}: cannot decompress ({excerpt(str(err), 300, quote=False)})") from err
+        data = _decompress(data, suffixes.pop(), name)
     fmt = cfg.format if cfg.format != "auto" else _FORMATS.get(suffixes[-1] if suffixes else "")
     if fmt is None:
         raise DataError(f"cannot infer the format of '{name}' from its suffix; "
@@ -345,14 +360,46 @@ def decode_strict(data: bytes, encoding: str, name: str) -> str:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - data.rfind(b"\n", 0, err.start)
-        utf16 = data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-        example = "utf-16 (the file starts with a UTF-16 byte-order mark)" if utf16 else \
-            "cp1252 for Windows-1252 text (typical of old English corpora)"
+        example = _encoding_hint(data)
         raise DataError(
             f"{name}: byte offset {err.start} (line {line}, column {column}) is not valid {encoding}: "
             f"{data[err.start:err.start + 4]!r} ({err.reason}). Set data.encoding to the file's real "
             f"encoding, e.g. {example}.") from err
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _encoding_hint(data: bytes) -> str:
+    """The likely encoding of bytes that are not valid in the declared one, as advice."""
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16 (the file starts with a UTF-16 byte-order mark)"
+    head = data[:4096]
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    if max(even, odd) > len(head) // 8:  # mostly-ASCII text in UTF-16 has a NUL in every other byte
+        which = "le" if odd > even else "be"
+        return f"utf-16-{which} (every other byte is NUL: UTF-16 without a byte-order mark)"
+    return "cp1252 for Windows-1252 text (typical of old English corpora)"
+
+
+def _decompress(data: bytes, suffix: str, name: str) -> bytes:
+    """``data`` decompressed (every stream of a multi-stream file), refused once it passes
+    :data:`MAX_DECOMPRESSED_BYTES` rather than after it was all held in memory."""
+    make = {".bz2": bz2.BZ2Decompressor, ".xz": lzma.LZMADecompressor,
+            ".gz": lambda: zlib.decompressobj(wbits=31)}[suffix]
+    parts, size, rest = [], 0, data
+    try:
+        while rest:
+            decompressor = make()
+            parts.append(decompressor.decompress(rest, MAX_DECOMPRESSED_BYTES + 1 - size))
+            size += len(parts[-1])
+            if size > MAX_DECOMPRESSED_BYTES:
+                raise DataError(f"{name}: decompresses to more than {MAX_DECOMPRESSED_BYTES / 2**20:,.0f} MB, more "
+                                "than the pipeline reads into memory; split the file, or subsample a smaller copy")
+            if not decompressor.eof:
+                raise EOFError("the compressed data ends early (a truncated file)")
+            rest = decompressor.unused_data
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as err:
+        raise DataError(f"{name}: cannot decompress ({excerpt(str(err), 300, quote=False)})") from err
+    return b"".join(parts)
 
 
 def _refuse_nul(text: str, name: str, encoding: str) -> None:
@@ -428,7 +475,8 @@ def _parse_jsonl(text: str, name: str) -> pd.DataFrame:
         try:
             record = json.loads(line, object_pairs_hook=_no_duplicate_keys(lineno, name))
         except json.JSONDecodeError as err:
-            raise DataError(f"{name}: line {lineno} is not valid JSON: {err.msg} at column {err.colno}") from err
+            why = err.msg.removesuffix(" at")  # json's "Invalid control character at"
+            raise DataError(f"{name}: line {lineno} is not valid JSON: {why} at column {err.colno}") from err
         if not isinstance(record, dict):
             raise DataError(f"{name}: line {lineno} is a JSON {type(record).__name__}, expected an object")
         records.append(record)

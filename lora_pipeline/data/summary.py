@@ -30,7 +30,10 @@ def describe_source(manifest: Mapping[str, Any]) -> str:
         where += f" (sha256 {manifest['sha256'][:12]}…)"
     if manifest.get("subsample"):
         sub = manifest["subsample"]
-        where += f"; subsample of {sub['rows_after']:,} of {sub['rows_before']:,} rows (seed {sub['seed']})"
+        rows = f"{', '.join(sub['applies_to'])} rows" if sub.get("applies_to") else "rows"
+        where += f"; subsample of {sub['rows_after']:,} of {sub['rows_before']:,} {rows} (seed {sub['seed']})"
+        if sub.get("applies_to"):
+            where += f", test kept whole ({sub['test_rows_kept']:,} rows)"
     return f"{source}: {where}"
 
 

@@ -21,6 +21,8 @@ def record_factory(monkeypatch) -> Iterator[None]:
     """run_stage installs a process-wide record factory and excepthook; later tests get the originals back."""
     before = logging.getLogRecordFactory()
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
     yield
     logging.setLogRecordFactory(before)
 
@@ -75,3 +77,14 @@ def test_the_traceback_of_an_unexpected_error_is_redacted(capfd):
     err = capfd.readouterr().err
     assert f"RuntimeError: unexpected: {SHOWN}" in err and "Traceback (most recent call last)" in err
     assert TOKEN not in err and PASSWORD not in err
+
+
+def test_a_run_link_mlflow_prints_on_stdout_is_redacted(capfd):
+    def body() -> None:  # MLflow's end_run prints its run and experiment links with sys.stdout.write
+        sys.stdout.write(f"\U0001f3c3 View run evaluate s42 at: {URL}\n")
+        print(f"\U0001f9ea View experiment at: {URL}", file=sys.stderr)
+
+    assert run_stage("evaluate", body) == 0
+    out, err = capfd.readouterr()
+    assert f"View run evaluate s42 at: {SHOWN}" in out and f"View experiment at: {SHOWN}" in err
+    assert PASSWORD not in out + err and TOKEN not in out + err

@@ -69,11 +69,13 @@ def restored_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     factory, hook = logging.getLogRecordFactory(), sys.excepthook  # run_stage installs redacting ones
+    streams = sys.stdout, sys.stderr  # and redacting streams
     try:
         yield
     finally:
         logging.setLogRecordFactory(factory)
         sys.excepthook = hook
+        sys.stdout, sys.stderr = streams
         for handler in list(root.handlers):
             if handler not in handlers:
                 root.removeHandler(handler)

@@ -232,6 +232,7 @@ def test_bad_first_token_last_layer_is_named(value):
     ("https://mlflow.example.com/?password=s3cr3t", "s3cr3t"),
     ("https://mlflow.example.com/?sig=s3cr3t&api_key=s3cr3t", "s3cr3t"),
     ("http://al[ice:s3cr3t@host:5000", "s3cr3t"),  # urlsplit raises on '[' in a netloc: still refused
+    ("https://ghp_s3cr3t@mlflow.example.com/", "s3cr3t"),  # a token as the user name
 ])
 def test_tracking_uri_with_credentials_is_refused_without_echoing_them(uri, secret):
     with pytest.raises(ConfigError) as info:
@@ -246,7 +247,7 @@ def test_tracking_uri_with_credentials_is_refused_without_echoing_them(uri, secr
 
 @pytest.mark.parametrize("uri", ["http://mlflow.example.com:5000", "https://mlflow.example.com/prefix?x=1",
                                  "sqlite:////abs/path/mlflow.db", "file:///tmp/mlruns", "databricks",
-                                 "http://alice@mlflow.example.com", "sqlite:////data/user@host/mlflow.db",
+                                 "sqlite:////data/user@host/mlflow.db",
                                  "https://mlflow.example.com/?monkey=1"])
 def test_tracking_uri_without_credentials_is_accepted(uri):
     assert parse_params(_with("mlflow.tracking_uri", uri)).mlflow.tracking_uri == uri
@@ -284,3 +285,11 @@ def test_min_delta_is_a_non_negative_macro_f1_gain():
     assert isinstance(params.train.min_delta, float) and params.train.min_delta == 0.0
     with pytest.raises(ConfigError, match=r"'train\.min_delta' must be >= 0"):
         parse_params(_with("train.min_delta", -0.01))
+
+
+@pytest.mark.parametrize("key", ["data.text_column", "data.label_column", "train.batch_size"])
+def test_a_value_yaml_reads_as_a_comment_is_refused_naming_the_hash(key):
+    section, name = key.split(".")
+    raw = yaml.safe_load(f"{section}:\n  {name}: #1 String\n")
+    with pytest.raises(ConfigError, match=f"'{key}' must .*null.*starts with '#'.*quote it"):
+        parse_params(raw, sections=[section])

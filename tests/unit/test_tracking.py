@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sqlite3
 import sys
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_pipeline import tracking
+from lora_pipeline import mlflow_store, tracking
 from lora_pipeline.config import MlflowConfig
 from lora_pipeline.tracking import MlflowTracker, NullTracker, default_tracking_uri, flatten, open_tracker, redact
 from tests.support.builders import make_frame, write_clean, write_params
@@ -243,16 +244,20 @@ def test_a_broken_store_costs_one_warning_and_nothing_else(monkeypatch, tmp_path
         assert str(tmp_path / "corrupt" / "mlflow.db") in warning  # the path is shown intact
 
 
-def test_http_timeouts_have_tight_defaults_that_users_can_override(monkeypatch, store):
-    MlflowTracker(MlflowConfig(), "x", {}).close()
-    import os
-
-    retries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
-    timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+def test_http_timeouts_are_tight_in_mlflow_calls_only_and_users_can_override_them(monkeypatch, store):
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    seen = []
+    tracker = MlflowTracker(MlflowConfig(), "x", {})
+    tracker.use("probe", lambda mlflow: seen.append([os.environ.get(name) for name in names]))
+    tracker.close()
+    retries, timeout = map(float, seen[-1])
     assert (retries + 1) * timeout <= 12  # worst case for a server that accepts but never answers
+    assert not [name for name in names if name in os.environ]  # the process environment is left as it was
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
-    MlflowTracker(MlflowConfig(), "x", {}).close()
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+    tracker = MlflowTracker(MlflowConfig(), "x", {})
+    tracker.use("probe", lambda mlflow: seen.append([os.environ.get(name) for name in names]))
+    tracker.close()
+    assert seen[-1][1] == "77" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
 
 
 @pytest.mark.slow
@@ -435,7 +440,7 @@ def test_a_store_lock_that_is_never_released_costs_one_warning(monkeypatch, tmp_
 
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setattr(tracking, "STORE_LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(mlflow_store, "STORE_LOCK_TIMEOUT", 0.3)
     with open(f"{db}-lock", "a") as held, caplog.at_level(logging.WARNING):
         fcntl.flock(held, fcntl.LOCK_EX)  # a worker stuck while creating the store
         _exercise(MlflowTracker(MlflowConfig(), "x", {}), tmp_path)
