@@ -27,7 +27,7 @@ from .runtime import resolve_bf16, resolve_device
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CARD", "ModelCard", "Classifier", "load_classifier", "read_card", "load_weights", "input_columns", "predict_frame"]
+__all__ = ["CARD", "ModelCard", "Classifier", "load_classifier", "read_card", "input_columns", "predict_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -146,31 +146,12 @@ def load_classifier(directory: str | Path, *, device: str = "auto", precision: O
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # as pretrained.load_tokenizer did for training
     base = ModelConfig(name=card.base_model or str(directory), max_length=card.max_length)
-    model = load_weights(card.variant, directory, base, list(card.labels), tokenizer)
+    from .models import load_trained
+
+    model = load_trained(card.variant, directory, base, list(card.labels), tokenizer)
     torch_device = resolve_device(device)
     bf16 = resolve_bf16(precision or card.precision, torch_device)
     return Classifier(model.to(torch_device), tokenizer, card, torch_device, bf16)
-
-
-def load_weights(variant: Variant, directory: str | Path, model_cfg: ModelConfig, labels: list[str],
-                 tokenizer: Any) -> torch.nn.Module:
-    """:func:`~lora_pipeline.models.load_trained`, with a truncated or corrupt ``*.safetensors`` file turned into
-    one :class:`PipelineError` naming the file and the fix.
-
-    Raises:
-        PipelineError: what ``load_trained`` raises, and unreadable weights.
-    """
-    from safetensors import SafetensorError
-
-    from .models import load_trained
-
-    try:
-        return load_trained(variant, directory, model_cfg, labels, tokenizer)
-    except SafetensorError as err:
-        files = sorted(p.name for p in Path(directory).rglob("*.safetensors"))
-        raise PipelineError(f"model {excerpt(str(directory))}: its weights ({', '.join(files) or 'safetensors'}) "
-                            f"are truncated or corrupt ({excerpt(str(err), 120, quote=False)}); copy the directory "
-                            f"again, or rerun its train stage (`dvc repro -f train_{variant}`)") from None
 
 
 def input_columns(card: ModelCard, frame: "pd.DataFrame", text_column: str = "text",

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import (EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID, VARIANTS, LoraConfig, ModelConfig,  # noqa: F401
                      ScratchConfig, Variant)
-from .errors import PipelineError
+from .errors import PipelineError, excerpt
 from .files import atomic_dir
 from .inference import ModelCard
 from .lora.surgery import HEAD_NAMES, module_under
@@ -232,15 +232,28 @@ def load_trained(variant: Variant, directory: str | Path, model_cfg: ModelConfig
     """Load what a train stage saved; a LoRA adapter is put on a fresh base and merged for inference.
 
     Raises:
-        PipelineError: the directory is missing, does not match the configured base model, or its merged
-            weights would not be finite.
+        PipelineError: the directory is missing, its weights are truncated or corrupt, it does not match the
+            configured base model, or its merged weights would not be finite.
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
     directory = Path(directory)
     if not directory.is_dir():
         raise PipelineError(f"no trained {variant} model in {directory}; run `dvc repro train_{variant}`")
+    from safetensors import SafetensorError
+
+    try:
+        return _load_trained(variant, directory, model_cfg, labels, tokenizer)
+    except SafetensorError as err:  # a truncated or corrupt copy: one line that names the files and the fix
+        files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*.safetensors"))
+        raise PipelineError(f"model {excerpt(str(directory))}: its weights ({', '.join(files) or 'safetensors'}) "
+                            f"are truncated or corrupt ({excerpt(str(err), 120, quote=False)}); copy the directory "
+                            f"again, or rerun its train stage (`dvc repro -f train_{variant}`)") from None
+
+
+def _load_trained(variant: Variant, directory: Path, model_cfg: ModelConfig, labels: list[str],
+                  tokenizer) -> nn.Module:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
     if variant != "lora":
         model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True,
                                                                    dtype=torch.float32)

@@ -22,9 +22,8 @@ from lora_pipeline.data.summary import DATASET_FILE
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline, predict, predict_tfidf
 from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
-from lora_pipeline.inference import load_weights
 from lora_pipeline.lora import adapter_factors
-from lora_pipeline.models import model_digest, weights_files
+from lora_pipeline.models import load_trained, model_digest, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.speedups import trim_switch
@@ -68,7 +67,7 @@ def _predict_groups(groups, args, params: Params, labels: list[str], test: Encod
         preds[group.name] = []
         for rec in group.records:
             with phase("model"):
-                model = load_weights(group.variant, Path(args.models) / group.variant / rec["tag"], params.model,
+                model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model,
                                      labels, tokenizer).to(device)
             with trim_switch(model, params.train.first_token_last_layer), phase("forward"):  # as validation did
                 preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,

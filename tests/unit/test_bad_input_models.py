@@ -12,7 +12,9 @@ import pytest
 
 from lora_pipeline.config import ModelConfig
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.inference import CARD, load_classifier, load_weights
+from lora_pipeline.inference import CARD, load_classifier
+from lora_pipeline.models import load_trained, save_trained
+from tests.support.training import nonzero_lora_model
 from lora_pipeline.pretrained import resolve_model_path
 from tests.support.builders import LABELS
 
@@ -35,7 +37,16 @@ def test_truncated_weights_in_predict_are_one_error_naming_the_file(truncated):
 
 def test_truncated_weights_in_evaluate_are_one_error_naming_the_file(truncated, tiny_tokenizer):
     with pytest.raises(PipelineError, match="truncated or corrupt"):
-        load_weights("full", truncated, ModelConfig(name=str(truncated)), LABELS, tiny_tokenizer)
+        load_trained("full", truncated, ModelConfig(name=str(truncated)), LABELS, tiny_tokenizer)
+
+
+def test_a_truncated_lora_adapter_in_evaluate_is_one_error_naming_the_file(tmp_path, tiny_model_dir, tiny_tokenizer):
+    model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
+    save_trained("lora", model, tiny_tokenizer, tmp_path / "lora", card=card, lora=lora)
+    weights = tmp_path / "lora" / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(PipelineError, match=r"\(adapter.safetensors, peft/adapter_model.safetensors\) are truncated"):
+        load_trained("lora", tmp_path / "lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
 
 
 def test_a_model_name_that_is_a_directory_without_a_model_is_one_error(tmp_path):
