@@ -30,7 +30,8 @@ import torch.distributed as dist
 from .config import TrainConfig
 from .errors import PipelineError
 
-__all__ = ["World", "SINGLE", "current_world", "torchrun_argv", "wants_launch", "run_torchrun", "mark_started",
+__all__ = ["World", "SINGLE", "current_world", "torchrun_argv", "torchrun_env", "wants_launch", "run_torchrun",
+           "mark_started",
            "die_with_parent", "init_process_group",
            "destroy_process_group", "shard", "shard_weight", "all_sum", "broadcast_object", "gather_objects"]
 
@@ -85,15 +86,32 @@ def torchrun_argv(train: TrainConfig, module: str, args: Sequence[str], run_id: 
     """
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(train.processes),
             "--max-restarts", "0"]
-    if train.nnodes == 1:
-        argv += ["--standalone"]
+    if train.nnodes == 1:  # workers reach rank 0 over loopback (see torchrun_env for the rest)
+        argv += ["--standalone", "--local-addr", "127.0.0.1"]
     else:
         argv += ["--nnodes", str(train.nnodes), "--rdzv-backend", "static", "--rdzv-endpoint", str(train.rdzv_endpoint),
                  "--rdzv-id", run_id, "--rdzv-conf", f"timeout={train.dist_timeout_s}"]
     return argv + ["--module", module, *args]
 
 
-def run_torchrun(command: Sequence[str], timeout_s: int, grace_s: int = 30) -> int:
+def torchrun_env(train: TrainConfig) -> dict[str, str]:
+    """Environment for the torchrun launch: on one machine, gloo's and NCCL's sockets on the loopback interface
+    (unless the user chose one), so the processes' traffic never leaves the host.
+
+    torch's own key-value store (the rendezvous torchrun hosts) still listens on every interface: ``TCPStore``
+    binds the wildcard address whatever host it is given (torch 2.x, both of its backends), so that port — random,
+    open for the launch only — is the one a firewall must cover.
+    """
+    env = dict(os.environ)
+    if train.nnodes == 1:
+        loopback = "lo0" if sys.platform == "darwin" else "lo"
+        for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            env.setdefault(name, loopback)
+    return env
+
+
+def run_torchrun(command: Sequence[str], timeout_s: int, grace_s: int = 30,
+                 env: Optional[dict[str, str]] = None) -> int:
     """Run a :func:`torchrun_argv` command and return its exit code; stop it if no worker started in time.
 
     torchrun gives up on a rendezvous the other machines never join (its ``timeout``), but a machine whose
@@ -106,7 +124,8 @@ def run_torchrun(command: Sequence[str], timeout_s: int, grace_s: int = 30) -> i
     """
     with tempfile.TemporaryDirectory(prefix="torchrun-") as tmp:
         started = Path(tmp) / "started"
-        proc = subprocess.Popen(list(command), env={**os.environ, _STARTED_ENV: str(started)},
+        env = {**(os.environ if env is None else env), _STARTED_ENV: str(started)}
+        proc = subprocess.Popen(list(command), env=env,
                                 preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s + grace_s
         while True:

@@ -16,7 +16,8 @@ from lora_pipeline.checkpoint import DirCheckpointer, run_key
 from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.distributed import (World, current_world, destroy_process_group, die_with_parent,
-                                       init_process_group, mark_started, run_torchrun, torchrun_argv, wants_launch)
+                                       init_process_group, mark_started, run_torchrun, torchrun_argv, torchrun_env,
+                                       wants_launch)
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_dir, atomic_file, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
@@ -125,7 +126,8 @@ def _launch(params: Params, variant: Variant, argv: list[str], run_id: str) -> N
     command = torchrun_argv(params.train, f"stages.train_{variant}", argv, run_id)
     log.info("launching %d training processes per machine under torchrun: %s", params.train.processes,
              " ".join(command))
-    code = run_torchrun(command, params.train.dist_timeout_s, params.train.dist_start_grace_s)
+    code = run_torchrun(command, params.train.dist_timeout_s, params.train.dist_start_grace_s,
+                        torchrun_env(params.train))
     if code != 0:
         train = params.train
         raise PipelineError(f"torchrun ({train.processes} process(es) per machine x {train.nnodes} machine(s)) failed "

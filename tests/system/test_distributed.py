@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 from lora_pipeline.config import ConfigError, TrainConfig
-from lora_pipeline.distributed import World, shard, torchrun_argv
+from lora_pipeline.distributed import World, shard, torchrun_argv, torchrun_env
 from tests.support.builders import ROOT, make_frame, save_tiny_bert, write_params, write_split
 from tests.support.servers import free_port
 
@@ -269,7 +269,7 @@ def test_shards_are_disjoint_cover_the_batch_and_weigh_to_the_global_mean():
 def test_torchrun_command_for_one_and_several_machines():
     one = torchrun_argv(TrainConfig(processes=4), "stages.train_lora", ["--rank", "8"], "r8-s1")
     assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node", "4", "--max-restarts", "0", "--standalone",
-                       "--module", "stages.train_lora", "--rank", "8"]
+                       "--local-addr", "127.0.0.1", "--module", "stages.train_lora", "--rank", "8"]
     many = torchrun_argv(TrainConfig(processes=2, nnodes=3, rdzv_endpoint="node0:29400", dist_timeout_s=60),
                          "stages.train_full", [], "s1-lr0.001")
     assert "--standalone" not in many
@@ -277,6 +277,15 @@ def test_torchrun_command_for_one_and_several_machines():
     assert many[many.index("--rdzv-id") + 1] == "s1-lr0.001"
     assert many[many.index("--rdzv-backend") + 1] == "static"  # node rank 0 (dvc repro's machine) holds rank 0
     assert many[many.index("--rdzv-conf") + 1] == "timeout=60"
+
+
+def test_one_machine_keeps_gloo_and_nccl_on_loopback_unless_the_user_chose_an_interface(monkeypatch):
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "eth1")
+    env = torchrun_env(TrainConfig(processes=2))
+    assert (env["GLOO_SOCKET_IFNAME"], env["NCCL_SOCKET_IFNAME"]) == ("lo", "eth1")
+    many = torchrun_env(TrainConfig(processes=2, nnodes=2, rdzv_endpoint="node0:29400"))
+    assert "GLOO_SOCKET_IFNAME" not in many  # several machines talk over the network
 
 
 @pytest.mark.parametrize("bad, key", [({"processes": 0}, "train.processes"), ({"nnodes": 2}, "train.rdzv_endpoint"),
