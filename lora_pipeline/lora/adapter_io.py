@@ -1,17 +1,18 @@
-"""Save and load LoRA adapters: small safetensors files bound to the exact base weights they were trained on.
+"""Save and load LoRA adapters: small safetensors files bound to the exact base they were trained on.
 
 An adapter directory holds ``adapter.safetensors`` (LoRA matrices, the trained head, the trained biases) and
-``adapter_config.json`` (hyper-parameters, the replaced module names and a fingerprint of every base parameter
-the adapter does not replace). Loading checks the fingerprint, so an adapter is never silently applied to a
-different base (other embeddings, feed-forward weights or dtype included).
+``adapter_config.json`` (hyper-parameters, the replaced module names, a fingerprint of every base parameter
+the adapter does not replace and the base config's architecture fields, see :mod:`.fingerprint`). Loading
+checks both, so an adapter is never silently applied to a different base (other embeddings, feed-forward
+weights, dtype, activation or layer-norm epsilon included).
 Tensors are read with safetensors only: no pickle.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import json
+import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_dir, write_json
+from .fingerprint import architecture_config, architecture_differences, base_fingerprint, plain_name
 from .layers import BiasMode, LoRALayer, check_bias_mode
 from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable, module_under
 
@@ -32,7 +34,6 @@ __all__ = [
     "FORMAT_VERSION",
     "adapter_factors",
     "adapter_settings",
-    "base_fingerprint",
     "head_state_dict",
     "load_adapter",
     "load_into",
@@ -46,8 +47,12 @@ __all__ = [
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-# 2: the fingerprint covers every base parameter the adapter does not replace (1: targeted weights only).
-FORMAT_VERSION = 2
+# 3: the base's architecture config is recorded and checked too; 2: every base parameter the adapter does not
+# replace (still loaded, with a warning); 1: targeted weights only (refused).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, FORMAT_VERSION)
+
+log = logging.getLogger(__name__)
 
 
 def lora_state_dict(model: nn.Module, bias: BiasMode = "none") -> dict[str, torch.Tensor]:
@@ -75,39 +80,6 @@ def head_state_dict(model: nn.Module, modules: Iterable[str]) -> dict[str, torch
     """Parameters of the modules selected by :func:`module_under` (the trained head), detached."""
     modules = tuple(modules)
     return {n: p.detach() for n, p in model.named_parameters() if module_under(n.rpartition(".")[0], modules)}
-
-
-def _plain_name(name: str, wrapped: set[str]) -> str:
-    """``<layer>.base.<leaf>`` of a LoRA layer -> ``<layer>.<leaf>``, the name on the model without LoRA."""
-    owner, _, leaf = name.rpartition(".")
-    layer, _, child = owner.rpartition(".")
-    return f"{layer}.{leaf}" if child == "base" and layer in wrapped else name
-
-
-def base_fingerprint(model: nn.Module, skip: Iterable[str] = ()) -> str:
-    """sha256 over name, dtype, shape and bytes of every parameter of the base model except ``skip``.
-
-    ``skip`` holds the parameters an adapter replaces (its head, trained biases), by their name on the model
-    without LoRA (``x.bias``, not ``x.base.bias``). LoRA matrices never count, so the value is the same on a
-    plain model and on one with unmerged LoRA layers, and can be checked before LoRA is applied. Each tensor is
-    streamed into the hash once, without a copy (MiniLM-L6, 91 MB: ~0.1-0.2 s on a laptop core).
-
-    Raises:
-        ValueError: if a LoRA layer is merged (its base weight then holds ``W0 + ΔW``).
-    """
-    layers = lora_layers(model)
-    merged = [name for name, layer in layers if layer.merged]
-    if merged:
-        raise ValueError(f"LoRA layers {merged[:3]} are merged; unmerge_lora(model) before fingerprinting")
-    adapters = {id(p) for _, layer in layers for p in (layer.lora_a, layer.lora_b)}
-    wrapped, skip = {name for name, _ in layers}, set(skip)
-    named = {_plain_name(n, wrapped): p for n, p in model.named_parameters() if id(p) not in adapters}
-    digest = hashlib.sha256()
-    for name in sorted(set(named) - skip):
-        tensor = named[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(named[name].shape)}|".encode())
-        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
-    return digest.hexdigest()
 
 
 def _single(values: Iterable[Any], what: str) -> Any:
@@ -216,7 +188,7 @@ def write_adapter_dir(directory: str | Path, weights_name: str, tensors: Mapping
 def _skip(tensors: Iterable[str], targets: Iterable[str]) -> set[str]:
     """Plain names of the base parameters that the adapter's tensors replace (left out of the fingerprint)."""
     wrapped = set(targets)
-    return {_plain_name(key, wrapped) for key in tensors}
+    return {plain_name(key, wrapped) for key in tensors}
 
 
 def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: str,
@@ -248,6 +220,7 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: st
         "trainable_extra": heads,
         "base_model_name": base_model_name,
         "base_fingerprint": base_fingerprint(model, _skip(tensors, settings["target_modules"])),
+        "base_architecture": architecture_config(model),
         "metadata": dict(metadata or {}),
     }
     return write_adapter_dir(directory, ADAPTER_WEIGHTS, tensors, config)
@@ -280,8 +253,8 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if version == 1:
         raise ValueError(f"{path}: format_version 1 fingerprints only the targeted weights and cannot be checked "
                          f"against the whole base; retrain (dvc repro train_lora) or save it again with this version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: format_version {version!r} is not one of {list(READABLE_VERSIONS)}")
     return config
 
 
@@ -339,6 +312,27 @@ def _ensure_lora(model: nn.Module, config: Mapping[str, Any], source: str) -> No
                alpha_pattern={re.escape(k): v for k, v in config.get("alpha_pattern", {}).items()})
 
 
+def _check_base(model: nn.Module, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                directory: Path) -> None:
+    """Refuse a base whose architecture config or weights differ from the adapter's (format 2: weights only)."""
+    name = config["base_model_name"]
+    if "base_architecture" in config:
+        differ = architecture_differences(config["base_architecture"], model)
+        if differ:
+            raise ValueError(f"adapter {directory} was trained on base {name!r}, but this model's config differs: "
+                             f"{', '.join(differ[:8])}; load the same base model (same checkpoint and config)")
+    else:
+        unchecked = sorted(architecture_config(model))
+        log.warning("adapter %s has format_version %s: only the base weights are checked, not the base config "
+                    "(%s); save it again to check them too", directory, config["format_version"],
+                    ", ".join(unchecked) or "no architecture fields on this model")
+    actual = base_fingerprint(model, _skip(tensors, config["target_modules"]))
+    if actual != config["base_fingerprint"]:
+        raise ValueError(f"adapter {directory} was trained on base {name!r} with weight fingerprint "
+                         f"{config['base_fingerprint']}, but this model's weights give {actual}: load the same "
+                         f"base model (same checkpoint and dtype)")
+
+
 def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     """Load an adapter written by :func:`save_adapter` into ``model`` (LoRA is applied if not yet there).
 
@@ -354,18 +348,15 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if the directory holds no adapter.
-        ValueError: if any base parameter differs from the base the adapter was trained on (the message names
+        ValueError: if an architecture field of the base config (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or
+            any base parameter differs from the base the adapter was trained on (the message names the fields, or
             expected and actual fingerprints), existing LoRA layers have other settings, or the tensors do not fit.
     """
     directory = Path(directory)
     config = _read_config(directory)
     weights = str(directory / ADAPTER_WEIGHTS)
     tensors = load_file(weights)
-    actual = base_fingerprint(model, _skip(tensors, config["target_modules"]))
-    if actual != config["base_fingerprint"]:
-        raise ValueError(f"adapter {directory} was trained on base {config['base_model_name']!r} with weight "
-                         f"fingerprint {config['base_fingerprint']}, but this model's weights give {actual}: "
-                         f"load the same base model (same checkpoint and dtype)")
+    _check_base(model, config, tensors, directory)
     _ensure_lora(model, config, str(directory))
     load_into(model, tensors, weights)
     mark_only_lora_as_trainable(model, bias=config["bias"], also=config["trainable_extra"])
