@@ -25,8 +25,8 @@ from torch import nn
 
 from ..files import atomic_dir, write_json
 from .fingerprint import architecture_config, architecture_differences, base_fingerprint, plain_name
-from .layers import BiasMode, LoRALayer, check_bias_mode
-from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable, module_under
+from .layers import BiasMode, LoRALayer
+from .surgery import apply_lora, bias_mode, lora_layers, mark_only_lora_as_trainable, module_under
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -55,16 +55,20 @@ READABLE_VERSIONS = (2, FORMAT_VERSION)
 log = logging.getLogger(__name__)
 
 
-def lora_state_dict(model: nn.Module, bias: BiasMode = "none") -> dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, bias: Optional[BiasMode] = None) -> dict[str, torch.Tensor]:
     """The LoRA tensors of ``model`` (as loralib's ``lora_state_dict``), keyed like ``model.state_dict()``.
 
     Args:
-        bias: also include ``"lora_only"``: biases of LoRA-wrapped layers; ``"all"``: every bias.
+        bias: None (the mode given to ``apply_lora``) or that same mode; with ``"lora_only"`` the biases of
+            LoRA-wrapped layers are included, with ``"all"`` every bias.
 
     Returns:
         Detached tensors sharing storage with the model.
+
+    Raises:
+        LoRAArgumentError: if ``bias`` differs from the mode the LoRA layers record.
     """
-    check_bias_mode(bias)
+    bias = bias_mode(model, bias, "lora_state_dict")
     state: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
         state[f"{name}.lora_a"] = layer.lora_a.detach()
@@ -135,8 +139,10 @@ def _trains_entirely(model: nn.Module, name: str, trainable: set[str]) -> bool:
         and not any(isinstance(m, LoRALayer) for m in module.modules())
 
 
-def trained_modules(model: nn.Module, bias: BiasMode = "none") -> list[str]:
-    """Full names of the modules that train in full: what an adapter must save besides LoRA and ``bias``.
+def trained_modules(model: nn.Module, bias: Optional[BiasMode] = None) -> list[str]:
+    """Full names of the modules that train in full: what an adapter must save besides LoRA and its biases.
+
+    ``bias`` is the bias mode (None: the one the LoRA layers record).
 
     Derived from ``requires_grad`` (the head, ``modules_to_save`` such as BERT's pooler). A module is widened
     to its parent while the parent trains entirely, so RoBERTa's head is ``classifier``, not its two Linears.
@@ -144,6 +150,7 @@ def trained_modules(model: nn.Module, bias: BiasMode = "none") -> list[str]:
     Raises:
         ValueError: if a trained parameter sits on the root module (no module name can carry it).
     """
+    bias = bias_mode(model, bias, "trained_modules")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     modules: list[str] = []
     for name in _unsaved(model, (), bias):

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_TARGET_MODULES",
     "HEAD_NAMES",
     "apply_lora",
+    "bias_mode",
     "count_parameters",
     "default_target_modules",
     "lora_layers",
@@ -212,24 +213,51 @@ def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int
     return list(chosen)
 
 
-def mark_only_lora_as_trainable(model: nn.Module, bias: BiasMode = "none", also: Iterable[str] = HEAD_NAMES) -> None:
-    """Freeze everything except the LoRA matrices, the chosen biases and the modules named in ``also``.
+def bias_mode(model: nn.Module, bias: Optional[BiasMode] = None, caller: str = "bias_mode") -> BiasMode:
+    """The bias mode given to :func:`apply_lora`, as its LoRA layers record it: one fact for training and saving.
 
-    The base weight of a LoRA layer never trains, even under ``also`` (its bias only per ``bias``, as peft):
-    otherwise the saved "frozen" base would differ from the pristine one.
+    Args:
+        bias: None, or a mode that must equal the recorded one (``"none"`` for a model without LoRA layers).
+        caller: the function named in the error.
+
+    Raises:
+        LoRAArgumentError: if ``bias`` is not a mode, or contradicts the layers' mode (argument ``"bias"``).
+        ValueError: if the LoRA layers disagree among themselves.
+    """
+    if bias is not None:
+        check_bias_mode(bias)
+    modes = sorted({layer.bias_mode for _, layer in lora_layers(model)})
+    if len(modes) > 1:
+        raise ValueError(f"LoRA layers disagree on the bias mode ({modes}); one adapter needs one mode")
+    recorded = modes[0] if modes else (bias or "none")
+    if bias is not None and bias != recorded:
+        raise LoRAArgumentError("bias", f"{caller}(bias={bias!r}) contradicts bias={recorded!r} given to apply_lora "
+                                f"(recorded on the LoRA layers): drop the bias argument, or apply LoRA to a fresh "
+                                f"model with bias={bias!r}")
+    return recorded
+
+
+def mark_only_lora_as_trainable(model: nn.Module, bias: Optional[BiasMode] = None,
+                                also: Iterable[str] = HEAD_NAMES) -> None:
+    """Freeze everything except the LoRA matrices, the biases of the bias mode and the modules named in ``also``.
+
+    The base weight of a LoRA layer never trains, even under ``also`` (its bias only per the bias mode, as
+    peft): otherwise the saved "frozen" base would differ from the pristine one.
 
     Args:
         model: a model with LoRA layers.
-        bias: ``"none"``: no bias trains; ``"lora_only"``: biases of LoRA-wrapped layers; ``"all"``: every bias.
+        bias: None (the mode given to :func:`apply_lora`), or that same mode spelled out: ``"none"``: no bias
+            trains; ``"lora_only"``: biases of LoRA-wrapped layers; ``"all"``: every bias.
         also: modules kept fully trainable (the head, modules_to_save), matched by :func:`module_under`.
 
     Raises:
-        ValueError: on a bad ``bias`` or if ``model`` has no LoRA layer.
+        LoRAArgumentError: if ``bias`` is not a mode or differs from the one the LoRA layers record.
+        ValueError: if ``model`` has no LoRA layer.
     """
-    check_bias_mode(bias)
     layers = lora_layers(model)
     if not layers:
         raise ValueError("model has no LoRA layers; call apply_lora() first")
+    bias = bias_mode(model, bias, "mark_only_lora_as_trainable")
     also = tuple(also)
     for name, param in model.named_parameters():
         owner, _, leaf = name.rpartition(".")

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from lora_pipeline.lora import (
     HEAD_NAMES,
+    LoRAArgumentError,
     apply_lora,
     base_fingerprint,
     load_adapter,
@@ -38,8 +39,9 @@ def trained(arch: str = "bert", bias: str = "none", **kwargs) -> torch.nn.Module
 @pytest.mark.parametrize("bias", ["none", "lora_only", "all"])
 def test_lora_state_dict_keys_follow_the_bias_mode(bias: str) -> None:
     model = tiny_model("bert")
-    names = apply_lora(model, ["query"])
-    state = lora_state_dict(model, bias=bias)
+    names = apply_lora(model, ["query"], bias=bias)
+    state = lora_state_dict(model)  # the bias mode recorded on the layers
+    assert set(lora_state_dict(model, bias=bias)) == set(state)
     adapters = {f"{n}.{m}" for n in names for m in ("lora_a", "lora_b")}
     lora_biases = {f"{n}.base.bias" for n in names}
     all_biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
@@ -56,6 +58,34 @@ def test_save_load_round_trip_reproduces_logits(arch: str, bias: str, tmp_path) 
     torch.testing.assert_close(logits(fresh, batch), logits(model, batch), atol=0, rtol=0)
     assert config["bias"] == bias and config["metadata"] == {"run": "test"}
     assert [n for n, _ in lora_layers(fresh)] == [n for n, _ in lora_layers(model)]
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_the_bias_mode_given_to_apply_lora_decides_what_trains_is_saved_and_trains_after_loading(bias, tmp_path):
+    """mark_only_lora_as_trainable without ``bias`` trains the biases apply_lora's mode names; the adapter holds
+    exactly the trainable tensors, and loading it makes the same set trainable."""
+    model = tiny_model("bert")
+    apply_lora(model, rank=4, alpha=8, bias=bias)
+    mark_only_lora_as_trainable(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.endswith(".base.bias") for n in trainable)
+    assert ("bert.pooler.dense.bias" in trainable) == (bias == "all")
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    assert set(load_file(str(tmp_path / "adapter" / ADAPTER_WEIGHTS))) == trainable
+    fresh = tiny_model("bert")
+    load_adapter(fresh, tmp_path / "adapter")
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == trainable
+
+
+@pytest.mark.parametrize("call", [mark_only_lora_as_trainable, lora_state_dict])
+def test_a_bias_mode_that_contradicts_the_lora_layers_is_refused(call) -> None:
+    model = tiny_model("bert")
+    apply_lora(model, rank=4, bias="all")
+    message = r"\(bias='none'\) contradicts bias='all' given to apply_lora.*drop the bias argument"
+    with pytest.raises(LoRAArgumentError, match=message) as err:
+        call(model, bias="none")
+    assert err.value.argument == "bias"
+    call(model, bias="all")  # the same mode, spelled out, is fine
 
 
 def test_saved_files_hold_only_adapter_and_head(tmp_path) -> None:
