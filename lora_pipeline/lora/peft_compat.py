@@ -28,7 +28,8 @@ PEFT_CONFIG = ADAPTER_CONFIG  # both formats name their config file alike
 PEFT_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 # The heads peft's task models add to modules_to_save (all within surgery.HEAD_NAMES, which we never wrap).
-_TASK_HEADS: dict[str, tuple[str, ...]] = {"SEQ_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
+_TASK_HEADS: dict[str, tuple[str, ...]] = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+                                            "QUESTION_ANS": ("qa_outputs",)}
 # peft features our layers do not implement: importing such an adapter would silently compute something else.
 _UNSUPPORTED = ("use_dora", "lora_bias", "layers_to_transform", "layers_pattern", "exclude_modules",
                 "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
@@ -57,9 +58,11 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
         model: a model with unmerged LoRA layers.
         directory: output directory (replaced whole, atomically).
         base_model_name: recorded as ``base_model_name_or_path``.
-        task_type: peft's task type; with ``"SEQ_CLS"`` peft also treats ``classifier``/``score`` as
-            modules_to_save.
-        modules_to_save: fully trained modules, matched by name suffix as peft does; None derives them
+        task_type: peft's task type; with ``"SEQ_CLS"`` (and ``"TOKEN_CLS"``) peft adds ``classifier`` and
+            ``score`` to modules_to_save, with ``"QUESTION_ANS"`` ``qa_outputs``.
+        modules_to_save: fully trained modules, matched by name suffix as peft does, to which the task's heads
+            are added as peft adds them (``["pooler"]`` is written ``["pooler", "classifier", "score"]``, as
+            peft's ``save_pretrained`` writes it); None derives them
             (:func:`~lora_pipeline.lora.adapter_io.trained_modules`).
 
     Returns:
@@ -70,6 +73,8 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
             ``modules_to_save`` leaves out a trained tensor.
     """
     settings = adapter_settings(model)
+    if modules_to_save is not None:
+        modules_to_save = _with_task_heads(modules_to_save, task_type)
     modules_to_save = resolve_heads(model, modules_to_save, settings["bias"], "modules_to_save")
     config = {
         "peft_type": "LORA",
@@ -158,7 +163,12 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def _with_task_heads(modules: Iterable[str], task_type: Optional[str]) -> list[str]:
+    """``modules`` plus the heads peft's task model for ``task_type`` adds to modules_to_save."""
+    heads = list(modules)
+    return heads + [h for h in _TASK_HEADS.get(task_type, ()) if h not in heads]
+
+
 def _modules_to_save(config: Mapping[str, Any]) -> list[str]:
     """peft's effective modules_to_save: the config's list plus the heads its task type adds."""
-    heads = list(config.get("modules_to_save") or [])
-    return heads + [h for h in _TASK_HEADS.get(config.get("task_type"), ()) if h not in heads]
+    return _with_task_heads(config.get("modules_to_save") or [], config.get("task_type"))

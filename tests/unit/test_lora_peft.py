@@ -279,11 +279,26 @@ def test_export_of_each_head_type_round_trips_through_peft(arch: str, tmp_path) 
         {n for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("arch, given", [("bert", ["pooler"]), ("gpt2", [])])
+def test_export_adds_the_task_heads_to_a_given_modules_to_save_as_peft_does(arch: str, given: list[str],
+                                                                             tmp_path) -> None:
+    """For SEQ_CLS peft adds classifier and score to modules_to_save itself: a list without them is complete."""
+    model, batch = tiny_model(arch), tiny_batch()
+    apply_lora(model, rank=4, alpha=8, modules_to_save=given)
+    mark_only_lora_as_trainable(model, also=HEAD_NAMES + tuple(given))
+    train_steps(model, batch)
+    export_peft(model, tmp_path / "peft", base_model_name=f"tiny-random-{arch}", modules_to_save=given)
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == [*given, "classifier", "score"]  # what peft's save_pretrained writes
+    loaded = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path / "peft").eval()
+    torch.testing.assert_close(logits(loaded, batch), logits(model, batch), **TIGHT)
+
+
 def test_export_refuses_modules_to_save_that_leave_out_a_trained_module(tmp_path) -> None:
     model = tiny_model("bert")
     apply_lora(model, modules_to_save=["pooler"])
     mark_only_lora_as_trainable(model, also=HEAD_NAMES + ("pooler",))
-    with pytest.raises(ValueError, match=r"modules_to_save=\['classifier'\] leaves out .*bert.pooler.dense.weight"):
+    with pytest.raises(ValueError, match=r"modules_to_save=\['classifier', 'score'\] leaves out .*bert.pooler.dense.weight"):
         export_peft(model, tmp_path / "peft", base_model_name="tiny", modules_to_save=["classifier"])
 
 
