@@ -11,11 +11,11 @@ Tensors are read with safetensors only: no pickle.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_dir, write_json
-from .fingerprint import architecture_config, architecture_differences, base_fingerprint, plain_name
+from .fingerprint import architecture_config, base_fingerprint, check_base, plain_name
 from .layers import BiasMode, LoRALayer
 from .surgery import apply_lora, bias_mode, lora_layers, mark_only_lora_as_trainable, module_under
 
@@ -39,6 +39,7 @@ __all__ = [
     "load_into",
     "lora_state_dict",
     "resolve_heads",
+    "restored_on_error",
     "save_adapter",
     "trained_modules",
     "trained_tensors",
@@ -51,8 +52,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 # replace (still loaded, with a warning); 1: targeted weights only (refused).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, FORMAT_VERSION)
-
-log = logging.getLogger(__name__)
 
 
 def lora_state_dict(model: nn.Module, bias: Optional[BiasMode] = None) -> dict[str, torch.Tensor]:
@@ -251,6 +250,26 @@ def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str
     model.load_state_dict(dict(tensors), strict=False)
 
 
+@contextmanager
+def restored_on_error(model: nn.Module) -> Iterator[None]:
+    """If the block raises, unwrap the LoRA layers it added to ``model`` and restore every ``requires_grad``.
+
+    For loaders that apply LoRA and then find that the tensors do not fit: a refused load leaves the model's
+    module tree and parameters as they were (tensor values are copied only once every check has passed).
+    """
+    present = {name for name, _ in lora_layers(model)}
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        yield
+    except BaseException:
+        for name, layer in lora_layers(model):
+            if name not in present:
+                model.set_submodule(name, layer.base)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        raise
+
+
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / ADAPTER_CONFIG
     if not path.is_file():
@@ -319,27 +338,6 @@ def _ensure_lora(model: nn.Module, config: Mapping[str, Any], source: str) -> No
                alpha_pattern={re.escape(k): v for k, v in config.get("alpha_pattern", {}).items()})
 
 
-def _check_base(model: nn.Module, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
-                directory: Path) -> None:
-    """Refuse a base whose architecture config or weights differ from the adapter's (format 2: weights only)."""
-    name = config["base_model_name"]
-    if "base_architecture" in config:
-        differ = architecture_differences(config["base_architecture"], model)
-        if differ:
-            raise ValueError(f"adapter {directory} was trained on base {name!r}, but this model's config differs: "
-                             f"{', '.join(differ[:8])}; load the same base model (same checkpoint and config)")
-    else:
-        unchecked = sorted(architecture_config(model))
-        log.warning("adapter %s has format_version %s: only the base weights are checked, not the base config "
-                    "(%s); save it again to check them too", directory, config["format_version"],
-                    ", ".join(unchecked) or "no architecture fields on this model")
-    actual = base_fingerprint(model, _skip(tensors, config["target_modules"]))
-    if actual != config["base_fingerprint"]:
-        raise ValueError(f"adapter {directory} was trained on base {name!r} with weight fingerprint "
-                         f"{config['base_fingerprint']}, but this model's weights give {actual}: load the same "
-                         f"base model (same checkpoint and dtype)")
-
-
 def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     """Load an adapter written by :func:`save_adapter` into ``model`` (LoRA is applied if not yet there).
 
@@ -355,7 +353,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if the directory holds no adapter.
-        ValueError: if an architecture field of the base config (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or
+        ValueError: (the model is left as it was) if an architecture field of the base config (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or
             any base parameter differs from the base the adapter was trained on (the message names the fields, or
             expected and actual fingerprints), existing LoRA layers have other settings, or the tensors do not fit.
     """
@@ -363,8 +361,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     config = _read_config(directory)
     weights = str(directory / ADAPTER_WEIGHTS)
     tensors = load_file(weights)
-    _check_base(model, config, tensors, directory)
-    _ensure_lora(model, config, str(directory))
-    load_into(model, tensors, weights)
-    mark_only_lora_as_trainable(model, bias=config["bias"], also=config["trainable_extra"])
+    check_base(model, config, _skip(tensors, config["target_modules"]), str(directory))
+    with restored_on_error(model):
+        _ensure_lora(model, config, str(directory))
+        load_into(model, tensors, weights)
+        mark_only_lora_as_trainable(model, bias=config["bias"], also=config["trainable_extra"])
     return config

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,8 +26,11 @@ __all__ = [
     "architecture_config",
     "architecture_differences",
     "base_fingerprint",
+    "check_base",
     "plain_name",
 ]
+
+log = logging.getLogger(__name__)
 
 # Config fields that change what a model computes from the same weights (taken from whichever a config has).
 ARCHITECTURE_FIELDS: tuple[str, ...] = (
@@ -112,3 +116,32 @@ def architecture_differences(recorded: Mapping[str, Any], model: nn.Module) -> l
     have = architecture_config(model)
     return [f"{key} {have[key]!r} (adapter {value!r})" if key in have else f"{key} missing (adapter {value!r})"
             for key, value in recorded.items() if key not in have or have[key] != value]
+
+
+def check_base(model: nn.Module, adapter: Mapping[str, Any], skip: Iterable[str], source: str) -> None:
+    """Refuse a base whose architecture fields or weights differ from those an adapter config records.
+
+    Args:
+        adapter: the adapter's config: ``base_model_name``, ``base_fingerprint`` and, from format 3 on,
+            ``base_architecture`` (without it, one warning names the fields that go unchecked).
+        skip: the parameters the adapter replaces (see :func:`base_fingerprint`).
+        source: the adapter, as named in messages.
+
+    Raises:
+        ValueError: naming the differing fields, or the expected and actual weight fingerprints.
+    """
+    name = adapter["base_model_name"]
+    if "base_architecture" in adapter:
+        differ = architecture_differences(adapter["base_architecture"], model)
+        if differ:
+            raise ValueError(f"adapter {source} was trained on base {name!r}, but this model's config differs: "
+                             f"{', '.join(differ[:8])}; load the same base model (same checkpoint and config)")
+    else:
+        unchecked = ", ".join(sorted(architecture_config(model))) or "none on this model"
+        log.warning("adapter %s has format_version %s: only the base weights are checked, not the base config "
+                    "fields (%s); save it again to check them too", source, adapter.get("format_version"), unchecked)
+    actual = base_fingerprint(model, skip)
+    if actual != adapter["base_fingerprint"]:
+        raise ValueError(f"adapter {source} was trained on base {name!r} with weight fingerprint "
+                         f"{adapter['base_fingerprint']}, but this model's weights give {actual}: load the same "
+                         f"base model (same checkpoint and dtype)")

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .adapter_io import ADAPTER_CONFIG, adapter_settings, load_into, resolve_heads, trained_tensors, write_adapter_dir
+from .adapter_io import (ADAPTER_CONFIG, adapter_settings, load_into, resolve_heads, restored_on_error, trained_tensors,
+                         write_adapter_dir)
 from .layers import LoRAConv1D
 from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable
 
@@ -54,8 +55,11 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
     trained in full (head, ``modules_to_save`` such as BERT's pooler) — derived from ``requires_grad`` unless
     given. peft loads a missing module silently from the base, which would give other logits.
 
+    Only the LoRA factors, the trained biases and the trained modules are written, never a base weight, so a
+    model whose LoRA layers are merged (:func:`~lora_pipeline.lora.merge_lora`) exports the same files.
+
     Args:
-        model: a model with unmerged LoRA layers.
+        model: a model with LoRA layers, merged or not.
         directory: output directory (replaced whole, atomically).
         base_model_name: recorded as ``base_model_name_or_path``.
         task_type: peft's task type; with ``"SEQ_CLS"`` (and ``"TOKEN_CLS"``) peft adds ``classifier`` and
@@ -69,8 +73,8 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
         The directory.
 
     Raises:
-        ValueError: if the model has no LoRA layer, a layer is merged, the layers disagree on settings, or
-            ``modules_to_save`` leaves out a trained tensor.
+        ValueError: if the model has no LoRA layer, the layers disagree on settings, or ``modules_to_save``
+            leaves out a trained tensor.
     """
     settings = adapter_settings(model)
     if modules_to_save is not None:
@@ -142,8 +146,8 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if the config or the safetensors file is missing.
-        ValueError: if the model already has LoRA layers, the adapter uses unsupported peft options, or the
-            tensors do not fit the model.
+        ValueError: (the model is left as it was) if the model already has LoRA layers, the adapter uses
+            unsupported peft options, or the tensors do not fit the model.
     """
     directory = Path(directory)
     config = _read_peft_config(directory)
@@ -153,13 +157,14 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     # gives bare suffixes such as "dense"): exclude them here too, as peft does when it loads.
     full = _modules_to_save(config)
     bias = config.get("bias", "none")
-    apply_lora(model, config["target_modules"], rank=config["r"], alpha=config["lora_alpha"],
-               dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False), bias=bias,
-               rank_pattern=config.get("rank_pattern"), alpha_pattern=config.get("alpha_pattern"),
-               modules_to_save=full)
-    tensors = _from_peft_keys(model, load_file(str(directory / PEFT_WEIGHTS)))
-    load_into(model, tensors, str(directory / PEFT_WEIGHTS))
-    mark_only_lora_as_trainable(model, bias=bias, also=full)  # trainable as peft trained it
+    with restored_on_error(model):
+        apply_lora(model, config["target_modules"], rank=config["r"], alpha=config["lora_alpha"],
+                   dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False), bias=bias,
+                   rank_pattern=config.get("rank_pattern"), alpha_pattern=config.get("alpha_pattern"),
+                   modules_to_save=full)
+        tensors = _from_peft_keys(model, load_file(str(directory / PEFT_WEIGHTS)))
+        load_into(model, tensors, str(directory / PEFT_WEIGHTS))
+        mark_only_lora_as_trainable(model, bias=bias, also=full)  # trainable as peft trained it
     return config
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lora_pipeline.lora import (
     HEAD_NAMES,
@@ -207,6 +207,44 @@ def test_format_version_1_is_refused_with_a_retrain_hint(tmp_path) -> None:
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "format_version": 1}))
     with pytest.raises(ValueError, match="format_version 1 .* retrain"):
         load_adapter(tiny_model("bert"), tmp_path / "adapter")
+
+
+def _state(model: torch.nn.Module) -> tuple[list, dict]:
+    """The module tree (names, module objects) and every parameter's value and requires_grad."""
+    return ([(n, m) for n, m in model.named_modules()],
+            {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()})
+
+
+def _break(adapter, case: str) -> torch.nn.Module:
+    """A model that ``adapter`` does not fit, for each reason load_adapter refuses one; edits the files if needed."""
+    config_path, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+    config = json.loads(config_path.read_text())
+    model = tiny_model("bert")
+    if case == "fingerprint":
+        model = tiny_model("bert", seed=1)
+    elif case == "architecture":
+        model.config.layer_norm_eps = 1e-5
+    elif case == "settings":
+        apply_lora(model, rank=4, alpha=32)
+    elif case == "shape":
+        config_path.write_text(json.dumps({**config, "rank": 3}))
+    elif case == "unknown key":
+        save_file({**load_file(str(weights)), "bert.encoder.extra.weight": torch.zeros(2)}, str(weights))
+    return model
+
+
+@pytest.mark.parametrize("case", ["fingerprint", "architecture", "settings", "shape", "unknown key"])
+def test_a_refused_load_leaves_the_model_as_it_was(case: str, tmp_path) -> None:
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    model = _break(tmp_path / "adapter", case)
+    (modules, params) = _state(model)
+    with pytest.raises(ValueError):
+        load_adapter(model, tmp_path / "adapter")
+    after_modules, after_params = _state(model)
+    assert [(n, id(m)) for n, m in after_modules] == [(n, id(m)) for n, m in modules]
+    assert after_params.keys() == params.keys()
+    for name, (value, grad) in params.items():
+        assert torch.equal(after_params[name][0], value) and after_params[name][1] == grad, name
 
 
 def test_rank_and_alpha_patterns_round_trip(tmp_path) -> None:

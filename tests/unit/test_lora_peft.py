@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from lora_pipeline.lora import (
@@ -19,6 +20,7 @@ from lora_pipeline.lora import (
     import_peft,
     lora_layers,
     mark_only_lora_as_trainable,
+    merge_lora,
 )
 # `seeded` is the autouse fixture that fixes the RNG seeds.
 from tests.support.tiny_models import seeded  # noqa: F401
@@ -170,6 +172,35 @@ def test_import_refuses_a_model_that_already_has_lora(tmp_path) -> None:
     apply_lora(model)
     with pytest.raises(ValueError, match="without LoRA layers"):
         import_peft(model, tmp_path / "peft")
+
+
+def test_a_refused_import_leaves_the_model_as_it_was(tmp_path) -> None:
+    peft_lora(tiny_model("bert"), ["query"]).save_pretrained(tmp_path / "peft")
+    config_path = tmp_path / "peft" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "r": 3}))  # tensors have rank 4
+    model = tiny_model("bert")
+    modules = [(n, id(m)) for n, m in model.named_modules()]
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="wrong shape"):
+        import_peft(model, tmp_path / "peft")
+    assert [(n, id(m)) for n, m in model.named_modules()] == modules
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_export_of_a_merged_model_writes_what_the_unmerged_one_writes(arch: str, tmp_path) -> None:
+    """Export writes LoRA factors and trained modules, never a base weight: merging before it changes nothing."""
+    model, batch = tiny_model(arch), tiny_batch()
+    apply_lora(model, rank=3, alpha=7, bias="lora_only")
+    mark_only_lora_as_trainable(model)
+    train_steps(model, batch)
+    export_peft(model, tmp_path / "unmerged", base_model_name="tiny")
+    merge_lora(model)
+    export_peft(model, tmp_path / "merged", base_model_name="tiny")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "unmerged" / name).read_bytes()
+    tensors = load_file(str(tmp_path / "merged" / "adapter_model.safetensors"))
+    assert not any(key.endswith(".weight") and ".base_layer." in key for key in tensors)
 
 
 def test_import_refuses_unsupported_peft_options(tmp_path) -> None:
