@@ -10,6 +10,7 @@ these functions only read and write files, so peft stays a test/dev dependency.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -22,8 +23,11 @@ from .adapter_io import (ADAPTER_CONFIG, adapter_settings, load_into, resolve_he
                          write_adapter_dir)
 from .layers import LoRAConv1D
 from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable
+from .targets import unmatched_entries
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "export_peft", "import_peft"]
+
+log = logging.getLogger(__name__)
 
 PEFT_CONFIG = ADAPTER_CONFIG  # both formats name their config file alike
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -157,8 +161,9 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     # gives bare suffixes such as "dense"): exclude them here too, as peft does when it loads.
     full = _modules_to_save(config)
     bias = config.get("bias", "none")
+    targets = _matched_targets(model, config["target_modules"])
     with restored_on_error(model):
-        apply_lora(model, config["target_modules"], rank=config["r"], alpha=config["lora_alpha"],
+        apply_lora(model, targets, rank=config["r"], alpha=config["lora_alpha"],
                    dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False), bias=bias,
                    rank_pattern=config.get("rank_pattern"), alpha_pattern=config.get("alpha_pattern"),
                    modules_to_save=full)
@@ -166,6 +171,18 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
         load_into(model, tensors, str(directory / PEFT_WEIGHTS))
         mark_only_lora_as_trainable(model, bias=bias, also=full)  # trainable as peft trained it
     return config
+
+
+def _matched_targets(model: nn.Module, targets: Any) -> Any:
+    """peft's target list without the entries that match no module of ``model``: peft ignored them in training,
+    and apply_lora would refuse them. Unchanged when nothing would be left (apply_lora then says why)."""
+    unmatched = unmatched_entries(model, targets)
+    kept = [t for t in targets if t not in unmatched] if unmatched else targets
+    if unmatched and kept:
+        log.info("import_peft: target_modules entries %s match no module of %s; peft ignored them too",
+                 unmatched[:8], type(model).__name__)
+        return kept
+    return targets
 
 
 def _with_task_heads(modules: Iterable[str], task_type: Optional[str]) -> list[str]:

@@ -65,6 +65,14 @@ def copy_adapters_to_peft(ours: nn.Module, theirs: nn.Module) -> None:
             target.lora_B["default"].weight.copy_(layer.lora_b)
 
 
+def randomize_lora_peft(model: nn.Module) -> None:
+    """Give every trainable peft tensor a non-zero value, so the adapters change the output."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(0.0, 0.3)
+
+
 def peft_name_to_ours(name: str) -> str:
     """Map a peft parameter name onto ours: this is the format we claim to mirror."""
     name = name.removeprefix("base_model.model.")
@@ -201,6 +209,17 @@ def test_export_of_a_merged_model_writes_what_the_unmerged_one_writes(arch: str,
         assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "unmerged" / name).read_bytes()
     tensors = load_file(str(tmp_path / "merged" / "adapter_model.safetensors"))
     assert not any(key.endswith(".weight") and ".base_layer." in key for key in tensors)
+
+
+def test_import_of_a_peft_adapter_whose_target_list_has_an_entry_matching_nothing(tmp_path) -> None:
+    """peft ignores such an entry when it trains, so the file it wrote is complete: import it as peft loads it."""
+    theirs = peft_lora(tiny_model("bert"), ["query", "q_proj"])
+    randomize_lora_peft(theirs)
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = tiny_model("bert")
+    import_peft(ours, tmp_path / "peft")
+    assert {n for n, _ in lora_layers(ours)} == peft_wrapped(theirs)
+    torch.testing.assert_close(logits(ours, tiny_batch()), logits(theirs.eval(), tiny_batch()), **TIGHT)
 
 
 def test_import_refuses_unsupported_peft_options(tmp_path) -> None:
