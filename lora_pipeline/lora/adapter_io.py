@@ -353,9 +353,10 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if the directory holds no adapter.
-        ValueError: (the model is left as it was) if an architecture field of the base config (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or
-            any base parameter differs from the base the adapter was trained on (the message names the fields, or
-            expected and actual fingerprints), existing LoRA layers have other settings, or the tensors do not fit.
+        ValueError: (the model is left as it was) if an architecture field of the base config
+            (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or any base parameter differs from the base the adapter
+            was trained on (the message names the fields, or expected and actual fingerprints), existing LoRA
+            layers have other settings, or the tensors do not fit.
     """
     directory = Path(directory)
     config = _read_config(directory)

@@ -51,6 +51,29 @@ def _peft_key_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
+def _peft_config(model: nn.Module, settings: Mapping[str, Any], modules_to_save: list[str], task_type: str,
+                 base_model_name: str) -> dict[str, Any]:
+    """peft's ``adapter_config.json`` for our ``settings`` (:func:`~.adapter_io.adapter_settings`)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name,
+        "r": settings["rank"],
+        "lora_alpha": settings["alpha"],
+        "lora_dropout": settings["dropout"],
+        "use_rslora": settings["rslora"],
+        "bias": settings["bias"],
+        "target_modules": settings["target_modules"],
+        "rank_pattern": settings["rank_pattern"],
+        "alpha_pattern": settings["alpha_pattern"],
+        "modules_to_save": modules_to_save,
+        # peft turns this on per Conv1D layer anyway; saying so avoids its warning.
+        "fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for _, layer in lora_layers(model)),
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+
+
 def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str, task_type: str = "SEQ_CLS",
                 modules_to_save: Optional[Iterable[str]] = None) -> Path:
     """Write the adapter of ``model`` so that ``peft.PeftModel.from_pretrained(base, directory)`` loads it.
@@ -84,24 +107,7 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
     if modules_to_save is not None:
         modules_to_save = _with_task_heads(modules_to_save, task_type)
     modules_to_save = resolve_heads(model, modules_to_save, settings["bias"], "modules_to_save")
-    config = {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_model_name,
-        "r": settings["rank"],
-        "lora_alpha": settings["alpha"],
-        "lora_dropout": settings["dropout"],
-        "use_rslora": settings["rslora"],
-        "bias": settings["bias"],
-        "target_modules": settings["target_modules"],
-        "rank_pattern": settings["rank_pattern"],
-        "alpha_pattern": settings["alpha_pattern"],
-        "modules_to_save": modules_to_save,
-        # peft turns this on per Conv1D layer anyway; saying so avoids its warning.
-        "fan_in_fan_out": any(isinstance(layer, LoRAConv1D) for _, layer in lora_layers(model)),
-        "init_lora_weights": True,
-        "inference_mode": True,
-    }
+    config = _peft_config(model, settings, modules_to_save, task_type, base_model_name)
     keys = _peft_key_names(model)
     tensors = trained_tensors(model, modules_to_save, settings["bias"])
     return write_adapter_dir(directory, PEFT_WEIGHTS, {_PREFIX + keys.get(k, k): v for k, v in tensors.items()},
