@@ -1,13 +1,15 @@
 """LoRA (arXiv:2106.09685): adapter layers, model surgery, adapter files and peft interoperability."""
 
-from .adapter_io import adapter_factors, base_fingerprint, load_adapter, lora_state_dict, save_adapter, trained_modules
+from .adapter_io import adapter_factors, load_adapter, lora_state_dict, save_adapter, trained_modules
 from .errors import LoRAArgumentError
+from .fingerprint import ARCHITECTURE_FIELDS, base_fingerprint
 from .layers import LoRAConv1D, LoRALayer, LoRALinear, wrap_layer
 from .peft_compat import export_peft, import_peft
 from .surgery import (
     DEFAULT_TARGET_MODULES,
     HEAD_NAMES,
     apply_lora,
+    bias_mode,
     count_parameters,
     lora_layers,
     mark_only_lora_as_trainable,
@@ -18,6 +20,7 @@ from .surgery import (
 )
 
 __all__ = [
+    "ARCHITECTURE_FIELDS",
     "DEFAULT_TARGET_MODULES",
     "HEAD_NAMES",
     "LoRAArgumentError",
@@ -27,6 +30,7 @@ __all__ = [
     "adapter_factors",
     "apply_lora",
     "base_fingerprint",
+    "bias_mode",
     "count_parameters",
     "export_peft",
     "import_peft",

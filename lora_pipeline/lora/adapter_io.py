@@ -1,20 +1,21 @@
-"""Save and load LoRA adapters: small safetensors files bound to the exact base weights they were trained on.
+"""Save and load LoRA adapters: small safetensors files bound to the exact base they were trained on.
 
 An adapter directory holds ``adapter.safetensors`` (LoRA matrices, the trained head, the trained biases) and
-``adapter_config.json`` (hyper-parameters, the replaced module names and a fingerprint of every base parameter
-the adapter does not replace). Loading checks the fingerprint, so an adapter is never silently applied to a
-different base (other embeddings, feed-forward weights or dtype included).
+``adapter_config.json`` (hyper-parameters, the replaced module names, a fingerprint of every base parameter
+the adapter does not replace and the base config's architecture fields, see :mod:`.fingerprint`). Loading
+checks both, so an adapter is never silently applied to a different base (other embeddings, feed-forward
+weights, dtype, activation or layer-norm epsilon included).
 Tensors are read with safetensors only: no pickle.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import json
+import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,8 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_dir, write_json
-from .layers import BiasMode, LoRALayer, check_bias_mode
-from .surgery import apply_lora, lora_layers, mark_only_lora_as_trainable, module_under
+from .fingerprint import architecture_config, base_fingerprint, check_base, plain_name
+from .layers import BiasMode, LoRALayer
+from .surgery import apply_lora, bias_mode, lora_layers, mark_only_lora_as_trainable, module_under
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -32,12 +34,12 @@ __all__ = [
     "FORMAT_VERSION",
     "adapter_factors",
     "adapter_settings",
-    "base_fingerprint",
     "head_state_dict",
     "load_adapter",
     "load_into",
     "lora_state_dict",
     "resolve_heads",
+    "restored_on_error",
     "save_adapter",
     "trained_modules",
     "trained_tensors",
@@ -46,20 +48,26 @@ __all__ = [
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-# 2: the fingerprint covers every base parameter the adapter does not replace (1: targeted weights only).
-FORMAT_VERSION = 2
+# 3: the base's architecture config is recorded and checked too; 2: every base parameter the adapter does not
+# replace (still loaded, with a warning); 1: targeted weights only (refused).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, FORMAT_VERSION)
 
 
-def lora_state_dict(model: nn.Module, bias: BiasMode = "none") -> dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, bias: Optional[BiasMode] = None) -> dict[str, torch.Tensor]:
     """The LoRA tensors of ``model`` (as loralib's ``lora_state_dict``), keyed like ``model.state_dict()``.
 
     Args:
-        bias: also include ``"lora_only"``: biases of LoRA-wrapped layers; ``"all"``: every bias.
+        bias: None (the mode given to ``apply_lora``) or that same mode; with ``"lora_only"`` the biases of
+            LoRA-wrapped layers are included, with ``"all"`` every bias.
 
     Returns:
         Detached tensors sharing storage with the model.
+
+    Raises:
+        LoRAArgumentError: if ``bias`` differs from the mode the LoRA layers record.
     """
-    check_bias_mode(bias)
+    bias = bias_mode(model, bias, "lora_state_dict")
     state: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
         state[f"{name}.lora_a"] = layer.lora_a.detach()
@@ -75,39 +83,6 @@ def head_state_dict(model: nn.Module, modules: Iterable[str]) -> dict[str, torch
     """Parameters of the modules selected by :func:`module_under` (the trained head), detached."""
     modules = tuple(modules)
     return {n: p.detach() for n, p in model.named_parameters() if module_under(n.rpartition(".")[0], modules)}
-
-
-def _plain_name(name: str, wrapped: set[str]) -> str:
-    """``<layer>.base.<leaf>`` of a LoRA layer -> ``<layer>.<leaf>``, the name on the model without LoRA."""
-    owner, _, leaf = name.rpartition(".")
-    layer, _, child = owner.rpartition(".")
-    return f"{layer}.{leaf}" if child == "base" and layer in wrapped else name
-
-
-def base_fingerprint(model: nn.Module, skip: Iterable[str] = ()) -> str:
-    """sha256 over name, dtype, shape and bytes of every parameter of the base model except ``skip``.
-
-    ``skip`` holds the parameters an adapter replaces (its head, trained biases), by their name on the model
-    without LoRA (``x.bias``, not ``x.base.bias``). LoRA matrices never count, so the value is the same on a
-    plain model and on one with unmerged LoRA layers, and can be checked before LoRA is applied. Each tensor is
-    streamed into the hash once, without a copy (MiniLM-L6, 91 MB: ~0.1-0.2 s on a laptop core).
-
-    Raises:
-        ValueError: if a LoRA layer is merged (its base weight then holds ``W0 + ΔW``).
-    """
-    layers = lora_layers(model)
-    merged = [name for name, layer in layers if layer.merged]
-    if merged:
-        raise ValueError(f"LoRA layers {merged[:3]} are merged; unmerge_lora(model) before fingerprinting")
-    adapters = {id(p) for _, layer in layers for p in (layer.lora_a, layer.lora_b)}
-    wrapped, skip = {name for name, _ in layers}, set(skip)
-    named = {_plain_name(n, wrapped): p for n, p in model.named_parameters() if id(p) not in adapters}
-    digest = hashlib.sha256()
-    for name in sorted(set(named) - skip):
-        tensor = named[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(named[name].shape)}|".encode())
-        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
-    return digest.hexdigest()
 
 
 def _single(values: Iterable[Any], what: str) -> Any:
@@ -163,8 +138,10 @@ def _trains_entirely(model: nn.Module, name: str, trainable: set[str]) -> bool:
         and not any(isinstance(m, LoRALayer) for m in module.modules())
 
 
-def trained_modules(model: nn.Module, bias: BiasMode = "none") -> list[str]:
-    """Full names of the modules that train in full: what an adapter must save besides LoRA and ``bias``.
+def trained_modules(model: nn.Module, bias: Optional[BiasMode] = None) -> list[str]:
+    """Full names of the modules that train in full: what an adapter must save besides LoRA and its biases.
+
+    ``bias`` is the bias mode (None: the one the LoRA layers record).
 
     Derived from ``requires_grad`` (the head, ``modules_to_save`` such as BERT's pooler). A module is widened
     to its parent while the parent trains entirely, so RoBERTa's head is ``classifier``, not its two Linears.
@@ -172,6 +149,7 @@ def trained_modules(model: nn.Module, bias: BiasMode = "none") -> list[str]:
     Raises:
         ValueError: if a trained parameter sits on the root module (no module name can carry it).
     """
+    bias = bias_mode(model, bias, "trained_modules")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     modules: list[str] = []
     for name in _unsaved(model, (), bias):
@@ -216,7 +194,7 @@ def write_adapter_dir(directory: str | Path, weights_name: str, tensors: Mapping
 def _skip(tensors: Iterable[str], targets: Iterable[str]) -> set[str]:
     """Plain names of the base parameters that the adapter's tensors replace (left out of the fingerprint)."""
     wrapped = set(targets)
-    return {_plain_name(key, wrapped) for key in tensors}
+    return {plain_name(key, wrapped) for key in tensors}
 
 
 def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: str,
@@ -248,6 +226,7 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: st
         "trainable_extra": heads,
         "base_model_name": base_model_name,
         "base_fingerprint": base_fingerprint(model, _skip(tensors, settings["target_modules"])),
+        "base_architecture": architecture_config(model),
         "metadata": dict(metadata or {}),
     }
     return write_adapter_dir(directory, ADAPTER_WEIGHTS, tensors, config)
@@ -271,6 +250,26 @@ def load_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str
     model.load_state_dict(dict(tensors), strict=False)
 
 
+@contextmanager
+def restored_on_error(model: nn.Module) -> Iterator[None]:
+    """If the block raises, unwrap the LoRA layers it added to ``model`` and restore every ``requires_grad``.
+
+    For loaders that apply LoRA and then find that the tensors do not fit: a refused load leaves the model's
+    module tree and parameters as they were (tensor values are copied only once every check has passed).
+    """
+    present = {name for name, _ in lora_layers(model)}
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        yield
+    except BaseException:
+        for name, layer in lora_layers(model):
+            if name not in present:
+                model.set_submodule(name, layer.base)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        raise
+
+
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / ADAPTER_CONFIG
     if not path.is_file():
@@ -280,8 +279,8 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if version == 1:
         raise ValueError(f"{path}: format_version 1 fingerprints only the targeted weights and cannot be checked "
                          f"against the whole base; retrain (dvc repro train_lora) or save it again with this version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: format_version {version!r} is not one of {list(READABLE_VERSIONS)}")
     return config
 
 
@@ -354,19 +353,18 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if the directory holds no adapter.
-        ValueError: if any base parameter differs from the base the adapter was trained on (the message names
-            expected and actual fingerprints), existing LoRA layers have other settings, or the tensors do not fit.
+        ValueError: (the model is left as it was) if an architecture field of the base config
+            (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or any base parameter differs from the base the adapter
+            was trained on (the message names the fields, or expected and actual fingerprints), existing LoRA
+            layers have other settings, or the tensors do not fit.
     """
     directory = Path(directory)
     config = _read_config(directory)
     weights = str(directory / ADAPTER_WEIGHTS)
     tensors = load_file(weights)
-    actual = base_fingerprint(model, _skip(tensors, config["target_modules"]))
-    if actual != config["base_fingerprint"]:
-        raise ValueError(f"adapter {directory} was trained on base {config['base_model_name']!r} with weight "
-                         f"fingerprint {config['base_fingerprint']}, but this model's weights give {actual}: "
-                         f"load the same base model (same checkpoint and dtype)")
-    _ensure_lora(model, config, str(directory))
-    load_into(model, tensors, weights)
-    mark_only_lora_as_trainable(model, bias=config["bias"], also=config["trainable_extra"])
+    check_base(model, config, _skip(tensors, config["target_modules"]), str(directory))
+    with restored_on_error(model):
+        _ensure_lora(model, config, str(directory))
+        load_into(model, tensors, weights)
+        mark_only_lora_as_trainable(model, bias=config["bias"], also=config["trainable_extra"])
     return config

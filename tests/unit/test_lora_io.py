@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lora_pipeline.lora import (
     HEAD_NAMES,
+    LoRAArgumentError,
     apply_lora,
     base_fingerprint,
     load_adapter,
@@ -38,8 +39,9 @@ def trained(arch: str = "bert", bias: str = "none", **kwargs) -> torch.nn.Module
 @pytest.mark.parametrize("bias", ["none", "lora_only", "all"])
 def test_lora_state_dict_keys_follow_the_bias_mode(bias: str) -> None:
     model = tiny_model("bert")
-    names = apply_lora(model, ["query"])
-    state = lora_state_dict(model, bias=bias)
+    names = apply_lora(model, ["query"], bias=bias)
+    state = lora_state_dict(model)  # the bias mode recorded on the layers
+    assert set(lora_state_dict(model, bias=bias)) == set(state)
     adapters = {f"{n}.{m}" for n in names for m in ("lora_a", "lora_b")}
     lora_biases = {f"{n}.base.bias" for n in names}
     all_biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
@@ -56,6 +58,34 @@ def test_save_load_round_trip_reproduces_logits(arch: str, bias: str, tmp_path) 
     torch.testing.assert_close(logits(fresh, batch), logits(model, batch), atol=0, rtol=0)
     assert config["bias"] == bias and config["metadata"] == {"run": "test"}
     assert [n for n, _ in lora_layers(fresh)] == [n for n, _ in lora_layers(model)]
+
+
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_the_bias_mode_given_to_apply_lora_decides_what_trains_is_saved_and_trains_after_loading(bias, tmp_path):
+    """mark_only_lora_as_trainable without ``bias`` trains the biases apply_lora's mode names; the adapter holds
+    exactly the trainable tensors, and loading it makes the same set trainable."""
+    model = tiny_model("bert")
+    apply_lora(model, rank=4, alpha=8, bias=bias)
+    mark_only_lora_as_trainable(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.endswith(".base.bias") for n in trainable)
+    assert ("bert.pooler.dense.bias" in trainable) == (bias == "all")
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    assert set(load_file(str(tmp_path / "adapter" / ADAPTER_WEIGHTS))) == trainable
+    fresh = tiny_model("bert")
+    load_adapter(fresh, tmp_path / "adapter")
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == trainable
+
+
+@pytest.mark.parametrize("call", [mark_only_lora_as_trainable, lora_state_dict])
+def test_a_bias_mode_that_contradicts_the_lora_layers_is_refused(call) -> None:
+    model = tiny_model("bert")
+    apply_lora(model, rank=4, bias="all")
+    message = r"\(bias='none'\) contradicts bias='all' given to apply_lora.*drop the bias argument"
+    with pytest.raises(LoRAArgumentError, match=message) as err:
+        call(model, bias="none")
+    assert err.value.argument == "bias"
+    call(model, bias="all")  # the same mode, spelled out, is fine
 
 
 def test_saved_files_hold_only_adapter_and_head(tmp_path) -> None:
@@ -177,6 +207,44 @@ def test_format_version_1_is_refused_with_a_retrain_hint(tmp_path) -> None:
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "format_version": 1}))
     with pytest.raises(ValueError, match="format_version 1 .* retrain"):
         load_adapter(tiny_model("bert"), tmp_path / "adapter")
+
+
+def _state(model: torch.nn.Module) -> tuple[list, dict]:
+    """The module tree (names, module objects) and every parameter's value and requires_grad."""
+    return ([(n, m) for n, m in model.named_modules()],
+            {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()})
+
+
+def _break(adapter, case: str) -> torch.nn.Module:
+    """A model that ``adapter`` does not fit, for each reason load_adapter refuses one; edits the files if needed."""
+    config_path, weights = adapter / ADAPTER_CONFIG, adapter / ADAPTER_WEIGHTS
+    config = json.loads(config_path.read_text())
+    model = tiny_model("bert")
+    if case == "fingerprint":
+        model = tiny_model("bert", seed=1)
+    elif case == "architecture":
+        model.config.layer_norm_eps = 1e-5
+    elif case == "settings":
+        apply_lora(model, rank=4, alpha=32)
+    elif case == "shape":
+        config_path.write_text(json.dumps({**config, "rank": 3}))
+    elif case == "unknown key":
+        save_file({**load_file(str(weights)), "bert.encoder.extra.weight": torch.zeros(2)}, str(weights))
+    return model
+
+
+@pytest.mark.parametrize("case", ["fingerprint", "architecture", "settings", "shape", "unknown key"])
+def test_a_refused_load_leaves_the_model_as_it_was(case: str, tmp_path) -> None:
+    save_adapter(trained(), tmp_path / "adapter", base_model_name="tiny-bert")
+    model = _break(tmp_path / "adapter", case)
+    (modules, params) = _state(model)
+    with pytest.raises(ValueError):
+        load_adapter(model, tmp_path / "adapter")
+    after_modules, after_params = _state(model)
+    assert [(n, id(m)) for n, m in after_modules] == [(n, id(m)) for n, m in modules]
+    assert after_params.keys() == params.keys()
+    for name, (value, grad) in params.items():
+        assert torch.equal(after_params[name][0], value) and after_params[name][1] == grad, name
 
 
 def test_rank_and_alpha_patterns_round_trip(tmp_path) -> None:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from lora_pipeline.lora import (
@@ -19,6 +20,7 @@ from lora_pipeline.lora import (
     import_peft,
     lora_layers,
     mark_only_lora_as_trainable,
+    merge_lora,
 )
 # `seeded` is the autouse fixture that fixes the RNG seeds.
 from tests.support.tiny_models import seeded  # noqa: F401
@@ -61,6 +63,14 @@ def copy_adapters_to_peft(ours: nn.Module, theirs: nn.Module) -> None:
             target = inner.get_submodule(name)
             target.lora_A["default"].weight.copy_(layer.lora_a)
             target.lora_B["default"].weight.copy_(layer.lora_b)
+
+
+def randomize_lora_peft(model: nn.Module) -> None:
+    """Give every trainable peft tensor a non-zero value, so the adapters change the output."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(0.0, 0.3)
 
 
 def peft_name_to_ours(name: str) -> str:
@@ -172,6 +182,46 @@ def test_import_refuses_a_model_that_already_has_lora(tmp_path) -> None:
         import_peft(model, tmp_path / "peft")
 
 
+def test_a_refused_import_leaves_the_model_as_it_was(tmp_path) -> None:
+    peft_lora(tiny_model("bert"), ["query"]).save_pretrained(tmp_path / "peft")
+    config_path = tmp_path / "peft" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "r": 3}))  # tensors have rank 4
+    model = tiny_model("bert")
+    modules = [(n, id(m)) for n, m in model.named_modules()]
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="wrong shape"):
+        import_peft(model, tmp_path / "peft")
+    assert [(n, id(m)) for n, m in model.named_modules()] == modules
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_export_of_a_merged_model_writes_what_the_unmerged_one_writes(arch: str, tmp_path) -> None:
+    """Export writes LoRA factors and trained modules, never a base weight: merging before it changes nothing."""
+    model, batch = tiny_model(arch), tiny_batch()
+    apply_lora(model, rank=3, alpha=7, bias="lora_only")
+    mark_only_lora_as_trainable(model)
+    train_steps(model, batch)
+    export_peft(model, tmp_path / "unmerged", base_model_name="tiny")
+    merge_lora(model)
+    export_peft(model, tmp_path / "merged", base_model_name="tiny")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "unmerged" / name).read_bytes()
+    tensors = load_file(str(tmp_path / "merged" / "adapter_model.safetensors"))
+    assert not any(key.endswith(".weight") and ".base_layer." in key for key in tensors)
+
+
+def test_import_of_a_peft_adapter_whose_target_list_has_an_entry_matching_nothing(tmp_path) -> None:
+    """peft ignores such an entry when it trains, so the file it wrote is complete: import it as peft loads it."""
+    theirs = peft_lora(tiny_model("bert"), ["query", "q_proj"])
+    randomize_lora_peft(theirs)
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = tiny_model("bert")
+    import_peft(ours, tmp_path / "peft")
+    assert {n for n, _ in lora_layers(ours)} == peft_wrapped(theirs)
+    torch.testing.assert_close(logits(ours, tiny_batch()), logits(theirs.eval(), tiny_batch()), **TIGHT)
+
+
 def test_import_refuses_unsupported_peft_options(tmp_path) -> None:
     peft_lora(tiny_model("bert"), ["query"], use_dora=True).save_pretrained(tmp_path / "peft")
     with pytest.raises(ValueError, match="use_dora"):
@@ -279,11 +329,27 @@ def test_export_of_each_head_type_round_trips_through_peft(arch: str, tmp_path) 
         {n for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("arch, given", [("bert", ["pooler"]), ("gpt2", [])])
+def test_export_adds_the_task_heads_to_a_given_modules_to_save_as_peft_does(arch: str, given: list[str],
+                                                                             tmp_path) -> None:
+    """For SEQ_CLS peft adds classifier and score to modules_to_save itself: a list without them is complete."""
+    model, batch = tiny_model(arch), tiny_batch()
+    apply_lora(model, rank=4, alpha=8, modules_to_save=given)
+    mark_only_lora_as_trainable(model, also=HEAD_NAMES + tuple(given))
+    train_steps(model, batch)
+    export_peft(model, tmp_path / "peft", base_model_name=f"tiny-random-{arch}", modules_to_save=given)
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == [*given, "classifier", "score"]  # what peft's save_pretrained writes
+    loaded = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path / "peft").eval()
+    torch.testing.assert_close(logits(loaded, batch), logits(model, batch), **TIGHT)
+
+
 def test_export_refuses_modules_to_save_that_leave_out_a_trained_module(tmp_path) -> None:
     model = tiny_model("bert")
     apply_lora(model, modules_to_save=["pooler"])
     mark_only_lora_as_trainable(model, also=HEAD_NAMES + ("pooler",))
-    with pytest.raises(ValueError, match=r"modules_to_save=\['classifier'\] leaves out .*bert.pooler.dense.weight"):
+    message = r"modules_to_save=\['classifier', 'score'\] leaves out .*bert.pooler.dense.weight"
+    with pytest.raises(ValueError, match=message):
         export_peft(model, tmp_path / "peft", base_model_name="tiny", modules_to_save=["classifier"])
 
 

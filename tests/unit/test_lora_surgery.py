@@ -69,6 +69,41 @@ def test_regex_target_must_match_the_full_name() -> None:
         apply_lora(tiny_model("bert"), r"query")  # a search would match, a full match does not
 
 
+@pytest.mark.parametrize("targets, named", [
+    (r".*layer\.0\.attention.*", "bert.encoder.layer.0.attention (BertAttention)"),
+    (r"bert\.encoder\.layer\.\d\.(attention\.self\.query|output\.LayerNorm)",
+     "bert.encoder.layer.1.output.LayerNorm (LayerNorm)"),
+    (["query", "LayerNorm"], "bert.embeddings.LayerNorm (LayerNorm)"),
+])
+def test_targets_that_match_modules_other_than_linear_ones_are_refused_naming_them(targets, named) -> None:
+    """As peft: LoRA wraps nn.Linear/Conv1D only, and a target that also selects other modules is an error, not a
+    silent narrowing."""
+    model = tiny_model("bert")
+    with pytest.raises(LoRAArgumentError, match="not nn.Linear/Conv1D") as err:
+        apply_lora(model, targets)
+    assert named in str(err.value) and err.value.argument == "target_modules"
+    assert not lora_layers(model)
+
+
+def test_list_entries_that_match_no_module_are_refused_naming_them() -> None:
+    model = tiny_model("bert")
+    with pytest.raises(LoRAArgumentError, match=r"entries \['q_proj', 'v_proj'\] match no module of "
+                                                r"BertForSequenceClassification.*'query'") as err:
+        apply_lora(model, ["query", "q_proj", "value", "v_proj"])
+    assert err.value.argument == "target_modules" and not lora_layers(model)
+
+
+def test_a_refused_target_list_names_at_most_eight_entries() -> None:
+    with pytest.raises(LoRAArgumentError, match=r"'missing_7'\] … and 12 more match no module") as err:
+        apply_lora(tiny_model("bert"), ["query", *(f"missing_{i}" for i in range(20))])
+    assert "missing_8" not in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_default_target_list_given_explicitly_matches_on_every_architecture(arch: str) -> None:
+    assert apply_lora(tiny_model(arch), list(DEFAULT_TARGET_MODULES[arch])) == apply_lora(tiny_model(arch))
+
+
 @pytest.mark.parametrize("arch, excluded", [
     ("bert", {"classifier"}), ("roberta", {"classifier.dense", "classifier.out_proj"}),
     ("xlm-roberta", {"classifier.dense", "classifier.out_proj"}), ("deberta-v2", {"classifier"}),
