@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, not the repo, on sys.path
     sys.path.insert(0, str(ROOT))
 
-from lora_pipeline.config import EMBEDDED_MODEL, ModelConfig, Params, SplitConfig, load_params  # noqa: E402
+from lora_pipeline.config import EMBEDDED_MODEL, LoraConfig, ModelConfig, Params, SplitConfig, load_params  # noqa: E402
 from lora_pipeline.files import LABELS_FILE, read_json, read_split, split_part_file, write_split  # noqa: E402
 from lora_pipeline.models import HEAD_MODULES, build_model  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path  # noqa: E402
@@ -212,14 +212,20 @@ class Models:
 
         lora = self.params.lora
         config = LoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules) if lora.target_modules else None,
-                            use_rslora=lora.rslora, bias=lora.bias)
+                            target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias)
         base = self.full()
         config.modules_to_save = [h for h in HEAD_MODULES if hasattr(base, h)] + list(lora.modules_to_save)
         model = get_peft_model(base, config)
         if like is not None:
             copy_adapter(like, model, tuple(lora.modules_to_save))
         return model
+
+
+def peft_target_modules(lora: LoraConfig):
+    """``lora.target_modules`` for peft's ``LoraConfig``: a string (regex, all-linear) as is, names as a list,
+    None for the architecture's default."""
+    targets = lora.target_modules
+    return targets if targets is None or isinstance(targets, str) else list(targets)
 
 
 def copy_adapter(ours: nn.Module, peft_model: nn.Module, extra: tuple[str, ...] = ()) -> None:

@@ -77,3 +77,14 @@ def test_attribute_splits_a_step_into_parts_and_layers() -> None:
     assert sum(parts.values()) == pytest.approx(phases, rel=1e-6)
     assert sum(places.values()) == pytest.approx(phases, rel=1e-6)
     assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+@pytest.mark.parametrize("targets, expected", [(None, None), ("all-linear", "all-linear"),
+                                               (r".*\.(query|value)", r".*\.(query|value)"),
+                                               (("query", "value"), ["query", "value"])])
+def test_benchmarks_give_peft_the_lora_targets_as_params_say(targets, expected):
+    """A string (a regex or all-linear) stays one string, a list stays a list of names, null is peft's default."""
+    from benchmarks._common import peft_target_modules
+    from lora_pipeline.config import LoraConfig
+
+    assert peft_target_modules(LoraConfig(target_modules=targets)) == expected
