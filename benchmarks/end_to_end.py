@@ -1,4 +1,5 @@
-"""Item 4: our ``train_lora`` stage for one epoch vs HF ``Trainer`` + peft (``trainer_peft.py``), wall clock.
+"""A train stage against HF Trainer: our ``train_lora`` stage for one epoch vs HF ``Trainer`` + peft
+(``trainer_peft.py``), wall clock.
 
 Both run as subprocesses from the repository root, with the same params file (the repository's
 ``params.yaml``, or the one given, with ``lora.epochs: 1``, the parent's torch thread count and MLflow off, since

@@ -132,7 +132,8 @@ def list_dag(project: Path) -> dict:
 
 def run_benchmarks(work: Path, split: Path | None, quick: bool, compiled: bool, device: str = "cuda",
                    smoke: bool = False) -> dict:
-    """benchmarks/run.py items 1 and 2 on ``device``, one run each (a failure of one keeps the other's figures).
+    """benchmarks/run.py's step time and peak memory on ``device``, one run each (a failure of one keeps the
+    other's figures).
 
     ``smoke``: run.py's ``--smoke`` (its toy model and split when ``split`` is None).
     """

@@ -1,4 +1,4 @@
-"""Item 3: inference latency of the base model, our LoRA model unmerged and merged, and peft's.
+"""Prediction latency of the base model, our LoRA model unmerged and merged, and peft's.
 
 Forward passes in ``eval()`` + ``torch.inference_mode()`` (as ``evaluation.predict``), round-robin, median
 per variant, for a batch of 32 and a single row of 64 tokens. The adapters get non-zero weights first (B is

@@ -1,4 +1,4 @@
-"""Item 2: peak memory of training, one fresh child process per variant.
+"""Peak memory of training, one fresh child process per variant.
 
 Each child builds one variant, moves it to the device and runs a few training steps on the fixed batch
 through the loop's ``train_step``. On CUDA it reports ``torch.cuda.max_memory_allocated`` over those steps

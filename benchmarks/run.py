@@ -1,4 +1,5 @@
-"""One entry point for the benchmarks in BENCHMARKS.md (items 1-4); the last line printed is one JSON object.
+"""One entry point for the benchmarks in BENCHMARKS.md (step time, peak memory, prediction latency, a train stage
+against HF Trainer); the last line printed is one JSON object.
 
     python benchmarks/run.py [--split /tmp/bench/split] [--quick | --smoke] [--only step,memory,latency,e2e]
 
@@ -8,7 +9,8 @@
 4. the ``train_lora`` stage for one epoch vs HF Trainer + peft (wall time, validation macro-F1).
 
 The device is CUDA when available (bf16 autocast in training, as ``fit``), else CPU with torch's default
-thread count. ``--quick`` measures the same ratios on fewer steps and a subset of the data for item 4.
+thread count. ``--quick`` measures the same ratios on fewer steps and a subset of the data for the train-stage
+comparison.
 ``--smoke`` runs every item's code in seconds on a toy model and split (``_common.smoke_fixture``; one thread,
 one timed step, nothing compiled): a check that the benchmarks still run, not a measurement.
 """
@@ -40,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", type=Path, help=f"split stage output (default: the default data in {DEFAULT_SPLIT})")
     parser.add_argument("--build-split", action="store_true", help="build --split with the stages if missing")
     parser.add_argument("--params", type=Path, help="params file of the models (default: the repository's)")
-    parser.add_argument("--quick", action="store_true", help="fewer steps, data subset for item 4 (< 3 min CPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer steps, data subset for the train-stage comparison (< 3 min CPU)")
     parser.add_argument("--smoke", action="store_true",
                         help="toy model and split (unless --split/--params are given), one step: seconds, no figures")
     parser.add_argument("--only", default=",".join(ITEMS), help=f"comma-separated subset of {ITEMS}")
@@ -63,18 +66,18 @@ def run_items(args: argparse.Namespace, items: list[str], device: torch.device, 
     bf16 = resolve_bf16(args.precision, device)
     out: dict = {"precision": "bf16" if bf16 else "fp32"}
     if "step" in items:
-        _log("item 1: step time")
+        _log("step time")
         out["step"] = step_time.measure(split, models, device, repeats=1 if smoke else 4 if quick else 20,
                                         warmup=0 if smoke else 2, compiled=not (args.no_compile or smoke),
                                         extra=not quick, bf16=bf16)
     if "memory" in items:
-        _log("item 2: peak memory (child processes)")
+        _log("peak memory (child processes)")
         out["memory"] = memory.measure(split, params_path, device, steps=1 if smoke else 3, bf16=bf16)
     if "latency" in items:
-        _log("item 3: inference latency")
+        _log("prediction latency")
         out["latency"] = latency.measure(split, models, device, repeats=1 if smoke else 8 if quick else 40)
     if "e2e" in items:
-        _log("item 4: train_lora stage vs Trainer + peft (subprocesses)")
+        _log("train_lora stage vs Trainer + peft (subprocesses)")
         out["e2e"] = end_to_end.measure(split, device, quick, grouped_trainer=not quick,
                                         precision="bf16" if bf16 else "fp32", params=params_path)
     return out

@@ -1,4 +1,4 @@
-"""Item 1: one training step (forward + backward + clipping + AdamW + schedule) of each variant.
+"""Training step time: one training step (forward + backward + clipping + AdamW + schedule) of each variant.
 
 All variants run in this process on the same fixed batch, through the training loop's own
 ``train_step`` and ``make_optimizer``, round-robin, and the median over the timed steps is kept.

@@ -73,7 +73,8 @@ def build(params, labels: list[str], tokenizer):
         label2id={n: i for i, n in enumerate(labels)}, use_safetensors=True)
     lora = params.lora
     config = LoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias, modules_to_save=["classifier", *lora.modules_to_save])
+                        target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias,
+                        modules_to_save=["classifier", *lora.modules_to_save])
     return get_peft_model(model, config)
 
 
