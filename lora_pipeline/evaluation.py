@@ -14,7 +14,6 @@ import torch
 
 from .config import BaselineConfig
 from .data.loaders import EncodedSplit, eval_batches, iterate
-from .distributed import SINGLE, World, all_sum
 
 __all__ = ["macro_f1", "classification_metrics", "predict", "fit_tfidf_baseline", "predict_tfidf"]
 
@@ -52,27 +51,24 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, split: EncodedSplit, batch_size: int, pad_id: int,
-            device: torch.device, bf16: bool = False, world: World = SINGLE) -> np.ndarray:
+            device: torch.device, bf16: bool = False, batches: slice = slice(None)) -> np.ndarray:
     """Class ids for every row of ``split`` in row order (length-sorted batches, no grad).
 
     Args:
         bf16: run the forward under bf16 autocast (as the model was trained with ``train.precision``).
-        world: under torchrun each rank predicts every ``world.size``-th batch and the ranks' predictions are
-            summed into one array (each row is predicted by exactly one rank); every rank returns all of them.
-            ``model`` is the bare model, never its DDP wrapper (ranks run different batch counts).
+        batches: which of the length-sorted batches to predict (all by default); the rows of the others are 0
+            (a data-parallel caller predicts every ``size``-th batch per rank and sums the ranks' arrays).
     """
     was_training = model.training
     model.eval()
     preds = np.zeros(len(split), dtype=np.int64)
-    batches = eval_batches(split.lengths(), batch_size)[world.rank::world.size]
+    batches = eval_batches(split.lengths(), batch_size)[batches]
     for rows, batch in iterate(split, batches, pad_id):
         batch.pop("labels")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (B, C)
         preds[rows] = logits.argmax(dim=-1).cpu().numpy()
     model.train(was_training)
-    if world.distributed:
-        preds = all_sum(torch.from_numpy(preds).to(device), world).cpu().numpy()
     return preds
 
 

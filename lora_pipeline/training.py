@@ -260,9 +260,13 @@ def _set_rng_state(state: dict[str, Any], device: torch.device, world: World = S
 def _evaluate(model, val: EncodedSplit, cfg: FitConfig, pad_id: int, device: torch.device,
               world: World) -> tuple[float, list[int]]:
     """Validation macro-F1 over the model's declared classes (``config.num_labels``), as the evaluate stage scores,
-    and the predicted class ids in row order; under torchrun each rank predicts a share of the batches and all
-    ranks score the gathered predictions."""
-    preds = predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16, world=world)
+    and the predicted class ids in row order; under torchrun each rank predicts every ``world.size``-th batch
+    with the bare model (never its DDP wrapper: ranks run different batch counts) and all ranks score the sum of
+    their arrays (each row predicted by exactly one rank)."""
+    preds = predict(model, val, cfg.eval_batch_size, pad_id, device, bf16=cfg.bf16,
+                    batches=slice(world.rank, None, world.size))
+    if world.distributed:
+        preds = all_sum(torch.from_numpy(preds).to(device), world).cpu().numpy()
     return macro_f1(val.labels, preds, model.config.num_labels), preds.tolist()
 
 
