@@ -6,7 +6,8 @@ pyfunc logs the model directory exactly as the train stage wrote it (for LoRA: t
 the tokenizer; the base is resolved where the model is loaded), loads it with
 :func:`~lora_pipeline.inference.load_classifier` (LoRA merged in memory: no added latency), takes single texts or
 sentence pairs, and answers with the label and every class probability. The package's code travels with the
-model (``code_paths``), so ``mlflow models serve`` needs only the dependencies, not a checkout.
+model (``code_paths``), so ``mlflow models serve`` needs only the dependencies, not a checkout; the model itself is
+logged as code (MLflow's "models from code"), never as a pickle.
 
 The functions here take the ``mlflow`` module; stages call them through ``tracker.use(...)``
 (:class:`~lora_pipeline.tracking.MlflowTracker`), under its never-fail rules.
@@ -15,6 +16,7 @@ The functions here take the ``mlflow`` module; stages call them through ``tracke
 from __future__ import annotations
 
 import os
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -35,6 +37,9 @@ ARTIFACT = "classifier"  # the pyfunc's artifact key: the model directory
 MODEL_NAME = "model"  # name of the logged model within its run
 DIGEST_TAG = "model_digest"  # train runs carry the digest of what they logged; evaluate finds them by it
 URI_TAG = "model_uri"
+# "models from code": MLflow stores this file, not a pickle of the model object, and runs it when loading
+MODEL_CODE = ("classifier_model.py", "import mlflow.models\n\nfrom lora_pipeline.mlflow_model import TextClassifierModel\n\n"
+              "mlflow.models.set_model(TextClassifierModel())\n")
 EVALUATE_RUN_TAG = "evaluate_run_id"  # a registered version names the evaluate run that registered it
 STUDY_TAG = "study_md5"  # ... and the md5 of the study file it wrote, which dvc.lock records once committed
 
@@ -93,10 +98,12 @@ def log_classifier(mlflow: Any, directory: str | Path) -> Any:
     example = pd.DataFrame({"text": ["a funny, moving and well acted film"]}
                            | ({"text_pair": ["the film is worth seeing"]} if card.text_pair else {}))
     package = Path(__file__).resolve().parent
-    return mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=TextClassifierModel(),
-                                   artifacts={ARTIFACT: str(directory)}, signature=_signature(card),
-                                   input_example=example, code_paths=[str(package)],
-                                   pip_requirements=_requirements(card))
+    with tempfile.TemporaryDirectory(prefix="lora-pipeline-pyfunc-") as tmp:
+        code = Path(tmp) / MODEL_CODE[0]
+        code.write_text(MODEL_CODE[1], encoding="utf-8")
+        return mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code), artifacts={ARTIFACT: str(directory)},
+                                       signature=_signature(card), input_example=example, code_paths=[str(package)],
+                                       pip_requirements=_requirements(card))
 
 
 def find_logged_model(mlflow: Any, experiment_id: str, digest: str) -> Optional[str]:
