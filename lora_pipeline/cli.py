@@ -177,7 +177,12 @@ def _predict(args: argparse.Namespace) -> None:
         raise PipelineError("no texts to classify (empty input)")
     with tempfile.TemporaryDirectory(prefix="lora-pipeline-model-") as workdir:
         directory = _resolve_model(args.model, Path(workdir))
-        columns = input_columns(read_card(directory), frame, args.text_column, args.pair_column)  # before the load
+        card = read_card(directory)
+        input_columns(card, frame, args.text_column, args.pair_column)  # before the load
+        taken = [c for c in ["label", *(f"prob_{name}" for name in card.labels)] if c in frame.columns]
+        if taken:
+            raise PipelineError(f"input already has a column {excerpt(str(taken[0]))}, which the predictions add; "
+                                "rename it (every input column is passed through, predictions appended)")
         classifier: Classifier = load_classifier(directory, device=args.device, precision=args.precision)
     from tqdm import tqdm
 
@@ -186,7 +191,7 @@ def _predict(args: argparse.Namespace) -> None:
                                batch_size=args.batch_size, on_batch=bar.update)
     if len(result) != len(frame):
         raise PipelineError(f"{len(frame)} rows read but {len(result)} predictions made; nothing was written")
-    _write(pd.concat([frame[columns].reset_index(drop=True), result], axis=1), args)
+    _write(pd.concat([frame.reset_index(drop=True), result], axis=1), args)  # every input column, then predictions
 
 
 def _git(root: Path, *args: str) -> str:
