@@ -1,5 +1,6 @@
 """The ``lora-pipeline`` console command (declared in pyproject.toml): ``lora-pipeline predict`` and
-``lora-pipeline rebuild`` (a committed study's report from its record).
+``lora-pipeline rebuild`` (a committed study's report from its record) and ``lora-pipeline promote`` (move the
+registry alias to the version of the run the committed ``dvc.lock`` records).
 
 The user-facing entry point beside the stage scripts; like them it parses arguments, sets up logging and turns a
 known error into one line and exit code 2. The work is :mod:`lora_pipeline.inference`.
@@ -17,7 +18,7 @@ from typing import Optional
 
 import pandas as pd
 
-from .config import DataConfig
+from .config import DataConfig, MlflowConfig
 from .credentials import install_redaction, redact
 from .data.sources import decode_strict, read_table
 from .errors import ConfigError, PipelineError, excerpt
@@ -59,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="default: the precision the model was trained with (what the evaluate stage used)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+    pr = sub.add_parser("promote", help="move the registry alias to the study's pick of the committed run",
+                        description="Point the alias (mlflow.alias, default champion) of the registered model at the "
+                                    "version the evaluate stage registered for the run HEAD's dvc.lock records. "
+                                    "Refuses a working tree with uncommitted changes and versions of experiments.")
+    pr.add_argument("--version", help="the version to promote (default: the newest of HEAD's committed run)")
+    pr.add_argument("--name", help="registered model (default: mlflow.registered_model in --params)")
+    pr.add_argument("--alias", help="alias to move (default: mlflow.alias in --params)")
+    pr.add_argument("--params", default="params.yaml", help="params file at the project root (default params.yaml)")
     r = sub.add_parser("rebuild", help="recompute a committed study's study.json, report.md and figures from its "
                                        "record.json.gz (no model, data or training needed)")
     r.add_argument("folders", nargs="+", help="study folders holding record.json.gz (e.g. docs/results/*)")
@@ -112,21 +121,29 @@ def _suffix(path: str) -> str:
         (suffixes[-1] if suffixes else "")
 
 
+def _tracking_uri(cfg: "MlflowConfig", what: str) -> str:
+    """``MLFLOW_TRACKING_URI``, else ``cfg``'s store; refused when that is a SQLite file that does not exist (MLflow
+    would create an empty store there)."""
+    from .mlflow_store import sqlite_db
+    from .tracking import default_tracking_uri
+
+    uri = default_tracking_uri(cfg)
+    db = sqlite_db(uri)
+    if db is not None and not db.is_file():
+        raise PipelineError(f"{what}: no MLflow store at {db}; run inside the pipeline's project, or set "
+                            "MLFLOW_TRACKING_URI to the store or server the model was registered in")
+    return uri
+
+
 def _resolve_model(model: str, workdir: Path) -> Path:
     """A local model directory: ``model`` itself, or the classifier directory inside a downloaded MLflow model."""
     if Path(model).exists() or not _URI.match(model):
         return Path(model)
     import mlflow
 
-    from .config import MlflowConfig
-    from .mlflow_store import http_limits, sqlite_db
-    from .tracking import default_tracking_uri
+    from .mlflow_store import http_limits
 
-    uri = default_tracking_uri(MlflowConfig())  # MLFLOW_TRACKING_URI, else the project's mlflow.db
-    db = sqlite_db(uri)
-    if db is not None and not db.is_file():  # MLflow would create an empty store there
-        raise PipelineError(f"model {excerpt(model)}: no MLflow store at {db}; run inside the pipeline's project, "
-                            "or set MLFLOW_TRACKING_URI to the store or server the model was registered in")
+    uri = _tracking_uri(MlflowConfig(), f"model {excerpt(model)}")
     mlflow.set_tracking_uri(uri)
     try:
         with http_limits():  # a server that is down costs seconds, not minutes of retries
@@ -160,7 +177,12 @@ def _predict(args: argparse.Namespace) -> None:
         raise PipelineError("no texts to classify (empty input)")
     with tempfile.TemporaryDirectory(prefix="lora-pipeline-model-") as workdir:
         directory = _resolve_model(args.model, Path(workdir))
-        columns = input_columns(read_card(directory), frame, args.text_column, args.pair_column)  # before the load
+        card = read_card(directory)
+        input_columns(card, frame, args.text_column, args.pair_column)  # before the load
+        taken = [c for c in ["label", *(f"prob_{name}" for name in card.labels)] if c in frame.columns]
+        if taken:
+            raise PipelineError(f"input already has a column {excerpt(str(taken[0]))}, which the predictions add; "
+                                "rename it (every input column is passed through, predictions appended)")
         classifier: Classifier = load_classifier(directory, device=args.device, precision=args.precision)
     from tqdm import tqdm
 
@@ -169,7 +191,55 @@ def _predict(args: argparse.Namespace) -> None:
                                batch_size=args.batch_size, on_batch=bar.update)
     if len(result) != len(frame):
         raise PipelineError(f"{len(frame)} rows read but {len(result)} predictions made; nothing was written")
-    _write(pd.concat([frame[columns].reset_index(drop=True), result], axis=1), args)
+    _write(pd.concat([frame.reset_index(drop=True), result], axis=1), args)  # every input column, then predictions
+
+
+def _git(root: Path, *args: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise PipelineError(f"promote needs git: {excerpt(str(err), 200, quote=False)}") from None
+    if out.returncode != 0:
+        raise PipelineError(f"promote: `git {' '.join(args)}` in {root} failed: "
+                            f"{excerpt(out.stderr.strip(), 200, quote=False)}; run it inside the project's git repository")
+    return out.stdout
+
+
+def _committed_outputs(root: Path) -> tuple[str, set[str]]:
+    """HEAD's commit and the md5 of every output its ``dvc.lock`` records; refused on uncommitted changes."""
+    import yaml
+
+    dirty = [line[3:] for line in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()]
+    if dirty:
+        raise PipelineError(f"uncommitted changes ({excerpt(', '.join(dirty[:5]), 200, quote=False)}): promote moves "
+                            "the alias only to a committed run's version; commit them (an experiment: `dvc exp apply` "
+                            "it, then `git commit`) or `git restore` them")
+    commit = _git(root, "rev-parse", "HEAD").strip()
+    lock = root / "dvc.lock"
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
+    return commit, {out["md5"] for stage in stages.values() for out in stage.get("outs", []) if out.get("md5")}
+
+
+def _promote(args: argparse.Namespace) -> None:
+    """Move the alias to a version of the run HEAD's ``dvc.lock`` records (the newest, or ``--version``)."""
+    import mlflow
+
+    from .config import load_params
+    from .mlflow_model import committed_version, promote
+
+    root = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel").strip())
+    params = Path(args.params) if Path(args.params).is_absolute() else root / args.params
+    cfg = load_params(params, sections=["mlflow"]).mlflow if params.is_file() else MlflowConfig()
+    name, alias = args.name or cfg.registered_model, args.alias or cfg.alias
+    commit, outputs = _committed_outputs(root)
+    client = mlflow.MlflowClient(tracking_uri=_tracking_uri(cfg, f"registered model {excerpt(name)}"))
+    version = committed_version(client, name, outputs, commit[:7], args.version)
+    before = promote(client, name, alias, str(version.version))
+    facts = " ".join(f"{k} {version.tags[k]}" for k in ("variant", "rank", "seed", "lr") if version.tags.get(k))
+    moved = f"from version {before}" if before else "newly set"
+    print(f"{name}@{alias}: version {version.version} ({facts}, commit {commit[:7]}), {moved}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -177,7 +247,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s", stream=sys.stderr)
     install_redaction(streams=("stderr",))  # stdout is the predictions: a text is never changed
     try:
-        _rebuild(args) if args.command == "rebuild" else _predict(args)
+        {"rebuild": _rebuild, "predict": _predict, "promote": _promote}[args.command](args)
     except (ConfigError, PipelineError) as err:
         print(f"lora-pipeline {args.command}: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -6,7 +6,8 @@ pyfunc logs the model directory exactly as the train stage wrote it (for LoRA: t
 the tokenizer; the base is resolved where the model is loaded), loads it with
 :func:`~lora_pipeline.inference.load_classifier` (LoRA merged in memory: no added latency), takes single texts or
 sentence pairs, and answers with the label and every class probability. The package's code travels with the
-model (``code_paths``), so ``mlflow models serve`` needs only the dependencies, not a checkout.
+model (``code_paths``), so ``mlflow models serve`` needs only the dependencies, not a checkout; the model itself is
+logged as code (MLflow's "models from code"), never as a pickle.
 
 The functions here take the ``mlflow`` module; stages call them through ``tracker.use(...)``
 (:class:`~lora_pipeline.tracking.MlflowTracker`), under its never-fail rules.
@@ -15,6 +16,7 @@ The functions here take the ``mlflow`` module; stages call them through ``tracke
 from __future__ import annotations
 
 import os
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,12 +30,18 @@ from .errors import PipelineError
 from .inference import ModelCard, load_classifier, predict_frame, read_card
 
 __all__ = ["ARTIFACT", "MODEL_NAME", "TextClassifierModel", "log_classifier", "log_trained", "find_logged_model",
-           "register_classifier", "register_pick"]
+           "register_classifier", "register_pick", "promote",
+           "committed_version", "STUDY_TAG"]
 
 ARTIFACT = "classifier"  # the pyfunc's artifact key: the model directory
 MODEL_NAME = "model"  # name of the logged model within its run
 DIGEST_TAG = "model_digest"  # train runs carry the digest of what they logged; evaluate finds them by it
 URI_TAG = "model_uri"
+# "models from code": MLflow stores this file, not a pickle of the model object, and runs it when loading
+MODEL_CODE = ("classifier_model.py", "import mlflow.models\n\nfrom lora_pipeline.mlflow_model import TextClassifierModel\n\n"
+              "mlflow.models.set_model(TextClassifierModel())\n")
+EVALUATE_RUN_TAG = "evaluate_run_id"  # a registered version names the evaluate run that registered it
+STUDY_TAG = "study_md5"  # ... and the md5 of the study file it wrote, which dvc.lock records once committed
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
@@ -90,10 +98,12 @@ def log_classifier(mlflow: Any, directory: str | Path) -> Any:
     example = pd.DataFrame({"text": ["a funny, moving and well acted film"]}
                            | ({"text_pair": ["the film is worth seeing"]} if card.text_pair else {}))
     package = Path(__file__).resolve().parent
-    return mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=TextClassifierModel(),
-                                   artifacts={ARTIFACT: str(directory)}, signature=_signature(card),
-                                   input_example=example, code_paths=[str(package)],
-                                   pip_requirements=_requirements(card))
+    with tempfile.TemporaryDirectory(prefix="lora-pipeline-pyfunc-") as tmp:
+        code = Path(tmp) / MODEL_CODE[0]
+        code.write_text(MODEL_CODE[1], encoding="utf-8")
+        return mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code), artifacts={ARTIFACT: str(directory)},
+                                       signature=_signature(card), input_example=example, code_paths=[str(package)],
+                                       pip_requirements=_requirements(card))
 
 
 def find_logged_model(mlflow: Any, experiment_id: str, digest: str) -> Optional[str]:
@@ -107,17 +117,58 @@ def find_logged_model(mlflow: Any, experiment_id: str, digest: str) -> Optional[
     return None
 
 
-def register_classifier(mlflow: Any, model_uri: str, name: str, alias: str, tags: Mapping[str, Any]) -> str:
-    """Register ``model_uri`` as a new version of ``name``, tag it, and point ``alias`` at it.
+def register_classifier(mlflow: Any, model_uri: str, name: str, tags: Mapping[str, Any]) -> str:
+    """Register ``model_uri`` as a new version of ``name`` with ``tags``. No alias moves: that is
+    :func:`promote`'s, a deliberate act.
 
     Returns:
         The version number.
     """
     clean = {k: str(v) for k, v in tags.items() if v is not None}
-    version = mlflow.register_model(model_uri, name, tags=clean)
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+    return str(mlflow.register_model(model_uri, name, tags=clean).version)
+
+
+def promote(client: Any, name: str, alias: str, version: str) -> Optional[str]:
+    """Point ``alias`` of the registered model ``name`` at ``version``.
+
+    Returns:
+        The version the alias pointed at before, or None when it was not set.
+    """
+    try:
+        before: Optional[str] = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        before = None
+    client.set_registered_model_alias(name, alias, version)
+    return before
+
+
+def committed_version(client: Any, name: str, outputs: set[str], commit: str, version: Optional[str] = None) -> Any:
+    """The version of ``name`` an evaluate run registered whose study file is among ``outputs`` (the md5s a
+    committed ``dvc.lock`` records): ``version``, else the newest such.
+
+    Raises:
+        PipelineError: no such version; ``version`` missing, or not from the committed run (an experiment's, or
+            a run of uncommitted changes).
+    """
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise PipelineError(f"registered model {name!r} has no versions in this MLflow store; run the pipeline "
+                            "(`dvc repro`) and commit its dvc.lock, or set MLFLOW_TRACKING_URI to the store it used")
+    if version is not None:
+        chosen = [v for v in versions if str(v.version) == str(version)]
+        if not chosen:
+            raise PipelineError(f"registered model {name!r} has no version {version} (it has "
+                                f"{', '.join(sorted((str(v.version) for v in versions), key=int))})")
+        if chosen[0].tags.get(STUDY_TAG) not in outputs:
+            raise PipelineError(f"{name} version {version} is not from the run committed at {commit} (dvc.lock does "
+                                "not record its study): an experiment's or an uncommitted run's; `dvc exp apply` "
+                                "the experiment and commit it, or check out the commit of that run")
+        return chosen[0]
+    ours = [v for v in versions if v.tags.get(STUDY_TAG) in outputs]
+    if not ours:
+        raise PipelineError(f"no version of {name!r} comes from the run committed at {commit} (dvc.lock records no "
+                            "study any version was registered with): run `dvc repro`, commit dvc.lock, then promote")
+    return max(ours, key=lambda v: int(v.version))
 
 
 def log_trained(mlflow: Any, directory: str | Path, digest: str) -> str:
@@ -127,13 +178,13 @@ def log_trained(mlflow: Any, directory: str | Path, digest: str) -> str:
     return info.model_uri
 
 
-def register_pick(mlflow: Any, directory: str | Path, digest: str, name: str, alias: str,
-                  tags: Mapping[str, Any]) -> str:
+def register_pick(mlflow: Any, directory: str | Path, digest: str, name: str, tags: Mapping[str, Any]) -> str:
     """Register the model with ``digest``: the one its train run logged, or, when no run of this experiment
     logged it (training restored from DVC's cache, or tracking was down then), ``directory`` logged now into the
-    active run. Returns the new version."""
+    active run. The version is tagged with ``tags``, the digest and the active (evaluate) run; no alias moves.
+    Returns the new version."""
     run = mlflow.active_run()
     uri = find_logged_model(mlflow, run.info.experiment_id, digest) or log_classifier(mlflow, directory).model_uri
-    version = register_classifier(mlflow, uri, name, alias, {**tags, DIGEST_TAG: digest})
-    mlflow.set_tags({"registered_model": f"{name}@{alias} v{version}"})
+    version = register_classifier(mlflow, uri, name, {**tags, DIGEST_TAG: digest, EVALUATE_RUN_TAG: run.info.run_id})
+    mlflow.set_tags({"registered_model": f"{name} v{version}"})
     return version

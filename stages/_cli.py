@@ -28,8 +28,7 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s",
                         stream=sys.stderr, force=True)
     install_redaction()
-    for noisy in ("urllib3", "filelock", "great_expectations", "alembic", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     _phases.clear()
     _open.clear()
     started = process_seconds()
@@ -39,8 +38,7 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
         _phases["startup"] = started
     try:
         body()
-    except (ConfigError, PipelineError) as err:
-        logging.getLogger(name).error("%s", err)
+    except (ConfigError, PipelineError) as err:  # one line, not also a log record of it
         print(f"\n{name} failed: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
@@ -50,6 +48,21 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
             gc.freeze()
     logging.getLogger(name).info("timing: %s", ", ".join(f"{k} {v:.3f} s" for k, v in _phases.items()))
     return 0
+
+
+def quiet_libraries() -> None:
+    """Libraries say only what matters in a stage's log: their warnings, no INFO chatter (MLflow's schema
+    migrations and input-example checks), and no progress bars of loading or saving weights, hub downloads or
+    MLflow's artifact transfers; the stage's own training loop keeps its one bar."""
+    for noisy in ("urllib3", "filelock", "great_expectations", "alembic", "httpx", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its logger's level when imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # read when transformers is first imported; a stage module has usually imported it already
+    hf_off = os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1").lower() in ("1", "true", "yes", "on")
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_off and hf_logging is not None:
+        hf_logging.disable_progress_bar()
 
 
 def process_seconds() -> Optional[float]:

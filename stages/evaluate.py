@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from lora_pipeline.tracking import git_commit, open_tracker
 from stages._cli import phase, run_stage, timed_tracker
 
 log = logging.getLogger(__name__)
+STUDY_TAG = "study_md5"  # lora_pipeline.mlflow_model.STUDY_TAG (that module imports mlflow: only when tracking is on)
 ENERGY = 0.9  # effective rank: the singular values holding this share of an update's energy
 RECORD_SECTIONS = ("model", "train", "scratch", "full", "lora", "study", "baseline")  # the params a record keeps
 
@@ -135,6 +138,12 @@ def _write_learning_curves(folder: str, study_json: dict) -> None:
                     tmp / clock / f"{name}.csv", index=False)
 
 
+def file_md5(path: str | Path) -> str:
+    """The md5 of a file's bytes: what dvc.lock records for it."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
+
+
 def _csv_rows(path: Path) -> list[dict] | None:
     return pd.read_csv(path).to_dict("records") if path.is_file() else None
 
@@ -222,13 +231,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
             tracker.log_artifact(path)
         with phase("mlflow"):  # its git and weights digests are for the registry
-            _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models))
+            _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models),
+                      file_md5(args.study))
 
 
 def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,
-              labels: list[str], models: Path) -> None:
-    """Register the study's pick (its first seed's model) in the Model Registry under ``mlflow.registered_model``;
-    the pick is made on validation (answer_lib.registry_pick), the test score is only a tag."""
+              labels: list[str], models: Path, study_md5: str) -> None:
+    """Register the study's pick (its first seed's model) as a new version of ``mlflow.registered_model``; the pick
+    is made on validation (answer_lib.registry_pick), the test score is only a tag. No alias moves here, whether
+    under ``dvc repro`` or ``dvc exp run``: ``lora-pipeline promote`` moves it to a committed run's version, which
+    it recognises by ``study_md5`` (the md5 the committed dvc.lock records for the study file)."""
     name, why = answer_lib.registry_pick(rows, answer["rank"])
     if name is None:
         log.warning("Model Registry: nothing registered (%s)", why)
@@ -239,18 +251,19 @@ def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: 
     score = classification_metrics(test.labels, preds[name][0], labels)["macro_f1"]
     tags = {"variant": group.variant, "rank": group.rank, "seed": rec["seed"], "lr": rec["lr"], "tag": rec["tag"],
             "test_macro_f1": round(score, 4), "val_macro_f1": round(rows[name]["val_macro_f1"], 4),
-            "selection": why, "git_commit": git_commit()}
+            "selection": why, "git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+            STUDY_TAG: study_md5}
     digest, cfg = model_digest(weights_files(group.variant, directory)), params.mlflow
 
     def register(mlflow):
         from lora_pipeline import mlflow_model  # imports mlflow.pyfunc: only when tracking is on
 
-        return mlflow_model.register_pick(mlflow, directory, digest, cfg.registered_model, cfg.alias, tags)
+        return mlflow_model.register_pick(mlflow, directory, digest, cfg.registered_model, tags)
 
     version = tracker.use("registry", register)
     if version is not None:
-        log.info("Model Registry: %s (%s) is %s version %s, alias %s", name, rec["tag"],
-                 params.mlflow.registered_model, version, params.mlflow.alias)
+        log.info("Model Registry: %s (%s) is %s version %s; alias %s not moved (`lora-pipeline promote` moves it "
+                 "once this run is committed)", name, rec["tag"], cfg.registered_model, version, cfg.alias)
 
 
 def main(argv: list[str] | None = None) -> int:

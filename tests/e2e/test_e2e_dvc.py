@@ -123,11 +123,11 @@ def test_report_holds_the_answer_and_both_figures(repo):
     assert any(k.endswith("/steps.csv") for k in shown["data"]) and any(k.endswith("/evals.csv") for k in shown["data"])
 
 
-def test_the_study_pick_is_registered_and_predict_serves_logged_models(repo):
-    """On the real DAG: evaluate registered the study's pick with its alias (or, when every row is
-    degenerate, nothing), and the console script predicts with an MLflow model URI what the directory predicts."""
+def test_the_study_pick_is_registered_promoted_once_committed_and_predict_serves_logged_models(repo):
+    """On the real DAG: evaluate registered the study's pick without moving an alias (or, when every row is
+    degenerate, nothing); once dvc.lock is committed, ``lora-pipeline promote`` points the alias at it; the console
+    script predicts with an MLflow model URI what the directory predicts."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     from lora_pipeline.answer import registry_pick
 
@@ -136,13 +136,17 @@ def test_the_study_pick_is_registered_and_predict_serves_logged_models(repo):
     study = json.loads((repo / "metrics/study.json").read_text())
     name, _ = registry_pick(study["rows"], study["answer"]["rank"])
     if name is None:  # 30 steps of a tiny random BERT: often every row is degenerate
-        with pytest.raises(MlflowException):
-            client.get_model_version_by_alias("lora-pipeline-classifier", "champion")
+        assert not client.search_model_versions("name = 'lora-pipeline-classifier'")
         train_run = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id],
                                  "tags.stage = 'train_lora'")[0]
         uri, folder = train_run.data.tags["model_uri"], repo / "models" / "lora" / train_run.data.params["run.tag"]
     else:
+        assert client.get_registered_model("lora-pipeline-classifier").aliases == {}
+        run(["git", "add", "-A"], repo, env)
+        run(["git", "commit", "-qm", "the run to promote", "--allow-empty"], repo, env)
+        said = run([str(BIN / "lora-pipeline"), "promote"], repo, env).stdout
         tags = client.get_model_version_by_alias("lora-pipeline-classifier", "champion").tags
+        assert said.startswith("lora-pipeline-classifier@champion: version ")
         assert (f"lora_r{tags['rank']}" if tags["variant"] == "lora" else tags["variant"]) == name
         uri, folder = "models:/lora-pipeline-classifier@champion", repo / "models" / tags["variant"] / tags["tag"]
     texts = ["a first text", "and a second one"]
@@ -330,3 +334,17 @@ def test_queued_rank_grid_logs_every_run_to_one_mlflow_store(repo):
     fixture_store = MlflowClient(tracking_uri=repo_env_uri)  # where the fixture's own repro logged
     original = fixture_store.search_runs([fixture_store.get_experiment_by_name("lora-pipeline").experiment_id])
     assert [r for r in original if r.data.tags.get("stage") == "train_lora" and r.data.tags.get("lora_rank") == "4"]
+
+
+def test_experiments_in_the_workspace_and_in_the_queue_never_move_the_alias(repo):
+    """After the workspace `dvc exp run`s and the queued experiments above, the alias points where `lora-pipeline
+    promote` put it (a version no experiment registered), or nowhere; the queue's own store has no alias at all."""
+    from mlflow import MlflowClient
+
+    repo, env = repo
+    for uri in (env["MLFLOW_TRACKING_URI"], f"sqlite:///{repo / 'mlflow.db'}"):
+        client = MlflowClient(tracking_uri=uri)
+        for model in client.search_registered_models():
+            for alias, version in model.aliases.items():
+                assert uri == env["MLFLOW_TRACKING_URI"], (uri, model.name, alias)
+                assert not client.get_model_version(model.name, version).tags.get("dvc_exp_name"), (model.name, alias)

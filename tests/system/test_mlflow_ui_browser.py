@@ -54,8 +54,9 @@ def test_the_ui_shows_the_logged_model_and_the_registered_version_with_its_alias
     with mlflow.start_run(run_name="train_lora r4 s42") as run:
         mlflow_model.log_trained(mlflow, tmp_path / "m", digest)
     with mlflow.start_run(run_name="evaluate"):
-        version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "ui-check-classifier", "champion",
+        version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "ui-check-classifier",
                                              {"variant": "lora", "rank": 4})
+    mlflow_model.promote(mlflow.MlflowClient(), "ui-check-classifier", "champion", version)
     server = start_mlflow_server(tmp_path, backend=uri)
     try:
         base = f"{server.url}/#"

@@ -228,9 +228,7 @@ def test_every_train_run_logs_its_model_and_a_lora_run_only_the_adapter(pipeline
             predict_frame(load_classifier(out_dir), frame)["label"].tolist()
 
 
-def test_evaluate_registers_the_study_pick_or_says_why_not(pipeline):
-    from mlflow.exceptions import MlflowException
-
+def test_evaluate_registers_the_study_pick_or_says_why_not_and_moves_no_alias(pipeline):
     from lora_pipeline.answer import registry_pick
 
     base, _, _, uri = pipeline
@@ -239,17 +237,17 @@ def test_evaluate_registers_the_study_pick_or_says_why_not(pipeline):
     client = _client(uri)
     evaluate_run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                       "tags.stage = 'evaluate'")[0]
-    if name is None:  # the tiny random models are degenerate: nothing is made champion
+    if name is None:  # the tiny random models are degenerate: nothing is registered
         assert why == "every trained model is degenerate on validation" and "registered_model" not in evaluate_run.data.tags
-        with pytest.raises(MlflowException):
-            client.get_model_version_by_alias(REGISTERED, "champion")
+        assert not client.search_model_versions(f"name = '{REGISTERED}'")
         return
-    version = client.get_model_version_by_alias(REGISTERED, "champion")
+    (version,) = client.search_model_versions(f"name = '{REGISTERED}'")
     tags = version.tags
     assert {"variant", "rank", "seed", "lr", "test_macro_f1", "val_macro_f1", "git_commit", "selection",
-            "model_digest"} <= set(tags)
+            "model_digest", "study_md5", "evaluate_run_id"} <= set(tags)
     assert (f"lora_r{tags['rank']}" if tags["variant"] == "lora" else tags["variant"]) == name
-    assert evaluate_run.data.tags["registered_model"] == f"{REGISTERED}@champion v{version.version}"
+    assert evaluate_run.data.tags["registered_model"] == f"{REGISTERED} v{version.version}"
+    assert client.get_registered_model(REGISTERED).aliases == {}
 
 
 def test_registration_logs_the_model_itself_when_no_train_run_did(tiny_model_dir, tiny_tokenizer, tmp_path, capsys,
@@ -265,7 +263,9 @@ def test_registration_logs_the_model_itself_when_no_train_run_did(tiny_model_dir
     mlflow.set_experiment("empty")
     digest = model_digest(weights_files("lora", tmp_path / "m"))
     with mlflow.start_run() as run:
-        version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "reg-test", "champion", {"rank": 4})
+        version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "reg-test", {"rank": 4})
+    assert mlflow.MlflowClient().get_registered_model("reg-test").aliases == {}  # registering moves no alias
+    mlflow_model.promote(mlflow.MlflowClient(), "reg-test", "champion", version)
     got = mlflow.MlflowClient().get_model_version_by_alias("reg-test", "champion")
     assert str(got.version) == version and got.tags["rank"] == "4" and got.run_id == run.info.run_id
     texts = pd.DataFrame({"text": ["good", "bad"]})
@@ -325,8 +325,9 @@ def test_a_model_registered_on_a_tracking_server_is_served_with_the_right_labels
         mlflow.set_tracking_uri(tracking.url)
         mlflow.set_experiment("serve")
         with mlflow.start_run():
-            mlflow_model.register_pick(mlflow, tmp_path / "m", model_digest(weights_files("lora", tmp_path / "m")),
-                                       "serve-test", "champion", {})
+            version = mlflow_model.register_pick(mlflow, tmp_path / "m",
+                                                 model_digest(weights_files("lora", tmp_path / "m")), "serve-test", {})
+            mlflow_model.promote(mlflow.MlflowClient(), "serve-test", "champion", version)
         server = start_model_server("models:/serve-test@champion", tracking.url, tmp_path / "serve.log")
         try:
             body = json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode()

@@ -90,3 +90,30 @@ def test_a_model_uri_outside_a_project_creates_no_mlflow_store(monkeypatch, tmp_
     code, err = _run(["models:/m@champion", "x"], capsys)
     assert code == 2 and "no MLflow store" in err and "MLFLOW_TRACKING_URI" in err
     assert not list(tmp_path.iterdir())
+
+
+def _stub_classifier(card_dir):
+    """Predicts 'pos' (0.25 / 0.75) for every text, with the card of ``card_dir``."""
+    import numpy as np
+
+    def proba(texts, pairs=None, *, batch_size=64, on_batch=None):
+        return np.tile([0.25, 0.75], (len(texts), 1))
+    return types.SimpleNamespace(card=inference.read_card(card_dir), labels=["neg", "pos"], predict_proba=proba)
+
+
+def test_predict_passes_every_input_column_through_and_appends_the_predictions(card_only, tmp_path, capsys,
+                                                                               monkeypatch):
+    monkeypatch.setattr(cli, "load_classifier", lambda *a, **k: _stub_classifier(card_only))
+    pd.DataFrame({"id": [7, 3], "text": ["fine", "bad"], "source": ["web", "mail"]}).to_csv(tmp_path / "in.csv",
+                                                                                             index=False)
+    assert cli.main(["predict", str(card_only), "--input", str(tmp_path / "in.csv"), "--no-progress"]) == 0
+    out = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert list(out.columns) == ["id", "text", "source", "label", "prob_neg", "prob_pos"]
+    assert out["id"].tolist() == [7, 3] and out["source"].tolist() == ["web", "mail"]
+
+
+def test_an_input_column_named_like_a_prediction_column_is_refused_before_the_model_loads(card_only, no_load,
+                                                                                          tmp_path, capsys):
+    pd.DataFrame({"text": ["fine"], "label": ["pos"]}).to_csv(tmp_path / "in.csv", index=False)
+    code, err = _run([str(card_only), "--input", str(tmp_path / "in.csv")], capsys)
+    assert code == 2 and "input already has a column 'label'" in err and "rename" in err
