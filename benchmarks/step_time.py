@@ -184,7 +184,7 @@ def measure_levers(models: Models, batch: dict, device: torch.device, repeats: i
     """
     lr = models.params.study.lora_lrs[0]
     ours = models.ours()
-    levers = {"ours": {}, "adamw_single_tensor": {"make_opt": adamw(foreach=False)},
+    levers = {"ours": {}, "adamw_foreach": {"make_opt": adamw(foreach=True)},
               "adamw_fused": {"make_opt": adamw(fused=True)}, "lora_prescaled_b": {"patch": prescale_lora},
               "ours_fast_dropout": {"fast_dropout": True}, "ours_untrimmed": {"trim": False}}
     steps, losses, trained = {}, {}, {}
