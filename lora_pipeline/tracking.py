@@ -143,6 +143,13 @@ def _sweep_orphans(mlflow: Any, experiment_id: str, checkpoint_key: Optional[str
     return resume
 
 
+def _last_steps(mlflow: Any, run: Any) -> dict[str, int]:
+    """The last step logged of each metric of ``run``: the killed process may have logged past its checkpoint."""
+    client = mlflow.MlflowClient()
+    return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics}
+
+
 def _mark_killed(mlflow: Any, run_id: str) -> None:
     try:
         mlflow.MlflowClient().set_terminated(run_id, status="KILLED")
@@ -237,6 +244,7 @@ class MlflowTracker(_ClosedOnExit):
         self._mlflow = None
         self._run_id: Optional[str] = None  # once started: MLflow's exit hook would end it (see close)
         self._logged_params: dict[str, str] = {}  # params of a resumed run
+        self._logged_steps: dict[str, int] = {}  # a resumed run: the last step logged of each metric
         self._resume_tags: dict[str, str] = {}
         self.uri = default_tracking_uri(cfg)
         self._call("start", lambda: self._start(cfg, run_name, tags))
@@ -263,6 +271,7 @@ class MlflowTracker(_ClosedOnExit):
             else:  # the same training killed and resumed: one run holds its whole curve and final status
                 mlflow.start_run(run_id=orphan.info.run_id)  # last: a retried start must not find a run active
                 self._logged_params = dict(orphan.data.params)
+                self._logged_steps = _last_steps(mlflow, orphan)
                 self._resume_tags = {**all_tags, "resumed_after_kill": "true"}
         active = mlflow.active_run()
         self._run_id = active.info.run_id if active is not None else None
@@ -296,6 +305,10 @@ class MlflowTracker(_ClosedOnExit):
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         values = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
+        if step is not None and self._logged_steps:  # a resumed run repeats the steps after its checkpoint
+            values = {k: v for k, v in values.items() if step > self._logged_steps.get(k, -1)}
+            if not values:
+                return
         self._call("metrics", lambda: self._mlflow.log_metrics(values, step=step), len(values))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

@@ -123,6 +123,8 @@ def test_a_killed_stage_run_is_resumed_and_other_orphans_are_marked_killed(monke
         tracker = MlflowTracker(MlflowConfig(experiment="resume"), "train_lora",
                                 {"stage": "train_lora", "checkpoint_key": "abc"})
         tracker.log_params({"lora": {"rank": 8}, "resolved": {"device": "cuda"}})  # resumed on another device
+        # the checkpoint was older than the last logged step: the rerun logs step 1 again, once in the history
+        tracker.log_metrics({"train_loss": 0.5, "val_macro_f1": 0.75}, step=1)
         tracker.log_metrics({"train_loss": 0.25}, step=2)
         tracker.close()
         assert tracker._error is None
@@ -135,6 +137,7 @@ def test_a_killed_stage_run_is_resumed_and_other_orphans_are_marked_killed(monke
     history = {rid: [(m.step, m.value) for m in client.get_metric_history(rid, "train_loss")] for rid in runs}
     (resumed,) = [runs[rid] for rid, h in history.items() if h == [(1, 1.0), (2, 0.25)]]
     assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_after_kill"] == "true"
+    assert [(m.step, m.value) for m in client.get_metric_history(resumed.info.run_id, "val_macro_f1")] == [(1, 0.75)]
     assert resumed.data.tags["pid"] == str(os.getpid()) and resumed.info.run_name == "train_lora"
     assert resumed.data.params == {"lora.rank": "8", "resolved.device": "cpu"}
     assert resumed.data.tags["resumed.resolved.device"] == "cuda"
