@@ -20,7 +20,7 @@ import pandas as pd
 
 from .config import DataConfig, MlflowConfig
 from .credentials import install_redaction, redact
-from .data.sources import decode_strict, read_table
+from .data.reading import decode_strict, read_table
 from .errors import ConfigError, PipelineError, excerpt
 from .inference import CARD, Classifier, input_columns, load_classifier, predict_frame, read_card
 

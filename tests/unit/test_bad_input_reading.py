@@ -10,8 +10,8 @@ import lzma
 import pytest
 
 from lora_pipeline.config import DataConfig
-from lora_pipeline.data import sources
-from lora_pipeline.data.sources import read_table
+from lora_pipeline.data import reading
+from lora_pipeline.data.reading import read_table
 from lora_pipeline.errors import DataError
 
 
@@ -43,7 +43,7 @@ def test_utf16_le_without_a_bom_gets_utf16_advice_not_cp1252():
 
 @pytest.mark.parametrize("suffix, compress", [(".bz2", bz2.compress), (".gz", gzip.compress), (".xz", lzma.compress)])
 def test_a_compressed_file_is_refused_once_it_decompresses_past_the_cap(monkeypatch, suffix, compress):
-    monkeypatch.setattr(sources, "MAX_DECOMPRESSED_BYTES", 10_000)
+    monkeypatch.setattr(reading, "MAX_DECOMPRESSED_BYTES", 10_000)
     body = b"text,label\n" + b"".join(b"row %d,a\n" % i for i in range(5000))
     with pytest.raises(DataError, match=r"decompresses to more than 0 MB"):
         read_table(compress(body), f"in.csv{suffix}", cfg())
