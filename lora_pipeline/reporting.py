@@ -360,9 +360,10 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         f"## Learning curves (validation)\n\n![learning curves]({figures['curves']})\n\n" + (
             "Left: validation macro-F1 of each run of each chosen (variant, rank) at every validation, against "
             "optimizer steps (one line per seed). " if study.get("validation_curves") else
-            "Left: the best validation macro-F1 so far, mean over seeds, against optimizer steps. ") + "Right: the best validation macro-F1 so far — the checkpoint a run would keep if stopped there — against CPU "
-        "seconds of training (process CPU time: steadier than wall time on a shared machine); mean over seeds, band "
-        "min–max. The dotted line: full fine-tuning's mean CPU time to its best, where the "
+            "Left: the best validation macro-F1 so far, mean over seeds, against optimizer steps. ") +
+        "Right: the best validation macro-F1 so far — the checkpoint a run would keep if stopped there — against "
+        "CPU seconds of training (process CPU time: steadier than wall time on a shared machine); mean over seeds, "
+        "band min–max. The dotted line: full fine-tuning's mean CPU time to its best, where the "
         "equal-cost reading is taken. Per-step training loss: `dvc plots show` (metrics/curves).",
     ]
     return "\n\n".join(parts) + "\n"
