@@ -73,12 +73,12 @@ def rank_curve_figure(study: Mapping[str, Any]) -> Figure:
 
 
 def _quality_panel(ax: Axes, study: Mapping[str, Any], lora: Sequence[Mapping[str, Any]]) -> None:
-    """LoRA's means with intervals against rank; the references alone where the study has no LoRA rank."""
+    """LoRA's means with intervals against rank and full fine-tuning's band, the y axis scaled to those two; a
+    reference (scratch, TF-IDF) outside that range is an arrow at the edge with its value, not a stretched axis."""
     rows = study.get("rows", {})
-    ranks = [r["rank"] for r in lora]
     if lora:
         _lora_points(ax, lora)
-        _rank_axis(ax, ranks)
+        _rank_axis(ax, [r["rank"] for r in lora])
     else:
         ax.set_xticks([])
     full = rows.get("full")
@@ -87,14 +87,45 @@ def _quality_panel(ax: Axes, study: Mapping[str, Any], lora: Sequence[Mapping[st
         if _finite(m.get("low")) and _finite(m.get("high")):
             ax.axhspan(m["low"], m["high"], color="C1", alpha=0.2, label="full fine-tuning interval")
         ax.axhline(m["mean"], color="C1", label=_ref_label("full fine-tuning", full))
-    scratch = rows.get("scratch")
-    if scratch:
-        ax.axhline(scratch["macro_f1"]["mean"], color="C2", ls="--", label=_ref_label("BERT from scratch", scratch))
-    tfidf = study.get("tfidf_logreg")
-    if tfidf:
-        ax.axhline(tfidf["macro_f1"], color="C3", ls="--", label="TF-IDF + logistic regression")
+    refs = []
+    if rows.get("scratch"):
+        refs.append((_ref_label("BERT from scratch", rows["scratch"]), rows["scratch"]["macro_f1"]["mean"], "C2"))
+    if study.get("tfidf_logreg"):
+        refs.append(("TF-IDF + logistic regression", study["tfidf_logreg"]["macro_f1"], "C3"))
+    _references(ax, refs, _compared_limits([*lora, *([full] if full else [])]))
     ax.set(ylabel="test macro-F1", title="test macro-F1 against LoRA rank" if lora else "no LoRA rank in the study")
     ax.legend(fontsize=8, loc="best")
+
+
+def _compared_limits(rows: Sequence[Mapping[str, Any]], margin: float = 0.15) -> Optional[tuple[float, float]]:
+    """The y range of the compared rows' means and intervals, widened by ``margin`` of its span (at least 0.01)."""
+    values = [v for r in rows for v in (r["macro_f1"].get(k) for k in ("mean", "low", "high")) if _finite(v)]
+    if not values:
+        return None
+    pad = max(margin * (max(values) - min(values)), 0.01)
+    return min(values) - pad, max(values) + pad
+
+
+def _references(ax: Axes, refs: Sequence[tuple[str, float, str]],
+                limits: Optional[tuple[float, float]]) -> None:
+    """A dashed line per reference inside ``limits``; one outside is a note at that edge with its value and an
+    arrow pointing off the axis (the axis grows by a strip per note, so a note never covers a point)."""
+    side_of = {label: None if limits is None or limits[0] <= value <= limits[1] else
+               "below" if value < limits[0] else "above" for label, value, _ in refs}
+    if limits is not None:
+        strip = 0.1 * (limits[1] - limits[0])
+        n = {side: sum(s == side for s in side_of.values()) for side in ("below", "above")}
+        ax.set_ylim(limits[0] - strip * n["below"], limits[1] + strip * n["above"])
+    stacked = {"below": 0, "above": 0}
+    for label, value, colour in refs:
+        side = side_of[label]
+        if side is None:
+            ax.axhline(value, color=colour, ls="--", label=label)
+            continue
+        y = 0.04 + 0.08 * stacked[side]
+        stacked[side] += 1
+        ax.text(0.98, y if side == "below" else 1 - y, f"{'↓' if side == 'below' else '↑'} {label}: {value:.3f} "
+                f"({side} the axis)", transform=ax.transAxes, ha="right", va="center", fontsize=8, color=colour)
 
 
 def _lora_points(ax: Axes, lora: Sequence[Mapping[str, Any]]) -> None:
@@ -225,31 +256,54 @@ def _subspace_panel(fig: Figure, ax: Axes, small: int, large: int, seed: int, gr
 
 
 def curves_figure(study: Mapping[str, Any]) -> Figure:
-    """Learning curves of each chosen (variant, rank): best-so-far validation macro-F1 against optimizer steps
-    (left) and against CPU seconds of training (right), mean over seeds with the min–max band; full fine-tuning's
-    cost to its best is the dotted vertical line of the equal-cost reading."""
+    """Left: each run's validation macro-F1 at every validation against optimizer steps (one line per seed of each
+    chosen (variant, rank); a study without per-run curves shows the seed-mean best so far instead). Right: the
+    best validation macro-F1 so far against CPU seconds of training, mean over seeds with the min–max band; full
+    fine-tuning's cost to its best is the dotted vertical line of the equal-cost reading."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2)
-    curves = study.get("learning_curves") or {}
-    names = [n for n, _ in ordered_rows(study) if n in curves]
-    for ax, clock, label in ((axes[0], "step", "optimizer steps"), (axes[1], CLOCK, "CPU seconds of training")):
-        for i, name in enumerate(names):
-            points = curves[name].get(clock) or []
-            if not points:
-                continue
-            x = [p[clock] for p in points]
-            ax.plot(x, [p["val_macro_f1"] for p in points], color=f"C{i % 10}", marker=".", label=row_title(name))
-            ax.fill_between(x, [p["low"] for p in points], [p["high"] for p in points], color=f"C{i % 10}",
-                            alpha=0.15, lw=0)
+    runs_ax, cost_ax = fig.subplots(1, 2)
+    names = [n for n, _ in ordered_rows(study)]
+    if study.get("validation_curves"):
+        _run_lines(runs_ax, study["validation_curves"], names)
+        title = "validation macro-F1 of each run at every validation"
+    else:
+        _mean_lines(runs_ax, study.get("learning_curves") or {}, names, "step")
+        title = "best validation macro-F1 so far vs optimizer steps"
+    _mean_lines(cost_ax, study.get("learning_curves") or {}, names, CLOCK)
+    for ax, label, title in ((runs_ax, "optimizer steps", title),
+                             (cost_ax, "CPU seconds of training", "best validation macro-F1 so far vs CPU seconds")):
         if not ax.lines:
             _empty(ax, f"validation curves against {label}: none in the study")
             continue
-        ax.set(title=f"best validation macro-F1 so far vs {label}", xlabel=label, ylabel="validation macro-F1")
+        ax.set(title=title, xlabel=label, ylabel="validation macro-F1")
         ax.legend(fontsize=8)
     cost = study.get("equal_cost") or {}
-    if cost.get("budget") and axes[1].lines:
-        axes[1].axvline(cost["budget"], color="grey", ls=":", lw=1)
+    if cost.get("budget") and cost_ax.lines:
+        cost_ax.axvline(cost["budget"], color="grey", ls=":", lw=1)
     return fig
+
+
+def _run_lines(ax: Axes, curves: Mapping[str, Sequence[Mapping[str, Any]]], names: Sequence[str]) -> None:
+    """One line per seed, a colour per row, the row named once in the legend; every validation is a point."""
+    for i, name in enumerate(names):
+        for j, curve in enumerate(curves.get(name) or []):
+            points = [(x, y) for x, y in zip(curve.get("step") or [], curve.get("val_macro_f1") or [])
+                      if x is not None and y is not None]
+            if points:
+                ax.plot(*zip(*points), color=f"C{i % 10}", marker=".", lw=1, alpha=0.85,
+                        label=row_title(name) if j == 0 else f"_{row_title(name)}")
+
+
+def _mean_lines(ax: Axes, curves: Mapping[str, Any], names: Sequence[str], clock: str) -> None:
+    """Per row, the seed-mean best so far against ``clock`` with its min–max band over seeds."""
+    for i, name in enumerate(names):
+        points = (curves.get(name) or {}).get(clock) or []
+        if not points:
+            continue
+        x = [p[clock] for p in points]
+        ax.plot(x, [p["val_macro_f1"] for p in points], color=f"C{i % 10}", marker=".", label=row_title(name))
+        ax.fill_between(x, [p["low"] for p in points], [p["high"] for p in points], color=f"C{i % 10}",
+                        alpha=0.15, lw=0)
 
 
 # ------------------------------------------------------------------------------------------------- confusion

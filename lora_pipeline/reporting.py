@@ -347,7 +347,8 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         parts.append(setup_section(params).rstrip())
     parts += [
         f"## Rank curve\n\n![rank curve]({figures['rank_curve']})\n\nLeft: test macro-F1 of each LoRA rank (mean and "
-        "interval) against full fine-tuning's interval (band) and the references (dashed). Right: what each rank "
+        "interval) against full fine-tuning's interval (band); the y axis spans these two, so a reference (scratch, "
+        "TF-IDF) outside it is a note with its value at that edge, inside it a dashed line. Right: what each rank "
         "cost, with full fine-tuning's values as flat lines.",
         "## Comparison (test)\n\n" + markdown_table(COMPARISON_HEADER, comparison_rows(study)).rstrip(),
         "## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); the test split was scored only "
@@ -356,10 +357,13 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         "## Where each run stopped\n\n" + markdown_table(RUN_HEADER, run_rows(study)).rstrip(),
         _spectra_section(study, figures["spectra"]).rstrip(),
         _detail_section(study, figures["confusion"]).rstrip(),
-        f"## Learning curves (validation)\n\n![learning curves]({figures['curves']})\n\nBest validation macro-F1 "
-        "so far of each chosen (variant, rank) — the checkpoint a run would keep if stopped there — against optimizer "
-        "steps and against CPU seconds of training (process CPU time: steadier than wall time on a shared machine); "
-        "mean over seeds, band min–max. The dotted line: full fine-tuning's mean CPU time to its best, where the "
+        f"## Learning curves (validation)\n\n![learning curves]({figures['curves']})\n\n" + (
+            "Left: validation macro-F1 of each run of each chosen (variant, rank) at every validation, against "
+            "optimizer steps (one line per seed). " if study.get("validation_curves") else
+            "Left: the best validation macro-F1 so far, mean over seeds, against optimizer steps. ") +
+        "Right: the best validation macro-F1 so far — the checkpoint a run would keep if stopped there — against "
+        "CPU seconds of training (process CPU time: steadier than wall time on a shared machine); mean over seeds, "
+        "band min–max. The dotted line: full fine-tuning's mean CPU time to its best, where the "
         "equal-cost reading is taken. Per-step training loss: `dvc plots show` (metrics/curves).",
     ]
     return "\n\n".join(parts) + "\n"

@@ -197,6 +197,7 @@ def make_study(ranks: Iterable[int] = (2, 32), seeds: Iterable[int] = (42, 43), 
              "runs": _runs(rows), "spectra": spectra, "subspace": subspace, "energy": 0.9,
              "params": params_dict(), "dataset": dataset}
     if curves:
+        study["validation_curves"] = seed_curves
         study["learning_curves"] = {n: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
                                     for n, c in seed_curves.items()}
     return study
