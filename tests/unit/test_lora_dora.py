@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -283,3 +283,20 @@ def test_training_changes_only_adapters_magnitudes_and_head() -> None:
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert any(k.endswith(".lora_magnitude") for k in changed)
     assert all(k.endswith((".lora_a", ".lora_b", ".lora_magnitude")) or k.startswith("classifier") for k in changed)
+
+
+def test_import_reads_the_magnitude_under_its_in_memory_name_too(tmp_path) -> None:
+    """peft's files name it ``lora_magnitude_vector``; a file keyed ``lora_magnitude_vector.weight`` (peft's module
+    attribute) loads the same."""
+    theirs = peft_lora(tiny_model("bert"), ["query", "value"], use_dora=True)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "magnitude" in name:
+                param.mul_(torch.rand_like(param) + 0.5)
+    theirs.save_pretrained(tmp_path / "peft")
+    path = tmp_path / "peft" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    save_file({k + ".weight" if k.endswith("_magnitude_vector") else k: v for k, v in tensors.items()}, str(path))
+    ours = tiny_model("bert")
+    import_peft(ours, tmp_path / "peft")
+    torch.testing.assert_close(logits(ours, tiny_batch()), logits(theirs.eval(), tiny_batch()), **TIGHT)
