@@ -206,13 +206,27 @@ class Models:
         torch.manual_seed(self.params.study.seeds[0])
         return build_model("lora", self.params.model, self.labels, self.tokenizer, lora=self.params.lora)
 
-    def peft(self, like: Optional[nn.Module] = None) -> nn.Module:
-        """peft's LoRA with our settings; with ``like`` (one of ours), its adapter and head weights too."""
+    def ours_dora(self) -> nn.Module:
+        """Ours with DoRA layers (``apply_lora(..., use_dora=True)``), otherwise built as :meth:`ours`: the same
+        seed, base, head, targets and trainable set (the pipeline's params have no DoRA switch)."""
+        from lora_pipeline.lora import apply_lora, mark_only_lora_as_trainable
+
+        model = self.full()  # seeded as ours(): the same base and head weights
+        lora = self.params.lora
+        apply_lora(model, peft_target_modules(lora), rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                   rslora=lora.rslora, bias=lora.bias, modules_to_save=tuple(lora.modules_to_save), use_dora=True)
+        mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES + tuple(lora.modules_to_save))
+        return model
+
+    def peft(self, like: Optional[nn.Module] = None, use_dora: bool = False) -> nn.Module:
+        """peft's LoRA (DoRA with ``use_dora``) with our settings; with ``like`` (one of ours), its adapter
+        (magnitudes included) and head weights too."""
         from peft import LoraConfig, get_peft_model
 
         lora = self.params.lora
         config = LoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias)
+                            target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias,
+                            use_dora=use_dora)
         base = self.full()
         config.modules_to_save = [h for h in HEAD_MODULES if hasattr(base, h)] + list(lora.modules_to_save)
         model = get_peft_model(base, config)

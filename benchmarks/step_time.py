@@ -7,10 +7,13 @@ All variants run in this process on the same fixed batch, through the training l
 opt-in ``train.cpu_dropout: fast`` (on CPU, dropout masks from ``fast_cpu_dropout``). "ours_untrimmed" is our LoRA
 layer alone (no trim). "full" is plain full fine-tuning (the reference the targets are stated against);
 "full_ours" is full fine-tuning as our ``train_full`` stage runs it by default (trim, torch's dropout), so the
-LoRA/full ratio within our own loop is shown too. Before every step the RNG is seeded with the step number, so
-the variants on aten's dropout kernel (ours, ours_untrimmed, peft) draw the same masks and, starting from the
-same weights, follow the same loss curve: the largest loss difference from ours is reported as the check that
-they compute the same thing. ours_fast_dropout and ours_compiled draw other masks (same p) by design.
+LoRA/full ratio within our own loop is shown too. "ours_dora" is ours with DoRA layers (``use_dora=True``, trimmed
+as ours) and "peft_dora" peft's ``use_dora`` from the same weights: DoRA's extra cost per step (the column norm of
+``W0 + s·B·A`` and the rescaled base path in every adapted layer) beside LoRA's. Before every step the RNG is
+seeded with the step number, so the variants on aten's dropout kernel (ours, ours_untrimmed, peft) draw the same
+masks and, starting from the same weights, follow the same loss curve: the largest loss difference from ours is
+reported as the check that they compute the same thing (and peft_dora's from ours_dora). ours_fast_dropout and
+ours_compiled draw other masks (same p) by design.
 
 ``torch.compile`` is measured here only (:func:`compile_for_training`); the pipeline trains eagerly.
 
@@ -95,19 +98,23 @@ def stepper(model: nn.Module, lr: float, models: Models, batch: dict, device: to
 
 def measure(split: Path, models: Models, device: torch.device, repeats: int, warmup: int,
             compiled: bool = True, extra: bool = False, bf16: bool = False) -> dict:
-    """Median step seconds of full, ours, peft and (``compiled``) ours compiled; ratios; loss agreement.
+    """Median step seconds of full, ours, peft, ours_dora, peft_dora and (``compiled``) ours compiled; ratios; loss
+    agreement.
 
     ``extra`` adds ours compiled with eager dropout masks and peft compiled (what compile alone gives peft).
     """
     batch = fixed_batch(split, models.tokenizer, STEP_BATCH, STEP_LENGTH, device)
     p = models.params
-    ours = models.ours()
+    ours, dora = models.ours(), models.ours_dora()
     build = {"full": (models.full, p.study.full_lrs[0], None, False, False),
              "full_ours": (models.full, p.study.full_lrs[0], None, True, False),
              "ours": (lambda: ours, p.study.lora_lrs[0], None, True, False),
              "ours_fast_dropout": (models.ours, p.study.lora_lrs[0], None, True, True),
              "ours_untrimmed": (models.ours, p.study.lora_lrs[0], None, False, False),
-             "peft": (lambda: models.peft(like=ours), p.study.lora_lrs[0], None, False, False)}
+             "peft": (lambda: models.peft(like=ours), p.study.lora_lrs[0], None, False, False),
+             "ours_dora": (lambda: dora, p.study.lora_lrs[0], None, True, False),
+             "peft_dora": (lambda: models.peft(like=dora, use_dora=True), p.study.lora_lrs[0], None, False,
+                           False)}
     if compiled:
         build["ours_compiled"] = (models.ours, p.study.lora_lrs[0], "inductor_rng", True, False)
     if compiled and extra:
@@ -134,7 +141,10 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
               "ours_fast_dropout_over_peft_step": ratio(ms["ours_fast_dropout"], ms["peft"]),
               "ours_fast_dropout_over_full_step": ratio(ms["ours_fast_dropout"], ms["full"]),
               "ours_over_full_ours_step": ratio(ms["ours"], ms["full_ours"]),
-              "full_ours_over_full_step": ratio(ms["full_ours"], ms["full"])}
+              "full_ours_over_full_step": ratio(ms["full_ours"], ms["full"]),
+              "ours_dora_over_ours_step": ratio(ms["ours_dora"], ms["ours"]),
+              "peft_dora_over_peft_step": ratio(ms["peft_dora"], ms["peft"]),
+              "ours_dora_over_peft_dora_step": ratio(ms["ours_dora"], ms["peft_dora"])}
     best = "ours_compiled" if compiled and ms["ours_compiled"] < ms["ours"] else "ours"
     result.update(ours_best=best, ours_best_over_peft_step=ratio(ms[best], ms["peft"]),
                   ours_best_over_full_step=ratio(ms[best], ms["full"]))
@@ -145,6 +155,8 @@ def measure(split: Path, models: Models, device: torch.device, repeats: int, war
     result["max_loss_diff_vs_ours"] = {  # the variants drawing aten's masks, as peft does
         name: float((torch.stack(ls).float().cpu() - reference).abs().max())
         for name, ls in losses.items() if name in ("ours_untrimmed", "peft", "ours_compiled_eager_rng")}
+    dora_losses = [torch.stack(losses[name]).float().cpu() for name in ("ours_dora", "peft_dora")]
+    result["max_loss_diff_peft_dora_vs_ours_dora"] = float((dora_losses[1] - dora_losses[0]).abs().max())
     return result
 
 

@@ -1,6 +1,8 @@
-"""LoRA (arXiv:2106.09685): adapter layers, model surgery, adapter files and peft interoperability."""
+"""LoRA (arXiv:2106.09685) and DoRA (arXiv:2402.09353): adapter layers, model surgery, adapter files and peft
+interoperability."""
 
 from .adapter_io import adapter_factors, load_adapter, lora_state_dict, save_adapter, trained_modules
+from .dora import DoRAConv1D, DoRALayer, DoRALinear
 from .errors import LoRAArgumentError
 from .fingerprint import ARCHITECTURE_FIELDS, base_fingerprint
 from .layers import LoRAConv1D, LoRALayer, LoRALinear, wrap_layer
@@ -22,6 +24,9 @@ from .surgery import (
 __all__ = [
     "ARCHITECTURE_FIELDS",
     "DEFAULT_TARGET_MODULES",
+    "DoRAConv1D",
+    "DoRALayer",
+    "DoRALinear",
     "HEAD_NAMES",
     "LoRAArgumentError",
     "LoRAConv1D",

@@ -1,6 +1,7 @@
 """Save and load LoRA adapters: small safetensors files bound to the exact base they were trained on.
 
-An adapter directory holds ``adapter.safetensors`` (LoRA matrices, the trained head, the trained biases) and
+An adapter directory holds ``adapter.safetensors`` (LoRA matrices, DoRA magnitudes, the trained head, the trained
+biases) and
 ``adapter_config.json`` (hyper-parameters, the replaced module names, a fingerprint of every base parameter
 the adapter does not replace and the base config's architecture fields, see :mod:`.fingerprint`). Loading
 checks both, so an adapter is never silently applied to a different base (other embeddings, feed-forward
@@ -34,6 +35,7 @@ __all__ = [
     "FORMAT_VERSION",
     "adapter_factors",
     "adapter_settings",
+    "check_kind",
     "head_state_dict",
     "load_adapter",
     "load_into",
@@ -55,7 +57,8 @@ READABLE_VERSIONS = (2, FORMAT_VERSION)
 
 
 def lora_state_dict(model: nn.Module, bias: Optional[BiasMode] = None) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of ``model`` (as loralib's ``lora_state_dict``), keyed like ``model.state_dict()``.
+    """The LoRA tensors of ``model`` (as loralib's ``lora_state_dict``; DoRA magnitudes too), keyed like
+    ``model.state_dict()``.
 
     Args:
         bias: None (the mode given to ``apply_lora``) or that same mode; with ``"lora_only"`` the biases of
@@ -70,8 +73,7 @@ def lora_state_dict(model: nn.Module, bias: Optional[BiasMode] = None) -> dict[s
     bias = bias_mode(model, bias, "lora_state_dict")
     state: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model):
-        state[f"{name}.lora_a"] = layer.lora_a.detach()
-        state[f"{name}.lora_b"] = layer.lora_b.detach()
+        state.update({f"{name}.{attr}": param.detach() for attr, param in layer.adapter_parameters().items()})
         if bias == "lora_only" and layer.base.bias is not None:
             state[f"{name}.base.bias"] = layer.base.bias.detach()
     if bias == "all":
@@ -97,10 +99,10 @@ def adapter_settings(model: nn.Module) -> dict[str, Any]:
 
     Returns:
         ``rank``, ``alpha`` (the most common), ``rank_pattern``, ``alpha_pattern``, ``rslora``, ``dropout``,
-        ``bias`` and ``target_modules`` (the wrapped module names).
+        ``bias``, ``use_dora`` and ``target_modules`` (the wrapped module names).
 
     Raises:
-        ValueError: if the model has no LoRA layer or the layers disagree on rslora, dropout or bias.
+        ValueError: if the model has no LoRA layer or the layers disagree on rslora, dropout, bias or use_dora.
     """
     layers = lora_layers(model)
     if not layers:
@@ -115,6 +117,7 @@ def adapter_settings(model: nn.Module) -> dict[str, Any]:
         "rslora": _single((layer.rslora for _, layer in layers), "rslora"),
         "dropout": _single((layer.dropout_p for _, layer in layers), "dropout"),
         "bias": _single((layer.bias_mode for _, layer in layers), "bias"),
+        "use_dora": _single((layer.use_dora for _, layer in layers), "use_dora"),
         "target_modules": [name for name, _ in layers],
     }
 
@@ -288,7 +291,9 @@ def adapter_factors(directory: str | Path) -> dict[str, tuple[torch.Tensor, torc
     """Each targeted module's ``(A (r, in), B (out, r), scaling)`` as saved in an adapter directory, without a model.
 
     ``ΔW = scaling · B · A`` with scaling α/r (α/√r for rsLoRA), per-module rank/alpha patterns applied: what an
-    analysis of the learned updates (their singular values, subspaces) needs.
+    analysis of the learned updates (their singular values, subspaces) needs. For a DoRA adapter
+    (``use_dora`` in its config) this is the direction update only: the merged weight also rescales each output
+    row by its magnitude (``<module>.lora_magnitude`` in the file), which these factors leave out.
 
     Raises:
         FileNotFoundError / ValueError: not an adapter directory of this format, or a target without both factors.
@@ -317,11 +322,30 @@ def _setting_differences(layer: LoRALayer, name: str, config: Mapping[str, Any])
     return [f"{key} {have[key]!r} (adapter {want[key]!r})" for key in want if have[key] != want[key]]
 
 
+def check_kind(model: nn.Module, use_dora: bool, source: str) -> None:
+    """Refuse an adapter of the other kind (DoRA vs LoRA) than the model's adapter layers.
+
+    Raises:
+        ValueError: naming both kinds, if a layer of ``model`` is of the other kind.
+    """
+    other = [name for name, layer in lora_layers(model) if layer.use_dora != use_dora]
+    kind = {True: "DoRA", False: "LoRA"}
+    if other:
+        raise ValueError(f"{source} is a {kind[use_dora]} adapter (use_dora={use_dora}), but the model has "
+                         f"{kind[not use_dora]} layers ({other[:3]}): the two compute different functions; "
+                         f"load it into a model without adapters (it applies the right kind) or apply_lora(..., "
+                         f"use_dora={use_dora})")
+
+
 def _ensure_lora(model: nn.Module, config: Mapping[str, Any], source: str) -> None:
-    """Apply LoRA as recorded in ``config`` unless the model already has exactly those layers and settings."""
+    """Apply LoRA as recorded in ``config`` unless the model already has exactly those layers and settings.
+
+    An adapter config without ``use_dora`` (saved before DoRA existed) is a LoRA adapter.
+    """
     targets = list(config["target_modules"])
     layers = lora_layers(model)
     if layers:
+        check_kind(model, bool(config.get("use_dora", False)), source)
         present = [name for name, _ in layers]
         if sorted(present) != sorted(targets):
             raise ValueError(f"model already has LoRA on {present[:8]}, but the adapter targets {targets[:8]}")
@@ -334,6 +358,7 @@ def _ensure_lora(model: nn.Module, config: Mapping[str, Any], source: str) -> No
     # Escaped full names: a recorded name must match itself only, never a deeper module ending like it.
     apply_lora(model, "|".join(re.escape(t) for t in targets), rank=config["rank"], alpha=config["alpha"],
                dropout=config["dropout"], rslora=config["rslora"], bias=config["bias"],
+               use_dora=bool(config.get("use_dora", False)),
                rank_pattern={re.escape(k): v for k, v in config.get("rank_pattern", {}).items()},
                alpha_pattern={re.escape(k): v for k, v in config.get("alpha_pattern", {}).items()})
 
@@ -356,7 +381,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict[str, Any]:
         ValueError: (the model is left as it was) if an architecture field of the base config
             (:data:`~.fingerprint.ARCHITECTURE_FIELDS`) or any base parameter differs from the base the adapter
             was trained on (the message names the fields, or expected and actual fingerprints), existing LoRA
-            layers have other settings, or the tensors do not fit.
+            layers are of the other kind (DoRA vs LoRA) or have other settings, or the tensors do not fit.
     """
     directory = Path(directory)
     config = _read_config(directory)

@@ -89,7 +89,7 @@ def base_fingerprint(model: nn.Module, skip: Iterable[str] = ()) -> str:
     merged = [name for name, layer in layers if layer.merged]
     if merged:
         raise ValueError(f"LoRA layers {merged[:3]} are merged; unmerge_lora(model) before fingerprinting")
-    adapters = {id(p) for _, layer in layers for p in (layer.lora_a, layer.lora_b)}
+    adapters = {id(p) for _, layer in layers for p in layer.adapter_parameters().values()}
     wrapped, skip = {name for name, _ in layers}, set(skip)
     named = {plain_name(n, wrapped): p for n, p in model.named_parameters() if id(p) not in adapters}
     digest = hashlib.sha256()

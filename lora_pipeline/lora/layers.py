@@ -39,7 +39,8 @@ class LoRALayer(nn.Module):
     ``(out, in)`` matrix while training. ``merge()`` folds ``ΔW`` into ``W0`` for inference; nothing merges
     implicitly (loralib merges on ``eval()``, which surprises people).
 
-    Subclasses only say how the base weight is laid out; use :func:`wrap_layer` to pick one.
+    Subclasses only say how the base weight is laid out; use :func:`wrap_layer` to pick one. The DoRA variants
+    (:mod:`.dora`, ``use_dora=True``) subclass these and add a magnitude vector.
 
     Args:
         base: the layer to wrap; its weight is frozen here.
@@ -53,6 +54,8 @@ class LoRALayer(nn.Module):
     Raises:
         ValueError: on a bad ``rank``, ``alpha``, ``dropout`` or ``bias``.
     """
+
+    use_dora: bool = False  # DoRA layers (:mod:`.dora`) say True
 
     def __init__(self, base: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  rslora: bool = False, bias: BiasMode = "none") -> None:
@@ -102,6 +105,10 @@ class LoRALayer(nn.Module):
         """The base bias (trained or not according to ``bias_mode``)."""
         return self.base.bias
 
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The trainable tensors this layer adds, by attribute name (``lora_a``, ``lora_b``; DoRA adds more)."""
+        return {"lora_a": self.lora_a, "lora_b": self.lora_b}
+
     def reset_lora_parameters(self) -> None:
         """A as ``nn.Linear(in, r)`` initialises its weight (peft's default), B zeros."""
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
@@ -124,6 +131,10 @@ class LoRALayer(nn.Module):
         delta = (self.lora_b.float() @ self.lora_a.float()) * self.scaling  # (out, r) @ (r, in) -> (out, in)
         return self._to_base_layout(delta).to(self.base.weight.dtype)
 
+    def merged_weight(self) -> torch.Tensor:
+        """What :meth:`merge` writes into the base weight: ``W0 + ΔW`` (a new tensor, layout of ``base.weight``)."""
+        return self.base.weight + self.delta_weight()
+
     @torch.no_grad()
     def merge(self, safe: bool = True, keep_original: bool = True) -> None:
         """Fold ``ΔW`` into the base weight; forward then skips the adapter path.
@@ -140,7 +151,7 @@ class LoRALayer(nn.Module):
         if self.merged:
             raise RuntimeError("LoRA layer is already merged; call unmerge() first")
         weight = self.base.weight
-        merged = weight + self.delta_weight()  # out of place: W0 stays intact until the check passed
+        merged = self.merged_weight()  # out of place: W0 stays intact until the check passed
         if safe and not torch.isfinite(merged).all():
             raise ValueError(f"merge refused: W0 + ΔW is not finite (NaN/inf; {self.extra_repr()}): the adapter "
                              "is broken (diverged training?); pass safe=False to merge anyway")
@@ -160,9 +171,13 @@ class LoRALayer(nn.Module):
         if self.original_weight is not None:
             self.base.weight.copy_(self.original_weight)
         else:  # merged with keep_original=False: only equal up to float rounding
-            self.base.weight.sub_(self.delta_weight())
+            self.base.weight.copy_(self._unmerged_weight())
         self.original_weight = None
         self.merged = False
+
+    def _unmerged_weight(self) -> torch.Tensor:
+        """``W0`` recomputed from the merged weight (``W - ΔW``), when no copy was kept."""
+        return self.base.weight - self.delta_weight()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
@@ -208,17 +223,21 @@ class LoRAConv1D(LoRALayer):
 
 
 def wrap_layer(base: Union[nn.Linear, Conv1D], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-               rslora: bool = False, bias: BiasMode = "none") -> LoRALayer:
-    """Wrap ``base`` in the LoRA class for its type.
+               rslora: bool = False, bias: BiasMode = "none", use_dora: bool = False) -> LoRALayer:
+    """Wrap ``base`` in the LoRA class for its type (its DoRA variant with ``use_dora``).
 
     Returns:
-        A :class:`LoRALinear` or :class:`LoRAConv1D` owning ``base``.
+        A :class:`LoRALinear` or :class:`LoRAConv1D` (with ``use_dora``: a :class:`~.dora.DoRALinear` or
+        :class:`~.dora.DoRAConv1D`) owning ``base``.
 
     Raises:
         TypeError: if ``base`` is neither ``nn.Linear`` nor ``Conv1D``.
     """
+    # The DoRA classes build on the ones above, so they are imported here rather than at the top.
+    from .dora import DoRAConv1D, DoRALinear
+
     if isinstance(base, nn.Linear):
-        return LoRALinear(base, rank, alpha, dropout, rslora, bias)
+        return (DoRALinear if use_dora else LoRALinear)(base, rank, alpha, dropout, rslora, bias)
     if isinstance(base, Conv1D):
-        return LoRAConv1D(base, rank, alpha, dropout, rslora, bias)
+        return (DoRAConv1D if use_dora else LoRAConv1D)(base, rank, alpha, dropout, rslora, bias)
     raise TypeError(f"LoRA supports nn.Linear and transformers Conv1D, got {type(base).__name__}")

@@ -2,8 +2,9 @@
 
 The key layout is peft 0.21's ``save_pretrained`` output: ``base_model.model.<module>.lora_A.weight``
 (``(r, in)``) and ``.lora_B.weight`` (``(out, r)``) for every LoRA layer — the same for ``Conv1D``, whose
-transposition peft handles with ``fan_in_fan_out`` —, ``.base_layer.bias`` for trained biases of wrapped layers,
-and plain ``base_model.model.<name>`` keys for ``modules_to_save`` (the head). peft itself is not imported:
+transposition peft handles with ``fan_in_fan_out`` —, ``.lora_magnitude_vector`` (``(out,)``, no ``.weight``: peft
+keeps its older file format) for DoRA's magnitude (``use_dora``), ``.base_layer.bias`` for trained biases of wrapped layers, and plain
+``base_model.model.<name>`` keys for ``modules_to_save`` (the head). peft itself is not imported:
 these functions only read and write files, so peft stays a test/dev dependency.
 """
 
@@ -36,7 +37,7 @@ _PREFIX = "base_model.model."
 _TASK_HEADS: dict[str, tuple[str, ...]] = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
                                             "QUESTION_ANS": ("qa_outputs",)}
 # peft features our layers do not implement: importing such an adapter would silently compute something else.
-_UNSUPPORTED = ("use_dora", "lora_bias", "layers_to_transform", "layers_pattern", "exclude_modules",
+_UNSUPPORTED = ("lora_bias", "layers_to_transform", "layers_pattern", "exclude_modules",
                 "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
                 "alora_invocation_tokens")
 
@@ -47,6 +48,7 @@ def _peft_key_names(model: nn.Module) -> dict[str, str]:
     for name, _ in lora_layers(model):
         names[f"{name}.lora_a"] = f"{name}.lora_A.weight"
         names[f"{name}.lora_b"] = f"{name}.lora_B.weight"
+        names[f"{name}.lora_magnitude"] = f"{name}.lora_magnitude_vector"
         names[f"{name}.base.bias"] = f"{name}.base_layer.bias"
     return names
 
@@ -62,6 +64,7 @@ def _peft_config(model: nn.Module, settings: Mapping[str, Any], modules_to_save:
         "lora_alpha": settings["alpha"],
         "lora_dropout": settings["dropout"],
         "use_rslora": settings["rslora"],
+        "use_dora": settings["use_dora"],
         "bias": settings["bias"],
         "target_modules": settings["target_modules"],
         "rank_pattern": settings["rank_pattern"],
@@ -78,9 +81,10 @@ def export_peft(model: nn.Module, directory: str | Path, *, base_model_name: str
                 modules_to_save: Optional[Iterable[str]] = None) -> Path:
     """Write the adapter of ``model`` so that ``peft.PeftModel.from_pretrained(base, directory)`` loads it.
 
-    Every tensor that trains is written: the LoRA matrices, the biases of the bias mode, and the modules
-    trained in full (head, ``modules_to_save`` such as BERT's pooler) — derived from ``requires_grad`` unless
-    given. peft loads a missing module silently from the base, which would give other logits.
+    Every tensor that trains is written: the LoRA matrices (and DoRA magnitudes, with ``use_dora: true``), the
+    biases of the bias mode, and the modules trained in full (head, ``modules_to_save`` such as BERT's pooler) —
+    derived from ``requires_grad`` unless given. peft loads a missing module silently from the base, which would
+    give other logits.
 
     Only the LoRA factors, the trained biases and the trained modules are written, never a base weight, so a
     model whose LoRA layers are merged (:func:`~lora_pipeline.lora.merge_lora`) exports the same files.
@@ -130,7 +134,7 @@ def _read_peft_config(directory: Path) -> dict[str, Any]:
 
 
 def _from_peft_keys(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """peft checkpoint keys -> our keys.
+    """peft checkpoint keys -> our keys (a DoRA magnitude also from its in-memory name, with ``.weight``).
 
     peft stores a modules_to_save head under its plain name; with ``bias="all"`` it also saves the head's
     biases again as ``.modules_to_save.<bias>`` and ``.original_module.<bias>``: those copies are dropped.
@@ -138,14 +142,15 @@ def _from_peft_keys(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> di
     ours = {peft: own for own, peft in _peft_key_names(model).items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
-        key = key.removeprefix(_PREFIX)
+        key = key.removeprefix(_PREFIX).removesuffix(".weight" if key.endswith("_magnitude_vector.weight") else "")
         if ".original_module." not in key and ".modules_to_save." not in key:
             out[ours.get(key, key)] = value
     return out
 
 
 def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
-    """Load a LoRA adapter saved by peft's ``save_pretrained`` into ``model`` with our LoRA layers.
+    """Load a LoRA adapter saved by peft's ``save_pretrained`` into ``model`` with our LoRA layers (DoRA
+    layers if its config says ``use_dora``).
 
     Args:
         model: the base model, without LoRA layers (they are applied here from the peft config).
@@ -171,6 +176,7 @@ def import_peft(model: nn.Module, directory: str | Path) -> dict[str, Any]:
     with restored_on_error(model):
         apply_lora(model, targets, rank=config["r"], alpha=config["lora_alpha"],
                    dropout=config.get("lora_dropout", 0.0), rslora=config.get("use_rslora", False), bias=bias,
+                   use_dora=bool(config.get("use_dora", False)),
                    rank_pattern=config.get("rank_pattern"), alpha_pattern=config.get("alpha_pattern"),
                    modules_to_save=full)
         tensors = _from_peft_keys(model, load_file(str(directory / PEFT_WEIGHTS)))

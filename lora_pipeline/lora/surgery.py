@@ -56,8 +56,8 @@ def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int
                dropout: float = 0.0, rslora: bool = False, bias: BiasMode = "none",
                rank_pattern: Optional[Mapping[str, int]] = None,
                alpha_pattern: Optional[Mapping[str, float]] = None,
-               modules_to_save: Sequence[str] = ()) -> list[str]:
-    """Replace the targeted ``nn.Linear``/``Conv1D`` modules of ``model`` by LoRA layers, in place.
+               modules_to_save: Sequence[str] = (), use_dora: bool = False) -> list[str]:
+    """Replace the targeted ``nn.Linear``/``Conv1D`` modules of ``model`` by LoRA (or DoRA) layers, in place.
 
     As peft, a target that lies under a classification head (:data:`HEAD_NAMES`) or under a
     ``modules_to_save`` entry is never wrapped: that module trains in full, and an adapter on it would make its
@@ -72,6 +72,8 @@ def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int
         rank, alpha, dropout, rslora, bias: see :class:`~lora_pipeline.lora.layers.LoRALayer`.
         rank_pattern, alpha_pattern: per-module overrides keyed by a name suffix or regex (as peft).
         modules_to_save: name suffixes of modules trained in full besides the head (e.g. ``["pooler"]``).
+        use_dora: wrap in DoRA layers (:mod:`.dora`, arXiv:2402.09353): LoRA plus a trained magnitude per
+            output unit, as peft's ``use_dora``.
 
     Returns:
         The full names of the replaced modules, in model order.
@@ -92,7 +94,7 @@ def apply_lora(model: nn.Module, target_modules: TargetModules = None, rank: int
                  len(skipped), ", ".join(skipped[:8]), more)
     for name, module in chosen.items():
         layer = wrap_layer(module, rank=ranks[name], alpha=pattern_value(name, alpha_pattern, alpha),
-                           dropout=dropout, rslora=rslora, bias=bias)
+                           dropout=dropout, rslora=rslora, bias=bias, use_dora=use_dora)
         model.set_submodule(name, layer)
     return list(chosen)
 
@@ -123,7 +125,8 @@ def bias_mode(model: nn.Module, bias: Optional[BiasMode] = None, caller: str = "
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: Optional[BiasMode] = None,
                                 also: Iterable[str] = HEAD_NAMES) -> None:
-    """Freeze everything except the LoRA matrices, the biases of the bias mode and the modules named in ``also``.
+    """Freeze everything except the LoRA matrices (and DoRA magnitudes), the biases of the bias mode and the
+    modules named in ``also``.
 
     The base weight of a LoRA layer never trains, even under ``also`` (its bias only per the bias mode, as
     peft): otherwise the saved "frozen" base would differ from the pristine one.
@@ -147,8 +150,8 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: Optional[BiasMode] = Non
         owner, _, leaf = name.rpartition(".")
         param.requires_grad_((bias == "all" and leaf == "bias") or module_under(owner, also))
     for _, layer in layers:
-        layer.lora_a.requires_grad_(True)
-        layer.lora_b.requires_grad_(True)
+        for param in layer.adapter_parameters().values():
+            param.requires_grad_(True)
         layer.base.weight.requires_grad_(False)
         if layer.base.bias is not None:
             layer.base.bias.requires_grad_(bias != "none")
@@ -216,9 +219,8 @@ def unmerge_lora(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def _non_finite_merges(layers: Sequence[tuple[str, LoRALayer]]) -> list[str]:
-    """Names of unmerged layers whose ``W0 + ΔW`` would hold NaN/inf (one layer's temporary at a time)."""
-    return [name for name, layer in layers
-            if not layer.merged and not torch.isfinite(layer.base.weight + layer.delta_weight()).all()]
+    """Names of unmerged layers whose merged weight would hold NaN/inf (one layer's temporary at a time)."""
+    return [name for name, layer in layers if not layer.merged and not torch.isfinite(layer.merged_weight()).all()]
 
 
 def merge_and_unload(model: nn.Module, safe: bool = True) -> nn.Module:

@@ -108,13 +108,16 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def randomize_lora(model: nn.Module) -> None:
-    """Give every LoRA B a non-zero value, so the adapters actually change the output."""
+    """Give every LoRA B a non-zero value, so the adapters actually change the output (and scale each DoRA
+    magnitude by a random factor in [0.5, 1.5))."""
     from lora_pipeline.lora import lora_layers
 
     with torch.no_grad():
         for _, layer in lora_layers(model):
             layer.lora_b.normal_(0.0, 0.5)
             layer.lora_a.normal_(0.0, 0.5)
+            if layer.use_dora:
+                layer.lora_magnitude.mul_(torch.rand_like(layer.lora_magnitude) + 0.5)
 
 
 def train_steps(model: nn.Module, batch: dict[str, torch.Tensor], steps: int = 3, lr: float = 1e-2) -> None:

@@ -63,6 +63,8 @@ def copy_adapters_to_peft(ours: nn.Module, theirs: nn.Module) -> None:
             target = inner.get_submodule(name)
             target.lora_A["default"].weight.copy_(layer.lora_a)
             target.lora_B["default"].weight.copy_(layer.lora_b)
+            if layer.use_dora:
+                target.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
 
 
 def randomize_lora_peft(model: nn.Module) -> None:
@@ -77,6 +79,7 @@ def peft_name_to_ours(name: str) -> str:
     """Map a peft parameter name onto ours: this is the format we claim to mirror."""
     name = name.removeprefix("base_model.model.")
     for peft_part, our_part in ((".lora_A.default.weight", ".lora_a"), (".lora_B.default.weight", ".lora_b"),
+                                (".lora_magnitude_vector.default.weight", ".lora_magnitude"),
                                 (".modules_to_save.default.", "."), (".base_layer.", ".base.")):
         name = name.replace(peft_part, our_part)
     return name
@@ -90,20 +93,23 @@ def grads(model: nn.Module, batch: dict[str, torch.Tensor], rename=lambda n: n) 
 
 def matched_pair(arch: str, targets, *, rank: int = 4, alpha: float = 8, dropout: float = 0.0, rslora: bool = False,
                  bias: str = "none", modules_to_save: tuple[str, ...] = (), rank_pattern=None,
-                 alpha_pattern=None) -> tuple[nn.Module, nn.Module]:
-    """Ours and peft's LoRA on the same tiny base, same settings, same (random) adapter values.
+                 alpha_pattern=None, use_dora: bool = False) -> tuple[nn.Module, nn.Module]:
+    """Ours and peft's LoRA (DoRA with ``use_dora``) on the same tiny base, same settings, same (random) adapter
+    values.
 
     Asserts that both wrapped the same modules: the targeting rules (head, modules_to_save, all-linear) agree.
     """
     base = tiny_model(arch)
     ours = copy.deepcopy(base)
     apply_lora(ours, targets, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, bias=bias,
-               modules_to_save=modules_to_save, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+               modules_to_save=modules_to_save, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+               use_dora=use_dora)
     mark_only_lora_as_trainable(ours, bias=bias, also=HEAD_NAMES + modules_to_save)
     randomize_lora(ours)
     theirs = peft_lora(copy.deepcopy(base), targets, r=rank, lora_alpha=alpha, lora_dropout=dropout,
                        use_rslora=rslora, bias=bias, modules_to_save=list(modules_to_save) or None,
-                       rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {}).eval()
+                       rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {},
+                       use_dora=use_dora).eval()
     assert peft_wrapped(theirs) == {name for name, _ in lora_layers(ours)}
     copy_adapters_to_peft(ours, theirs)
     return ours, theirs
@@ -223,8 +229,8 @@ def test_import_of_a_peft_adapter_whose_target_list_has_an_entry_matching_nothin
 
 
 def test_import_refuses_unsupported_peft_options(tmp_path) -> None:
-    peft_lora(tiny_model("bert"), ["query"], use_dora=True).save_pretrained(tmp_path / "peft")
-    with pytest.raises(ValueError, match="use_dora"):
+    peft_lora(tiny_model("bert"), ["query"], lora_bias=True).save_pretrained(tmp_path / "peft")
+    with pytest.raises(ValueError, match="lora_bias"):
         import_peft(tiny_model("bert"), tmp_path / "peft")
 
 
