@@ -121,6 +121,7 @@ def build_study(record: Mapping[str, Any]) -> dict:
                      for r in runs],
             "learning_curves": {name: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
                                 for name, c in curves.items()},
+            "validation_curves": curves,  # per chosen row, each seed's own validations (the figures draw them)
             "spectra": record.get("spectra", []), "subspace": record.get("subspace", []),
             "energy": record.get("energy", 0.9), "params": params, "dataset": record.get("dataset")}
 
