@@ -236,6 +236,7 @@ class LoraConfig:
     target_modules: Optional[Union[str, tuple[str, ...]]] = None
     modules_to_save: tuple[str, ...] = ("pooler",)
     rslora: bool = False
+    use_dora: bool = False  # DoRA (arXiv:2402.09353): a trained magnitude per output unit times the adapted direction
     bias: Literal["none", "all", "lora_only"] = "none"
     epochs: int = 20
     save_merged: bool = False

@@ -152,7 +152,7 @@ def _add_lora(model: nn.Module, lora: LoraConfig) -> None:
     extra = tuple(lora.modules_to_save)
     try:
         apply_lora(model, target_modules=targets, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
-                   rslora=lora.rslora, bias=lora.bias, modules_to_save=extra)
+                   rslora=lora.rslora, use_dora=lora.use_dora, bias=lora.bias, modules_to_save=extra)
     except LoRAArgumentError as err:
         raise PipelineError(f"lora.{err.argument}: {err}") from err
     except ValueError as err:

@@ -203,7 +203,7 @@ def _variant_rows(params: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     saved = ", ".join(lora.get("modules_to_save") or []) or "head only"
     adapters = (f"ranks {ranks}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, targets "
                 f"{lora.get('target_modules') or 'model default'}, also trained {saved}"
-                + (", rsLoRA" if lora.get("rslora") else ""))
+                + (", rsLoRA" if lora.get("rslora") else "") + (", DoRA" if lora.get("use_dora") else ""))
     shape = f"{scratch.get('num_layers')} layers × {scratch.get('hidden_size')}, {scratch.get('num_heads')} heads"
     return [
         ["BERT from scratch", shape, _lrs(study.get("scratch_lrs")), scratch.get("epochs")],

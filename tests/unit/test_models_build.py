@@ -135,3 +135,29 @@ def test_a_half_precision_checkpoint_trains_in_fp32(variant, bf16_model_dir, tin
     changed = [(p.detach() != before[n]).float().mean().item() for n, p in model.named_parameters()
                if p.requires_grad and p.dim() == 2 and n.startswith("bert.") and "lora_b" not in n]
     assert min(changed) > 0.99  # in bf16, a 5e-5 step leaves about half of the entries where they were
+
+
+def test_lora_use_dora_builds_dora_layers_that_save_and_load_to_the_same_logits(tiny_model_dir, tiny_tokenizer,
+                                                                                tmp_path) -> None:
+    """`lora.use_dora: true` gives every adapted layer a trained magnitude; the saved adapter records it and
+    load_trained (the evaluate stage) rebuilds the same model."""
+    from lora_pipeline.inference import ModelCard
+    from lora_pipeline.models import save_trained
+
+    lora = LoraConfig(rank=4, alpha=8, use_dora=True)
+    torch.manual_seed(0)
+    model = build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer, lora=lora)
+    layers = lora_layers(model)
+    assert layers and all(layer.use_dora for _, layer in layers)
+    assert all(layer.lora_magnitude.requires_grad for _, layer in layers)
+    batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
+             "labels": torch.tensor([0, 1] * 4)}
+    train_steps(model, batch, lr=1e-2)
+    card = ModelCard(variant="lora", labels=tuple(LABELS), max_length=32, text_pair=False, precision="fp32",
+                     base_model=str(tiny_model_dir))
+    save_trained("lora", model, tiny_tokenizer, tmp_path / "dora", card=card, lora=lora)
+    loaded = load_trained("lora", tmp_path / "dora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**inputs).logits, model.eval()(**inputs).logits,
+                                   rtol=1e-5, atol=1e-6)
