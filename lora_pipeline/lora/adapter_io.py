@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_dir, write_json
+from .errors import PEFT_POINTER
 from .fingerprint import architecture_config, base_fingerprint, check_base, plain_name
 from .layers import BiasMode, LoRALayer
 from .surgery import apply_lora, bias_mode, lora_layers, mark_only_lora_as_trainable, module_under
@@ -224,6 +225,7 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name: st
     heads = resolve_heads(model, trainable_extra, settings["bias"], "trainable_extra")
     tensors = trained_tensors(model, heads, settings["bias"])
     config = {
+        "peft_type": PEFT_POINTER,  # peft reads this key first: its KeyError then says where peft's files are
         "format_version": FORMAT_VERSION,
         **settings,
         "trainable_extra": heads,

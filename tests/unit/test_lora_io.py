@@ -299,3 +299,17 @@ def test_adapter_factors_rebuild_each_layers_update(kwargs: dict, tmp_path) -> N
         torch.testing.assert_close(scaling * b.float() @ a.float(), layers[name].delta_weight().detach(),
                                    atol=1e-7, rtol=1e-5)
     assert any(float((b.float() @ a.float()).abs().max()) > 0 for a, b, _ in factors.values())
+
+
+def test_peft_given_our_adapter_folder_fails_with_a_pointer_to_the_peft_export(tmp_path) -> None:
+    """`PeftModel.from_pretrained(base, <our adapter folder>)` is the obvious first try: peft's error must say the
+    folder is this project's format and where the peft export is, not a bare KeyError: 'peft_type'."""
+    from peft import PeftModel
+
+    model = tiny_model("bert")
+    apply_lora(model, rank=4, alpha=8)
+    save_adapter(model, tmp_path / "adapter", base_model_name="tiny-bert")
+    with pytest.raises(KeyError) as err:
+        PeftModel.from_pretrained(tiny_model("bert"), str(tmp_path / "adapter"))
+    assert "lora-pipeline" in str(err.value) and "peft/" in str(err.value) and "export_peft" in str(err.value)
+    load_adapter(tiny_model("bert"), tmp_path / "adapter")  # our own loader is not bothered by the key
