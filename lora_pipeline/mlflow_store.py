@@ -111,22 +111,23 @@ def _errors_only(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def http_limits() -> Iterator[None]:
-    """Tight retries and timeouts for MLflow's requests inside the block, unless the user set their own, and no
-    urllib3 "Retrying (…)" warnings: when the client gives up, the caller's one message names the final error.
+def http_limits(retries: int = HTTP_RETRIES, timeout_s: int = HTTP_TIMEOUT_S) -> Iterator[None]:
+    """Tight retries and timeouts for MLflow's requests inside the block (``retries`` and ``timeout_s`` per
+    request), unless the user set their own, and no urllib3 "Retrying (…)" warnings: when the client gives up,
+    the caller's one message names the final error.
 
     MLflow reads ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` at each request and has
     no other setting for them, so they are set for the block only and restored after it.
     """
-    retries = logging.getLogger("urllib3.connectionpool")
-    retries.addFilter(_errors_only)
-    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_RETRIES), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(HTTP_TIMEOUT_S)}
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+    urllib3_log.addFilter(_errors_only)
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
     added = [name for name in limits if name not in os.environ]
     for name in added:
         os.environ[name] = limits[name]
     try:
         yield
     finally:
-        retries.removeFilter(_errors_only)
+        urllib3_log.removeFilter(_errors_only)
         for name in added:
             os.environ.pop(name, None)

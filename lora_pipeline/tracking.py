@@ -331,11 +331,26 @@ class MlflowTracker(_ClosedOnExit):
     def close(self, failed: bool = False) -> None:
         self._call("end", lambda: self._mlflow.end_run(status="FAILED" if failed else "FINISHED"))
         if self._error is not None:
+            lost = ", ".join(f"{n} {what}" for what, n in self._lost.items())
+            run = "no run was started"
             if self._run_id is not None:
                 _forget_active_run(self._run_id)
-            lost = ", ".join(f"{n} {what}" for what, n in self._lost.items())
-            log.warning("MLflow tracking at %s failed (%s); not logged: %s. The stage's DVC outputs and "
-                        "metrics files are complete.", redact(self.uri), self._error, lost)
+                run = "the run was ended" if self._end_once(failed, lost) else \
+                    "the run stays RUNNING there until the next stage on this host marks it KILLED"
+            log.warning("MLflow tracking at %s failed (%s); not logged: %s; %s. The stage's DVC outputs and "
+                        "metrics files are complete.", redact(self.uri), self._error, lost, run)
+
+    def _end_once(self, failed: bool, lost: str) -> bool:
+        """After a failure, one attempt (no retry, 2 s per request) to end the run, tagged with what it lacks: a
+        store that came back (a restarted server) then shows the run ended, not RUNNING."""
+        try:
+            with http_limits(retries=0, timeout_s=2):
+                client = self._mlflow.MlflowClient(tracking_uri=self.uri)
+                client.set_terminated(self._run_id, status="FAILED" if failed else "FINISHED")
+                client.set_tag(self._run_id, "tracking_incomplete", lost)
+            return True
+        except Exception:  # noqa: BLE001 - tracking must never fail a stage
+            return False
 
 
 def open_tracker(cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> NullTracker | MlflowTracker:

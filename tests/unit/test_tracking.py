@@ -291,6 +291,8 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_no_request_at_exit(sto
         raise ConnectionError("Max retries exceeded: Connection refused")
 
     monkeypatch.setattr(mlflow, "log_metrics", gone)
+    ends = []  # close's one attempt to end the run: the server is still down
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", lambda *a, **k: ends.append(a) or gone())
     with caplog.at_level(logging.WARNING):
         tracker.log_metrics({"train_loss": 1.0}, step=1)
         tracker.log_metrics({"train_loss": 0.5}, step=2)
@@ -302,6 +304,25 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_no_request_at_exit(sto
     assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == ["a retry outside the tracker"]
     (run,) = _runs(uri, cfg.experiment)
     assert run.info.run_id == run_id and run.info.status == "RUNNING"  # as it stood when the store failed
+    assert "stays RUNNING" in warning and len(ends) == 1
+
+
+def test_a_run_whose_store_came_back_is_ended_at_close_and_tagged_incomplete(store, monkeypatch, caplog):
+    """The store failed mid-run (a server restart), then answers again: close ends the run with one request
+    instead of leaving it RUNNING until the next stage, and tags what was not logged."""
+    import mlflow
+
+    uri, cfg = store
+    tracker = MlflowTracker(cfg, "train_lora", {"stage": "train_lora"})
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow, "log_metrics", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("refused")))
+        tracker.log_metrics({"train_loss": 1.0}, step=1)
+    with caplog.at_level(logging.WARNING):
+        tracker.close()
+    (run,) = _runs(uri, cfg.experiment)
+    assert run.info.status == "FINISHED" and run.data.tags["tracking_incomplete"] == "1 metrics, 1 end"
+    (warning,) = _tracker_warnings(caplog)
+    assert "the run was ended" in warning and "RUNNING" not in warning
 
 
 # ----------------------------------------------------------------------- "database is locked"
