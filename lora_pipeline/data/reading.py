@@ -28,6 +28,7 @@ __all__ = ["MAX_DECOMPRESSED_BYTES", "read_table", "decode_strict", "refuse_nul"
 
 _COMPRESSIONS = (".bz2", ".gz", ".xz")
 MAX_DECOMPRESSED_BYTES = 2**30  # a compressed input may hold at most this much data (it is read into memory)
+_PIECE = 2**26  # bytes decompressed per call: what memory holds beyond the cap before a refusal
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".parquet": "parquet", ".pq": "parquet"}
 
@@ -103,25 +104,38 @@ def _encoding_hint(data: bytes) -> str:
 
 
 def _decompress(data: bytes, suffix: str, name: str) -> bytes:
-    """``data`` decompressed (every stream of a multi-stream file), refused once it passes
-    :data:`MAX_DECOMPRESSED_BYTES` rather than after it was all held in memory."""
+    """``data`` decompressed (every stream of a multi-stream file) in pieces of at most :data:`_PIECE` bytes,
+    refused once it passes :data:`MAX_DECOMPRESSED_BYTES`: memory holds at most the cap and one piece then."""
     make = {".bz2": bz2.BZ2Decompressor, ".xz": lzma.LZMADecompressor,
             ".gz": lambda: zlib.decompressobj(wbits=31)}[suffix]
-    parts, size, rest = [], 0, data
+    parts: list[bytes] = []
+    size, rest = 0, data
     try:
         while rest:
             decompressor = make()
-            parts.append(decompressor.decompress(rest, MAX_DECOMPRESSED_BYTES + 1 - size))
-            size += len(parts[-1])
-            if size > MAX_DECOMPRESSED_BYTES:
-                raise DataError(f"{name}: decompresses to more than {MAX_DECOMPRESSED_BYTES / 2**20:,.0f} MB, more "
-                                "than the pipeline reads into memory; split the file, or subsample a smaller copy")
-            if not decompressor.eof:
-                raise EOFError("the compressed data ends early (a truncated file)")
-            rest = decompressor.unused_data
+            rest = _one_stream(decompressor, rest, parts, size, name)
+            size = sum(len(p) for p in parts)
     except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as err:
         raise DataError(f"{name}: cannot decompress ({excerpt(str(err), 300, quote=False)})") from err
     return b"".join(parts)
+
+
+def _one_stream(decompressor: Any, data: bytes, parts: list[bytes], size: int, name: str) -> bytes:
+    """Decompress one stream of ``data`` into ``parts``, piece by piece; returns the bytes after it."""
+    feed = data
+    while True:
+        piece = decompressor.decompress(feed, _PIECE)
+        # zlib hands back the input it has not read yet; bz2 and lzma keep it and want empty input
+        feed = getattr(decompressor, "unconsumed_tail", b"")
+        parts.append(piece)
+        size += len(piece)
+        if size > MAX_DECOMPRESSED_BYTES:
+            raise DataError(f"{name}: decompresses to more than {MAX_DECOMPRESSED_BYTES / 2**20:,.0f} MB, more "
+                            "than the pipeline reads into memory; split the file, or subsample a smaller copy")
+        if decompressor.eof:
+            return decompressor.unused_data
+        if not piece and not feed and getattr(decompressor, "needs_input", True):
+            raise EOFError("the compressed data ends early (a truncated file)")
 
 
 def refuse_nul(text: str, name: str, encoding: str) -> None:
