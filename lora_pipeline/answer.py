@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+from .records import VERDICT_PHRASES as _VERDICT
 from .study import REFERENCE
 
 __all__ = ["PROCEDURE", "answer", "rank_status", "registry_pick"]
 
 PROCEDURE = ("fixed sequence: ranks tested from the largest down by non-inferiority at the stated confidence, "
              "stopping at the first that does not pass (family-wise error controlled without splitting the level)")
-_VERDICT = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
 
 
 def _pts(tolerance: float) -> str:

@@ -20,6 +20,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from .curves import CLOCK
 from .files import atomic_dir, atomic_file
+from .records import detail_rows
 from .reporting import ordered_rows, render_report, row_title
 
 __all__ = ["FIGURE_FILES", "confusion_figure", "curves_figure", "rank_curve_figure", "save_figures",
@@ -342,7 +343,7 @@ def confusion_figure(results: Mapping[str, Mapping[str, Any]], labels: Sequence[
 def save_figures(study: Mapping[str, Any], folder: Path) -> dict[str, Path]:
     """Draw every figure of the report into ``folder``; returns their paths by key (see ``FIGURE_FILES``)."""
     detail = study.get("detail", {})
-    shown = {n: detail[n] for n in ("scratch", "full", study.get("record"), "tfidf_logreg") if n in detail}
+    shown = {n: detail[n] for n in detail_rows(study.get("record")) if n in detail}
     figures = {"rank_curve": rank_curve_figure(study), "spectra": spectra_figure(study),
                "curves": curves_figure(study), "confusion": confusion_figure(shown, study.get("labels", []))}
     paths = {}

@@ -26,6 +26,7 @@ from . import answer as answer_lib
 from . import curves as curves_lib
 from . import study as study_lib
 from .errors import PipelineError
+from .records import detail_rows
 
 __all__ = ["FORMAT", "VERSION", "build_study", "read_record", "write_record"]
 
@@ -131,7 +132,7 @@ def _detail(rows: Mapping[str, Any], preds: Mapping[str, Sequence[np.ndarray]], 
     """Per-class F1 and confusion matrices of scratch, full, the record row (first seed) and TF-IDF."""
     from .evaluation import classification_metrics
 
-    shown = {n: preds[n][0] for n in ("scratch", "full", record_row) if n in preds} | {"tfidf_logreg": tfidf_pred}
+    shown = {n: preds[n][0] for n in detail_rows(record_row) if n in preds} | {"tfidf_logreg": tfidf_pred}
     return {n: {"seed": rows[n]["seeds"][0] if n in rows else None,
                 **{k: v for k, v in classification_metrics(y_test, p, list(labels)).items()
                    if k in ("per_class", "confusion_matrix")}} for n, p in shown.items()}

@@ -10,13 +10,15 @@ import math
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+from .records import VERDICT_PHRASES as _VERDICT
+from .records import detail_rows
+
 __all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
            "markdown_table", "ordered_rows", "render_report", "row_title", "run_rows", "setup_section"]
 
 VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
                   "tfidf_logreg": "TF-IDF + logistic regression"}
 _ORDER = {"scratch": 0, "full": 1, "lora": 2}
-_VERDICT = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
 
 
 def row_title(name: str) -> str:
@@ -307,7 +309,7 @@ def effective_rank_rows(study: Mapping[str, Any]) -> list[list[str]]:
 def _detail_section(study: Mapping[str, Any], confusion: str) -> str:
     detail = study.get("detail", {})
     labels = study.get("labels", [])
-    names = [n for n in ("scratch", "full", study.get("record"), "tfidf_logreg") if n in detail]
+    names = [n for n in detail_rows(study.get("record")) if n in detail]
     rows = [[f"{row_title(n)}" + (f" (seed {detail[n]['seed']})" if detail[n].get("seed") is not None else ""),
              *(f"{detail[n]['per_class'][c]['f1']:.4f}" for c in labels)] for n in names]
     return ("## Per-class F1 and confusion matrices (test)\n\n"
