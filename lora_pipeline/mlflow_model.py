@@ -16,6 +16,7 @@ The functions here take the ``mlflow`` module; stages call them through ``tracke
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -29,12 +30,12 @@ from mlflow.exceptions import MlflowException
 from .errors import PipelineError
 from .inference import ModelCard, load_classifier, predict_frame, read_card
 
-__all__ = ["ARTIFACT", "MODEL_NAME", "TextClassifierModel", "log_classifier", "log_trained", "find_logged_model",
+__all__ = ["ARTIFACT", "MODEL_NAME", "model_name", "TextClassifierModel", "log_classifier", "log_trained", "find_logged_model",
            "register_classifier", "register_pick", "promote",
            "committed_version", "STUDY_TAG"]
 
 ARTIFACT = "classifier"  # the pyfunc's artifact key: the model directory
-MODEL_NAME = "model"  # name of the logged model within its run
+MODEL_NAME = "model"  # name of a logged model whose directory does not say its variant and instance
 DIGEST_TAG = "model_digest"  # train runs carry the digest of what they logged; evaluate finds them by it
 URI_TAG = "model_uri"
 # "models from code": MLflow stores this file, not a pickle of the model object, and runs it when loading
@@ -65,6 +66,18 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(str(err)) from None
 
 
+def model_name(variant: str, tag: str) -> str:
+    """A logged model's name: variant and instance tag, ``lora-r8-s42-lr0_002`` (MLflow refuses ``.``, ``/``, ``:``,
+    ``%`` and quotes in the name, so each becomes ``_``)."""
+    return re.sub(r"[./:%\"']", "_", f"{variant}-{tag}")
+
+
+def _directory_name(directory: str | Path) -> str:
+    """The name of the model in ``<variant>/<tag>/`` (the train stages' layout), else :data:`MODEL_NAME`."""
+    path = Path(directory).resolve()
+    return model_name(path.parent.name, path.name) if path.parent.name in ("scratch", "full", "lora") else MODEL_NAME
+
+
 def _signature(card: ModelCard):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -88,8 +101,10 @@ def _requirements(card: ModelCard) -> list[str]:
     return pins
 
 
-def log_classifier(mlflow: Any, directory: str | Path) -> Any:
+def log_classifier(mlflow: Any, directory: str | Path, name: Optional[str] = None) -> Any:
     """Log the model directory as a pyfunc model of the active run, with its signature and an input example.
+
+    ``name`` defaults to the variant and instance of a ``<variant>/<tag>/`` directory (:func:`model_name`).
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` is what :func:`register_classifier` takes).
@@ -101,7 +116,7 @@ def log_classifier(mlflow: Any, directory: str | Path) -> Any:
     with tempfile.TemporaryDirectory(prefix="lora-pipeline-pyfunc-") as tmp:
         code = Path(tmp) / MODEL_CODE[0]
         code.write_text(MODEL_CODE[1], encoding="utf-8")
-        return mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(code), artifacts={ARTIFACT: str(directory)},
+        return mlflow.pyfunc.log_model(name=name or _directory_name(directory), python_model=str(code), artifacts={ARTIFACT: str(directory)},
                                        signature=_signature(card), input_example=example, code_paths=[str(package)],
                                        pip_requirements=_requirements(card))
 
@@ -171,9 +186,10 @@ def committed_version(client: Any, name: str, outputs: set[str], commit: str, ve
     return max(ours, key=lambda v: int(v.version))
 
 
-def log_trained(mlflow: Any, directory: str | Path, digest: str) -> str:
-    """A train stage's model: logged to the active run, which is tagged with its digest and model URI."""
-    info = log_classifier(mlflow, directory)
+def log_trained(mlflow: Any, directory: str | Path, digest: str, name: Optional[str] = None) -> str:
+    """A train stage's model: logged to the active run as ``name`` (see :func:`log_classifier`), the run tagged
+    with its digest and model URI."""
+    info = log_classifier(mlflow, directory, name)
     mlflow.set_tags({DIGEST_TAG: digest, URI_TAG: info.model_uri})
     return info.model_uri
 

@@ -1,5 +1,6 @@
 """The MLflow store a process talks to: the lock beside a SQLite store (naming its holder), a check that the
-store can be written before MLflow tries, and the HTTP limits of requests to a tracking server."""
+store can be written before MLflow tries, the HTTP limits of requests to a tracking server, and an
+experiment whose artifacts stay beside a SQLite store, also after the project is moved."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import datetime
 import logging
 import os
 import socket
+import sqlite3
 from pathlib import Path
 from time import monotonic
 from time import sleep as wait  # the lock's poll (tests patch it, not time.sleep)
-from typing import IO, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 try:
     import fcntl
@@ -19,7 +23,7 @@ except ImportError:  # Windows: no cross-process lock on store creation
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["STORE_LOCK_TIMEOUT", "LOCK_NOTICE_S", "HTTP_RETRIES", "HTTP_TIMEOUT_S", "sqlite_db", "store_lock",
-           "check_writable", "http_limits"]
+           "check_writable", "http_limits", "experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +135,36 @@ def http_limits(retries: int = HTTP_RETRIES, timeout_s: int = HTTP_TIMEOUT_S) ->
         urllib3_log.removeFilter(_errors_only)
         for name in added:
             os.environ.pop(name, None)
+
+
+def experiment(mlflow: Any, name: str, uri: str) -> Any:
+    """The experiment ``name``; a SQLite store keeps its artifacts in ``mlartifacts/`` beside the db file."""
+    db = sqlite_db(uri)
+    location = (Path(os.path.abspath(db)).parent / "mlartifacts").as_uri() if db is not None else None
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - a parallel run may have created it first
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+        return mlflow.get_experiment_by_name(name)
+    old = getattr(experiment, "artifact_location", None)
+    if location and isinstance(old, str) and old.startswith("file:") and old.endswith("/mlartifacts") \
+            and old != location:
+        _relocate_artifacts(db, experiment.experiment_id, old, location)
+    return experiment
+
+
+def _relocate_artifacts(db: Path, experiment_id: str, old: str, new: str) -> None:
+    """The store was moved or copied: new runs write beside it, and earlier runs whose artifacts came along
+    (``mlartifacts/`` copied too) point there. MLflow has no API to change an artifact location."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        runs = con.execute("SELECT run_uuid, artifact_uri FROM runs WHERE experiment_id = ?",
+                           (int(experiment_id),)).fetchall()
+        moved = [(new + uri[len(old):], run) for run, uri in runs if (uri or "").startswith(old + "/")
+                 and Path(url2pathname(urlsplit(new + uri[len(old):]).path)).exists()]
+        con.executemany("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", moved)
+    log.info("MLflow store %s was moved or copied: artifacts now go to %s (was %s); %d of %d earlier runs "
+             "found their artifacts there", db, new, old, len(moved), len(runs))

@@ -9,26 +9,27 @@ A SQLite store keeps its artifacts in ``mlartifacts/`` beside it, also after the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, TypeVar
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from .config import MlflowConfig
 from .credentials import redact
-from .mlflow_store import check_writable, http_limits, sqlite_db, store_lock
+from .files import split_digests, split_part_file
+from .mlflow_store import check_writable, experiment, http_limits, store_lock
 
 __all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
-           "log_stage_run", "flatten", "run_display_name", "git_commit"]
+           "log_stage_run", "flatten", "run_display_name", "git_commit", "param_value", "log_split_inputs",
+           "DATASET_DIGEST_CHARS"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +44,41 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def param_value(value: Any) -> str:
+    """A param as the MLflow UI shows it: strings as they are, anything else as JSON (``["pooler"]``, ``null``,
+    ``false``, ``5e-05``), never a Python repr like ``('pooler',)``."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(list(value) if isinstance(value, (tuple, set, frozenset)) else value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+#: MLflow stores a dataset digest in 36 characters: a split's sha256 is cut to its first 32 hex digits
+DATASET_DIGEST_CHARS = 32
+
+
+def log_split_inputs(tracker: "Tracker", directory: str | Path, frames: Mapping[str, Any],
+                     contexts: Mapping[str, str]) -> None:
+    """Log split parts as dataset inputs of the tracker's run: ``{"train": "training"}`` logs ``train.parquet`` of
+    ``directory`` (its pandas frame in ``frames``) named ``train``, with context ``training``, its digest the
+    first :data:`DATASET_DIGEST_CHARS` hex digits of the file's sha256 (what the checkpoints' run keys hash)."""
+    def log_inputs(mlflow: Any) -> None:
+        import mlflow.data
+
+        digests = dict(zip(contexts, split_digests(directory, list(contexts))))  # only when tracking is on
+        for part, context in contexts.items():
+            source = str(Path(directory).resolve() / split_part_file(part))
+            with warnings.catch_warnings():  # MLflow's hints on a local source's two readers and on int columns
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(frames[part], source=source, name=part,
+                                                  digest=digests[part][:DATASET_DIGEST_CHARS])
+                mlflow.log_input(dataset, context=context)
+
+    tracker.use("datasets", log_inputs)
 
 
 def default_tracking_uri(cfg: MlflowConfig, cwd: Optional[Path] = None) -> str:
@@ -90,39 +126,6 @@ def run_display_name(stage: str, tags: Mapping[str, Any]) -> str:
     if os.environ.get("DVC_EXP_NAME"):
         parts.append(f"[{os.environ['DVC_EXP_NAME']}]")
     return " ".join(parts)
-
-
-def _experiment(mlflow: Any, name: str, uri: str) -> Any:
-    """The experiment ``name``; a SQLite store keeps its artifacts in ``mlartifacts/`` beside the db file."""
-    db = sqlite_db(uri)
-    location = (Path(os.path.abspath(db)).parent / "mlartifacts").as_uri() if db is not None else None
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            mlflow.create_experiment(name, artifact_location=location)
-        except Exception:  # noqa: BLE001 - a parallel run may have created it first
-            if mlflow.get_experiment_by_name(name) is None:
-                raise
-        return mlflow.get_experiment_by_name(name)
-    old = getattr(experiment, "artifact_location", None)
-    if location and isinstance(old, str) and old.startswith("file:") and old.endswith("/mlartifacts") \
-            and old != location:
-        _relocate_artifacts(db, experiment.experiment_id, old, location)
-    return experiment
-
-
-def _relocate_artifacts(db: Path, experiment_id: str, old: str, new: str) -> None:
-    """The store was moved or copied: new runs write beside it, and earlier runs whose artifacts came along
-    (``mlartifacts/`` copied too) point there. MLflow has no API to change an artifact location."""
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
-        runs = con.execute("SELECT run_uuid, artifact_uri FROM runs WHERE experiment_id = ?",
-                           (int(experiment_id),)).fetchall()
-        moved = [(new + uri[len(old):], run) for run, uri in runs if (uri or "").startswith(old + "/")
-                 and Path(url2pathname(urlsplit(new + uri[len(old):]).path)).exists()]
-        con.executemany("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", moved)
-    log.info("MLflow store %s was moved or copied: artifacts now go to %s (was %s); %d of %d earlier runs "
-             "found their artifacts there", db, new, old, len(moved), len(runs))
 
 
 def _sweep_orphans(mlflow: Any, experiment_id: str, checkpoint_key: Optional[str]) -> Any:
@@ -263,9 +266,9 @@ class MlflowTracker(_ClosedOnExit):
         # doing it at once break each other ("table … already exists"): serialise store access until the run
         # exists; the same lock keeps two trackers from claiming one orphaned run
         with store_lock(self.uri):
-            experiment = _experiment(mlflow, cfg.experiment, self.uri)
-            mlflow.set_experiment(experiment_id=experiment.experiment_id)
-            orphan = _sweep_orphans(mlflow, experiment.experiment_id, all_tags.get("checkpoint_key"))
+            found = experiment(mlflow, cfg.experiment, self.uri)
+            mlflow.set_experiment(experiment_id=found.experiment_id)
+            orphan = _sweep_orphans(mlflow, found.experiment_id, all_tags.get("checkpoint_key"))
             if orphan is None:
                 mlflow.start_run(run_name=run_display_name(run_name, tags), tags=all_tags)
             else:  # the same training killed and resumed: one run holds its whole curve and final status
@@ -295,7 +298,7 @@ class MlflowTracker(_ClosedOnExit):
                 return
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        clean = {k: redact(str(v)) for k, v in flatten(params).items()}
+        clean = {k: redact(param_value(v)) for k, v in flatten(params).items()}
         if self._logged_params:  # a resumed run: MLflow refuses to change a logged param, so a change becomes a tag
             changed = {f"resumed.{k}": v for k, v in clean.items() if self._logged_params.get(k, v) != v}
             clean = {k: v for k, v in clean.items() if k not in self._logged_params}

@@ -50,7 +50,7 @@ from .speedups import fast_cpu_dropout, trim_switch
 from .tracking import NullTracker, Tracker
 
 __all__ = ["FitConfig", "StepPlan", "TrainResult", "eval_interval", "fit", "make_optimizer", "plan_steps",
-           "train_step"]
+           "train_step", "train_step_norm"]
 
 log = logging.getLogger(__name__)
 
@@ -216,16 +216,24 @@ def train_step(forward: Callable[..., Any], batch: dict[str, torch.Tensor], opti
     Returns:
         The (weighted) loss, detached and left on the device (no host sync).
     """
+    return train_step_norm(forward, batch, optimizer, scheduler, params, max_grad_norm, device, bf16, weight)[0]
+
+
+def train_step_norm(forward: Callable[..., Any], batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                    scheduler: Any, params: list[torch.Tensor], max_grad_norm: float, device: torch.device,
+                    bf16: bool = False, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`train_step`, returning ``(loss, grad_norm)``: the gradients' total norm before clipping, a 0-d
+    tensor left on the device like the loss (no host sync)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = forward(**batch).loss
     if weight != 1.0:
         loss = loss * weight
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)  # the norm before clipping
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return loss.detach(), grad_norm.detach()
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -311,7 +319,8 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
         cfg: hyper-parameters.
         pad_id: the tokenizer's pad token id.
         device: where to train (``cfg.bf16``: bf16 autocast, fp32 master weights).
-        tracker: receives the per-step loss/lr every ``cfg.log_every`` steps and each validation's scores.
+        tracker: receives the loss, lr and gradient norm (before clipping) every ``cfg.log_every`` steps and
+            each validation's scores.
         checkpointer: when given, state is saved every ``cfg.checkpoint_every`` steps and after every
             validation, and a saved state is resumed from.
         progress: show a tqdm progress bar.
@@ -350,10 +359,10 @@ def fit(model: nn.Module, train: EncodedSplit, val: EncodedSplit, cfg: FitConfig
             for rows in batches[st["step_in_epoch"]:]:
                 mine, weight = shard(rows, world)  # all rows, weight 1, in a single process
                 batch = {k: v.to(device, non_blocking=True) for k, v in collate(train, mine, pad_id).items()}
-                loss = train_step(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm, device, cfg.bf16,
-                                  weight)
+                loss, grad_norm = train_step_norm(forward, batch, optimizer, scheduler, params, cfg.max_grad_norm,
+                                                  device, cfg.bf16, weight)
                 bar.update(1)
-                if loop.after_step(loss, len(rows)):
+                if loop.after_step(loss, len(rows), grad_norm):
                     break
     bar.close()
     if timings is not None:
@@ -433,8 +442,9 @@ class _Loop:
     def epoch(self, step: int) -> float:
         return round(step / self.plan.steps_per_epoch, 3)
 
-    def after_step(self, loss: torch.Tensor, rows: int) -> bool:
-        """Account one optimizer step; returns whether the run is over."""
+    def after_step(self, loss: torch.Tensor, rows: int, grad_norm: Optional[torch.Tensor] = None) -> bool:
+        """Account one optimizer step (``grad_norm``: its gradients' norm before clipping, on the device); returns
+        whether the run is over."""
         st, cfg = self.st, self.cfg
         self.acc += loss
         st["global_step"] += 1
@@ -450,14 +460,17 @@ class _Loop:
         save_now = eval_now or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
         if log_now or save_now:
             # the host sync, at boundary steps only; ranks hold weighted shares of each global mean
-            total = all_sum(self.acc, self.world).item() / self.world.size
+            summed, norm = all_sum(self.acc, self.world), None
+            if log_now and grad_norm is not None:  # one read-back for both; every rank holds the same norm
+                summed, norm = torch.stack([summed, grad_norm.to(summed.dtype)]).tolist()
+            total = float(summed) / self.world.size
             self.acc.zero_()
             st["log_sum"] += total
             st["eval_sum"] += total
             st["seconds"] += time.perf_counter() - self.t0  # training time: validation and saves excluded
             st["cpu_seconds"] += time.process_time() - self.c0
             if log_now:
-                self._log_row()
+                self._log_row(norm)
             if eval_now:
                 self._validate()
             if save_now:
@@ -467,13 +480,14 @@ class _Loop:
             self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self.finished()
 
-    def _log_row(self) -> None:
+    def _log_row(self, grad_norm: Optional[float]) -> None:
         st, step = self.st, self.st["global_step"]
         row = {"step": step, "epoch": self.epoch(step), "train_loss": st["log_sum"] / st["log_n"], "lr": self.lr(),
                "seconds": st["seconds"], "cpu_seconds": st["cpu_seconds"]}
         st["steps_log"].append(row)
         st["log_sum"], st["log_n"] = 0.0, 0
-        self.tracker.log_metrics({"train_loss": row["train_loss"], "lr": row["lr"]}, step=step)
+        extra = {} if grad_norm is None else {"grad_norm": grad_norm}  # logged, not in the curve's rows
+        self.tracker.log_metrics({"train_loss": row["train_loss"], "lr": row["lr"], **extra}, step=step)
 
     def _validate(self) -> None:
         st, step, cfg = self.st, self.st["global_step"], self.cfg

@@ -25,7 +25,7 @@ from lora_pipeline.inference import ModelCard
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
-from lora_pipeline.tracking import NullTracker, open_tracker
+from lora_pipeline.tracking import NullTracker, log_split_inputs, open_tracker
 from lora_pipeline.training import FitConfig, TrainResult, fit
 from stages._cli import add_phase, phase, run_stage, timed_tracker
 
@@ -187,6 +187,7 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
                             "world_size": world.size})
         model, tokenizer, labels, frames, result = _fit(args, variant, params, cfg, device, checkpointer, world,
                                                         tracker)
+        log_split_inputs(tracker, args.split, frames, {"train": "training", "val": "validation"})
         with phase("save"):
             card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
                              text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
@@ -206,13 +207,13 @@ def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cf
             tracker.log_artifact(path)
         with phase("mlflow"):  # the digest is for MLflow's copy of the model
             digest = model_digest(weights_files(variant, args.out))
-        tracker.use("model", lambda mlflow: _log_model(mlflow, args.out, digest))
+        tracker.use("model", lambda mlflow: _log_model(mlflow, args.out, digest, variant, run["tag"]))
 
 
-def _log_model(mlflow, out: str, digest: str) -> str:
+def _log_model(mlflow, out: str, digest: str, variant: Variant, tag: str) -> str:
     from lora_pipeline import mlflow_model  # imports mlflow.pyfunc: only when tracking is on
 
-    return mlflow_model.log_trained(mlflow, out, digest)
+    return mlflow_model.log_trained(mlflow, out, digest, mlflow_model.model_name(variant, tag))
 
 
 def _run_record(args: argparse.Namespace, variant: Variant) -> dict:

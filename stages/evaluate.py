@@ -30,7 +30,7 @@ from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.speedups import trim_switch
 from lora_pipeline.statistics import bootstrap_metric_ci
-from lora_pipeline.tracking import git_commit, open_tracker
+from lora_pipeline.tracking import git_commit, log_split_inputs, open_tracker
 from stages._cli import phase, run_stage, timed_tracker
 
 log = logging.getLogger(__name__)
@@ -193,13 +193,24 @@ def _plain(section) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    """The study, inside the stage's MLflow run: opened first, so that its duration is the stage's."""
     params = load_params(args.params, sections=["model", "lora", "train", "scratch", "full", "baseline", "study",
                                                 "mlflow"])
+    with phase("mlflow"):
+        tracker = timed_tracker(open_tracker(params.mlflow, "evaluate", {"stage": "evaluate"}))
+    with tracker:
+        tracker.log_params({"study": dataclasses.asdict(params.study),
+                            "baseline": dataclasses.asdict(params.baseline)})
+        _study(args, params, tracker)
+
+
+def _study(args: argparse.Namespace, params: Params, tracker) -> None:
     s = params.study
     with phase("data"):
         labels, frames = read_split(args.split, ("train", "val", "test"))
         test = EncodedSplit.from_frame(frames["test"])
         records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
+    log_split_inputs(tracker, args.split, frames, {"test": "testing"})
     runs = study.grid_runs(records, s.seeds, {v: s.lrs(v) for v in ("scratch", "full", "lora")}, s.ranks)
     groups = study.choose_learning_rates(runs)  # on validation: test is scored for the chosen runs only
     preds = _predict_groups(groups, args, params, labels, test)
@@ -221,18 +232,27 @@ def _evaluate(args: argparse.Namespace) -> None:
     log.info("%s", answer["sentence"])
     if answer.get("equal_cost"):
         log.info("%s", answer["equal_cost"])
-    with phase("mlflow"):
-        tracker = timed_tracker(open_tracker(params.mlflow, "evaluate", {
-            "stage": "evaluate", "answer": answer["sentence"][:250], "answer_rank": answer["rank"]}))
-    with tracker:
-        tracker.log_params({"study": dataclasses.asdict(s), "baseline": dataclasses.asdict(params.baseline)})
-        tracker.log_metrics({f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
-                             for k in ("accuracy", "macro_f1") if k in r})
-        for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
-            tracker.log_artifact(path)
-        with phase("mlflow"):  # its git and weights digests are for the registry
-            _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models),
-                      file_md5(args.study))
+    tracker.set_tags(answer_tags(answer))
+    tracker.log_metrics({f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
+                         for k in ("accuracy", "macro_f1") if k in r})
+    for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
+        tracker.log_artifact(path)
+    with phase("mlflow"):  # its git and weights digests are for the registry
+        _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models),
+                  file_md5(args.study))
+
+
+ANSWER_TAG_CHARS = 100  # the ``answer`` tag, a column of the runs table; the run's description holds it whole
+
+
+def answer_tags(answer: dict) -> dict:
+    """The run's ``answer`` tag (cut at a word, with "…"), ``answer_rank``, and its description (the
+    ``mlflow.note.content`` tag, Markdown in the UI's Overview): the whole answer and its equal-cost reading."""
+    sentence = answer["sentence"]
+    short = sentence if len(sentence) <= ANSWER_TAG_CHARS else \
+        sentence[:ANSWER_TAG_CHARS - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+    note = "\n\n".join(text for text in (sentence, answer.get("equal_cost")) if text)
+    return {"answer": short, "answer_rank": answer["rank"], "mlflow.note.content": note}
 
 
 def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,

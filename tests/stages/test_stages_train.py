@@ -187,6 +187,44 @@ def test_runs_are_mirrored_to_mlflow(pipeline):
         assert "lora.rank" in run.data.params and run.data.params["lora.rank"] == rank  # the instance's, not 8
 
 
+
+def test_each_logged_model_is_named_by_its_variant_and_instance(pipeline):
+    import mlflow
+
+    _, _, _, uri = pipeline
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    names = {m.name for m in client.search_logged_models([experiment])}
+    assert names == {f"{v}-{instance_tag(v, r)}".replace(".", "_") for v, r in INSTANCES}
+    (full,) = _runs(uri, "train_full")
+    assert full.data.tags["model_uri"].startswith("models:/") and full.outputs.model_outputs
+
+
+def test_train_runs_log_their_splits_as_dataset_inputs_with_the_split_digests(pipeline):
+    from lora_pipeline.files import split_digests
+
+    base, _, _, uri = pipeline
+    train, val, test = split_digests(base / "split", ("train", "val", "test"))
+    for run in [r for r in _runs(uri) if r.data.tags["stage"].startswith("train_")] + _runs(uri, "evaluate"):
+        logged = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): (d.dataset.name, d.dataset.digest)
+                  for d in run.inputs.dataset_inputs}
+        expected = {"testing": ("test", test[:32])} if run.data.tags["stage"] == "evaluate" else \
+            {"training": ("train", train[:32]), "validation": ("val", val[:32])}
+        assert logged == expected, run.info.run_name
+    (run,) = _runs(uri, "train_full")
+    rows = json.loads(run.inputs.dataset_inputs[0].dataset.profile)["num_rows"]
+    assert rows in (len(pd.read_parquet(base / "split" / f"{p}.parquet")) for p in ("train", "val"))
+
+
+def test_the_evaluate_run_spans_the_stages_work_and_describes_the_answer(pipeline):
+    base, _, _, uri = pipeline
+    (run,) = _runs(uri, "evaluate")
+    study = json.loads((base / "metrics" / "study.json").read_text())
+    written = (base / "metrics" / "study.json").stat().st_mtime * 1000
+    assert run.info.start_time <= written <= run.info.end_time  # the run was open while the study was computed
+    assert study["answer"]["sentence"] in run.data.tags["mlflow.note.content"]
+    assert len(run.data.tags["answer"]) <= 120 and run.data.tags["answer"].rstrip("…") in study["answer"]["sentence"]
+
 def test_train_runs_are_tagged_with_seed_and_checkpoint_key(pipeline):
     _, _, _, uri = pipeline
     train_runs = [r for r in _runs(uri) if r.data.tags["stage"].startswith("train_")]

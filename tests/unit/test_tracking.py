@@ -154,7 +154,7 @@ def test_mlflow_tracker_logs_everything(store, tmp_path, caplog):
     assert not [r for r in caplog.records if r.name.startswith("lora_pipeline")]
     (run,) = _runs(uri, cfg.experiment)
     assert run.info.status == "FINISHED" and run.info.run_name == "train_lora r8"
-    assert run.data.params == {"lora.target_modules": "('query', 'value')", "run.rank": "8", "run.seed": "1"}
+    assert run.data.params == {"lora.target_modules": '["query", "value"]', "run.rank": "8", "run.seed": "1"}
     assert run.data.metrics == {"train_loss": 0.5, "lr": 1e-3, "nested.f1": 0.75}
     assert run.data.tags["stage"] == "train_lora" and run.data.tags["lora_rank"] == "8"
     assert run.data.tags["resumed_from_step"] == "0" and "skip" not in run.data.tags
@@ -468,3 +468,15 @@ def test_a_store_lock_that_is_never_released_costs_one_warning(monkeypatch, tmp_
     (warning,) = _tracker_warnings(caplog)
     assert f"TimeoutError: {db}-lock held by another process" in warning and "1 start" in warning
     assert not db.exists()  # nothing touched the store while another process held it
+
+
+def test_params_are_logged_as_readable_values_not_python_reprs(store):
+    uri, cfg = store
+    tracker = MlflowTracker(cfg, "train_lora", {"stage": "train_lora"})
+    tracker.log_params({"lora": {"modules_to_save": ("pooler",), "targets": ["query", None], "extra": (),
+                                 "base": None, "use_dora": False, "alpha": 16.0, "lr": 5e-05, "name": "bert"}})
+    tracker.close()
+    (run,) = _runs(uri, cfg.experiment)
+    assert run.data.params == {"lora.modules_to_save": '["pooler"]', "lora.targets": '["query", null]',
+                               "lora.extra": "[]", "lora.base": "null", "lora.use_dora": "false",
+                               "lora.alpha": "16.0", "lora.lr": "5e-05", "lora.name": "bert"}

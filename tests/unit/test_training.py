@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from lora_pipeline import training
+from lora_pipeline.checkpoint import DirCheckpointer
 from lora_pipeline.config import ModelConfig, ScratchConfig
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.errors import PipelineError
@@ -324,3 +325,47 @@ def test_lora_modules_to_save_trains_the_pooler_and_round_trips(tiny_model_dir, 
     with caplog.at_level("WARNING"):
         build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, modules_to_save=("nopool",)))
     assert "no module named nopool" in caplog.text
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingCheckpointer(DirCheckpointer):
+    """Dies right after its ``crash_after``-th save, like a process killed there."""
+
+    def __init__(self, directory, crash_after: int | None):
+        super().__init__(directory, "k")
+        self.crash_after, self.saves = crash_after, 0
+
+    def save(self, state):
+        super().save(state)
+        self.saves += 1
+        if self.saves == self.crash_after:
+            raise _Crash
+
+
+def _grad_norm_fit(tiny_model_dir, data, tracker, checkpointer=None):
+    cfg = FitConfig(lr=5e-3, epochs=2, batch_size=16, seed=3, log_every=2, checkpoint_every=3, max_grad_norm=0.01,
+                    **EPOCHS_ONLY)
+    return fit(pretrained_classifier(tiny_model_dir, seed=11), *data, cfg, pad_id=0, device=CPU, tracker=tracker,
+               checkpointer=checkpointer, progress=False)
+
+
+def test_grad_norm_before_clipping_is_logged_with_the_loss_every_log_step(tiny_model_dir, data):
+    tracker = RecordingTracker()
+    result = _grad_norm_fit(tiny_model_dir, data, tracker)
+    assert tracker.steps_with("grad_norm") == tracker.steps_with("train_loss") == list(range(2, result.steps + 1, 2))
+    norms = [m["grad_norm"] for _, m in tracker.metrics if "grad_norm" in m]
+    assert all(isinstance(n, float) and 0.01 < n < float("inf") for n in norms)  # the norm clipping started from
+
+
+def test_a_resumed_fit_logs_the_grad_norms_of_an_uninterrupted_one(tiny_model_dir, data, tmp_path):
+    reference, crashed, resumed = RecordingTracker(), RecordingTracker(), RecordingTracker()
+    _grad_norm_fit(tiny_model_dir, data, reference, _CrashingCheckpointer(tmp_path / "a", None))
+    with pytest.raises(_Crash):  # dies after its 3rd save, a log step
+        _grad_norm_fit(tiny_model_dir, data, crashed, _CrashingCheckpointer(tmp_path / "b", 3))
+    _grad_norm_fit(tiny_model_dir, data, resumed, _CrashingCheckpointer(tmp_path / "b", None))
+    curve = [(step, m["grad_norm"]) for t in (crashed, resumed) for step, m in t.metrics if "grad_norm" in m]
+    assert curve == [(step, m["grad_norm"]) for step, m in reference.metrics if "grad_norm" in m]
+    assert resumed.steps_with("grad_norm")[0] > 2
