@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Labels and per-class probabilities for texts given as arguments, in a file "
                                    "(CSV/TSV/JSONL/Parquet/one text per line) or on stdin.")
     p.add_argument("model", help="a model directory (models/<variant>/<tag>, any variant) "
-                                 "or an MLflow model URI (models:/lora-pipeline-classifier@champion, runs:/<id>/model)")
+                                 "or an MLflow model URI (models:/lora-pipeline-classifier@champion, "
+                                 "runs:/<id>/<variant>-<tag> e.g. runs:/<id>/lora-r8-s42-lr0_002)")
     p.add_argument("texts", nargs="*", help="texts to classify (none: read --input, else stdin)")
     p.add_argument("--input", "-i", help="input file, or - for stdin; format from the suffix or --input-format")
     p.add_argument("--input-format", choices=sorted(set(READERS.values())),

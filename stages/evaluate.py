@@ -26,6 +26,7 @@ from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline,
 from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
 from lora_pipeline.lora import adapter_factors
 from lora_pipeline.models import load_trained, model_digest, weights_files
+from lora_pipeline.records import answer_tags
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.speedups import trim_switch
@@ -240,19 +241,6 @@ def _study(args: argparse.Namespace, params: Params, tracker) -> None:
     with phase("mlflow"):  # its git and weights digests are for the registry
         _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models),
                   file_md5(args.study))
-
-
-ANSWER_TAG_CHARS = 100  # the ``answer`` tag, a column of the runs table; the run's description holds it whole
-
-
-def answer_tags(answer: dict) -> dict:
-    """The run's ``answer`` tag (cut at a word, with "…"), ``answer_rank``, and its description (the
-    ``mlflow.note.content`` tag, Markdown in the UI's Overview): the whole answer and its equal-cost reading."""
-    sentence = answer["sentence"]
-    short = sentence if len(sentence) <= ANSWER_TAG_CHARS else \
-        sentence[:ANSWER_TAG_CHARS - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
-    note = "\n\n".join(text for text in (sentence, answer.get("equal_cost")) if text)
-    return {"answer": short, "answer_rank": answer["rank"], "mlflow.note.content": note}
 
 
 def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,

@@ -12,6 +12,7 @@ from lora_pipeline.config import load_params
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.figures import write_report
 from lora_pipeline.files import read_json
+from lora_pipeline.records import answer_tags
 from lora_pipeline.reporting import ordered_rows
 from lora_pipeline.tracking import log_stage_run
 from stages._cli import phase, run_stage
@@ -64,7 +65,7 @@ def _report(args: argparse.Namespace) -> None:
     log.info("%s", study["answer"].get("sentence", ""))
     with phase("mlflow"):
         log_stage_run(params.mlflow, "report", artifacts=[args.report, args.figures, args.study],
-                      metrics=_metrics(study), tags={"answer": str(study["answer"].get("sentence", ""))[:250]})
+                      metrics=_metrics(study), tags=answer_tags(study["answer"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_pipeline import cli
+from lora_pipeline import cli, mlflow_model
 from lora_pipeline.inference import CARD, load_classifier, predict_frame
 from tests.support.builders import LABELS
 from tests.support.chains import INSTANCES, instance_paths, run_chain
@@ -282,7 +282,8 @@ def test_predict_takes_an_mlflow_model_uri(pipeline, capsys, monkeypatch):
     client = _client(uri)
     run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], "tags.variant = 'lora'")[0]
     texts = ["a review", "another"]
-    for model_uri in (run.data.tags["model_uri"], f"runs:/{run.info.run_id}/model"):
+    name = mlflow_model.model_name("lora", run.data.params["run.tag"])  # e.g. lora-r8-s42-lr0_002
+    for model_uri in (run.data.tags["model_uri"], f"runs:/{run.info.run_id}/{name}"):
         code, out, err = _predict([model_uri, *texts], capsys)
         assert code == 0, err
         local = base / "models" / "lora" / run.data.params["run.tag"]
