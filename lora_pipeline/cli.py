@@ -111,7 +111,7 @@ def _read_input(args: argparse.Namespace) -> pd.DataFrame:
         return pd.DataFrame({args.text_column: [t for t in text.split("\n") if t.strip()]})
     cfg = DataConfig(source="file", path=name, format=kind, encoding=args.encoding, quoting=args.quoting,
                      delimiter=args.delimiter, text_column=args.text_column)
-    frame, _ = read_table(data, name if source != "-" else f"stdin.{kind}", cfg)
+    frame, _ = read_table(data, name if source != "-" else f"stdin.{kind}", cfg, keep_blank_lines=True)
     return frame
 
 

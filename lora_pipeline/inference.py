@@ -157,10 +157,12 @@ def load_classifier(directory: str | Path, *, device: str = "auto", precision: O
 def input_columns(card: ModelCard, frame: "pd.DataFrame", text_column: str = "text",
                   pair_column: Optional[str] = None) -> list[str]:
     """The columns of ``frame`` a model with ``card`` reads: the text column, and the pair column (default
-    ``text_pair``) for a model trained on pairs. Cheap: call it before loading the model.
+    ``text_pair``) for a model trained on pairs, each checked to hold only non-empty strings. Cheap: call it
+    before loading the model.
 
     Raises:
-        PipelineError: a column is missing.
+        PipelineError: a column is missing, or holds an empty text or a value that is not a string (row numbers
+            are 1-based, as in the input file).
     """
     if pair_column is None and card.text_pair:
         pair_column = "text_pair"
@@ -170,6 +172,8 @@ def input_columns(card: ModelCard, frame: "pd.DataFrame", text_column: str = "te
         raise PipelineError(f"input has no column {excerpt(missing[0])} (columns: "
                             f"{excerpt(', '.join(map(str, frame.columns)), 200, quote=False)}); choose the text "
                             "column with --text-column (and --pair-column for sentence pairs)")
+    for column in columns:
+        _check_texts(column, frame[column].tolist())
     return columns
 
 
@@ -204,8 +208,6 @@ def predict_frame(classifier: Classifier, frame: "pd.DataFrame", *, text_column:
 
     columns = input_columns(classifier.card, frame, text_column, pair_column)
     texts = {c: frame[c].tolist() for c in columns}
-    for column, values in texts.items():
-        _check_texts(column, values)
     probs = classifier.predict_proba(texts[columns[0]], texts[columns[1]] if len(columns) > 1 else None,
                                      batch_size=batch_size, on_batch=on_batch)
     labels = classifier.labels

@@ -33,7 +33,8 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".nd
             ".parquet": "parquet", ".pq": "parquet"}
 
 
-def read_table(data: bytes, name: str, cfg: DataConfig, changes: Optional[Counter] = None) -> tuple[pd.DataFrame, str]:
+def read_table(data: bytes, name: str, cfg: DataConfig, changes: Optional[Counter] = None,
+               keep_blank_lines: bool = False) -> tuple[pd.DataFrame, str]:
     """Parse CSV/TSV/JSONL/Parquet bytes (optionally .bz2/.gz/.xz compressed) into a DataFrame.
 
     Text formats are decoded strictly with ``cfg.encoding``; every non-Parquet column is read as string.
@@ -42,6 +43,8 @@ def read_table(data: bytes, name: str, cfg: DataConfig, changes: Optional[Counte
         data: the file's bytes.
         name: file or member name, used to infer format/compression and in messages.
         cfg: reading options (format, delimiter, quoting, encoding, header, column_names).
+        keep_blank_lines: a blank line of a CSV/TSV is a row (of empty fields), not skipped: where every line must
+            give an answer (``lora-pipeline predict``).
 
     Returns:
         The frame with the file's original column names, and the format used.
@@ -63,7 +66,8 @@ def read_table(data: bytes, name: str, cfg: DataConfig, changes: Optional[Counte
             raise DataError(f"{name}: not a readable Parquet file ({excerpt(str(err), 300, quote=False)})") from err
     text = decode_strict(data, cfg.encoding, name)
     refuse_nul(text, name, cfg.encoding)
-    frame = _parse_jsonl(text, name) if fmt == "jsonl" else _parse_csv(text, fmt, cfg, name, changes)
+    frame = _parse_jsonl(text, name) if fmt == "jsonl" else _parse_csv(text, fmt, cfg, name, changes,
+                                                                        keep_blank_lines)
     return frame, fmt
 
 
@@ -151,12 +155,14 @@ def refuse_nul(text: str, name: str, encoding: str) -> None:
                         "corrupt: remove the NULs.")
 
 
-def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str, changes: Optional[Counter] = None) -> pd.DataFrame:
+def _parse_csv(text: str, fmt: str, cfg: DataConfig, name: str, changes: Optional[Counter] = None,
+               keep_blank_lines: bool = False) -> pd.DataFrame:
     sep = cfg.delimiter or ("\t" if fmt == "tsv" else ",")
     quoting = csv.QUOTE_NONE if cfg.quoting == "none" else csv.QUOTE_MINIMAL
     try:  # only empty fields are null: "NA", "null", "nan" are legitimate texts
         frame = pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, header=0 if cfg.header else None,
-                            dtype=str, keep_default_na=False, na_values=[""], engine="c")
+                            dtype=str, keep_default_na=False, na_values=[""], engine="c",
+                            skip_blank_lines=not keep_blank_lines)
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{name} is empty: no header and no rows") from err
     except pd.errors.ParserError as err:

@@ -41,6 +41,7 @@ def write_project(base: Path, repo: Path) -> dict:
     (repo / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the project's plot templates
     fixture_csv(base / "reviews.csv")
     save_tiny_bert(base / "tiny_model")
     params = yaml.safe_load((repo / "params.yaml").read_text())

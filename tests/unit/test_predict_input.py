@@ -117,3 +117,13 @@ def test_an_input_column_named_like_a_prediction_column_is_refused_before_the_mo
     pd.DataFrame({"text": ["fine"], "label": ["pos"]}).to_csv(tmp_path / "in.csv", index=False)
     code, err = _run([str(card_only), "--input", str(tmp_path / "in.csv")], capsys)
     assert code == 2 and "input already has a column 'label'" in err and "rename" in err
+
+
+@pytest.mark.parametrize("blank", ["  ", ""])
+def test_a_blank_row_in_a_one_column_file_is_an_empty_text_not_a_skipped_line(card_only, no_load, tmp_path, capsys,
+                                                                              blank):
+    """Every input line is a row: a whitespace-only (or empty) text is refused by its row number instead of being
+    dropped as a blank line, which would return fewer predictions than rows."""
+    (tmp_path / "blank.csv").write_text(f"review\nfine\n{blank}\ngood\n")
+    code, err = _run([str(card_only), "--input", str(tmp_path / "blank.csv"), "--text-column", "review"], capsys)
+    assert code == 2 and "empty text in row 2" in err
