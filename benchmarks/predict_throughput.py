@@ -36,7 +36,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import Smoke, interleaved_medians, machine, ratio, smoke_fixture  # noqa: E402
-from lora_pipeline.inference import Classifier, load_classifier, read_card  # noqa: E402
+from lora_pipeline.inference import Classifier, load_classifier  # noqa: E402
+from lora_pipeline.records import read_card  # noqa: E402
 from lora_pipeline.lora import load_adapter  # noqa: E402
 from lora_pipeline.models import _pretrained  # noqa: E402
 
@@ -71,7 +72,7 @@ def smoke_models(fixture: Smoke, directory: Path) -> tuple[Path, Path]:
     """Untrained full and LoRA (rank 8) model directories of the fixture's model, as the train stages save them."""
     from lora_pipeline.config import load_params
     from lora_pipeline.files import read_json
-    from lora_pipeline.inference import ModelCard
+    from lora_pipeline.records import ModelCard
     from lora_pipeline.models import build_model, save_trained
     from lora_pipeline.pretrained import load_tokenizer
 

@@ -22,7 +22,8 @@ from .config import DataConfig, MlflowConfig
 from .credentials import install_redaction, redact
 from .data.reading import decode_strict, read_table
 from .errors import ConfigError, PipelineError, excerpt
-from .inference import CARD, Classifier, input_columns, load_classifier, predict_frame, read_card
+from .inference import Classifier, input_columns, load_classifier, predict_frame
+from .records import CARD, read_card
 
 __all__ = ["main"]
 

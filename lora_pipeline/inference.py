@@ -1,7 +1,8 @@
 """Use a trained model: load any variant's directory by itself and classify texts (or sentence pairs).
 
-Every train stage writes ``classifier.json`` beside its weights: the variant, the label names, how texts were
-tokenised (``max_length``, pairs or not), the training precision and, for LoRA, the base model reference.
+Every train stage writes ``classifier.json`` beside its weights (:class:`~lora_pipeline.records.ModelCard`): the
+variant, the label names, how texts were tokenised (``max_length``, pairs or not), the training precision and, for
+LoRA, the base model reference.
 :func:`load_classifier` needs nothing else: a LoRA adapter is put on its base and merged in memory, so
 inference costs what the base model costs. Tokenisation and batching are those of the evaluate stage, so the
 labels equal its test predictions.
@@ -9,75 +10,25 @@ labels equal its test predictions.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .config import ModelConfig, Variant
+from .config import ModelConfig
 from .data.loaders import EncodedSplit, eval_batches, iterate
 from .errors import PipelineError, excerpt
+from .records import ModelCard, read_card
 from .runtime import resolve_bf16, resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CARD", "ModelCard", "Classifier", "load_classifier", "read_card", "input_columns", "predict_frame"]
+__all__ = ["Classifier", "load_classifier", "input_columns", "predict_frame"]
 
 log = logging.getLogger(__name__)
-
-CARD = "classifier.json"
-_FORMAT = "lora-pipeline-classifier"
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a trained model directory is and how to feed it (``classifier.json``)."""
-
-    variant: Variant
-    labels: tuple[str, ...]
-    max_length: int
-    text_pair: bool  # trained on sentence pairs: inputs need ``text`` and ``text_pair``
-    precision: str  # train.precision it was trained with: auto | fp32 | bf16
-    base_model: Optional[str] = None  # LoRA: model.name of the base (HF id, directory or package:<pkg>/<dir>)
-    format: str = _FORMAT
-    version: int = 1
-
-    def write(self, directory: str | Path) -> None:
-        data = dataclasses.asdict(self)
-        data["labels"] = list(self.labels)
-        (Path(directory) / CARD).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def read_card(directory: str | Path) -> ModelCard:
-    """The card of a model directory.
-
-    Raises:
-        PipelineError: not a directory, no ``classifier.json`` (not written by a train stage), or a card
-            without its label map.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise PipelineError(f"model {excerpt(str(directory))}: no such directory. Give a models/<variant>/<tag> "
-                            "directory written by a train stage, or an MLflow model URI (models:/name@alias)")
-    path = directory / CARD
-    if not path.is_file():
-        raise PipelineError(f"model {excerpt(str(directory))}: no {CARD}, so not a model directory written by a "
-                            "lora-pipeline train stage (rerun it with this version: `dvc repro -f train_<variant>`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise PipelineError(f"{path}: unreadable ({excerpt(str(err), quote=False)})") from None
-    if data.get("format") != _FORMAT or not data.get("labels"):
-        raise PipelineError(f"{path}: not a lora-pipeline classifier card, or its label map is missing")
-    known = {f.name for f in dataclasses.fields(ModelCard)}
-    return ModelCard(**{k: (tuple(v) if k == "labels" else v) for k, v in data.items() if k in known})
-
 
 class Classifier:
     """A loaded model with its tokenizer and card: ``predict_proba(texts)`` → (N, C) probabilities."""

@@ -28,7 +28,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from .errors import PipelineError
-from .inference import ModelCard, load_classifier, predict_frame, read_card
+from .inference import load_classifier, predict_frame
+from .records import ModelCard, read_card
 
 __all__ = ["ARTIFACT", "MODEL_NAME", "model_name", "TextClassifierModel", "log_classifier", "log_trained", "find_logged_model",
            "register_classifier", "register_pick", "promote",

@@ -16,7 +16,7 @@ from .config import (EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID, VARIANTS, LoraConfig
                      ScratchConfig, Variant)
 from .errors import PipelineError, excerpt
 from .files import atomic_dir
-from .inference import ModelCard
+from .records import ModelCard
 from .lora.surgery import HEAD_NAMES, module_under
 from .pretrained import resolve_model_path
 

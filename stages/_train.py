@@ -21,7 +21,7 @@ from lora_pipeline.distributed import (World, current_world, destroy_process_gro
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_dir, atomic_file, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
-from lora_pipeline.inference import ModelCard
+from lora_pipeline.records import ModelCard
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything

@@ -5,7 +5,7 @@ from .adapter_io import adapter_factors, load_adapter, lora_state_dict, save_ada
 from .dora import DoRAConv1D, DoRALayer, DoRALinear
 from .errors import LoRAArgumentError
 from .fingerprint import ARCHITECTURE_FIELDS, base_fingerprint
-from .layers import LoRAConv1D, LoRALayer, LoRALinear, wrap_layer
+from .layers import LoRAConv1D, LoRALayer, LoRALinear
 from .peft_compat import export_peft, import_peft
 from .surgery import (
     DEFAULT_TARGET_MODULES,
@@ -19,6 +19,7 @@ from .surgery import (
     merge_lora,
     trainable_summary,
     unmerge_lora,
+    wrap_layer,
 )
 
 __all__ = [

@@ -9,14 +9,14 @@ very same module object, and follow peft's numerics (init, scaling, merge) so re
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-__all__ = ["BIAS_MODES", "BiasMode", "LoRALayer", "LoRALinear", "LoRAConv1D", "wrap_layer"]
+__all__ = ["BIAS_MODES", "BiasMode", "LoRALayer", "LoRALinear", "LoRAConv1D"]
 
 BiasMode = Literal["none", "all", "lora_only"]
 BIAS_MODES: tuple[str, ...] = ("none", "all", "lora_only")
@@ -220,24 +220,3 @@ class LoRAConv1D(LoRALayer):
 
     def _to_base_layout(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.T  # (out, in) -> (in, out)
-
-
-def wrap_layer(base: Union[nn.Linear, Conv1D], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-               rslora: bool = False, bias: BiasMode = "none", use_dora: bool = False) -> LoRALayer:
-    """Wrap ``base`` in the LoRA class for its type (its DoRA variant with ``use_dora``).
-
-    Returns:
-        A :class:`LoRALinear` or :class:`LoRAConv1D` (with ``use_dora``: a :class:`~.dora.DoRALinear` or
-        :class:`~.dora.DoRAConv1D`) owning ``base``.
-
-    Raises:
-        TypeError: if ``base`` is neither ``nn.Linear`` nor ``Conv1D``.
-    """
-    # The DoRA classes build on the ones above, so they are imported here rather than at the top.
-    from .dora import DoRAConv1D, DoRALinear
-
-    if isinstance(base, nn.Linear):
-        return (DoRALinear if use_dora else LoRALinear)(base, rank, alpha, dropout, rslora, bias)
-    if isinstance(base, Conv1D):
-        return (DoRAConv1D if use_dora else LoRAConv1D)(base, rank, alpha, dropout, rslora, bias)
-    raise TypeError(f"LoRA supports nn.Linear and transformers Conv1D, got {type(base).__name__}")

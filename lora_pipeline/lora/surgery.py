@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
+from .dora import DoRAConv1D, DoRALinear
 from .errors import LoRAArgumentError
-from .layers import BiasMode, LoRALayer, check_bias_mode, wrap_layer
+from .layers import BiasMode, LoRAConv1D, LoRALayer, LoRALinear, check_bias_mode
 from .targets import (
     ALL_LINEAR,
     DEFAULT_TARGET_MODULES,
@@ -45,6 +47,24 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def wrap_layer(base: Union[nn.Linear, Conv1D], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+               rslora: bool = False, bias: BiasMode = "none", use_dora: bool = False) -> LoRALayer:
+    """Wrap ``base`` in the LoRA class for its type (its DoRA variant with ``use_dora``).
+
+    Returns:
+        A :class:`LoRALinear` or :class:`LoRAConv1D` (with ``use_dora``: a :class:`~.dora.DoRALinear` or
+        :class:`~.dora.DoRAConv1D`) owning ``base``.
+
+    Raises:
+        TypeError: if ``base`` is neither ``nn.Linear`` nor ``Conv1D``.
+    """
+    if isinstance(base, nn.Linear):
+        return (DoRALinear if use_dora else LoRALinear)(base, rank, alpha, dropout, rslora, bias)
+    if isinstance(base, Conv1D):
+        return (DoRAConv1D if use_dora else LoRAConv1D)(base, rank, alpha, dropout, rslora, bias)
+    raise TypeError(f"LoRA supports nn.Linear and transformers Conv1D, got {type(base).__name__}")
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALayer]]:

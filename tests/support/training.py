@@ -49,7 +49,7 @@ def nonzero_lora_model(tiny_model_dir: Path, tiny_tokenizer, *, pairs: bool = Fa
         (model, its LoraConfig, its ModelCard).
     """
     from lora_pipeline.config import LoraConfig, ModelConfig
-    from lora_pipeline.inference import ModelCard
+    from lora_pipeline.records import ModelCard
     from lora_pipeline.lora import lora_layers
     from lora_pipeline.models import build_model
 

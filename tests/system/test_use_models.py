@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from lora_pipeline import cli, mlflow_model
-from lora_pipeline.inference import CARD, load_classifier, predict_frame
+from lora_pipeline.inference import load_classifier, predict_frame
+from lora_pipeline.records import CARD
 from tests.support.builders import LABELS
 from tests.support.chains import INSTANCES, instance_paths, run_chain
 from tests.support.servers import start_mlflow_server, start_model_server

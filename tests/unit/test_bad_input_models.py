@@ -12,7 +12,8 @@ import pytest
 
 from lora_pipeline.config import ModelConfig
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.inference import CARD, load_classifier
+from lora_pipeline.inference import load_classifier
+from lora_pipeline.records import CARD
 from lora_pipeline.models import load_trained, save_trained
 from tests.support.training import nonzero_lora_model
 from lora_pipeline.pretrained import resolve_model_path
@@ -74,3 +75,10 @@ def test_a_model_card_that_names_a_dotted_package_imports_nothing(tmp_path, monk
     monkeypatch.setitem(sys.modules, "evil_mod", None)  # importing it would raise ModuleNotFoundError
     with pytest.raises(PipelineError, match="'evil_mod.sub' is not a plain Python package name"):
         load_classifier(model)
+
+
+def test_a_model_card_of_another_version_is_one_error_naming_both_versions(tmp_path):
+    (tmp_path / CARD).write_text('{"format": "lora-pipeline-classifier", "version": 2, "variant": "full", '
+                                 '"labels": ["a", "b"], "max_length": 8, "text_pair": false, "precision": "fp32"}')
+    with pytest.raises(PipelineError, match=r"card version 2, but this lora-pipeline reads version 1"):
+        load_classifier(tmp_path)

@@ -141,7 +141,7 @@ def test_lora_use_dora_builds_dora_layers_that_save_and_load_to_the_same_logits(
                                                                                 tmp_path) -> None:
     """`lora.use_dora: true` gives every adapted layer a trained magnitude; the saved adapter records it and
     load_trained (the evaluate stage) rebuilds the same model."""
-    from lora_pipeline.inference import ModelCard
+    from lora_pipeline.records import ModelCard
     from lora_pipeline.models import save_trained
 
     lora = LoraConfig(rank=4, alpha=8, use_dora=True)

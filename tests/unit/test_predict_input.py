@@ -9,8 +9,8 @@ import types
 import pandas as pd
 import pytest
 
-from lora_pipeline import cli, inference
-from lora_pipeline.inference import CARD
+from lora_pipeline import cli, inference, records
+from lora_pipeline.records import CARD
 
 PASSWORD, TOKEN = "pa55WORD", "tok3nVALUE"
 
@@ -98,7 +98,7 @@ def _stub_classifier(card_dir):
 
     def proba(texts, pairs=None, *, batch_size=64, on_batch=None):
         return np.tile([0.25, 0.75], (len(texts), 1))
-    return types.SimpleNamespace(card=inference.read_card(card_dir), labels=["neg", "pos"], predict_proba=proba)
+    return types.SimpleNamespace(card=records.read_card(card_dir), labels=["neg", "pos"], predict_proba=proba)
 
 
 def test_predict_passes_every_input_column_through_and_appends_the_predictions(card_only, tmp_path, capsys,
