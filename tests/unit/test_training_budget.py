@@ -94,8 +94,8 @@ def test_small_data_gets_more_passes_to_reach_min_steps(tiny_model_dir, data):
 
 def test_the_budget_stops_mid_epoch_and_the_schedule_ends_at_zero(tiny_model_dir, data, monkeypatch):
     taken = []
-    real_step = training.train_step
-    monkeypatch.setattr(training, "train_step", lambda *a, **k: taken.append(1) or real_step(*a, **k))
+    real_step = training.train_step_norm
+    monkeypatch.setattr(training, "train_step_norm", lambda *a, **k: taken.append(1) or real_step(*a, **k))
     tracker = RecordingTracker()
     result = _fit(tiny_model_dir, data, tracker, lr=1e-3, epochs=3, warmup_ratio=0.25, log_every=1, min_steps=0,
                   max_steps=13, patience=0, eval_every=8)
