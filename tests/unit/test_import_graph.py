@@ -1,5 +1,5 @@
 """The library's modules import each other without a cycle, counting imports inside functions too: a cycle means
-two modules own parts of one job (as the model card once lived with serving while models.py needed it)."""
+two modules own parts of one job (e.g. a file format kept with one of its readers while its writer needs it)."""
 
 from __future__ import annotations
 
