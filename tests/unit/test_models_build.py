@@ -22,6 +22,12 @@ LINEAR = [f"bert.encoder.layer.{i}.{m}" for i in range(2) for m in (
     "intermediate.dense", "output.dense")]
 
 
+def _batch() -> dict[str, torch.Tensor]:
+    """Eight 12-token rows of ids in the tiny tokenizer's vocabulary, with labels."""
+    return {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
+            "labels": torch.tensor([0, 1] * 4)}
+
+
 def lora_model(tiny_model_dir: Path, tiny_tokenizer, **lora) -> nn.Module:
     torch.manual_seed(0)
     return build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer,
@@ -55,8 +61,7 @@ def test_targets_inside_modules_trained_in_full_are_left_unwrapped_and_round_tri
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(".base." in n for n in trainable)
     assert {"bert.pooler.dense.weight", "classifier.weight"} <= trainable
-    batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
-             "labels": torch.tensor([0, 1] * 4)}
+    batch = _batch()
     train_steps(model, batch, lr=1e-2)
     save_adapter(model, tmp_path / "lora", base_model_name=str(tiny_model_dir),
                  trainable_extra=HEAD_MODULES + ("pooler",))  # as models.save_trained saves it
@@ -129,8 +134,7 @@ def test_a_half_precision_checkpoint_trains_in_fp32(variant, bf16_model_dir, tin
     dtypes = {p.dtype for p in model.parameters()}
     assert dtypes == {torch.float32}
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
-             "labels": torch.tensor([0, 1] * 4)}
+    batch = _batch()
     train_steps(model, batch, steps=2, lr=5e-5)
     changed = [(p.detach() != before[n]).float().mean().item() for n, p in model.named_parameters()
                if p.requires_grad and p.dim() == 2 and n.startswith("bert.") and "lora_b" not in n]
@@ -150,8 +154,7 @@ def test_lora_use_dora_builds_dora_layers_that_save_and_load_to_the_same_logits(
     layers = lora_layers(model)
     assert layers and all(layer.use_dora for _, layer in layers)
     assert all(layer.lora_magnitude.requires_grad for _, layer in layers)
-    batch = {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long),
-             "labels": torch.tensor([0, 1] * 4)}
+    batch = _batch()
     train_steps(model, batch, lr=1e-2)
     card = ModelCard(variant="lora", labels=tuple(LABELS), max_length=32, text_pair=False, precision="fp32",
                      base_model=str(tiny_model_dir))
