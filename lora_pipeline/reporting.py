@@ -104,6 +104,11 @@ def headline(study: Mapping[str, Any]) -> str:
         notes = [f"seed {s}: {n}" for s, n in zip(row.get("seeds", []), row.get("notes") or []) if n]
         if notes:
             paragraphs.append(f"Note — {row_title(name)}: {'; '.join(notes)}.")
+    unsearched = [row_title(name) for name, row in rows if row.get("lr_search") and not row["lr_search"]["searched"]]
+    if unsearched:
+        paragraphs.append(f"Learning rates not searched around their optimum ({', '.join(unsearched)}): each was "
+                          "chosen at an end of its grid or from one rate (see Learning-rate choice), so a wider grid "
+                          "may move these rows.")
     full = study.get("rows", {}).get("full")
     if full is not None and not any(full.get("degenerate", [])):  # a degenerate reference supports no verdict
         lines = [_verdict_line(name, row) for name, row in rows if row.get("vs_full")]
@@ -276,6 +281,23 @@ def lr_rows(study: Mapping[str, Any]) -> list[list[str]]:
     return out
 
 
+def lr_search_notes(study: Mapping[str, Any]) -> list[str]:
+    """One sentence per (variant, rank) whose chosen rate is not inside its grid: what was not searched."""
+    out = []
+    for name, row in ordered_rows(study):
+        search = row.get("lr_search")
+        if not search or search["searched"]:
+            continue
+        grid = ", ".join(f"{lr:g}" for lr in search["grid"])
+        if search["position"] == "only":
+            out.append(f"{row_title(name)}: one rate ({grid}): no learning-rate search.")
+        else:
+            side, end = ("above", search["grid"][-1]) if search["position"] == "highest" else ("below", search["grid"][0])
+            out.append(f"{row_title(name)}: chosen at the {search['position']} rate of its grid ({grid}): rates "
+                       f"{side} {end:g} were not searched.")
+    return out
+
+
 RUN_HEADER = ["variant", "rank", "seed", "lr", "chosen", "validation macro-F1", "steps", "epochs", "best step",
               "CPU s to best", "stopped by", "why"]
 
@@ -355,7 +377,8 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         "## Comparison (test)\n\n" + markdown_table(COMPARISON_HEADER, comparison_rows(study)).rstrip(),
         "## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); the test split was scored only "
         "for the chosen lr.\n\n" + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
-                                                   lr_rows(study)).rstrip(),
+                                                   lr_rows(study)).rstrip()
+        + "".join(f"\n\n- {note}" if i == 0 else f"\n- {note}" for i, note in enumerate(lr_search_notes(study))),
         "## Where each run stopped\n\n" + markdown_table(RUN_HEADER, run_rows(study)).rstrip(),
         _spectra_section(study, figures["spectra"]).rstrip(),
         _detail_section(study, figures["confusion"]).rstrip(),

@@ -20,7 +20,7 @@ from .errors import PipelineError
 from .statistics import (MethodInterval, degenerate_reason, method_difference, method_mean, needed_to_decide,
                          paired_difference, reference_note)
 
-__all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
+__all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs", "lr_search",
            "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "vs_reference"]
 
 REFERENCE = "full"  # the method LoRA is compared with
@@ -72,6 +72,17 @@ def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
         groups.append(Group(variant, rank, best, tuple(sorted(complete[best], key=lambda r: r["seed"])), val))
     order = {"scratch": 0, "full": 1, "lora": 2}
     return sorted(groups, key=lambda g: (order.get(g.variant, 9), g.rank or 0))
+
+
+def lr_search(group: Group) -> dict[str, Any]:
+    """Where the chosen learning rate sits in its grid: ``interior`` (a better rate outside the grid is unlikely),
+    ``lowest``/``highest`` (the optimum may lie beyond that end: not searched) or ``only`` (one rate: no search)."""
+    grid = sorted(group.val_by_lr)
+    if len(grid) == 1:
+        position = "only"
+    else:
+        position = {grid[0]: "lowest", grid[-1]: "highest"}.get(group.lr, "interior")
+    return {"grid": grid, "position": position, "searched": position == "interior"}
 
 
 def _metric_summary(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str], metric: str,
@@ -151,6 +162,7 @@ def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.nda
             "variant": group.variant, "rank": group.rank, "lr": group.lr, "seeds": [r["seed"] for r in group.records],
             "val_macro_f1_by_lr": {f"{lr:g}": v for lr, v in sorted(group.val_by_lr.items())},
             "val_macro_f1": group.val_by_lr[group.lr],
+            "lr_search": lr_search(group),
             "macro_f1": _metric_summary(y_true, preds, labels, "macro_f1", confidence, n_resamples, seed),
             "accuracy": _metric_summary(y_true, preds, labels, "accuracy", confidence, n_resamples, seed),
             "degenerate": _seed_flags(y_true, preds, labels),

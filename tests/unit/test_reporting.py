@@ -84,3 +84,18 @@ def test_confusion_matrices_sit_side_by_side_in_a_png(tmp_path):
 def test_every_row_of_the_comparison_has_every_column(ranks):
     rows = comparison_rows(make_study(ranks=ranks))
     assert len(rows) == 2 + len(ranks) + 1 and len({len(r) for r in rows}) == 1
+
+
+def test_the_learning_rate_section_says_which_rates_were_not_searched():
+    study = make_study(ranks=[8])
+    study["rows"]["lora_r8"]["lr_search"] = {"grid": [1e-3, 2e-3], "position": "highest", "searched": False}
+    study["rows"]["full"]["lr_search"] = {"grid": [1e-4], "position": "only", "searched": False}
+    study["rows"]["scratch"]["lr_search"] = {"grid": [2e-4, 4e-4, 1e-3], "position": "interior", "searched": True}
+    text = render_report(study, FIGURES)
+    assert "LoRA r=8 (ours): chosen at the highest rate of its grid (0.001, 0.002): rates above 0.002 were not " \
+           "searched." in text
+    assert "full fine-tuning: one rate (0.0001): no learning-rate search." in text
+    assert "BERT from scratch: chosen" not in text  # an interior optimum needs no caveat
+    assert "Learning rates not searched around their optimum (full fine-tuning, LoRA r=8 (ours))" in headline(study)
+    del study["rows"]["lora_r8"]["lr_search"]  # a study written before the field: no sentence, no error
+    assert "LoRA r=8 (ours): chosen" not in render_report(study, FIGURES)

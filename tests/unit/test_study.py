@@ -7,7 +7,7 @@ import pytest
 
 from lora_pipeline.answer import answer
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.study import choose_learning_rates, summarise
+from lora_pipeline.study import choose_learning_rates, lr_search, summarise
 
 LABELS = ["neg", "pos"]
 
@@ -179,3 +179,26 @@ def test_rank_curve_and_compact_metrics_carry_the_numbers_dvc_compares():
     compact = compact_metrics(rows, {"macro_f1": 0.6}, result["rank"])
     assert compact["lora_r8"]["vs_full"] == 0.0 and compact["lora_r8"]["vs_full_low"] == 0.0
     assert compact["answer_rank"] == 2 and compact["full"]["seeds"] == 1 and "vs_full" not in compact["full"]
+
+
+@pytest.mark.parametrize("vals, where", [
+    ({1e-3: 0.70, 2e-3: 0.80, 4e-3: 0.75}, "interior"),
+    ({1e-3: 0.70, 2e-3: 0.75, 4e-3: 0.80}, "highest"),
+    ({1e-3: 0.80, 2e-3: 0.75, 4e-3: 0.70}, "lowest"),
+    ({2e-3: 0.80}, "only"),
+])
+def test_where_the_chosen_rate_sits_in_its_grid_says_what_was_not_searched(vals, where):
+    (group,) = choose_learning_rates([_rec("lora", 8, 1, lr, v) for lr, v in vals.items()])
+    search = lr_search(group)
+    assert search["position"] == where and search["grid"] == sorted(vals)
+    assert search["searched"] == (where == "interior")
+
+
+def test_each_row_carries_its_grid_search():
+    records = [_rec("lora", 8, 1, lr, v) for lr, v in {1e-3: 0.7, 2e-3: 0.8}.items()] + \
+              [_rec("full", None, 1, 1e-4, 0.8)]
+    y = np.array([0, 1] * 20)
+    groups = choose_learning_rates(records)
+    rows = summarise(groups, {g.name: [y] for g in groups}, y, LABELS, y, n_resamples=1000)
+    assert rows["lora_r8"]["lr_search"] == {"grid": [1e-3, 2e-3], "position": "highest", "searched": False}
+    assert rows["full"]["lr_search"]["position"] == "only"
