@@ -1,6 +1,6 @@
-"""The ``lora-pipeline`` console command (declared in pyproject.toml): ``lora-pipeline predict`` and
-``lora-pipeline rebuild`` (a committed study's report from its record) and ``lora-pipeline promote`` (move the
-registry alias to the version of the run the committed ``dvc.lock`` records).
+"""The ``lora-pipeline`` console command (declared in pyproject.toml): ``lora-pipeline predict``, ``rebuild`` (a
+committed study's report from its record), ``merge`` (one record from parts of a study run apart) and ``promote``
+(move the registry alias to the version of the run the committed ``dvc.lock`` records).
 
 The user-facing entry point beside the stage scripts; like them it parses arguments, sets up logging and turns a
 known error into one line and exit code 2. The work is :mod:`lora_pipeline.inference`.
@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rebuild", help="recompute a committed study's study.json, report.md and figures from its "
                                        "record.json.gz (no model, data or training needed)")
     r.add_argument("folders", nargs="+", help="study folders holding record.json.gz (e.g. docs/results/*)")
+    m = sub.add_parser("merge", help="one study record from parts of a study run apart (other seeds, ranks or "
+                                     "rates, on other machines or days); then rebuild the folder")
+    m.add_argument("folder", help="study folder to write record.json.gz into (created if missing)")
+    m.add_argument("parts", nargs="+", help="the parts' record.json.gz files (each a metrics/record.json.gz)")
     return parser
 
 
@@ -89,6 +93,18 @@ def _rebuild(args: argparse.Namespace) -> None:
         print(f"{folder}: {study['answer']['sentence']}")
         if study["answer"].get("equal_cost"):
             print(f"{folder}: {study['answer']['equal_cost']}")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    """``<folder>/record.json.gz``: the parts' records merged (checked to be parts of one study)."""
+    from .record import merge_records, read_record, write_record
+
+    merged = merge_records([read_record(p) for p in args.parts])
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_record(folder / "record.json.gz", merged)
+    print(f"{folder / 'record.json.gz'}: {len(merged['runs'])} runs from {len(args.parts)} parts; seeds "
+          f"{merged['params']['study']['seeds']} (rebuild the folder for its report)")
 
 
 def _read_input(args: argparse.Namespace) -> pd.DataFrame:
@@ -249,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s", stream=sys.stderr)
     install_redaction(streams=("stderr",))  # stdout is the predictions: a text is never changed
     try:
-        {"rebuild": _rebuild, "predict": _predict, "promote": _promote}[args.command](args)
+        {"rebuild": _rebuild, "merge": _merge, "predict": _predict, "promote": _promote}[args.command](args)
     except (ConfigError, PipelineError) as err:
         print(f"lora-pipeline {args.command}: {redact(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR

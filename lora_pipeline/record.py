@@ -28,7 +28,7 @@ from . import study as study_lib
 from .errors import PipelineError
 from .records import detail_rows
 
-__all__ = ["FORMAT", "VERSION", "build_study", "read_record", "write_record"]
+__all__ = ["FORMAT", "VERSION", "build_study", "merge_records", "read_record", "write_record"]
 
 FORMAT, VERSION = "lora-pipeline study record", 1
 RUN_FIELDS = ("variant", "rank", "seed", "lr", "tag", "val_macro_f1", "steps", "planned_steps", "epochs",
@@ -60,6 +60,78 @@ def read_record(path: str | Path) -> dict:
     if record.get("version") != VERSION:
         raise PipelineError(f"record '{path}' has version {record.get('version')}; this code reads {VERSION}")
     return record
+
+
+#: the study lists a part may hold a subset of (unioned by a merge)
+GRID_KEYS = ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs")
+#: how a part was launched, not what it computed: parts may differ here (one ran on 1 thread, another under torchrun)
+LAUNCH_KEYS = ("num_threads", "processes", "nnodes", "rdzv_endpoint", "dist_timeout_s", "dist_start_grace_s")
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """The dotted keys where two params trees differ (ignoring the grid lists and the launch keys)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            dotted = f"{path}.{key}" if path else str(key)
+            if dotted in {f"study.{k}" for k in GRID_KEYS} | {f"train.{k}" for k in LAUNCH_KEYS}:
+                continue
+            out += _differences(a.get(key), b.get(key), dotted)
+        return out
+    return [] if a == b else [f"{path} ({b!r} vs {a!r})"]
+
+
+def _same_runs(runs: Mapping[tuple, Mapping[str, Any]], part: Sequence[Mapping[str, Any]], where: str,
+               first_seen: Mapping[tuple, str]) -> None:
+    for run in part:
+        key = (run["variant"], run["tag"])
+        old = runs.get(key)
+        if old is not None and any(old.get(k) != run.get(k) for k in ("val_predictions", "val_macro_f1", "steps")):
+            raise PipelineError(f"record: run {run['variant']} {run['tag']} is in {first_seen[key]} and {where} with "
+                                "other results: a part must not retrain a run another part holds")
+
+
+def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
+    """One record from parts of one study run apart (other seeds, ranks or rates; other machines or days).
+
+    Parts must share the split (labels of val and test), the TF-IDF reference and every param that changes what is
+    computed; the study's grid lists are unioned and the launch keys (:data:`LAUNCH_KEYS`) may differ. A run held
+    by two parts must be the same run. Spectra are kept by run; the subspace similarities are kept only when one
+    part holds them all (they pair two ranks' adapters, whose weights a merge does not have).
+    """
+    if not parts:
+        raise PipelineError("merge: no parts given")
+    first = parts[0]
+    runs: dict[tuple, dict] = {}
+    seen: dict[tuple, str] = {}
+    for i, part in enumerate(parts, 1):
+        where = f"part {i}"
+        if part["labels"] != first["labels"]:
+            raise PipelineError(f"record: {where} has other labels than part 1 ({part['labels']} vs {first['labels']})")
+        for split in ("val", "test"):
+            if part[split]["labels"] != first[split]["labels"]:
+                raise PipelineError(f"record: {where} has other {split} labels than part 1: not the same split")
+        if part["tfidf"] != first["tfidf"]:
+            raise PipelineError(f"record: {where} has another TF-IDF reference than part 1 (baseline params or data)")
+        diff = _differences(first["params"], part["params"])
+        if diff:
+            raise PipelineError(f"record: {where} differs from part 1 in params {'; '.join(diff[:3])}")
+        _same_runs(runs, part["runs"], where, seen)
+        for run in part["runs"]:
+            key = (run["variant"], run["tag"])
+            if key not in runs or run.get("test_predictions") is not None:
+                runs[key] = run
+            seen.setdefault(key, where)
+    study = {**first["params"]["study"]}
+    for key in GRID_KEYS:
+        study[key] = sorted({v for p in parts for v in p["params"]["study"][key]})
+    spectra = {s["tag"]: s for p in parts for s in p.get("spectra", [])}
+    with_subspace = [p for p in parts if p.get("subspace")]
+    return {**first, "params": {**first["params"], "study": study},
+            "runs": sorted(runs.values(), key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"])),
+            "spectra": [spectra[t] for t in sorted(spectra)],
+            "subspace": with_subspace[0]["subspace"] if len(with_subspace) == 1 else [],
+            "parts": [{"seeds": p["params"]["study"]["seeds"], "runs": len(p["runs"])} for p in parts]}
 
 
 def _ids(values: Optional[Sequence[int]]) -> Optional[np.ndarray]:
@@ -97,6 +169,12 @@ def build_study(record: Mapping[str, Any]) -> dict:
     _check_runs(runs, y_val, len(labels))
     groups = study_lib.choose_learning_rates([{k: r.get(k) for k in RUN_FIELDS} for r in runs])
     by_tag = {(r["variant"], r["tag"]): r for r in runs}
+    for g in groups:
+        for r in g.records:
+            if by_tag[(g.variant, r["tag"])].get("test_predictions") is None:
+                raise PipelineError(f"record: run {g.variant} {r['tag']} is chosen on validation but has no test "
+                                    "predictions: its part scored only its own choice on test; evaluate it with "
+                                    "study.test_every_run: true to keep every run's")
     preds = {g.name: [_ids(by_tag[(g.variant, r["tag"])]["test_predictions"]) for r in g.records] for g in groups}
     val_preds = {g.name: [_ids(by_tag[(g.variant, r["tag"])].get("val_predictions")) for r in g.records]
                  for g in groups}
@@ -114,6 +192,7 @@ def build_study(record: Mapping[str, Any]) -> dict:
     result = answer_lib.answer(rows, s["tolerance"], s["confidence"], equal_cost=cost)
     record_row = study_lib.record_row(rows, result["rank"], s.get("record_rank"), result.get("closest_rank"))
     chosen = {(g.variant, g.rank, g.lr) for g in groups}
+    chosen_tags = {(g.variant, r["tag"]) for g in groups for r in g.records}
     return {"labels": labels, "n_test": int(y_test.size), "n_val": int(y_val.size), "confidence": s["confidence"],
             "tolerance": s["tolerance"], "rows": rows, "tfidf_logreg": record["tfidf"]["row"], "answer": result,
             "equal_cost": cost, "record": record_row,
@@ -123,7 +202,8 @@ def build_study(record: Mapping[str, Any]) -> dict:
             "learning_curves": {name: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
                                 for name, c in curves.items()},
             "validation_curves": curves,  # per chosen row, each seed's own validations (the figures draw them)
-            "spectra": record.get("spectra", []), "subspace": record.get("subspace", []),
+            "spectra": [x for x in record.get("spectra", []) if ("lora", x["tag"]) in chosen_tags],
+            "subspace": record.get("subspace", []),
             "energy": record.get("energy", 0.9), "params": params, "dataset": record.get("dataset")}
 
 

@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score
 
 from lora_pipeline.cli import main as cli_main
 from lora_pipeline.errors import PipelineError
-from lora_pipeline.record import FORMAT, VERSION, build_study, read_record, write_record
+from lora_pipeline.record import FORMAT, VERSION, build_study, merge_records, read_record, write_record
 
 LABELS = ["neg", "pos"]
 STUDY = {"seeds": [1, 2], "ranks": [4, 16], "tolerance": 0.01, "confidence": 0.95, "resamples": 300,
@@ -80,3 +80,71 @@ def test_a_record_whose_stated_validation_score_disagrees_with_its_predictions_i
 def test_rebuild_of_a_folder_without_a_record_is_a_one_line_error(tmp_path, capsys):
     assert cli_main(["rebuild", str(tmp_path)]) == 2
     assert "record.json.gz" in capsys.readouterr().err
+
+
+def _parts(record, seeds_a=(1,), seeds_b=(2,)):
+    """The record split by seed into two parts, as two machines (or sessions) running one seed each write them."""
+    out = []
+    for seeds in (seeds_a, seeds_b):
+        part = json.loads(json.dumps(record))
+        part["runs"] = [r for r in part["runs"] if r["seed"] in seeds]
+        part["params"]["study"]["seeds"] = list(seeds)
+        out.append(part)
+    return out
+
+
+def test_parts_of_a_study_merge_into_the_record_of_the_whole():
+    record = _record()
+    merged = merge_records(_parts(record))
+    assert merged["params"]["study"]["seeds"] == [1, 2]
+    assert sorted(r["tag"] for r in merged["runs"]) == sorted(r["tag"] for r in record["runs"])
+    whole, again = build_study(record), build_study(merged)
+    assert again["answer"]["sentence"] == whole["answer"]["sentence"]
+    assert again["rows"]["lora_r16"]["vs_full"] == whole["rows"]["lora_r16"]["vs_full"]
+    merged["spectra"] = [{"tag": "r4-s1-lr0.002", "rank": 4, "seed": 1, "layers": {}},
+                         {"tag": "r4-s1-lr0.009", "rank": 4, "seed": 1, "layers": {}}]  # a rate no longer chosen
+    assert [x["tag"] for x in build_study(merged)["spectra"]] == ["r4-s1-lr0.002"]
+    assert merged["parts"] == [{"seeds": [1], "runs": 4}, {"seeds": [2], "runs": 4}]
+
+
+def test_parts_that_differ_in_what_they_compute_are_refused():
+    a, b = _parts(_record())
+    b["params"]["train"]["batch_size"] = 16
+    with pytest.raises(PipelineError, match=r"part 2 differs from part 1 in params train\.batch_size \(16 vs 32\)"):
+        merge_records([a, b])
+    a, b = _parts(_record())
+    b["test"]["labels"][0] = 1 - b["test"]["labels"][0]
+    with pytest.raises(PipelineError, match="part 2 has other test labels than part 1: not the same split"):
+        merge_records([a, b])
+    a, b = _parts(_record(), (1,), (1, 2))
+    b["runs"][0]["val_predictions"][0] = 1 - b["runs"][0]["val_predictions"][0]
+    with pytest.raises(PipelineError, match="run scratch s1-lr0.001 is in part 1 and part 2 with other results"):
+        merge_records([a, b])
+
+
+def test_how_a_part_was_launched_may_differ():
+    a, b = _parts(_record())
+    b["params"]["train"]["num_threads"] = 1
+    assert merge_records([a, b])["params"]["train"]["batch_size"] == 32
+
+
+def test_a_chosen_run_without_test_predictions_names_the_switch_that_keeps_them():
+    record = _record()
+    record["runs"][0]["test_predictions"] = None
+    with pytest.raises(PipelineError, match=r"run scratch s1-lr0\.001 is chosen on validation but has no test "
+                                            r"predictions.*study\.test_every_run"):
+        build_study(record)
+
+
+def test_merge_on_the_command_line_writes_a_record_that_rebuilds(tmp_path, capsys):
+    a, b = _parts(_record())
+    write_record(tmp_path / "a.json.gz", a)
+    write_record(tmp_path / "b.json.gz", b)
+    out = tmp_path / "study"
+    assert cli_main(["merge", str(out), str(tmp_path / "a.json.gz"), str(tmp_path / "b.json.gz")]) == 0
+    assert cli_main(["rebuild", str(out)]) == 0
+    assert (out / "report.md").is_file()
+    b["labels"] = ["x", "y"]
+    write_record(tmp_path / "b.json.gz", b)
+    assert cli_main(["merge", str(out), str(tmp_path / "a.json.gz"), str(tmp_path / "b.json.gz")]) == 2
+    assert "other labels" in capsys.readouterr().err
