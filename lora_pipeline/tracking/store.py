@@ -1,6 +1,7 @@
-"""The MLflow store a process talks to: the lock beside a SQLite store (naming its holder), a check that the
-store can be written before MLflow tries, the HTTP limits of requests to a tracking server, and an
-experiment whose artifacts stay beside a SQLite store, also after the project is moved."""
+"""The MLflow store a process talks to: which one (the environment, params, else a SQLite file at the project
+root), the lock beside a SQLite store (naming its holder), a check that the store can be written before MLflow
+tries, the HTTP limits of requests to a tracking server, and an experiment whose artifacts stay beside a SQLite
+store, also after the project is moved."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from typing import IO, Any, Iterator, Optional
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+from ..config import MlflowConfig
+
 try:
     import fcntl
 except ImportError:  # Windows: no cross-process lock on store creation
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["STORE_LOCK_TIMEOUT", "LOCK_NOTICE_S", "HTTP_RETRIES", "HTTP_TIMEOUT_S", "sqlite_db", "store_lock",
-           "check_writable", "http_limits", "experiment"]
+__all__ = ["STORE_LOCK_TIMEOUT", "LOCK_NOTICE_S", "HTTP_RETRIES", "HTTP_TIMEOUT_S", "default_tracking_uri",
+           "sqlite_db", "store_lock", "check_writable", "http_limits", "experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,28 @@ STORE_LOCK_TIMEOUT = 300.0  # s: a first migration takes seconds, even on a load
 LOCK_NOTICE_S = 2.0  # s of waiting for the lock after which one line names its holder
 # one retry, 5 s per attempt: a server that accepts connections but never answers costs ~10 s, not minutes
 HTTP_RETRIES, HTTP_TIMEOUT_S = 1, 5
+
+
+def default_tracking_uri(cfg: MlflowConfig, cwd: Optional[Path] = None) -> str:
+    """The tracking URI: ``MLFLOW_TRACKING_URI``, else ``cfg.tracking_uri``, else an absolute SQLite path.
+
+    The SQLite file lives at the root of the DVC project the user runs from. Queued ``dvc exp``
+    runs execute in temporary copies; DVC points ``DVC_ROOT`` at the parent project there, so all
+    runs land in the one store.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    root = Path(os.environ.get("DVC_ROOT") or _project_root(cwd or Path.cwd())).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _project_root(start: Path) -> Path:
+    for path in [start, *start.parents]:
+        if (path / ".dvc").is_dir() or (path / ".git").exists():
+            return path
+    return start
 
 
 def sqlite_db(uri: str) -> Optional[Path]:

@@ -1,15 +1,14 @@
-"""Experiment tracking behind a small protocol: MLflow when enabled, a no-op otherwise.
+"""The MLflow client of a stage run: :class:`MlflowTracker`, which retries what parallel workers on one SQLite
+store raise, degrades to a counted no-op on any other failure, and resumes the run of a killed training.
 
 DVC owns artifacts, lineage and metrics files; MLflow mirrors params, metrics, curves and small
 artifacts for browsing. Tracking must never cost a result: if the server is unreachable or the
 SQLite store is locked or corrupt, the stage still finishes and one warning says what was lost.
-A SQLite store keeps its artifacts in ``mlartifacts/`` beside it, also after the project is moved.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -17,90 +16,18 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from .config import MlflowConfig
-from .credentials import redact
-from .files import split_digests, split_part_file
-from .mlflow_store import check_writable, experiment, http_limits, store_lock
+from ..config import MlflowConfig
+from ..credentials import redact
+from .protocol import ClosedOnExit, flatten, param_value
+from .store import check_writable, default_tracking_uri, experiment, http_limits, store_lock
 
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
-           "log_stage_run", "flatten", "run_display_name", "git_commit", "param_value", "log_split_inputs",
-           "DATASET_DIGEST_CHARS"]
+__all__ = ["MlflowTracker", "run_display_name", "git_commit"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def param_value(value: Any) -> str:
-    """A param as the MLflow UI shows it: strings as they are, anything else as JSON (``["pooler"]``, ``null``,
-    ``false``, ``5e-05``), never a Python repr like ``('pooler',)``."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(list(value) if isinstance(value, (tuple, set, frozenset)) else value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-#: MLflow stores a dataset digest in 36 characters: a split's sha256 is cut to its first 32 hex digits
-DATASET_DIGEST_CHARS = 32
-
-
-def log_split_inputs(tracker: "Tracker", directory: str | Path, frames: Mapping[str, Any],
-                     contexts: Mapping[str, str]) -> None:
-    """Log split parts as dataset inputs of the tracker's run: ``{"train": "training"}`` logs ``train.parquet`` of
-    ``directory`` (its pandas frame in ``frames``) named ``train``, with context ``training``, its digest the
-    first :data:`DATASET_DIGEST_CHARS` hex digits of the file's sha256 (what the checkpoints' run keys hash)."""
-    def log_inputs(mlflow: Any) -> None:
-        import mlflow.data
-
-        digests = dict(zip(contexts, split_digests(directory, list(contexts))))  # only when tracking is on
-        for part, context in contexts.items():
-            source = str(Path(directory).resolve() / split_part_file(part))
-            with warnings.catch_warnings():  # MLflow's hints on a local source's two readers and on int columns
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(frames[part], source=source, name=part,
-                                                  digest=digests[part][:DATASET_DIGEST_CHARS])
-                mlflow.log_input(dataset, context=context)
-
-    tracker.use("datasets", log_inputs)
-
-
-def default_tracking_uri(cfg: MlflowConfig, cwd: Optional[Path] = None) -> str:
-    """The tracking URI: ``MLFLOW_TRACKING_URI``, else ``cfg.tracking_uri``, else an absolute SQLite path.
-
-    The SQLite file lives at the root of the DVC project the user runs from. Queued ``dvc exp``
-    runs execute in temporary copies; DVC points ``DVC_ROOT`` at the parent project there, so all
-    runs land in the one store.
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
-    root = Path(os.environ.get("DVC_ROOT") or _project_root(cwd or Path.cwd())).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def _project_root(start: Path) -> Path:
-    for path in [start, *start.parents]:
-        if (path / ".dvc").is_dir() or (path / ".git").exists():
-            return path
-    return start
 
 
 def git_commit() -> Optional[str]:
@@ -189,43 +116,7 @@ def _forget_active_run(run_id: str) -> None:
         stack[:] = [run for run in stack if run.info.run_id != run_id]
 
 
-class Tracker(Protocol):
-    """What stages and the training loop report through."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
-    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]: ...
-    def close(self, failed: bool = False) -> None: ...
-
-
-class _ClosedOnExit:
-    """``with tracker:`` closes the run on leaving: FAILED when an exception (or Ctrl-C) left the block."""
-
-    def close(self, failed: bool = False) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind: Optional[type[BaseException]], err: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.close(failed=kind is not None)
-
-
-class NullTracker(_ClosedOnExit):
-    """Logs nothing (tests, ``mlflow.enabled: false``)."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: pass
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: pass
-    def set_tags(self, tags: Mapping[str, Any]) -> None: pass
-    def log_artifact(self, path: str | Path) -> None: pass
-    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]: return None
-    def close(self, failed: bool = False) -> None: pass
-
-
-class MlflowTracker(_ClosedOnExit):
+class MlflowTracker(ClosedOnExit):
     """One MLflow run per stage execution; every call degrades to a counted no-op on failure.
 
     Transient errors of parallel ``dvc queue start -j 2`` workers on one SQLite file ("database is
@@ -354,28 +245,3 @@ class MlflowTracker(_ClosedOnExit):
             return True
         except Exception:  # noqa: BLE001 - tracking must never fail a stage
             return False
-
-
-def open_tracker(cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> NullTracker | MlflowTracker:
-    """An :class:`MlflowTracker`, or a :class:`NullTracker` when ``cfg.enabled`` is false.
-
-    Use it as ``with open_tracker(...) as tracker:``; the run ends FINISHED, or FAILED on an exception.
-    """
-    return MlflowTracker(cfg, run_name, tags) if cfg.enabled else NullTracker()
-
-
-def log_stage_run(cfg: MlflowConfig, stage: str, *, params: Mapping[str, Any] | None = None,
-                  metrics: Mapping[str, Any] | None = None, artifacts: Iterable[str | Path] = (),
-                  tags: Mapping[str, Any] | None = None) -> None:
-    """Mirror one finished stage into MLflow: a run with its params, metrics and small artifacts.
-
-    The run is tagged ``stage``, ``git_commit``, ``dvc_exp_name`` (queued experiments), host and pid, plus
-    ``tags``; its name is built from them (``evaluate s42 [exp-name]``, see :func:`run_display_name`).
-    """
-    with open_tracker(cfg, stage, {"stage": stage, **(tags or {})}) as tracker:
-        if params:
-            tracker.log_params(params)
-        if metrics:
-            tracker.log_metrics(metrics)
-        for path in artifacts:
-            tracker.log_artifact(path)
