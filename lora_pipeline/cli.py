@@ -143,7 +143,7 @@ def _resolve_model(model: str, workdir: Path) -> Path:
         return Path(model)
     import mlflow
 
-    from .tracking.store import http_limits
+    from .tracking.mlflow_shims import http_limits
 
     uri = _tracking_uri(MlflowConfig(), f"model {excerpt(model)}")
     mlflow.set_tracking_uri(uri)

@@ -3,7 +3,9 @@
 DVC owns artifacts, lineage and metrics files; MLflow mirrors params, metrics, curves and small artifacts for
 browsing, and tracking never costs a result. :mod:`.protocol` is what stages and the training loop report
 through; :mod:`.runs` opens the tracker of a stage run; :mod:`.mlflow_tracker` is the MLflow client with its
-retries; :mod:`.store` is which store a process talks to and the specifics of a SQLite one.
+retries; :mod:`.store` is which store a process talks to and the specifics of a SQLite one. They use MLflow's
+public API only; :mod:`.mlflow_shims` holds what MLflow offers no public way to do, checked against the MLflow
+versions pyproject.toml allows.
 """
 
 from ..credentials import redact

@@ -8,21 +8,20 @@ SQLite store is locked or corrupt, the stage still finishes and one warning says
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from ..config import MlflowConfig
 from ..credentials import redact
+from .mlflow_shims import http_limits
 from .protocol import ClosedOnExit, flatten, param_value
-from .store import check_writable, default_tracking_uri, experiment, http_limits, store_lock
+from .store import check_writable, default_tracking_uri, experiment, store_lock
 
 __all__ = ["MlflowTracker", "run_display_name", "git_commit"]
 
@@ -100,20 +99,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
-
-
-def _forget_active_run(run_id: str) -> None:
-    """Drop ``run_id`` from this thread's active MLflow runs without a request, once its store has failed.
-
-    MLflow ends a still-active run at interpreter exit (``atexit`` → ``end_run``: a get and an update request),
-    which would ask the failed store again after the stage's work is done: (retries + 1) × timeout per request
-    against a server that accepts but never answers. ``_active_run_stack`` is private to MLflow 3; where it is
-    missing, the exit hook stays as MLflow made it, bounded by the HTTP defaults :class:`MlflowTracker` sets.
-    """
-    fluent = sys.modules.get("mlflow.tracking.fluent")
-    with contextlib.suppress(Exception):  # noqa: BLE001 - tidying MLflow's state must not cost the stage
-        stack = fluent._active_run_stack.get()  # type: ignore[union-attr]
-        stack[:] = [run for run in stack if run.info.run_id != run_id]
 
 
 class MlflowTracker(ClosedOnExit):
@@ -228,7 +213,6 @@ class MlflowTracker(ClosedOnExit):
             lost = ", ".join(f"{n} {what}" for what, n in self._lost.items())
             run = "no run was started"
             if self._run_id is not None:
-                _forget_active_run(self._run_id)
                 run = "the run was ended" if self._end_once(failed, lost) else \
                     "the run stays RUNNING there until the next stage on this host marks it KILLED"
             log.warning("MLflow tracking at %s failed (%s); not logged: %s; %s. The stage's DVC outputs and "
@@ -236,11 +220,22 @@ class MlflowTracker(ClosedOnExit):
 
     def _end_once(self, failed: bool, lost: str) -> bool:
         """After a failure, one attempt (no retry, 2 s per request) to end the run, tagged with what it lacks: a
-        store that came back (a restarted server) then shows the run ended, not RUNNING."""
+        store that came back (a restarted server) then shows the run ended, not RUNNING.
+
+        MLflow ends a still-active run at interpreter exit (``atexit`` → ``end_run``), which would ask the failed
+        store again after the stage's work is done: (retries + 1) × timeout per request against a server that
+        accepts but never answers. So a run still active is ended with ``mlflow.end_run``, which drops it from
+        the active runs before its one request, whether that request succeeds or not.
+        """
+        status = "FAILED" if failed else "FINISHED"
         try:
             with http_limits(retries=0, timeout_s=2):
                 client = self._mlflow.MlflowClient(tracking_uri=self.uri)
-                client.set_terminated(self._run_id, status="FAILED" if failed else "FINISHED")
+                active = self._mlflow.active_run()
+                if active is not None and active.info.run_id == self._run_id:
+                    self._mlflow.end_run(status=status)
+                else:  # the failed request was the end itself: MLflow no longer holds the run active
+                    client.set_terminated(self._run_id, status=status)
                 client.set_tag(self._run_id, "tracking_incomplete", lost)
             return True
         except Exception:  # noqa: BLE001 - tracking must never fail a stage

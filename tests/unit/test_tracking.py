@@ -326,6 +326,26 @@ def test_a_run_whose_store_came_back_is_ended_at_close_and_tagged_incomplete(sto
     assert "the run was ended" in warning and "RUNNING" not in warning
 
 
+def test_a_run_whose_end_request_failed_once_is_ended_by_close_s_one_more_attempt(store, monkeypatch):
+    import mlflow
+
+    uri, cfg = store
+    tracker = MlflowTracker(cfg, "train_lora", {"stage": "train_lora"})
+    terminate = mlflow.MlflowClient.set_terminated
+    failures = [ConnectionError("refused")]
+
+    def flaky(client, *args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return terminate(client, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", flaky)
+    tracker.close(failed=True)
+    assert mlflow.active_run() is None
+    (run,) = _runs(uri, cfg.experiment)
+    assert run.info.status == "FAILED" and run.data.tags["tracking_incomplete"] == "1 end"
+
+
 # ----------------------------------------------------------------------- "database is locked"
 
 
