@@ -142,7 +142,7 @@ def _suffix(path: str) -> str:
 def _tracking_uri(cfg: "MlflowConfig", what: str) -> str:
     """``MLFLOW_TRACKING_URI``, else ``cfg``'s store; refused when that is a SQLite file that does not exist (MLflow
     would create an empty store there)."""
-    from .mlflow_store import sqlite_db
+    from .tracking.store import sqlite_db
     from .tracking import default_tracking_uri
 
     uri = default_tracking_uri(cfg)
@@ -159,7 +159,7 @@ def _resolve_model(model: str, workdir: Path) -> Path:
         return Path(model)
     import mlflow
 
-    from .mlflow_store import http_limits
+    from .tracking.mlflow_shims import http_limits
 
     uri = _tracking_uri(MlflowConfig(), f"model {excerpt(model)}")
     mlflow.set_tracking_uri(uri)

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_pipeline import mlflow_store, tracking
 from lora_pipeline.config import MlflowConfig
 from lora_pipeline.tracking import MlflowTracker, NullTracker, default_tracking_uri, flatten, open_tracker, redact
+from lora_pipeline.tracking import mlflow_tracker
+from lora_pipeline.tracking import store as tracking_store
 from tests.support.builders import make_frame, write_clean, write_params
 
 SECRET = "s3cretPW"
@@ -325,6 +326,26 @@ def test_a_run_whose_store_came_back_is_ended_at_close_and_tagged_incomplete(sto
     assert "the run was ended" in warning and "RUNNING" not in warning
 
 
+def test_a_run_whose_end_request_failed_once_is_ended_by_close_s_one_more_attempt(store, monkeypatch):
+    import mlflow
+
+    uri, cfg = store
+    tracker = MlflowTracker(cfg, "train_lora", {"stage": "train_lora"})
+    terminate = mlflow.MlflowClient.set_terminated
+    failures = [ConnectionError("refused")]
+
+    def flaky(client, *args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return terminate(client, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", flaky)
+    tracker.close(failed=True)
+    assert mlflow.active_run() is None
+    (run,) = _runs(uri, cfg.experiment)
+    assert run.info.status == "FAILED" and run.data.tags["tracking_incomplete"] == "1 end"
+
+
 # ----------------------------------------------------------------------- "database is locked"
 
 
@@ -365,7 +386,7 @@ def _install(monkeypatch, fake: FakeMlflow) -> list[float]:
     sleeps: list[float] = []
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     # only the tracker's clock: patching time.sleep itself would also speed up other libraries' threads
-    monkeypatch.setattr(tracking, "time", types.SimpleNamespace(sleep=sleeps.append))
+    monkeypatch.setattr(mlflow_tracker, "time", types.SimpleNamespace(sleep=sleeps.append))
     return sleeps
 
 
@@ -461,7 +482,7 @@ def test_a_store_lock_that_is_never_released_costs_one_warning(monkeypatch, tmp_
 
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setattr(mlflow_store, "STORE_LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(tracking_store, "STORE_LOCK_TIMEOUT", 0.3)
     with open(f"{db}-lock", "a") as held, caplog.at_level(logging.WARNING):
         fcntl.flock(held, fcntl.LOCK_EX)  # a worker stuck while creating the store
         _exercise(MlflowTracker(MlflowConfig(), "x", {}), tmp_path)

@@ -1,106 +1,32 @@
-"""Experiment tracking behind a small protocol: MLflow when enabled, a no-op otherwise.
+"""The MLflow client of a stage run: :class:`MlflowTracker`, which retries what parallel workers on one SQLite
+store raise, degrades to a counted no-op on any other failure, and resumes the run of a killed training.
 
 DVC owns artifacts, lineage and metrics files; MLflow mirrors params, metrics, curves and small
 artifacts for browsing. Tracking must never cost a result: if the server is unreachable or the
 SQLite store is locked or corrupt, the stage still finishes and one warning says what was lost.
-A SQLite store keeps its artifacts in ``mlartifacts/`` beside it, also after the project is moved.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import re
 import socket
 import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from .config import MlflowConfig
-from .credentials import redact
-from .files import split_digests, split_part_file
-from .mlflow_store import check_writable, experiment, http_limits, store_lock
+from ..config import MlflowConfig
+from ..credentials import redact
+from .mlflow_shims import http_limits
+from .protocol import ClosedOnExit, flatten, param_value
+from .store import check_writable, default_tracking_uri, experiment, store_lock
 
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "default_tracking_uri", "redact", "open_tracker",
-           "log_stage_run", "flatten", "run_display_name", "git_commit", "param_value", "log_split_inputs",
-           "DATASET_DIGEST_CHARS"]
+__all__ = ["MlflowTracker", "run_display_name", "git_commit"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def param_value(value: Any) -> str:
-    """A param as the MLflow UI shows it: strings as they are, anything else as JSON (``["pooler"]``, ``null``,
-    ``false``, ``5e-05``), never a Python repr like ``('pooler',)``."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(list(value) if isinstance(value, (tuple, set, frozenset)) else value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-#: MLflow stores a dataset digest in 36 characters: a split's sha256 is cut to its first 32 hex digits
-DATASET_DIGEST_CHARS = 32
-
-
-def log_split_inputs(tracker: "Tracker", directory: str | Path, frames: Mapping[str, Any],
-                     contexts: Mapping[str, str]) -> None:
-    """Log split parts as dataset inputs of the tracker's run: ``{"train": "training"}`` logs ``train.parquet`` of
-    ``directory`` (its pandas frame in ``frames``) named ``train``, with context ``training``, its digest the
-    first :data:`DATASET_DIGEST_CHARS` hex digits of the file's sha256 (what the checkpoints' run keys hash)."""
-    def log_inputs(mlflow: Any) -> None:
-        import mlflow.data
-
-        digests = dict(zip(contexts, split_digests(directory, list(contexts))))  # only when tracking is on
-        for part, context in contexts.items():
-            source = str(Path(directory).resolve() / split_part_file(part))
-            with warnings.catch_warnings():  # MLflow's hints on a local source's two readers and on int columns
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(frames[part], source=source, name=part,
-                                                  digest=digests[part][:DATASET_DIGEST_CHARS])
-                mlflow.log_input(dataset, context=context)
-
-    tracker.use("datasets", log_inputs)
-
-
-def default_tracking_uri(cfg: MlflowConfig, cwd: Optional[Path] = None) -> str:
-    """The tracking URI: ``MLFLOW_TRACKING_URI``, else ``cfg.tracking_uri``, else an absolute SQLite path.
-
-    The SQLite file lives at the root of the DVC project the user runs from. Queued ``dvc exp``
-    runs execute in temporary copies; DVC points ``DVC_ROOT`` at the parent project there, so all
-    runs land in the one store.
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
-    root = Path(os.environ.get("DVC_ROOT") or _project_root(cwd or Path.cwd())).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def _project_root(start: Path) -> Path:
-    for path in [start, *start.parents]:
-        if (path / ".dvc").is_dir() or (path / ".git").exists():
-            return path
-    return start
 
 
 def git_commit() -> Optional[str]:
@@ -175,57 +101,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _forget_active_run(run_id: str) -> None:
-    """Drop ``run_id`` from this thread's active MLflow runs without a request, once its store has failed.
-
-    MLflow ends a still-active run at interpreter exit (``atexit`` → ``end_run``: a get and an update request),
-    which would ask the failed store again after the stage's work is done: (retries + 1) × timeout per request
-    against a server that accepts but never answers. ``_active_run_stack`` is private to MLflow 3; where it is
-    missing, the exit hook stays as MLflow made it, bounded by the HTTP defaults :class:`MlflowTracker` sets.
-    """
-    fluent = sys.modules.get("mlflow.tracking.fluent")
-    with contextlib.suppress(Exception):  # noqa: BLE001 - tidying MLflow's state must not cost the stage
-        stack = fluent._active_run_stack.get()  # type: ignore[union-attr]
-        stack[:] = [run for run in stack if run.info.run_id != run_id]
-
-
-class Tracker(Protocol):
-    """What stages and the training loop report through."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
-    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]: ...
-    def close(self, failed: bool = False) -> None: ...
-
-
-class _ClosedOnExit:
-    """``with tracker:`` closes the run on leaving: FAILED when an exception (or Ctrl-C) left the block."""
-
-    def close(self, failed: bool = False) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind: Optional[type[BaseException]], err: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.close(failed=kind is not None)
-
-
-class NullTracker(_ClosedOnExit):
-    """Logs nothing (tests, ``mlflow.enabled: false``)."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: pass
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: pass
-    def set_tags(self, tags: Mapping[str, Any]) -> None: pass
-    def log_artifact(self, path: str | Path) -> None: pass
-    def use(self, what: str, fn: Callable[[Any], T]) -> Optional[T]: return None
-    def close(self, failed: bool = False) -> None: pass
-
-
-class MlflowTracker(_ClosedOnExit):
+class MlflowTracker(ClosedOnExit):
     """One MLflow run per stage execution; every call degrades to a counted no-op on failure.
 
     Transient errors of parallel ``dvc queue start -j 2`` workers on one SQLite file ("database is
@@ -337,7 +213,6 @@ class MlflowTracker(_ClosedOnExit):
             lost = ", ".join(f"{n} {what}" for what, n in self._lost.items())
             run = "no run was started"
             if self._run_id is not None:
-                _forget_active_run(self._run_id)
                 run = "the run was ended" if self._end_once(failed, lost) else \
                     "the run stays RUNNING there until the next stage on this host marks it KILLED"
             log.warning("MLflow tracking at %s failed (%s); not logged: %s; %s. The stage's DVC outputs and "
@@ -345,37 +220,23 @@ class MlflowTracker(_ClosedOnExit):
 
     def _end_once(self, failed: bool, lost: str) -> bool:
         """After a failure, one attempt (no retry, 2 s per request) to end the run, tagged with what it lacks: a
-        store that came back (a restarted server) then shows the run ended, not RUNNING."""
+        store that came back (a restarted server) then shows the run ended, not RUNNING.
+
+        MLflow ends a still-active run at interpreter exit (``atexit`` → ``end_run``), which would ask the failed
+        store again after the stage's work is done: (retries + 1) × timeout per request against a server that
+        accepts but never answers. So a run still active is ended with ``mlflow.end_run``, which drops it from
+        the active runs before its one request, whether that request succeeds or not.
+        """
+        status = "FAILED" if failed else "FINISHED"
         try:
             with http_limits(retries=0, timeout_s=2):
                 client = self._mlflow.MlflowClient(tracking_uri=self.uri)
-                client.set_terminated(self._run_id, status="FAILED" if failed else "FINISHED")
+                active = self._mlflow.active_run()
+                if active is not None and active.info.run_id == self._run_id:
+                    self._mlflow.end_run(status=status)
+                else:  # the failed request was the end itself: MLflow no longer holds the run active
+                    client.set_terminated(self._run_id, status=status)
                 client.set_tag(self._run_id, "tracking_incomplete", lost)
             return True
         except Exception:  # noqa: BLE001 - tracking must never fail a stage
             return False
-
-
-def open_tracker(cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> NullTracker | MlflowTracker:
-    """An :class:`MlflowTracker`, or a :class:`NullTracker` when ``cfg.enabled`` is false.
-
-    Use it as ``with open_tracker(...) as tracker:``; the run ends FINISHED, or FAILED on an exception.
-    """
-    return MlflowTracker(cfg, run_name, tags) if cfg.enabled else NullTracker()
-
-
-def log_stage_run(cfg: MlflowConfig, stage: str, *, params: Mapping[str, Any] | None = None,
-                  metrics: Mapping[str, Any] | None = None, artifacts: Iterable[str | Path] = (),
-                  tags: Mapping[str, Any] | None = None) -> None:
-    """Mirror one finished stage into MLflow: a run with its params, metrics and small artifacts.
-
-    The run is tagged ``stage``, ``git_commit``, ``dvc_exp_name`` (queued experiments), host and pid, plus
-    ``tags``; its name is built from them (``evaluate s42 [exp-name]``, see :func:`run_display_name`).
-    """
-    with open_tracker(cfg, stage, {"stage": stage, **(tags or {})}) as tracker:
-        if params:
-            tracker.log_params(params)
-        if metrics:
-            tracker.log_metrics(metrics)
-        for path in artifacts:
-            tracker.log_artifact(path)
