@@ -15,7 +15,7 @@ from tests.support.builders import LRS, SEED, instance_args, write_params
 def _key(monkeypatch, tmp_path, tiny_model_dir, split_dir, *, bf16: bool, device: str = "cpu",
          seed: int = SEED, lr: float = LRS["full"]) -> str:
     """Run train_full up to fit (stubbed) with the resolution patched; return the checkpointer's key."""
-    import lora_pipeline.training as training
+    import lora_pipeline.training_plan as training_plan
     import stages._train as train_stage
     from stages import train_full
 
@@ -30,7 +30,7 @@ def _key(monkeypatch, tmp_path, tiny_model_dir, split_dir, *, bf16: bool, device
         raise PipelineError("stopped before training")
 
     monkeypatch.setattr(train_stage, "DirCheckpointer", Recording)
-    monkeypatch.setattr(training, "resolve_bf16", lambda precision, dev: bf16)  # FitConfig.from_params
+    monkeypatch.setattr(training_plan, "resolve_bf16", lambda precision, dev: bf16)  # FitConfig.from_params
     monkeypatch.setattr(train_stage, "resolve_device", lambda name: torch.device(device))
     monkeypatch.setattr(train_stage, "fit", stop)
     params = write_params(tmp_path / "params.yaml", tiny_model_dir,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from lora_pipeline import training
+from lora_pipeline import training, training_monitor
 from lora_pipeline.checkpoint import DirCheckpointer
 from lora_pipeline.config import ModelConfig, ScratchConfig
 from lora_pipeline.data.loaders import EncodedSplit
@@ -62,7 +62,7 @@ def test_fit_restores_the_best_epoch(monkeypatch, tiny_model_dir, data):
         at_epoch_end.append(parameter_state(model))
         return next(scores), [0] * len(val)
 
-    monkeypatch.setattr(training, "_evaluate", scripted)
+    monkeypatch.setattr(training_monitor, "_evaluate", scripted)
     model = pretrained_classifier(tiny_model_dir)
     result = fit(model, train, val, FitConfig(lr=5e-3, epochs=3, batch_size=32, eval_every=4, **EPOCHS_ONLY),
                  pad_id=0, device=CPU, progress=False)
@@ -215,7 +215,7 @@ def test_best_epoch_selection_scores_with_the_declared_label_set(monkeypatch, ti
     in the reported metric; without the declared set, selection scored 1.0 where the report says 2/3."""
     frame = pd.read_parquet(split_dir / "val.parquet")
     val = EncodedSplit.from_frame(frame[frame["label_id"] < 2].reset_index(drop=True))  # no class 2
-    monkeypatch.setattr(training, "predict", lambda model, split, *a, **k: np.asarray(split.labels))  # all right
+    monkeypatch.setattr(training_monitor, "predict", lambda model, split, *a, **k: np.asarray(split.labels))  # all right
     result = fit(pretrained_classifier(tiny_model_dir), load_encoded(split_dir, "train"), val,
                  FitConfig(lr=1e-3, epochs=1, batch_size=32, **EPOCHS_ONLY), pad_id=0, device=CPU, progress=False)
     reported = classification_metrics(val.labels, val.labels, LABELS)["macro_f1"]

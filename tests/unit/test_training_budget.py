@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from lora_pipeline import training
+from lora_pipeline import training, training_monitor
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.training import FitConfig, StepPlan, eval_interval, fit, plan_steps
@@ -43,7 +43,7 @@ def _scripted(monkeypatch, scores, n_val: int, seen: list | None = None) -> None
         k, score = next(it)
         return score, [k % 3] * n_val
 
-    monkeypatch.setattr(training, "_evaluate", scripted)
+    monkeypatch.setattr(training_monitor, "_evaluate", scripted)
 
 
 # ----------------------------------------------------------------------------------------- the plan
