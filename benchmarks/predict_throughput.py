@@ -39,7 +39,7 @@ from benchmarks._common import Smoke, interleaved_medians, machine, ratio, smoke
 from lora_pipeline.inference import Classifier, load_classifier  # noqa: E402
 from lora_pipeline.records import read_card  # noqa: E402
 from lora_pipeline.lora import load_adapter  # noqa: E402
-from lora_pipeline.models import _pretrained  # noqa: E402
+from lora_pipeline.variants import pretrained_with_head  # noqa: E402
 
 
 def _unmerged(directory: Path) -> Classifier:
@@ -48,8 +48,8 @@ def _unmerged(directory: Path) -> Classifier:
     card = read_card(directory)
     from lora_pipeline.config import ModelConfig
 
-    model = _pretrained(ModelConfig(name=card.base_model, max_length=card.max_length), list(card.labels),
-                        merged.tokenizer.pad_token_id)
+    model = pretrained_with_head(ModelConfig(name=card.base_model, max_length=card.max_length), list(card.labels),
+                                 merged.tokenizer.pad_token_id)
     load_adapter(model, directory)
     return Classifier(model, merged.tokenizer, card, merged.device, merged.bf16)
 
