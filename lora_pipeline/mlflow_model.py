@@ -27,6 +27,7 @@ import pandas as pd
 
 from mlflow.exceptions import MlflowException
 
+from .config import VARIANTS
 from .errors import PipelineError
 from .inference import load_classifier, predict_frame
 from .records import ModelCard, read_card
@@ -76,7 +77,7 @@ def model_name(variant: str, tag: str) -> str:
 def _directory_name(directory: str | Path) -> str:
     """The name of the model in ``<variant>/<tag>/`` (the train stages' layout), else :data:`MODEL_NAME`."""
     path = Path(directory).resolve()
-    return model_name(path.parent.name, path.name) if path.parent.name in ("scratch", "full", "lora") else MODEL_NAME
+    return model_name(path.parent.name, path.name) if path.parent.name in VARIANTS else MODEL_NAME
 
 
 def _signature(card: ModelCard):
