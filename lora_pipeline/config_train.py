@@ -164,6 +164,7 @@ class StudyConfig:
     resamples: int = 1000
     bootstrap_seed: int = 0
     record_rank: Optional[int] = None
+    test_every_run: bool = False  # also score every run of the grid on test (the choice still reads validation only)
 
     def __post_init__(self) -> None:
         for key in ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs"):

@@ -2,7 +2,8 @@
 
 The evaluate stage writes ``record.json.gz``: the labels of the validation and test splits, every train run of the
 grid (its metrics record, its validation curve and the per-example validation predictions of the checkpoint it
-kept), the per-example test predictions of the runs chosen on validation, the TF-IDF reference's test predictions,
+kept), the per-example test predictions of the runs chosen on validation (of every run with ``study.test_every_run``:
+then :func:`merge_records` can join parts of a study run apart), the TF-IDF reference's test predictions,
 the adapters' spectra (numbers read from the weights) and the params that produced it all. :func:`build_study`
 turns a record into ``study.json``; it is pure, so a committed record rebuilds its report anywhere with
 ``lora-pipeline rebuild docs/results/<study>`` (:mod:`lora_pipeline.cli`; no model, no data, no training).
@@ -203,7 +204,8 @@ def build_study(record: Mapping[str, Any]) -> dict:
                                 for name, c in curves.items()},
             "validation_curves": curves,  # per chosen row, each seed's own validations (the figures draw them)
             "spectra": [x for x in record.get("spectra", []) if ("lora", x["tag"]) in chosen_tags],
-            "subspace": record.get("subspace", []),
+            "subspace": [x for x in record.get("subspace", []) if "small_tag" not in x
+                         or {("lora", x["small_tag"]), ("lora", x["large_tag"])} <= chosen_tags],
             "energy": record.get("energy", 0.9), "params": params, "dataset": record.get("dataset")}
 
 

@@ -1,5 +1,6 @@
 """evaluate: the study's answer. Per (variant, rank) the learning rate with the best validation macro-F1 is chosen,
-only the chosen models are scored on the test split (every seed); every input of the numbers is written to the
+only the chosen models are scored on the test split (every seed; every run with ``study.test_every_run``, so a part
+of a study keeps what a merged study may choose); every input of the numbers is written to the
 study record (record.json.gz), and study.json is computed from it alone (lora_pipeline.record.build_study): rows
 with method-level intervals, the fixed-sequence answer, the equal-cost reading and the adapters' spectra."""
 
@@ -11,6 +12,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,41 +62,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _predict_groups(groups, args, params: Params, labels: list[str], test: EncodedSplit) -> dict[str, list]:
-    """Test predictions of every seed of every chosen (variant, rank, lr): the only time test is scored."""
+def _score_runs(runs: Sequence[tuple[str, str]], args, params: Params, labels: list[str],
+                test: EncodedSplit) -> dict[tuple[str, str], np.ndarray]:
+    """Test predictions of each (variant, tag): the runs chosen on validation (with ``study.test_every_run``, every
+    run of the grid, so a part of a study keeps what a merged study may choose). Test is scored nowhere else."""
     with phase("model"):
         tokenizer = load_tokenizer(params.model)
     device = resolve_device(params.train.device)
     bf16 = resolve_bf16(params.train.precision, device)
     preds = {}
-    for group in groups:
-        preds[group.name] = []
-        for rec in group.records:
-            with phase("model"):
-                model = load_trained(group.variant, Path(args.models) / group.variant / rec["tag"], params.model,
-                                     labels, tokenizer).to(device)
-            with trim_switch(model, params.train.first_token_last_layer), phase("forward"):  # as validation did
-                preds[group.name].append(predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id,
-                                                 device, bf16=bf16))
+    for variant, tag in runs:
+        with phase("model"):
+            model = load_trained(variant, Path(args.models) / variant / tag, params.model, labels, tokenizer).to(device)
+        with trim_switch(model, params.train.first_token_last_layer), phase("forward"):  # as validation did
+            preds[(variant, tag)] = predict(model, test, params.train.eval_batch_size, tokenizer.pad_token_id, device,
+                                            bf16=bf16)
     return preds
 
 
-def _adapters(groups, models: Path) -> tuple[list[dict], list[dict]]:
-    """Spectra of every chosen LoRA adapter, and φ(small, largest rank) per seed (LoRA paper, Figure 3)."""
+def _adapters(groups, models: Path, every: Sequence[Mapping[str, Any]] = ()) -> tuple[list[dict], list[dict]]:
+    """Spectra of every chosen LoRA adapter (and of each run in ``every``), and φ(small, largest rank) per seed
+    between the chosen adapters (LoRA paper, Figure 3), each entry naming the two runs it pairs."""
     lora = [g for g in groups if g.variant == "lora"]
-    factors = {(g.rank, rec["seed"]): ({k: (a.float().numpy(), b.float().numpy(), s) for k, (a, b, s)
-                                        in adapter_factors(models / "lora" / rec["tag"]).items()}, rec["tag"])
-               for g in lora for rec in g.records}
-    spectra = [{"rank": rank, "seed": seed, "tag": tag, "layers": study.adapter_spectrum(f, ENERGY)}
-               for (rank, seed), (f, tag) in sorted(factors.items())]
+    chosen = {(g.rank, rec["seed"]): rec["tag"] for g in lora for rec in g.records}
+    runs = {r["tag"]: (r["rank"], r["seed"]) for r in every if r["variant"] == "lora"}
+    runs.update({tag: key for key, tag in chosen.items()})
+    factors = {tag: {k: (a.float().numpy(), b.float().numpy(), s) for k, (a, b, s)
+                     in adapter_factors(models / "lora" / tag).items()} for tag in runs}
+    spectra = [{"rank": rank, "seed": seed, "tag": tag, "layers": study.adapter_spectrum(factors[tag], ENERGY)}
+               for tag, (rank, seed) in sorted(runs.items(), key=lambda kv: (kv[1], kv[0]))]
     subspace = []
     if len(lora) > 1:
         largest = max(g.rank for g in lora)
-        for (rank, seed), (f, _) in sorted(factors.items()):
-            if rank != largest and (largest, seed) in factors:
-                for layer, grid in study.subspace_overlaps(f, factors[(largest, seed)][0]).items():
+        for (rank, seed), tag in sorted(chosen.items()):
+            big = chosen.get((largest, seed))
+            if rank != largest and big is not None:
+                for layer, grid in study.subspace_overlaps(factors[tag], factors[big]).items():
                     subspace.append({"seed": seed, "small_rank": rank, "large_rank": largest, "layer": layer,
-                                     "grid": grid})
+                                     "grid": grid, "small_tag": tag, "large_tag": big})
     return spectra, subspace
 
 
@@ -163,20 +168,19 @@ def _val_predictions(path: Path, n_val: int) -> list[int] | None:
     return [int(v) for v in frame.sort_values("row")["predicted"]]
 
 
-def _record(args, params: Params, labels: list[str], frames, runs, groups, preds, tfidf_pred, tfidf) -> dict:
+def _record(args, params: Params, labels: list[str], frames, runs, groups, scored, tfidf_pred, tfidf) -> dict:
     """Everything study.json is computed from (see lora_pipeline.record)."""
-    chosen = {(g.variant, r["tag"]): preds[g.name][i] for g in groups for i, r in enumerate(g.records)}
     n_val = len(frames["val"])
     out_runs = []
     for r in runs:
         variant, tag = r["variant"], r["tag"]
-        test = chosen.get((variant, tag))
+        test = scored.get((variant, tag))
         out_runs.append({**{k: r.get(k) for k in record_lib.RUN_FIELDS},
                          "curve": _csv_rows(Path(args.curves) / variant / tag / "evals.csv") or [],
                          "val_predictions": _val_predictions(Path(args.val_predictions) / variant / f"{tag}.csv",
                                                              n_val),
                          "test_predictions": None if test is None else [int(v) for v in test]})
-    spectra, subspace = _adapters(groups, Path(args.models))
+    spectra, subspace = _adapters(groups, Path(args.models), runs if params.study.test_every_run else ())
     dataset = Path(args.split) / DATASET_FILE
     return {"format": record_lib.FORMAT, "version": record_lib.VERSION, "labels": labels,
             "params": {k: _plain(getattr(params, k)) for k in RECORD_SECTIONS},
@@ -213,11 +217,14 @@ def _study(args: argparse.Namespace, params: Params, tracker) -> None:
         records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
     log_split_inputs(tracker, args.split, frames, {"test": "testing"})
     runs = study.grid_runs(records, s.seeds, {v: s.lrs(v) for v in ("scratch", "full", "lora")}, s.ranks)
-    groups = study.choose_learning_rates(runs)  # on validation: test is scored for the chosen runs only
-    preds = _predict_groups(groups, args, params, labels, test)
+    groups = study.choose_learning_rates(runs)  # on validation: the choice never reads test
+    chosen = [(g.variant, r["tag"]) for g in groups for r in g.records]
+    scored = _score_runs([(r["variant"], r["tag"]) for r in runs] if s.test_every_run else chosen, args, params,
+                         labels, test)
+    preds = {g.name: [scored[(g.variant, r["tag"])] for r in g.records] for g in groups}
     with phase("work"):  # the TF-IDF reference, the record's inputs, the statistics
         tfidf_pred, tfidf = _tfidf(params, frames, test, labels)
-        record = _record(args, params, labels, frames, runs, groups, preds, tfidf_pred, tfidf)
+        record = _record(args, params, labels, frames, runs, groups, scored, tfidf_pred, tfidf)
         result = record_lib.build_study(record)
     with phase("save"):
         with atomic_file(args.record) as tmp:
