@@ -274,7 +274,7 @@ def rank_curve(rows: Mapping[str, Mapping[str, Any]], tfidf_macro_f1: float) -> 
 
 def compact_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, float],
                     answer_rank: Optional[int]) -> dict:
-    """The DVC metrics (``metrics/evaluate.json``, tracked in Git): what ``dvc metrics diff`` / ``dvc exp show``
+    """The DVC metrics (evaluate's ``--metrics`` file, tracked in Git): what ``dvc metrics diff`` / ``dvc exp show``
     compare across commits and experiments.
 
     The answer's rank (0: none within the tolerance), each row's test macro-F1 with its interval, and each LoRA
