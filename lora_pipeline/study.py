@@ -20,8 +20,9 @@ from .errors import PipelineError
 from .statistics import (MethodInterval, degenerate_reason, method_difference, method_mean, needed_to_decide,
                          paired_difference, reference_note)
 
-__all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs", "lr_search",
-           "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "vs_reference"]
+__all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
+           "lr_search", "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "tracking_metrics",
+           "vs_reference"]
 
 REFERENCE = "full"  # the method LoRA is compared with
 MAX_RESAMPLES = 20_000  # ceiling when resamples are raised for a verdict at its Monte-Carlo error
@@ -285,20 +286,37 @@ def rank_curve(rows: Mapping[str, Mapping[str, Any]], tfidf_macro_f1: float) -> 
 
 def compact_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, float],
                     answer_rank: Optional[int]) -> dict:
-    """What ``dvc metrics diff`` / ``dvc exp show`` compare: per row the test means with intervals (numbers only)."""
-    out: dict[str, Any] = {}
+    """The DVC metrics (evaluate's ``--metrics`` file, tracked in Git): what ``dvc metrics diff`` / ``dvc exp show``
+    compare across commits and experiments.
+
+    The answer's rank (0: none within the tolerance), each row's test macro-F1 with its interval, and each LoRA
+    rank's difference from full fine-tuning with its interval. Quality only: no figure that depends on the machine
+    (seconds, memory), so a reproduction elsewhere leaves the file unchanged. Everything else of a row is in
+    study.json and the MLflow run (:func:`tracking_metrics`).
+    """
+    out: dict[str, Any] = {"answer_rank": answer_rank if answer_rank is not None else 0}
     for name, r in rows.items():
-        m, a = r["macro_f1"], r["accuracy"]
-        row = {"macro_f1": m["mean"], "macro_f1_low": m["low"], "macro_f1_high": m["high"], "macro_f1_std": m["std"],
-               "accuracy": a["mean"], "accuracy_low": a["low"], "accuracy_high": a["high"], "lr": r["lr"],
-               "seeds": len(r["seeds"]), "degenerate": any(r["degenerate"]),
-               "converged": all(c is not False for c in r.get("converged") or []),
-               "val_macro_f1": r.get("val_macro_f1"), "trainable_params": r["trainable_params"],
-               "train_seconds": r["train_seconds"], "cpu_seconds_to_best": r.get("cpu_seconds_to_best")}
+        m = r["macro_f1"]
+        out[name] = {"macro_f1": m["mean"], "macro_f1_low": m["low"], "macro_f1_high": m["high"]}
         if "vs_full" in r:
             d = r["vs_full"]
-            row.update(vs_full=d["difference"], vs_full_low=d["low"], vs_full_high=d["high"])
-        out[name] = row
+            out[name].update(vs_full=d["difference"], vs_full_low=d["low"], vs_full_high=d["high"])
+    out["tfidf_logreg"] = {k: tfidf[k] for k in ("macro_f1", "macro_f1_low", "macro_f1_high")}
+    return out
+
+
+def tracking_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, float],
+                     answer_rank: Optional[int]) -> dict:
+    """Every number of each row for the evaluate stage's MLflow run: :func:`compact_metrics` plus accuracy, the
+    chosen learning rate, seeds, flags, validation macro-F1 and the costs (seconds of this machine included)."""
+    out = compact_metrics(rows, tfidf, answer_rank)
+    for name, r in rows.items():
+        a = r["accuracy"]
+        out[name].update({"accuracy": a["mean"], "accuracy_low": a["low"], "accuracy_high": a["high"],
+                          "macro_f1_std": r["macro_f1"]["std"], "lr": r["lr"], "seeds": len(r["seeds"]),
+                          "degenerate": any(r["degenerate"]),
+                          "converged": all(c is not False for c in r.get("converged") or []),
+                          "val_macro_f1": r.get("val_macro_f1"), "trainable_params": r["trainable_params"],
+                          "train_seconds": r["train_seconds"], "cpu_seconds_to_best": r.get("cpu_seconds_to_best")})
     out["tfidf_logreg"] = dict(tfidf)
-    out["answer_rank"] = answer_rank if answer_rank is not None else 0  # 0: no rank within the tolerance
     return out

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--curves", required=True, help="directory of <variant>/<tag>/evals.csv (validation curves)")
     parser.add_argument("--val-predictions", required=True,
                         help="directory of <variant>/<tag>.csv: each run's validation predictions (kept checkpoint)")
-    parser.add_argument("--metrics", required=True, help="compact metrics JSON (dvc metrics diff / exp show)")
+    parser.add_argument("--metrics", required=True, help="the DVC metrics: answer rank, macro-F1 and LoRA - full with intervals")
     parser.add_argument("--study", required=True, help="the whole study as JSON (the report reads it)")
     parser.add_argument("--record", required=True,
                         help="record.json.gz: every input of the study's numbers (lora-pipeline rebuild reads it)")
@@ -235,14 +235,12 @@ def _study(args: argparse.Namespace, params: Params, tracker) -> None:
             pd.DataFrame(study.rank_curve(result["rows"], tfidf["macro_f1"])).to_csv(tmp, index=False)
         _write_predictions(args.predictions, result, record)
         _write_learning_curves(args.learning_curves, result)
-        compact = study.compact_metrics(result["rows"], tfidf, answer["rank"])
-        write_json(args.metrics, compact)
+        write_json(args.metrics, study.compact_metrics(result["rows"], tfidf, answer["rank"]))
     log.info("%s", answer["sentence"])
     if answer.get("equal_cost"):
         log.info("%s", answer["equal_cost"])
     tracker.set_tags(answer_tags(answer))
-    tracker.log_metrics({f"{n}.{k}": r[k] for n, r in compact.items() if isinstance(r, dict)
-                         for k in ("accuracy", "macro_f1") if k in r})
+    tracker.log_metrics(study.tracking_metrics(result["rows"], tfidf, answer["rank"]))
     for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
         tracker.log_artifact(path)
     with phase("mlflow"):  # its git and weights digests are for the registry

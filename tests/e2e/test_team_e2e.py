@@ -200,8 +200,8 @@ def test_one_report_over_every_machines_experiments_trains_nothing(project, push
     clone_d, env_d = _fresh_clone(project, tmp_path / "d")
     run(["dvc", "exp", "pull", "origin", *pushed.values()], clone_d, env_d)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], clone_d, env_d).stdout)
-    # DVC pushes no `cache: false` output (the train stages' metrics JSON) to a DVC remote, so a pulled run-cache
-    # entry cannot restore its stage: `dvc commit --force` on each experiment caches them here, with the entries
+    # `dvc exp pull` brings the experiments' outputs, not run-cache entries: `dvc commit --force` on each applied
+    # experiment records its stages in this clone's run-cache, so the study below restores them
     for name in pushed.values():
         run(["dvc", "exp", "apply", name], clone_d, env_d)
         run(["dvc", "pull"], clone_d, env_d)

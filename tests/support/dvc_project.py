@@ -4,6 +4,7 @@ that run the ``dvc``/``git`` commands and read what they printed."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,17 @@ from tests.support.builders import ROOT, make_frame, save_tiny_bert
 
 BIN = Path(sys.executable).parent
 
+
+def readme_compare_line() -> str:
+    """The README's command that compares experiments in a table fitting a terminal: its one ``dvc exp show`` line."""
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("dvc exp show ")]
+    assert len(lines) == 1, f"README.md should hold one `dvc exp show` command, not {lines}"
+    return lines[0]
+
+
+def readme_compare_command() -> list[str]:
+    """:func:`readme_compare_line` as argv."""
+    return shlex.split(readme_compare_line())
 
 
 def fixture_csv(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,40 @@ def test_metrics_are_uncached_and_plots_declared():
     assert DVC.get("plots"), "dvc.yaml declares no plots"
 
 
+def _paths(entries: list) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def test_the_answer_is_the_only_dvc_metrics_file():
+    """DVC metrics files are tracked in Git and compared by ``dvc metrics diff`` / ``dvc exp show``: only the
+    study's answer (quality, no clock) is one. Each train run's file (seconds, peak memory, throughput: they differ
+    on every machine) and the data stages' counts are cached outs, so a reproduction elsewhere changes dvc.lock
+    only."""
+    declared = {name: _paths(stage.get("metrics", [])) for name, stage in STAGES.items() if stage.get("metrics")}
+    assert declared == {"evaluate": ["metrics/evaluate.json"]}
+    for variant in ("scratch", "full", "lora"):
+        outs = _paths(STAGES[f"train_{variant}"]["outs"])
+        assert any(p.startswith(f"metrics/train/{variant}-") and p.endswith(".json") for p in outs), outs
+    assert "metrics/validate.json" in _paths(STAGES["validate"]["outs"])
+    assert "metrics/split.json" in _paths(STAGES["split"]["outs"])
+
+
+def _sample(path: str) -> str:
+    """A matrix out path with its ``${item.*}`` filled in (an instance's path)."""
+    return re.sub(r"\$\{item\.(\w+)\}", lambda m: {"rank": "8", "seed": "42", "lr": "0.002"}[m.group(1)], path)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_cached_out_is_already_git_ignored(name):
+    """DVC adds an out that Git does not ignore yet to a .gitignore beside it: a tracked .gitignore that changes
+    on a fresh clone's first ``dvc repro`` (or a new one per matrix instance). Every out is ignored beforehand."""
+    outs = [_sample(p) for p in _paths(STAGES[name].get("outs", []))]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, input="\n".join(outs),
+                          capture_output=True, text=True)
+    ignored = set(proc.stdout.split())
+    assert [p for p in outs if p not in ignored] == [], f"stage {name}: outs Git does not ignore yet"
+
+
 
 def test_checkpoints_are_passed_but_not_tracked():
     """Resumable state goes to the git-ignored checkpoints/ dir, which is NOT a DVC out: a fresh clone or a
@@ -181,7 +216,7 @@ def test_train_stages_fan_out_over_the_study_lists_without_declaring_them(varian
     assert stage["matrix"] == matrix
     assert not any(p.split(".")[0] == "study" for p in stage["params"])
     cmd = " ".join(stage["cmd"].split())
-    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"] + stage["metrics"]]
+    outs = _paths(stage["outs"] + stage.get("metrics", []))
     for key in matrix:  # each value reaches the script and names every output, so instances never share a file
         assert f"--{key} ${{item.{key}}}" in cmd
         assert all(f"${{item.{key}}}" in out for out in outs), outs

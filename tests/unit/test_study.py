@@ -165,20 +165,49 @@ def test_adapter_spectrum_and_subspace_overlaps_on_known_factors():
     assert list(grid) == ["q"] and np.allclose(np.diag(grid["q"]), 1.0)
 
 
-def test_rank_curve_and_compact_metrics_carry_the_numbers_dvc_compares():
-    from lora_pipeline.study import compact_metrics, rank_curve
+TFIDF = {"macro_f1": 0.6, "macro_f1_low": 0.55, "macro_f1_high": 0.65, "accuracy": 0.7, "accuracy_low": 0.65,
+         "accuracy_high": 0.75}
 
+
+def _ranks_2_and_8():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 400)
     good = np.where(rng.random(400) < 0.9, y, 1 - y)
-    rows, result = _study({2: good, 8: good}, good, y)
+    return _study({2: good, 8: good}, good, y)
+
+
+def test_rank_curve_and_compact_metrics_carry_the_numbers_dvc_compares():
+    from lora_pipeline.study import compact_metrics, rank_curve, tracking_metrics
+
+    rows, result = _ranks_2_and_8()
     curve = rank_curve(rows, tfidf_macro_f1=0.6)
     assert [c["rank"] for c in curve] == [2, 8] and [c["log2_rank"] for c in curve] == [1.0, 3.0]
     assert curve[0]["lora_macro_f1"] == pytest.approx(rows["lora_r2"]["macro_f1"]["mean"])
     assert curve[0]["full_low"] <= curve[0]["full_macro_f1"] <= curve[0]["full_high"]
-    compact = compact_metrics(rows, {"macro_f1": 0.6}, result["rank"])
+    compact = compact_metrics(rows, TFIDF, result["rank"])
     assert compact["lora_r8"]["vs_full"] == 0.0 and compact["lora_r8"]["vs_full_low"] == 0.0
-    assert compact["answer_rank"] == 2 and compact["full"]["seeds"] == 1 and "vs_full" not in compact["full"]
+    assert compact["answer_rank"] == 2 and "vs_full" not in compact["full"]
+    assert compact["full"]["macro_f1_low"] == rows["full"]["macro_f1"]["low"]
+    # the MLflow run keeps every number of each row, the machine's clock included
+    tracked = tracking_metrics(rows, TFIDF, result["rank"])
+    assert tracked["full"]["seeds"] == 1 and tracked["full"]["train_seconds"] == rows["full"]["train_seconds"]
+    assert tracked["tfidf_logreg"] == TFIDF and tracked["answer_rank"] == 2
+
+
+def test_dvc_metrics_hold_the_answer_and_quality_only():
+    """metrics/evaluate.json is tracked in Git and is every column of ``dvc metrics diff`` / ``dvc exp show``: the
+    answer's rank, each row's test macro-F1 with its interval, LoRA - full with its interval; nothing a machine
+    changes (seconds, memory) and no detail (accuracy, lr, seeds, flags: study.json and MLflow hold them)."""
+    from lora_pipeline.study import compact_metrics
+
+    rows, result = _ranks_2_and_8()
+    compact = compact_metrics(rows, TFIDF, result["rank"])
+    interval = {"macro_f1", "macro_f1_low", "macro_f1_high"}
+    assert {name: set(row) for name, row in compact.items() if name != "answer_rank"} == {
+        "full": interval, "tfidf_logreg": interval,
+        **{f"lora_r{r}": interval | {"vs_full", "vs_full_low", "vs_full_high"} for r in (2, 8)}}
+    assert compact["answer_rank"] == 2
+    assert all(isinstance(v, float) for row in compact.values() if isinstance(row, dict) for v in row.values())
 
 
 @pytest.mark.parametrize("vals, where", [
