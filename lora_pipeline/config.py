@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from .config_data import DataConfig, ModelConfig, SplitConfig, ValidateConfig
 from .config_data import EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID  # noqa: F401 -- re-exported (models, pretrained)
@@ -113,8 +113,8 @@ def load_params(path: str | Path = "params.yaml", sections: Optional[typing.Iter
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params: file '{path}' not found (pass --params PATH)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
+    try:  # YAML 1.2, as DVC reads it: `dvc exp run -S` writes 5e-05 back, a float there and a string to YAML 1.1
+        raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except YAMLError as err:
         raise ConfigError(f"params: '{path}' is not valid YAML: {err}") from err
     return parse_params(raw, sections)

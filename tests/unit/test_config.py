@@ -293,3 +293,23 @@ def test_a_value_yaml_reads_as_a_comment_is_refused_naming_the_hash(key):
     raw = yaml.safe_load(f"{section}:\n  {name}: #1 String\n")
     with pytest.raises(ConfigError, match=f"'{key}' must .*null.*starts with '#'.*quote it"):
         parse_params(raw, sections=[section])
+
+
+def test_params_are_read_as_dvc_reads_them_so_its_written_back_floats_load(tmp_path):
+    """``dvc exp run -S 'study.full_lrs=[5.0e-5]'`` writes ``5e-05`` back: a float to DVC's YAML 1.2 reader (its
+    matrix passes ``--lr 5e-05``), a string to a YAML 1.1 one. The params check reads as DVC does."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    with modify_yaml(path) as data:
+        data["study"]["full_lrs"] = [5.0e-5, 1.0e-4]
+    assert "- 5e-05" in path.read_text(encoding="utf-8")
+    assert load_params(path).study.full_lrs == (5e-05, 1e-04)
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("study: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"params: '.*params\.yaml' is not valid YAML"):
+        load_params(path)
