@@ -116,8 +116,6 @@ def _train(spec: RunSpec, paths: Paths, argv: list[str]) -> None:
     if wants_launch(params.train):
         _launch(params, variant, argv, run_id=paths.tag)
         return
-    if variant == "lora":  # the instance's rank: the section holds everything else of the adapters
-        params = dataclasses.replace(params, lora=dataclasses.replace(params.lora, rank=spec.rank))
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
     world = current_world()
@@ -130,8 +128,7 @@ def _train(spec: RunSpec, paths: Paths, argv: list[str]) -> None:
     split = Path(paths.split)
     device = _device(params.train.device, world)  # before any work: `cuda` on a CPU-only torch fails here
     cfg = FitConfig.from_params(params, variant, device, lr=spec.lr, seed=spec.seed)
-    sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
-                variant: dataclasses.asdict(getattr(params, variant))}
+    sections = run_sections(params, spec)
     checkpointer = DirCheckpointer(paths.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
     init_process_group(world, device, params.train.dist_timeout_s)
     try:
@@ -142,6 +139,15 @@ def _train(spec: RunSpec, paths: Paths, argv: list[str]) -> None:
             _fit_and_save(spec, paths, params, cfg, device, sections, checkpointer, world)
     finally:
         destroy_process_group()
+
+
+def run_sections(params: Params, spec: RunSpec) -> dict:
+    """The params sections a run depends on (``model``, ``train``, its variant's), as MLflow's params show them and
+    the checkpoint key hashes them: a LoRA run's section also holds its rank, ``lora.rank``."""
+    own = dataclasses.asdict(getattr(params, spec.variant))
+    if spec.rank is not None:
+        own = {"rank": spec.rank, **own}
+    return {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train), spec.variant: own}
 
 
 def _launch(params: Params, variant: Variant, argv: list[str], run_id: str) -> None:
@@ -184,7 +190,8 @@ def _fit(spec: RunSpec, paths: Paths, params: Params, cfg: FitConfig, device: to
         train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
     with phase("model"):
         tokenizer = load_tokenizer(params.model)
-        model = build_model(spec.variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
+        model = build_model(spec.variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora,
+                            rank=spec.rank)
     timings: dict[str, float] = {}
     with phase("train"):
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,

@@ -5,6 +5,7 @@ train stage wrote, refusing another version in one line."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lora_pipeline.config import StudyConfig, load_params
+from lora_pipeline.config import LoraConfig, ModelConfig, StudyConfig, load_params
 from lora_pipeline.errors import ConfigError, PipelineError
 from lora_pipeline.files import write_json
 from lora_pipeline.records import RunSpec, TrainRecord, read_train_record
-from tests.support.builders import ROOT
+from tests.support.builders import LABELS, ROOT
 
 SPECS = [  # (spec, tag, row, MLflow run name)
     (RunSpec("scratch", 42, 4e-4), "s42-lr0.0004", "scratch", "train_scratch s42 lr0.0004"),
@@ -141,3 +142,18 @@ def test_a_record_of_another_version_or_kind_is_refused_in_one_line(change, matc
     with pytest.raises(PipelineError, match=match) as err:
         read_train_record(tmp_path / "r.json")
     assert "\n" not in str(err.value)
+
+
+def test_the_lora_section_holds_no_rank_and_a_lora_build_takes_the_specs(tiny_model_dir, tiny_tokenizer) -> None:
+    from lora_pipeline.lora import lora_layers
+    from lora_pipeline.models import build_model
+
+    assert "rank" not in {f.name for f in dataclasses.fields(LoraConfig)}
+    cfg = ModelConfig(name=str(tiny_model_dir), max_length=32)
+    for rank in (2, 4):
+        spec = RunSpec("lora", 42, 2e-3, rank)
+        model = build_model(spec.variant, cfg, LABELS, tiny_tokenizer, lora=LoraConfig(alpha=8.0), rank=spec.rank)
+        layers = lora_layers(model)
+        assert layers and {layer.rank for _, layer in layers} == {rank}
+    with pytest.raises(PipelineError, match="needs the LoRA rank"):
+        build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig())
