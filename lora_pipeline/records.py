@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional
@@ -18,8 +19,8 @@ from .config import VARIANTS, StudyConfig, Variant
 from .config_parsing import check
 from .errors import PipelineError, excerpt, listing
 
-__all__ = ["RunSpec", "TrainRecord", "read_train_record", "CARD", "ModelCard", "read_card", "VERDICT_PHRASES",
-           "ANSWER_TAG_CHARS", "answer_tags", "detail_rows"]
+__all__ = ["RunSpec", "study_row", "row_rank", "TrainRecord", "read_train_record", "CARD", "ModelCard", "read_card",
+           "VERDICT_PHRASES", "ANSWER_TAG_CHARS", "answer_tags", "detail_rows"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class RunSpec:
     @property
     def row(self) -> str:
         """``lora_r8`` for a LoRA rank, the variant's own name otherwise: the study row the run belongs to."""
-        return f"{self.variant}_r{self.rank}" if self.rank is not None else self.variant
+        return study_row(self.variant, self.rank)
 
     @property
     def stage(self) -> str:
@@ -115,6 +116,18 @@ class RunSpec:
         if self.rank is not None:
             tags["lora_rank"] = tags["rank"] = self.rank
         return tags
+
+
+def study_row(variant: str, rank: Optional[int]) -> str:
+    """The name of a study row (a key of ``rows`` in evaluate.json and study.json): ``lora_r8`` for a LoRA rank,
+    the variant's own name otherwise."""
+    return f"{variant}_r{rank}" if rank is not None else variant
+
+
+def row_rank(name: str) -> Optional[int]:
+    """The LoRA rank a study row's name holds (``lora_r8`` -> 8), or None for any other row."""
+    match = re.fullmatch(r"lora_r(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import yaml
 from lora_pipeline.config import LoraConfig, ModelConfig, StudyConfig, load_params
 from lora_pipeline.errors import ConfigError, PipelineError
 from lora_pipeline.files import write_json
-from lora_pipeline.records import RunSpec, TrainRecord, read_train_record
+from lora_pipeline.records import RunSpec, TrainRecord, read_train_record, row_rank, study_row
 from tests.support.builders import LABELS, ROOT
 
 SPECS = [  # (spec, tag, row, MLflow run name)
@@ -40,6 +40,13 @@ def test_a_spec_names_its_folders_row_and_mlflow_run(spec, tag, row, run_name, m
     assert tags == {"stage": spec.stage, "variant": spec.variant, "seed": spec.seed, "lr": spec.lr,
                     "checkpoint_key": "abc", **lora}
     assert spec.fields() == {"variant": spec.variant, "rank": spec.rank, "seed": spec.seed, "lr": spec.lr}
+
+
+@pytest.mark.parametrize("name, variant, rank", [("lora_r8", "lora", 8), ("lora_r128", "lora", 128),
+                                                ("full", "full", None), ("scratch", "scratch", None)])
+def test_a_study_rows_name_holds_its_rank(name, variant, rank) -> None:
+    assert study_row(variant, rank) == name and row_rank(name) == rank
+    assert row_rank("tfidf_logreg") is None and row_rank("lora_rx") is None
 
 
 @pytest.mark.parametrize("variant", ["scratch", "full", "lora"])
@@ -128,6 +135,12 @@ def test_a_train_record_writes_the_metrics_files_keys_and_reads_back_equal(tmp_p
                                  "param_dtype"])  # no format/version keys: a flat DVC metrics file
     assert read_train_record(path) == RECORD
     assert set(RECORD.metrics()) == set(data) - set(TrainRecord.RUN_KEYS)
+
+
+def test_the_study_record_keeps_fields_every_train_record_has() -> None:
+    from lora_pipeline.record import RUN_FIELDS
+
+    assert set(RUN_FIELDS) <= {f.name for f in dataclasses.fields(TrainRecord)}
 
 
 @pytest.mark.parametrize("change, match", [
