@@ -37,6 +37,8 @@ from lora_pipeline.models import HEAD_MODULES, build_model  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path  # noqa: E402
 
 DEFAULT_SPLIT = Path("/tmp/bench/split")
+# the LoRA rank every benchmark builds and trains (params.yaml lists the study's ranks, one train instance each)
+BENCH_RANK = 8
 STEP_BATCH, STEP_LENGTH = 32, 64
 
 
@@ -204,7 +206,8 @@ class Models:
 
     def ours(self) -> nn.Module:
         torch.manual_seed(self.params.study.seeds[0])
-        return build_model("lora", self.params.model, self.labels, self.tokenizer, lora=self.params.lora)
+        return build_model("lora", self.params.model, self.labels, self.tokenizer, lora=self.params.lora,
+                           rank=BENCH_RANK)
 
     def ours_dora(self) -> nn.Module:
         """Ours with DoRA layers (``apply_lora(..., use_dora=True)``), otherwise built as :meth:`ours`: the same
@@ -213,7 +216,7 @@ class Models:
 
         model = self.full()  # seeded as ours(): the same base and head weights
         lora = self.params.lora
-        apply_lora(model, peft_target_modules(lora), rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+        apply_lora(model, peft_target_modules(lora), rank=BENCH_RANK, alpha=lora.alpha, dropout=lora.dropout,
                    rslora=lora.rslora, bias=lora.bias, modules_to_save=tuple(lora.modules_to_save), use_dora=True)
         mark_only_lora_as_trainable(model, bias=lora.bias, also=HEAD_MODULES + tuple(lora.modules_to_save))
         return model
@@ -224,7 +227,7 @@ class Models:
         from peft import LoraConfig, get_peft_model
 
         lora = self.params.lora
-        config = LoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        config = LoraConfig(task_type="SEQ_CLS", r=BENCH_RANK, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias,
                             use_dora=use_dora)
         base = self.full()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import ROOT, smoke_fixture  # noqa: E402
+from benchmarks._common import BENCH_RANK, ROOT, smoke_fixture  # noqa: E402
 from lora_pipeline.config import load_params  # noqa: E402
 from lora_pipeline.data.loaders import EncodedSplit  # noqa: E402
 from lora_pipeline.files import read_split  # noqa: E402
@@ -47,7 +47,8 @@ def measure(split: Path, params_path: Path, rows: int, variants: list[str]) -> d
         result[variant] = {"fast": [], "torch": []}
         for fast in (True, False, True, False):
             seed_everything(params.study.seeds[0])
-            model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
+            model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora,
+                                rank=BENCH_RANK if variant == "lora" else None)
             cfg = FitConfig.from_params(params, variant, device, lr=params.study.lrs(variant)[0],
                                         seed=params.study.seeds[0])
             # exactly one whole epoch: no min_steps floor, max_steps cap or early stop, so every run times

@@ -19,15 +19,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from lora_pipeline.config import LoraConfig
 from lora_pipeline.files import read_split, write_split
 
-from ._common import ROOT, ratio
+from ._common import BENCH_RANK, ROOT, ratio
 
 
-# the LoRA rank of both runs: params.yaml has no lora.rank (each stage instance takes --rank), so the Trainer's
-# params.lora.rank is the section's default; the stage gets the same value
-RANK = LoraConfig().rank
+# the LoRA rank of both runs: the stage's --rank, and the Trainer's (benchmarks/trainer_peft.py)
+RANK = BENCH_RANK
 
 
 def write_params(directory: Path, threads: int, device: str, precision: str, base: Path = ROOT / "params.yaml") -> Path:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 import torch  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
-from benchmarks._common import interleaved_medians, ratio, smoke_model  # noqa: E402
+from benchmarks._common import BENCH_RANK, interleaved_medians, ratio, smoke_model  # noqa: E402
 from lora_pipeline.config import EMBEDDED_MODEL, LoraConfig, ModelConfig  # noqa: E402
 from lora_pipeline.models import build_model  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer  # noqa: E402
@@ -55,7 +55,7 @@ def measure(model_name: str = EMBEDDED_MODEL, steps: int = 10, batch: int = 32, 
     for variant in ("full", "lora"):
         for precision, bf16 in (("fp32", False), ("bf16", True)):
             torch.manual_seed(0)
-            model = build_model(variant, cfg, labels, tokenizer, lora=LoraConfig(rank=8)).train()
+            model = build_model(variant, cfg, labels, tokenizer, lora=LoraConfig(), rank=BENCH_RANK).train()
             fns[f"{variant}_{precision}"] = _stepper(model, data, bf16)
     med = interleaved_medians(fns, steps, CPU)
     return {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

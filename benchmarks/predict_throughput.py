@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._common import Smoke, interleaved_medians, machine, ratio, smoke_fixture  # noqa: E402
+from benchmarks._common import BENCH_RANK, Smoke, interleaved_medians, machine, ratio, smoke_fixture  # noqa: E402
 from lora_pipeline.inference import Classifier, load_classifier  # noqa: E402
 from lora_pipeline.records import read_card  # noqa: E402
 from lora_pipeline.lora import load_adapter  # noqa: E402
@@ -82,7 +82,8 @@ def smoke_models(fixture: Smoke, directory: Path) -> tuple[Path, Path]:
     out = []
     for variant in ("full", "lora"):
         torch.manual_seed(0)
-        model = build_model(variant, params.model, labels, tokenizer, lora=params.lora)
+        model = build_model(variant, params.model, labels, tokenizer, lora=params.lora,
+                            rank=BENCH_RANK if variant == "lora" else None)
         card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length, text_pair=False,
                          precision=params.train.precision, base_model=params.model.name if variant == "lora" else None)
         save_trained(variant, model, tokenizer, directory / variant, card=card, lora=params.lora)

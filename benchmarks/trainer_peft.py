@@ -65,14 +65,14 @@ def build(params, labels: list[str], tokenizer):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from benchmarks._common import peft_target_modules
+    from benchmarks._common import BENCH_RANK, peft_target_modules
 
     torch.manual_seed(params.study.seeds[0])
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(params.model.name), num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)}, use_safetensors=True)
     lora = params.lora
-    config = LoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    config = LoraConfig(task_type="SEQ_CLS", r=BENCH_RANK, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=peft_target_modules(lora), use_rslora=lora.rslora, bias=lora.bias,
                         modules_to_save=["classifier", *lora.modules_to_save])
     return get_peft_model(model, config)

@@ -50,11 +50,10 @@ class FullConfig:
 class LoraConfig:
     """LoRA adapters on the frozen encoder (section ``lora``; arXiv:2106.09685).
 
-    ``rank`` is not a ``params.yaml`` key: each ``train_lora`` instance takes its rank from ``study.ranks`` (the
-    default serves library callers that build adapters directly).
+    The rank is not here: each ``train_lora`` instance takes its rank from ``study.ranks`` (its run spec,
+    :class:`~lora_pipeline.records.RunSpec`), and ``lora.rank`` in params.yaml is refused, naming that list.
     """
 
-    rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     # a list: module names or name suffixes; a string: "all-linear" or a full-match regex; None: the model's default
@@ -67,7 +66,6 @@ class LoraConfig:
     save_merged: bool = False
 
     def __post_init__(self) -> None:
-        check(self.rank >= 1, "lora.rank", "must be >= 1")
         check(self.alpha > 0, "lora.alpha", "must be > 0")
         check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
         check(self.epochs >= 1, "lora.epochs", "must be >= 1")

@@ -29,7 +29,8 @@ HEAD_MODULES: tuple[str, ...] = HEAD_NAMES
 
 
 def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tokenizer, *,
-                scratch: Optional[ScratchConfig] = None, lora: Optional[LoraConfig] = None) -> nn.Module:
+                scratch: Optional[ScratchConfig] = None, lora: Optional[LoraConfig] = None,
+                rank: Optional[int] = None) -> nn.Module:
     """Build one variant; the caller seeds torch first so initialisation is reproducible.
 
     Args:
@@ -39,12 +40,13 @@ def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tok
         labels: class names; index = class id.
         tokenizer: from :func:`lora_pipeline.pretrained.load_tokenizer`.
         scratch, lora: the variant's own section.
+        rank: the LoRA rank (lora only; a run spec's, one of ``study.ranks``).
 
     Raises:
-        PipelineError: unknown variant, missing section, unloadable model, or LoRA settings the model refuses
+        PipelineError: unknown variant, missing section or rank, unloadable model, or LoRA settings the model refuses
             (the message starts with the `lora.*` key).
     """
-    return model_variant(variant).build(model_cfg, labels, tokenizer, scratch=scratch, lora=lora)
+    return model_variant(variant).build(model_cfg, labels, tokenizer, scratch=scratch, lora=lora, rank=rank)
 
 
 def save_trained(variant: Variant, model: nn.Module, tokenizer, directory: str | Path, *, card: ModelCard,

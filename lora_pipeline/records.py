@@ -1,20 +1,211 @@
-"""The files stages hand each other, and their vocabulary: the model card every train stage writes beside its
-weights (``classifier.json``, read by evaluate, predict, serving and MLflow), and the words and orders that the
-study file's writer (evaluate) and readers (report, figures) share (a verdict's phrase, the detail rows' order,
-the answer's MLflow tags)."""
+"""The files stages hand each other, and their vocabulary: the run spec of one train instance (its command-line
+flags, tag, study row and MLflow run name, and the study grid it is a point of), the train run record each train
+stage writes (``metrics/train/<variant>-<tag>.json``, read by evaluate), the model card every train stage writes
+beside its weights (``classifier.json``, read by evaluate, predict, serving and MLflow), and the words and orders
+that the study file's writer (evaluate) and readers (report, figures) share (a verdict's phrase, the detail rows'
+order, the answer's MLflow tags)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
-from .config import Variant
-from .errors import PipelineError, excerpt
+from .config import VARIANTS, StudyConfig, Variant
+from .config_parsing import check
+from .errors import PipelineError, excerpt, listing
 
-__all__ = ["CARD", "ModelCard", "read_card", "VERDICT_PHRASES", "ANSWER_TAG_CHARS", "answer_tags", "detail_rows"]
+__all__ = ["RunSpec", "study_row", "row_rank", "TrainRecord", "read_train_record", "CARD", "ModelCard", "read_card",
+           "VERDICT_PHRASES", "ANSWER_TAG_CHARS", "answer_tags", "detail_rows"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One point of the study grid: what one train stage instance trains (an item of dvc.yaml's ``matrix:``).
+
+    Attributes:
+        variant: scratch, full or lora.
+        seed: one of ``study.seeds``.
+        lr: the peak learning rate, one of ``study.<variant>_lrs``.
+        rank: the LoRA rank, one of ``study.ranks``; None for the other variants.
+
+    Raises:
+        PipelineError: an unknown variant, or a rank on a variant other than lora (or none on lora).
+        ConfigError: a rank below 1 (named ``lora.rank``, the key a LoRA run's params record it under).
+    """
+
+    variant: Variant
+    seed: int
+    lr: float
+    rank: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise PipelineError(f"unknown variant {excerpt(self.variant)}; expected one of {', '.join(VARIANTS)}")
+        if (self.rank is None) == (self.variant == "lora"):
+            raise PipelineError(f"a {self.variant} run {'needs a' if self.rank is None else 'takes no'} LoRA rank")
+        check(self.rank is None or self.rank >= 1, "lora.rank", "must be >= 1")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, variant: Variant) -> None:
+        """Add the flags that pick the grid point to a train stage's parser: ``--seed --lr`` (and ``--rank``)."""
+        parser.add_argument("--seed", type=int, required=True, help="seed of this run (one of study.seeds)")
+        parser.add_argument("--lr", type=float, required=True,
+                            help=f"peak learning rate (one of study.{variant}_lrs)")
+        if variant == "lora":
+            parser.add_argument("--rank", type=int, required=True, help="LoRA rank (one of study.ranks)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, variant: Variant) -> RunSpec:
+        """The spec that :meth:`add_arguments`' flags parsed into ``args`` name."""
+        return cls(variant, args.seed, args.lr, args.rank if variant == "lora" else None)
+
+    @classmethod
+    def grid(cls, study: StudyConfig) -> list[RunSpec]:
+        """Every train instance of the study, in dvc.yaml's order: the stages scratch, full, lora, each one's
+        ``matrix:`` expanded as DVC does (the product of its lists in their order: seed, lr; lora: rank, seed, lr)."""
+        specs = []
+        for variant in VARIANTS:
+            ranks = study.ranks if variant == "lora" else (None,)
+            specs += [cls(variant, seed, lr, rank) for rank in ranks for seed in study.seeds
+                      for lr in study.lrs(variant)]
+        return specs
+
+    @property
+    def tag(self) -> str:
+        """``r8-s42-lr0.002`` (lora) or ``s42-lr0.0001``: the name dvc.yaml gives the instance's folders.
+
+        DVC writes ``${item.lr}`` with Python's ``str`` of the float it read from params.yaml, and the stage reads
+        that text back with ``float``; ``str`` of a float is the shortest text that reads back as it, so this is
+        the folder's name for every learning rate params.yaml holds as a float (``2.0e-3`` -> ``lr0.002``,
+        ``5.0e-5`` -> ``lr5e-05``). A learning rate written as a YAML integer (``1``) is the exception: DVC
+        writes ``lr1``, this ``lr1.0``; the train stage therefore records the name of its ``--out`` folder.
+        """
+        return (f"r{self.rank}-" if self.rank is not None else "") + f"s{self.seed}-lr{self.lr}"
+
+    @property
+    def row(self) -> str:
+        """``lora_r8`` for a LoRA rank, the variant's own name otherwise: the study row the run belongs to."""
+        return study_row(self.variant, self.rank)
+
+    @property
+    def stage(self) -> str:
+        """The DVC stage that trains it: ``train_<variant>``."""
+        return f"train_{self.variant}"
+
+    @property
+    def run_name(self) -> str:
+        """The name of the instance's MLflow run, ``train_lora r8 s42 lr0.002`` (with `` [<exp>]`` appended under
+        ``dvc exp run``): what the tracker builds from :attr:`stage` and :meth:`tracking_tags`."""
+        rank = f" r{self.rank}" if self.rank is not None else ""
+        return f"{self.stage}{rank} s{self.seed} lr{self.lr}"
+
+    def fields(self) -> dict[str, Any]:
+        """``variant``, ``rank``, ``seed``, ``lr``: the grid point as the run record and MLflow's ``run.*``
+        params hold it."""
+        return {"variant": self.variant, "rank": self.rank, "seed": self.seed, "lr": self.lr}
+
+    def tracking_tags(self, **extra: Any) -> dict[str, Any]:
+        """The MLflow tags of the instance's run: stage, variant, seed, lr, ``extra``, and for lora ``lora_rank``
+        and ``rank``."""
+        tags = {"stage": self.stage, "variant": self.variant, "seed": self.seed, "lr": self.lr, **extra}
+        if self.rank is not None:
+            tags["lora_rank"] = tags["rank"] = self.rank
+        return tags
+
+
+def study_row(variant: str, rank: Optional[int]) -> str:
+    """The name of a study row (a key of ``rows`` in evaluate.json and study.json): ``lora_r8`` for a LoRA rank,
+    the variant's own name otherwise."""
+    return f"{variant}_r{rank}" if rank is not None else variant
+
+
+def row_rank(name: str) -> Optional[int]:
+    """The LoRA rank a study row's name holds (``lora_r8`` -> 8), or None for any other row."""
+    match = re.fullmatch(r"lora_r(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """What one train instance gave (``metrics/train/<variant>-<tag>.json``, a DVC metrics file): its grid point,
+    the name of its folders (``tag``), and the run's scores, length, cost and size.
+
+    A version 1 file holds exactly these keys, and no ``format``/``version`` keys (a DVC metrics file is flat
+    values, each one shown by ``dvc metrics show``); a later version adds both, and :func:`read_train_record`
+    reads no other version than :attr:`VERSION`.
+    """
+
+    FORMAT: ClassVar[str] = "lora-pipeline-train-run"
+    VERSION: ClassVar[int] = 1
+    RUN_KEYS: ClassVar[tuple[str, ...]] = ("variant", "rank", "seed", "lr", "tag")  # which run; the rest: its metrics
+
+    variant: Variant
+    rank: Optional[int]  # None unless lora
+    seed: int
+    lr: float
+    tag: str  # the name of the instance's --out folder (and of its curve and prediction files)
+    val_macro_f1: float  # of the best validation: the kept checkpoint
+    best_epoch: float
+    best_step: int
+    epochs: float  # at the last validation
+    steps: int
+    planned_steps: int
+    stop_reason: str
+    stopped_by: str  # plateau | cap
+    converged: bool
+    validations: int
+    seconds_to_best: float
+    cpu_seconds_to_best: float
+    train_seconds: float
+    train_cpu_seconds: float
+    samples_per_second: float
+    peak_memory_mb: float
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    size_on_disk_mb: float  # weights + their config
+    device: str
+    precision: str  # the compute (autocast) dtype: bf16 | fp32
+    param_dtype: str  # the dtype the trained parameters were held and updated in
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON object: every field under its name."""
+        return dataclasses.asdict(self)
+
+    def metrics(self) -> dict[str, Any]:
+        """The fields other than :attr:`RUN_KEYS`: what the run measured."""
+        return {k: v for k, v in self.to_json().items() if k not in self.RUN_KEYS}
+
+
+def read_train_record(path: str | Path) -> TrainRecord:
+    """The train run record at ``path``.
+
+    Raises:
+        PipelineError: unreadable, not a train run record, another version, or a key of this version missing (one
+            line each).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{path}: unreadable ({excerpt(str(err), quote=False)})") from None
+    if not isinstance(data, dict) or data.get("format", TrainRecord.FORMAT) != TrainRecord.FORMAT:
+        raise PipelineError(f"{path}: not a lora-pipeline train run record")
+    if data.get("version", 1) != TrainRecord.VERSION:
+        raise PipelineError(f"{path}: train run record version {excerpt(data.get('version'))}, but this lora-pipeline "
+                            f"reads version {TrainRecord.VERSION}; use the lora-pipeline that wrote it, or retrain "
+                            "(`dvc repro -f train_<variant>`)")
+    names = [f.name for f in dataclasses.fields(TrainRecord)]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise PipelineError(f"{path}: a train run record without {listing(missing)}; retrain "
+                            "(`dvc repro -f train_<variant>`) with this lora-pipeline")
+    return TrainRecord(**{n: data[n] for n in names})
 
 CARD = "classifier.json"
 _FORMAT = "lora-pipeline-classifier"

@@ -48,8 +48,11 @@ class ModelVariant(abc.ABC):
 
     @abc.abstractmethod
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None) -> nn.Module:
-        """A freshly initialised model with its trainable parameters marked; the caller seeds torch first."""
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
+        """A freshly initialised model with its trainable parameters marked; the caller seeds torch first.
+
+        ``scratch`` / ``lora`` are the variant's own params section; ``rank`` is a LoRA run's rank (its run spec's,
+        one of ``study.ranks``)."""
 
     @abc.abstractmethod
     def save(self, model: nn.Module, tokenizer, directory: Path, *, card: ModelCard,
@@ -91,7 +94,7 @@ class Scratch(_WholeModel):
     name = "scratch"
 
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
         if scratch is None:
             raise PipelineError("build_model('scratch') needs the scratch params section")
         from transformers import BertConfig, BertForSequenceClassification
@@ -111,7 +114,7 @@ class Full(_WholeModel):
     name = "full"
 
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
         return pretrained_with_head(model_cfg, labels, tokenizer.pad_token_id)
 
 
@@ -123,11 +126,13 @@ class Lora(ModelVariant):
     weight_names = ("adapter.safetensors", "adapter_config.json")
 
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
         model = pretrained_with_head(model_cfg, labels, tokenizer.pad_token_id)
         if lora is None:
             raise PipelineError("build_model('lora') needs the lora params section")
-        _add_lora(model, lora)
+        if rank is None:
+            raise PipelineError("build_model('lora') needs the LoRA rank (a run spec's, one of study.ranks)")
+        _add_lora(model, lora, rank)
         return model
 
     def save(self, model: nn.Module, tokenizer, directory: Path, *, card: ModelCard,
@@ -247,8 +252,8 @@ def pretrained_with_head(cfg: ModelConfig, labels: list[str], pad_token_id: int)
     return model
 
 
-def _add_lora(model: nn.Module, lora: LoraConfig) -> None:
-    """Apply LoRA as ``lora`` says and freeze all but adapters, head and modules_to_save.
+def _add_lora(model: nn.Module, lora: LoraConfig, rank: int) -> None:
+    """Apply LoRA of rank ``rank`` as ``lora`` says and freeze all but adapters, head and modules_to_save.
 
     Raises:
         PipelineError: one line naming the ``lora.*`` key when the LoRA package refuses the settings.
@@ -261,7 +266,7 @@ def _add_lora(model: nn.Module, lora: LoraConfig) -> None:
         targets = list(targets)
     extra = tuple(lora.modules_to_save)
     try:
-        apply_lora(model, target_modules=targets, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+        apply_lora(model, target_modules=targets, rank=rank, alpha=lora.alpha, dropout=lora.dropout,
                    rslora=lora.rslora, use_dora=lora.use_dora, bias=lora.bias, modules_to_save=extra)
     except LoRAArgumentError as err:
         raise PipelineError(f"lora.{err.argument}: {err}") from err

@@ -21,7 +21,7 @@ from lora_pipeline.distributed import (World, current_world, destroy_process_gro
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_dir, atomic_file, read_split, split_digests, write_json
 from lora_pipeline.lora import count_parameters
-from lora_pipeline.records import ModelCard
+from lora_pipeline.records import ModelCard, RunSpec, TrainRecord
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import peak_memory_mb, resolve_device, seed_everything
@@ -36,10 +36,7 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=f"train_{variant}: train the {variant} variant")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--split", required=True, help="directory from the split stage")
-    parser.add_argument("--seed", type=int, required=True, help="seed of this run (one of study.seeds)")
-    parser.add_argument("--lr", type=float, required=True, help=f"peak learning rate (one of study.{variant}_lrs)")
-    if variant == "lora":
-        parser.add_argument("--rank", type=int, required=True, help="LoRA rank (one of study.ranks)")
+    RunSpec.add_arguments(parser, variant)
     parser.add_argument("--out", required=True, help="model output directory")
     parser.add_argument("--metrics", required=True, help="metrics JSON file")
     parser.add_argument("--curve", required=True, help="folder for the per-step and per-validation curve CSVs")
@@ -48,6 +45,31 @@ def parse_args(argv: list[str] | None, variant: Variant) -> argparse.Namespace:
     parser.add_argument("--checkpoints", required=True, help="resumable state (git-ignored, not a DVC out)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
+
+
+class Paths(NamedTuple):
+    """What a train instance reads and writes (dvc.yaml's flags), and whether it shows a progress bar."""
+    params: str
+    split: str
+    out: str
+    metrics: str
+    curve: str
+    predictions: str
+    checkpoints: str
+    progress: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Paths":
+        return cls(args.params, args.split, args.out, args.metrics, args.curve, args.predictions, args.checkpoints,
+                   not args.no_progress)
+
+    @property
+    def tag(self) -> str:
+        """The name of ``--out``: the instance's tag as dvc.yaml built it (what evaluate finds its files by).
+
+        :attr:`RunSpec.tag <lora_pipeline.records.RunSpec.tag>` equals it for every float learning rate; the
+        folder's own name is recorded, so a learning rate written as a YAML integer still finds its files."""
+        return Path(self.out).name
 
 
 #: how a run is launched, not what it computes: a checkpoint resumes under any of these (DDP shards global batches)
@@ -88,13 +110,12 @@ def _write_predictions(actual: list[int], predicted: list[int], path: str) -> No
         writer.writerows(zip(range(len(actual)), actual, predicted))
 
 
-def _train(args: argparse.Namespace, variant: Variant, argv: list[str]) -> None:
-    params = load_params(args.params, sections=["model", "train", variant, "mlflow"])
+def _train(spec: RunSpec, paths: Paths, argv: list[str]) -> None:
+    variant = spec.variant
+    params = load_params(paths.params, sections=["model", "train", variant, "mlflow"])
     if wants_launch(params.train):
-        _launch(params, variant, argv, run_id=Path(args.out).name)
+        _launch(params, variant, argv, run_id=paths.tag)
         return
-    if variant == "lora":  # the instance's rank: the section holds everything else of the adapters
-        params = dataclasses.replace(params, lora=dataclasses.replace(params.lora, rank=args.rank))
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
     world = current_world()
@@ -103,22 +124,30 @@ def _train(args: argparse.Namespace, variant: Variant, argv: list[str]) -> None:
         mark_started()
         if not world.is_main:  # rank 0 speaks for the launch; the others only warn
             logging.getLogger().setLevel(logging.WARNING)
-    seed_everything(args.seed)
-    split = Path(args.split)
+    seed_everything(spec.seed)
+    split = Path(paths.split)
     device = _device(params.train.device, world)  # before any work: `cuda` on a CPU-only torch fails here
-    cfg = FitConfig.from_params(params, variant, device, lr=args.lr, seed=args.seed)
-    sections = {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
-                variant: dataclasses.asdict(getattr(params, variant))}
-    checkpointer = DirCheckpointer(args.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
+    cfg = FitConfig.from_params(params, variant, device, lr=spec.lr, seed=spec.seed)
+    sections = run_sections(params, spec)
+    checkpointer = DirCheckpointer(paths.checkpoints, checkpoint_key(variant, sections, device, cfg, split))
     init_process_group(world, device, params.train.dist_timeout_s)
     try:
         if not world.is_main:  # rank 0 alone owns the checkpoint folder, the outputs and the MLflow run
-            _fit(args, variant, params, cfg, device, None, world)
+            _fit(spec, paths, params, cfg, device, None, world)
             return
         with checkpointer.lock():  # a second process on this folder (an orphan of a killed `dvc repro`) stops here
-            _fit_and_save(args, variant, params, cfg, device, sections, checkpointer, world)
+            _fit_and_save(spec, paths, params, cfg, device, sections, checkpointer, world)
     finally:
         destroy_process_group()
+
+
+def run_sections(params: Params, spec: RunSpec) -> dict:
+    """The params sections a run depends on (``model``, ``train``, its variant's), as MLflow's params show them and
+    the checkpoint key hashes them: a LoRA run's section also holds its rank, ``lora.rank``."""
+    own = dataclasses.asdict(getattr(params, spec.variant))
+    if spec.rank is not None:
+        own = {"rank": spec.rank, **own}
+    return {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train), spec.variant: own}
 
 
 def _launch(params: Params, variant: Variant, argv: list[str], run_id: str) -> None:
@@ -153,73 +182,65 @@ class Fitted(NamedTuple):
     result: TrainResult
 
 
-def _fit(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
+def _fit(spec: RunSpec, paths: Paths, params: Params, cfg: FitConfig, device: torch.device,
          checkpointer: DirCheckpointer | None, world: World, tracker=NullTracker()) -> Fitted:
     """Load the split, build the model and train it."""
     with phase("data"):
-        labels, frames = read_split(args.split, ("train", "val"))
+        labels, frames = read_split(paths.split, ("train", "val"))
         train, val = (EncodedSplit.from_frame(frames[part]) for part in ("train", "val"))
     with phase("model"):
         tokenizer = load_tokenizer(params.model)
-        model = build_model(variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora)
+        model = build_model(spec.variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora,
+                            rank=spec.rank)
     timings: dict[str, float] = {}
     with phase("train"):
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
                      checkpointer=checkpointer if cfg.checkpoint_every else None,
-                     progress=not args.no_progress and world.is_main, world=world, timings=timings)
+                     progress=paths.progress and world.is_main, world=world, timings=timings)
         add_phase("forward", timings["forward"])
         add_phase("save", timings["checkpoint"])
     return Fitted(model, tokenizer, labels, frames, result)
 
 
-def _fit_and_save(args: argparse.Namespace, variant: Variant, params: Params, cfg: FitConfig, device: torch.device,
+def _fit_and_save(spec: RunSpec, paths: Paths, params: Params, cfg: FitConfig, device: torch.device,
                   sections: dict, checkpointer: DirCheckpointer, world: World) -> None:
-    run = _run_record(args, variant)
-    tags = {"stage": f"train_{variant}", "variant": variant, "seed": args.seed, "lr": args.lr,
-            "checkpoint_key": checkpointer.key}
-    if variant == "lora":
-        tags["lora_rank"] = tags["rank"] = args.rank
+    variant = spec.variant
+    run = {**spec.fields(), "tag": paths.tag}  # which grid point: evaluate finds the model and curves by the tag
     with phase("mlflow"):
-        tracker = timed_tracker(open_tracker(params.mlflow, f"train_{variant}", tags))
+        tracker = timed_tracker(open_tracker(params.mlflow, spec.stage,
+                                             spec.tracking_tags(checkpoint_key=checkpointer.key)))
     with tracker:
         tracker.log_params({**sections, "run": {k: v for k, v in run.items() if v is not None},
                             "resolved": {"device": str(device), "precision": "bf16" if cfg.bf16 else "fp32"},
                             "world_size": world.size})
-        model, tokenizer, labels, frames, result = _fit(args, variant, params, cfg, device, checkpointer, world,
-                                                        tracker)
-        log_split_inputs(tracker, args.split, frames, {"train": "training", "val": "validation"})
+        model, tokenizer, labels, frames, result = _fit(spec, paths, params, cfg, device, checkpointer, world, tracker)
+        log_split_inputs(tracker, paths.split, frames, {"train": "training", "val": "validation"})
         with phase("save"):
             card = ModelCard(variant=variant, labels=tuple(labels), max_length=params.model.max_length,
                              text_pair="text_pair" in frames["train"].columns, precision=params.train.precision,
                              base_model=params.model.name if variant == "lora" else None)
-            save_trained(variant, model, tokenizer, args.out, card=card, lora=params.lora,
+            save_trained(variant, model, tokenizer, paths.out, card=card, lora=params.lora,
                          save_merged=variant == "lora" and params.lora.save_merged)
-            metrics = {**run, **_metrics(model, result, device, weights_files(variant, args.out), cfg)}
-            write_json(args.metrics, metrics)
-            _write_curves(result, args.curve)
+            record = TrainRecord(**run, **_metrics(model, result, device, weights_files(variant, paths.out), cfg))
+            write_json(paths.metrics, record.to_json())
+            _write_curves(result, paths.curve)
             _write_predictions(frames["val"]["label_id"].astype(int).tolist(), result.best_predictions,
-                               args.predictions)
+                               paths.predictions)
             checkpointer.clear()
-        tracker.log_metrics(summary_for_tracking({k: v for k, v in metrics.items() if k not in run}))
+        tracker.log_metrics(summary_for_tracking(record.metrics()))
         tracker.set_tags({"resumed_from_step": result.resumed_from_step, "stop_reason": result.stop_reason,
-                          "stopped_by": result.stopped_by, "param_dtype": metrics["param_dtype"]})
-        for path in (args.metrics, args.curve, args.predictions):
+                          "stopped_by": result.stopped_by, "param_dtype": record.param_dtype})
+        for path in (paths.metrics, paths.curve, paths.predictions):
             tracker.log_artifact(path)
         with phase("mlflow"):  # the digest is for MLflow's copy of the model
-            digest = model_digest(weights_files(variant, args.out))
-        tracker.use("model", lambda mlflow: _log_model(mlflow, args.out, digest, variant, run["tag"]))
+            digest = model_digest(weights_files(variant, paths.out))
+        tracker.use("model", lambda mlflow: _log_model(mlflow, paths.out, digest, variant, record.tag))
 
 
 def _log_model(mlflow, out: str, digest: str, variant: Variant, tag: str) -> str:
     from lora_pipeline import mlflow_model  # imports mlflow.pyfunc: only when tracking is on
 
     return mlflow_model.log_trained(mlflow, out, digest, mlflow_model.model_name(variant, tag))
-
-
-def _run_record(args: argparse.Namespace, variant: Variant) -> dict:
-    """Which grid point this instance is: evaluate finds the model and curves by ``tag`` (the name of ``--out``)."""
-    return {"variant": variant, "rank": getattr(args, "rank", None), "seed": args.seed, "lr": args.lr,
-            "tag": Path(args.out).name}
 
 
 def summary_for_tracking(metrics: dict) -> dict:
@@ -270,4 +291,4 @@ def train_main(variant: Variant, argv: list[str] | None) -> int:
     """Entry point of ``stages/train_<variant>.py``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv, variant)
-    return run_stage(f"train_{variant}", lambda: _train(args, variant, argv))
+    return run_stage(f"train_{variant}", lambda: _train(RunSpec.from_args(args, variant), Paths.from_args(args), argv))

@@ -38,7 +38,7 @@ CUDA = torch.device("cuda")
 def _lora(model_dir: Path, tokenizer) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model("lora", ModelConfig(name=str(model_dir), max_length=32), LABELS, tokenizer,
-                       lora=LoraConfig(rank=4, alpha=8.0))
+                       lora=LoraConfig(alpha=8.0), rank=4)
 
 
 def _batch(tokenizer, device: torch.device) -> dict[str, torch.Tensor]:

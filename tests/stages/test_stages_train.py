@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_pipeline.checkpoint import DirCheckpointer
+from lora_pipeline.records import RunSpec, read_train_record
 from tests.support.builders import LABELS, LRS, SEED, WALL_CLOCK_KEYS, make_frame, write_clean, write_params
 from tests.support.chains import (EXPERIMENT, INSTANCES, RANKS, evaluate_args, instance_paths, instance_tag, run_chain,
                                   run_train, train_args)
@@ -71,6 +72,8 @@ def test_train_outputs(pipeline, variant, rank):
     assert (metrics["precision"], metrics["param_dtype"]) == ("fp32", "float32")
     assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag")} == \
            {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": instance_tag(variant, rank)}
+    record = read_train_record(instance_paths(base, variant, rank)["metrics"])
+    assert record.to_json() == metrics and record.tag == RunSpec(variant, SEED, LRS[variant], rank).tag
     per_epoch = -(-len(pd.read_parquet(base / "split" / "train.parquet")) // 16)
     every = min(-(-per_epoch // 4), 2 * per_epoch // 8)  # eval_every 0: auto
     assert metrics["epochs"] == 2 and metrics["steps"] == metrics["planned_steps"] == 2 * per_epoch

@@ -53,8 +53,8 @@ def nonzero_lora_model(tiny_model_dir: Path, tiny_tokenizer, *, pairs: bool = Fa
     from lora_pipeline.lora import lora_layers
     from lora_pipeline.models import build_model
 
-    lora = LoraConfig(rank=4, alpha=8.0)
-    model = build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=lora)
+    lora = LoraConfig(alpha=8.0)
+    model = build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=lora, rank=4)
     torch.manual_seed(1)
     for _, layer in lora_layers(model):
         torch.nn.init.normal_(layer.lora_b, std=0.5)

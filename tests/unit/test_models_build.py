@@ -31,7 +31,7 @@ def _batch() -> dict[str, torch.Tensor]:
 def lora_model(tiny_model_dir: Path, tiny_tokenizer, **lora) -> nn.Module:
     torch.manual_seed(0)
     return build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer,
-                       lora=LoraConfig(rank=4, alpha=8, **lora))
+                       lora=LoraConfig(alpha=8, **lora), rank=4)
 
 
 @pytest.mark.parametrize("targets, expected", [
@@ -72,17 +72,19 @@ def test_targets_inside_modules_trained_in_full_are_left_unwrapped_and_round_tri
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)  # merged vs unmerged: fp32 rounding only
 
 
-@pytest.mark.parametrize("lora, message", [
+@pytest.mark.parametrize("settings, message", [
     ({"rank": 10**9}, r"^lora\.rank: rank 1000000000 exceeds min\(in_features, out_features\) = 32 of "
                       r"bert\.encoder\.layer\.0\.attention\.self\.query \(32 -> 32\)"),
     ({"target_modules": ("nonexistent",)}, r"^lora\.target_modules: target_modules=\['nonexistent'\] matched no "
                                            r".*candidate names \(suffixes\): \[.*'query'"),
     ({"target_modules": "classifier"}, r"^lora\.target_modules: .*matched only \['classifier'\]"),
 ])
-def test_bad_lora_settings_are_one_line_pipeline_errors(lora, message, tiny_model_dir, tiny_tokenizer) -> None:
+def test_bad_lora_settings_are_one_line_pipeline_errors(settings, message, tiny_model_dir, tiny_tokenizer) -> None:
+    rank = settings.get("rank", 4)
+    lora = {k: v for k, v in settings.items() if k != "rank"}
     with pytest.raises(PipelineError, match=message) as err:
-        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer,
-                    lora=LoraConfig(**{"rank": 4, **lora}))
+        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=LoraConfig(**lora),
+                    rank=rank)
     assert "\n" not in str(err.value) and len(str(err.value)) < 1000
 
 
@@ -93,7 +95,7 @@ def test_head_names_have_one_source() -> None:
 def test_load_report_is_one_log_line(tiny_model_dir, tiny_tokenizer, caplog, capfd) -> None:
     with caplog.at_level(logging.INFO):
         build_model("full", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer)
-        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=LoraConfig())
+        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=LoraConfig(), rank=8)
     out, err = capfd.readouterr()
     assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err
     fresh = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
@@ -130,7 +132,8 @@ def test_a_half_precision_checkpoint_trains_in_fp32(variant, bf16_model_dir, tin
     are not rounded away and `train.precision` alone decides the compute dtype (autocast)."""
     torch.manual_seed(0)
     model = build_model(variant, ModelConfig(name=str(bf16_model_dir), max_length=32), LABELS, tiny_tokenizer,
-                        lora=LoraConfig(rank=4, alpha=8) if variant == "lora" else None)
+                        lora=LoraConfig(alpha=8) if variant == "lora" else None,
+                        rank=4 if variant == "lora" else None)
     dtypes = {p.dtype for p in model.parameters()}
     assert dtypes == {torch.float32}
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -148,9 +151,10 @@ def test_lora_use_dora_builds_dora_layers_that_save_and_load_to_the_same_logits(
     from lora_pipeline.records import ModelCard
     from lora_pipeline.models import save_trained
 
-    lora = LoraConfig(rank=4, alpha=8, use_dora=True)
+    lora = LoraConfig(alpha=8, use_dora=True)
     torch.manual_seed(0)
-    model = build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer, lora=lora)
+    model = build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer, lora=lora,
+                        rank=4)
     layers = lora_layers(model)
     assert layers and all(layer.use_dora for _, layer in layers)
     assert all(layer.lora_magnitude.requires_grad for _, layer in layers)

@@ -39,7 +39,7 @@ def test_minilm_loads_with_a_fresh_head(tokenizer):
 
 def test_minilm_lora_trains_a_few_steps(tokenizer):
     torch.manual_seed(0)
-    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(rank=4, alpha=8))
+    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(alpha=8), rank=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     total = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) / total < 0.01
@@ -61,7 +61,7 @@ def test_minilm_first_token_last_layer_gives_the_same_step(tokenizer):
     from lora_pipeline.speedups import first_token_last_layer
 
     torch.manual_seed(0)
-    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(rank=8, alpha=16, dropout=0.1))
+    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=LoraConfig(alpha=16, dropout=0.1), rank=8)
     model.train()
     texts = tokenizer(["a wonderful, moving film", "dull"] * 4, padding=True, return_tensors="pt")
     batch = {**texts, "labels": torch.tensor([1, 0] * 4)}
@@ -93,8 +93,8 @@ def test_minilm_trained_adapter_round_trips_through_peft(tokenizer, tmp_path):
     from lora_pipeline.models import HEAD_MODULES
 
     torch.manual_seed(0)
-    lora = LoraConfig(rank=4, alpha=8, modules_to_save=("pooler",))
-    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=lora)
+    lora = LoraConfig(alpha=8, modules_to_save=("pooler",))
+    model = build_model("lora", ModelConfig(), LABELS, tokenizer, lora=lora, rank=4)
     texts = tokenizer(["a wonderful, moving film", "dull and far too long", "the cast is superb",
                        "a tedious mess"] * 2, padding=True, return_tensors="pt")
     batch = {**texts, "labels": torch.tensor([1, 0, 1, 0] * 2)}

@@ -303,12 +303,12 @@ def test_lora_modules_to_save_trains_the_pooler_and_round_trips(tiny_model_dir, 
     from lora_pipeline.models import HEAD_MODULES, load_trained
 
     cfg = ModelConfig(name=str(tiny_model_dir), max_length=32)
-    lora = LoraConfig(rank=2, alpha=4.0, modules_to_save=("pooler",))
-    model = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=lora)
+    lora = LoraConfig(alpha=4.0, modules_to_save=("pooler",))
+    model = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=lora, rank=2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight"} <= trainable
     assert not any("encoder" in n and "lora_" not in n for n in trainable)
-    plain = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, alpha=4.0, modules_to_save=()))
+    plain = build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(alpha=4.0, modules_to_save=()), rank=2)
     assert not any("pooler" in n for n, p in plain.named_parameters() if p.requires_grad)
     with torch.no_grad():
         model.bert.pooler.dense.weight.add_(0.5)  # as if trained
@@ -323,7 +323,7 @@ def test_lora_modules_to_save_trains_the_pooler_and_round_trips(tiny_model_dir, 
         got = load_trained("lora", tmp_path / "a", cfg, LABELS, tiny_tokenizer).eval()(**batch).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     with caplog.at_level("WARNING"):
-        build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(rank=2, modules_to_save=("nopool",)))
+        build_model("lora", cfg, LABELS, tiny_tokenizer, lora=LoraConfig(modules_to_save=("nopool",)), rank=2)
     assert "no module named nopool" in caplog.text
 
 

@@ -56,10 +56,10 @@ def test_an_unknown_variant_is_one_line_naming_the_known_ones(call, tiny_model_d
 
 def _built(variant: str, model_dir: Path, tokenizer) -> tuple[torch.nn.Module, LoraConfig]:
     """The variant on the tiny base, every trainable weight moved off its initial value (a LoRA B included)."""
-    lora = LoraConfig(rank=4, alpha=8.0)
+    lora = LoraConfig(alpha=8.0)
     model = build_model(variant, ModelConfig(name=str(model_dir), max_length=32), LABELS, tokenizer,
                         scratch=ScratchConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
-                        lora=lora)
+                        lora=lora, rank=4 if variant == "lora" else None)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
