@@ -7,11 +7,10 @@ Pure text from ``metrics/study.json`` (see ``stages/evaluate.py``); the figures 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 from .records import VERDICT_PHRASES as _VERDICT
-from .records import detail_rows
+from .records import detail_rows, row_rank
 
 __all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
            "markdown_table", "ordered_rows", "render_report", "row_title", "run_rows", "setup_section"]
@@ -23,8 +22,8 @@ _ORDER = {"scratch": 0, "full": 1, "lora": 2}
 
 def row_title(name: str) -> str:
     """``lora_r8`` → ``LoRA r=8 (ours)``; other rows by their variant's title."""
-    match = re.fullmatch(r"lora_r(\d+)", name)
-    return f"LoRA r={match.group(1)} (ours)" if match else VARIANT_TITLES.get(name, name)
+    rank = row_rank(name)
+    return f"LoRA r={rank} (ours)" if rank is not None else VARIANT_TITLES.get(name, name)
 
 
 def ordered_rows(study: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:

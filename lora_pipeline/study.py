@@ -16,7 +16,9 @@ import numpy as np
 
 from sklearn.metrics import accuracy_score, f1_score
 
+from .config import VARIANTS, StudyConfig
 from .errors import PipelineError
+from .records import RunSpec, study_row
 from .statistics import (MethodInterval, degenerate_reason, method_difference, method_mean, needed_to_decide,
                          paired_difference, reference_note)
 
@@ -45,7 +47,7 @@ class Group:
 
 def row_name(variant: str, rank: Optional[int]) -> str:
     """``lora_r8`` for a LoRA rank, the variant's own name otherwise (the key in evaluate.json)."""
-    return f"{variant}_r{rank}" if rank is not None else variant
+    return study_row(variant, rank)
 
 
 def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
@@ -207,8 +209,7 @@ def explain_degenerate(row: Mapping[str, Any]) -> Optional[str]:
             "grid, more warm-up, or a smaller model for this little data")
 
 
-def grid_runs(records: Sequence[Mapping[str, Any]], seeds: Sequence[int], lrs: Mapping[str, Sequence[float]],
-              ranks: Sequence[int]) -> list[Mapping[str, Any]]:
+def grid_runs(records: Sequence[Mapping[str, Any]], study: StudyConfig) -> list[Mapping[str, Any]]:
     """The train-stage records of the current grid, one per (variant, rank, seed, lr); stale ones are ignored.
 
     A train instance whose value was removed from a study list leaves its files on disk; they are not part of the
@@ -216,7 +217,7 @@ def grid_runs(records: Sequence[Mapping[str, Any]], seeds: Sequence[int], lrs: M
 
     Args:
         records: every train-stage metrics record found (``variant``, ``rank``, ``seed``, ``lr``).
-        lrs: each variant's learning-rate grid.
+        study: the grid (:meth:`RunSpec.grid <lora_pipeline.records.RunSpec.grid>`).
 
     Raises:
         PipelineError: a grid point has no record (its instance has not run), naming the missing instances.
@@ -225,8 +226,11 @@ def grid_runs(records: Sequence[Mapping[str, Any]], seeds: Sequence[int], lrs: M
         return variant, rank, seed, float(f"{lr:.6g}")
 
     found = {key(r["variant"], r.get("rank"), r["seed"], r["lr"]): r for r in records}
-    wanted = [key(v, rank, seed, lr) for v, grid in lrs.items() for lr in grid for seed in seeds
-              for rank in (ranks if v == "lora" else [None])]
+    def order(s: RunSpec) -> tuple:  # the record's order: variant, lr, seed, rank
+        return (VARIANTS.index(s.variant), study.lrs(s.variant).index(s.lr), study.seeds.index(s.seed),
+                -1 if s.rank is None else study.ranks.index(s.rank))
+
+    wanted = [key(s.variant, s.rank, s.seed, s.lr) for s in sorted(RunSpec.grid(study), key=order)]
     missing = [w for w in wanted if w not in found]
     if missing:
         shown = ", ".join(f"{v}{'' if r is None else f' r{r}'} seed {s} lr {lr:g}" for v, r, s, lr in missing[:5])

@@ -20,7 +20,7 @@ import pandas as pd
 from lora_pipeline import answer as answer_lib
 from lora_pipeline import record as record_lib
 from lora_pipeline import study
-from lora_pipeline.config import LoraConfig, Params, load_params
+from lora_pipeline.config import Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.data.summary import DATASET_FILE
 from lora_pipeline.errors import PipelineError
@@ -28,7 +28,7 @@ from lora_pipeline.evaluation import classification_metrics, fit_tfidf_baseline,
 from lora_pipeline.files import atomic_dir, atomic_file, read_json, read_split, write_json
 from lora_pipeline.lora import adapter_factors
 from lora_pipeline.models import load_trained, model_digest, weights_files
-from lora_pipeline.records import answer_tags
+from lora_pipeline.records import answer_tags, read_train_record
 from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.speedups import trim_switch
@@ -183,18 +183,12 @@ def _record(args, params: Params, labels: list[str], frames, runs, groups, score
     spectra, subspace = _adapters(groups, Path(args.models), runs if params.study.test_every_run else ())
     dataset = Path(args.split) / DATASET_FILE
     return {"format": record_lib.FORMAT, "version": record_lib.VERSION, "labels": labels,
-            "params": {k: _plain(getattr(params, k)) for k in RECORD_SECTIONS},
+            "params": {k: dataclasses.asdict(getattr(params, k)) for k in RECORD_SECTIONS},
             "dataset": read_json(dataset) if dataset.is_file() else None,
             "test": {"labels": [int(v) for v in EncodedSplit.from_frame(frames["test"]).labels]},
             "val": {"labels": [int(v) for v in EncodedSplit.from_frame(frames["val"]).labels]},
             "runs": out_runs, "tfidf": {"test_predictions": [int(v) for v in tfidf_pred], "row": tfidf},
             "spectra": spectra, "subspace": subspace, "energy": ENERGY}
-
-
-def _plain(section) -> dict:
-    out = dataclasses.asdict(section)
-    out.pop("rank", None) if isinstance(section, LoraConfig) else None  # ranks come from study.ranks
-    return out
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -214,9 +208,9 @@ def _study(args: argparse.Namespace, params: Params, tracker) -> None:
     with phase("data"):
         labels, frames = read_split(args.split, ("train", "val", "test"))
         test = EncodedSplit.from_frame(frames["test"])
-        records = [read_json(p) for p in sorted(Path(args.runs).glob("*.json"))]
+        records = [read_train_record(p).to_json() for p in sorted(Path(args.runs).glob("*.json"))]
     log_split_inputs(tracker, args.split, frames, {"test": "testing"})
-    runs = study.grid_runs(records, s.seeds, {v: s.lrs(v) for v in ("scratch", "full", "lora")}, s.ranks)
+    runs = study.grid_runs(records, s)
     groups = study.choose_learning_rates(runs)  # on validation: the choice never reads test
     chosen = [(g.variant, r["tag"]) for g in groups for r in g.records]
     scored = _score_runs([(r["variant"], r["tag"]) for r in runs] if s.test_every_run else chosen, args, params,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from lora_pipeline.answer import answer
+from lora_pipeline.config import StudyConfig
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.study import choose_learning_rates, lr_search, summarise
 
@@ -131,12 +134,16 @@ def test_several_seeds_give_a_method_level_interval_wider_than_the_fixed_model_o
 def test_grid_runs_keeps_the_current_grid_and_names_missing_instances():
     from lora_pipeline.study import grid_runs
 
-    records = [_rec("full", None, 1, 5e-5, 0.8), _rec("lora", 8, 1, 0.002, 0.8), _rec("lora", 16, 1, 0.002, 0.8),
+    records = [_rec("scratch", None, 1, 4e-4, 0.5), _rec("full", None, 1, 5e-5, 0.8), _rec("lora", 8, 1, 0.002, 0.8),
+               _rec("lora", 16, 1, 0.002, 0.8),
                _rec("lora", 8, 1, 0.001, 0.7)]  # rank 16 and lr 1e-3: removed from the lists, files left behind
-    runs = grid_runs(records, [1], {"full": [5.0e-5], "lora": [2.0e-3]}, [8])
-    assert [(r["variant"], r["rank"], r["lr"]) for r in runs] == [("full", None, 5e-5), ("lora", 8, 0.002)]
-    with pytest.raises(PipelineError, match=r"no trained model for lora r32 seed 1 lr 0\.002, lora r8 seed 2 lr 0\.002, lora r32 seed 2"):
-        grid_runs(records, [1, 2], {"lora": [2e-3]}, [8, 32])
+    grid = StudyConfig(seeds=(1,), ranks=(8,), scratch_lrs=(4e-4,), full_lrs=(5.0e-5,), lora_lrs=(2.0e-3,))
+    runs = grid_runs(records, grid)
+    assert [(r["variant"], r["rank"], r["lr"]) for r in runs] == [("scratch", None, 4e-4), ("full", None, 5e-5),
+                                                                  ("lora", 8, 0.002)]
+    with pytest.raises(PipelineError, match=r"no trained model for scratch seed 2 lr 0\.0004, full seed 2 lr 5e-05, "
+                                            r"lora r32 seed 1 lr 0\.002, lora r8 seed 2 lr 0\.002, lora r32 seed 2"):
+        grid_runs(records, dataclasses.replace(grid, seeds=(1, 2), ranks=(8, 32)))
 
 
 def test_record_row_prefers_the_param_then_the_answer_then_the_closest_then_the_largest_rank():
