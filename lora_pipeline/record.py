@@ -206,7 +206,8 @@ def build_study(record: Mapping[str, Any]) -> dict:
             "spectra": [x for x in record.get("spectra", []) if ("lora", x["tag"]) in chosen_tags],
             "subspace": [x for x in record.get("subspace", []) if "small_tag" not in x
                          or {("lora", x["small_tag"]), ("lora", x["large_tag"])} <= chosen_tags],
-            "energy": record.get("energy", 0.9), "params": params, "dataset": record.get("dataset")}
+            "energy": record.get("energy", 0.9), "params": params, "dataset": record.get("dataset"),
+            **({"parts": record["parts"]} if record.get("parts") else {})}
 
 
 def _detail(rows: Mapping[str, Any], preds: Mapping[str, Sequence[np.ndarray]], tfidf_pred: np.ndarray,

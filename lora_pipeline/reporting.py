@@ -368,14 +368,21 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         parts.append(dataset_section(dataset).rstrip())
     if params:
         parts.append(setup_section(params).rstrip())
+    if study.get("parts"):
+        runs = "; ".join(f"seeds {', '.join(map(str, p['seeds']))}: {p['runs']} runs" for p in study["parts"])
+        parts.append(f"Merged from {len(study['parts'])} parts run apart ({runs}): a row's seeds column says which "
+                     "seeds it holds.")
+    every_run = (study.get("params") or {}).get("study", {}).get("test_every_run")
+    scored = ("every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation "
+              "only" if every_run else "the test split was scored only for the chosen lr")
     parts += [
         f"## Rank curve\n\n![rank curve]({figures['rank_curve']})\n\nLeft: test macro-F1 of each LoRA rank (mean and "
         "interval) against full fine-tuning's interval (band); the y axis spans these two, so a reference (scratch, "
         "TF-IDF) outside it is a note with its value at that edge, inside it a dashed line. Right: what each rank "
         "cost, with full fine-tuning's values as flat lines.",
         "## Comparison (test)\n\n" + markdown_table(COMPARISON_HEADER, comparison_rows(study)).rstrip(),
-        "## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); the test split was scored only "
-        "for the chosen lr.\n\n" + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
+        f"## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); {scored}.\n\n"
+        + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
                                                    lr_rows(study)).rstrip()
         + "".join(f"\n\n- {note}" if i == 0 else f"\n- {note}" for i, note in enumerate(lr_search_notes(study))),
         "## Where each run stopped\n\n" + markdown_table(RUN_HEADER, run_rows(study)).rstrip(),

@@ -159,6 +159,8 @@ def _method_interval(y_true: Sequence[int], arms: Sequence[Sequence[Sequence[int
                               verdict=_verdict(low, high) if len(sizes) == 2 else None)
     parts = [float(sc.var(ddof=1)) / sc.size for sc in scores]  # seed variance of each arm's mean
     low, high, df, mc_error, method = _t_interval(estimate, se_test, parts, sizes, res, confidence, n_resamples)
+    # a score lies in [0, 1], a difference of two in [-1, 1]: cutting the t interval there only adds coverage
+    low, high = max(low, 0.0 if len(sizes) == 1 else -1.0), min(high, 1.0)
     return MethodInterval(**common, low=low, high=high, se=math.sqrt(se_test ** 2 + sum(parts)),
                           se_seeds=math.sqrt(sum(parts)), df=df, mc_error=mc_error, covers="method",
                           method=method, verdict=_verdict(low, high) if len(sizes) == 2 else None)

@@ -99,3 +99,16 @@ def test_the_learning_rate_section_says_which_rates_were_not_searched():
     assert "Learning rates not searched around their optimum (full fine-tuning, LoRA r=8 (ours))" in headline(study)
     del study["rows"]["lora_r8"]["lr_search"]  # a study written before the field: no sentence, no error
     assert "LoRA r=8 (ours): chosen" not in render_report(study, FIGURES)
+
+
+def test_a_study_merged_from_parts_says_which_part_holds_which_seeds_and_that_every_run_met_test():
+    study = make_study(ranks=[8])
+    study["parts"] = [{"seeds": [42], "runs": 18}, {"seeds": [43], "runs": 9}]
+    study["params"] = {"study": {"test_every_run": True}}
+    text = render_report(study, FIGURES, params={"model": {}, "train": {}, "study": {"seeds": [42, 43]}})
+    assert "Merged from 2 parts run apart (seeds 42: 18 runs; seeds 43: 9 runs): a row's seeds column says which " \
+           "seeds it holds." in text
+    assert "every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation " \
+           "only" in text
+    assert "Merged from" not in render_report(make_study(ranks=[8]), FIGURES, params={"model": {}, "train": {},
+                                                                                     "study": {}})

@@ -277,3 +277,15 @@ def test_needed_to_decide_none_cases():
     plan = needed_to_decide(one_seed, 0.0)
     assert one_seed.low < 0 < one_seed.high and plan["seeds"] is None and "fewer than 2 seeds" in plan["note"]
     assert plan["n_examples"] > 300 and plan["cause"] == "test-set size"
+
+
+def test_an_interval_never_leaves_the_metrics_range():
+    """Two seeds far apart give a t interval with one degree of freedom: wide, but a macro-F1 lies in [0, 1] and a
+    difference of two in [-1, 1], so the ends are cut there (which can only raise coverage)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    good, poor = y.copy(), np.where(rng.random(400) < 0.5, y, (y + 1) % 3)
+    row = method_mean(y, [good, poor], LABELS, n_resamples=1000)
+    assert row.covers == "method" and 0.0 <= row.low and row.high == 1.0
+    diff = method_difference(y, [good, poor], [poor, poor], LABELS, n_resamples=1000)
+    assert -1.0 <= diff.low and diff.high <= 1.0
