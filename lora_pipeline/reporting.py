@@ -375,6 +375,8 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
     every_run = (study.get("params") or {}).get("study", {}).get("test_every_run")
     scored = ("every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation "
               "only" if every_run else "the test split was scored only for the chosen lr")
+    notes = lr_search_notes(study)
+    lr_notes = "\n\n" + "\n".join(f"- {n}" for n in notes) if notes else ""
     parts += [
         f"## Rank curve\n\n![rank curve]({figures['rank_curve']})\n\nLeft: test macro-F1 of each LoRA rank (mean and "
         "interval) against full fine-tuning's interval (band); the y axis spans these two, so a reference (scratch, "
@@ -384,7 +386,7 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         f"## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); {scored}.\n\n"
         + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
                                                    lr_rows(study)).rstrip()
-        + "".join(f"\n\n- {note}" if i == 0 else f"\n- {note}" for i, note in enumerate(lr_search_notes(study))),
+        + lr_notes,
         "## Where each run stopped\n\n" + markdown_table(RUN_HEADER, run_rows(study)).rstrip(),
         _spectra_section(study, figures["spectra"]).rstrip(),
         _detail_section(study, figures["confusion"]).rstrip(),
