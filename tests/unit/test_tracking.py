@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sqlite3
 import sys
 import time
@@ -21,6 +20,7 @@ from lora_pipeline.tracking import MlflowTracker, NullTracker, default_tracking_
 from lora_pipeline.tracking import mlflow_tracker
 from lora_pipeline.tracking import store as tracking_store
 from tests.support.builders import make_frame, write_clean, write_params
+from tests.support.servers import silent_server
 
 SECRET = "s3cretPW"
 
@@ -246,27 +246,29 @@ def test_a_broken_store_costs_one_warning_and_nothing_else(monkeypatch, tmp_path
 
 
 def test_http_timeouts_are_tight_in_mlflow_calls_only_and_users_can_override_them(monkeypatch, store):
+    from mlflow import environment_variables as settings
+
     names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    outside = [getattr(settings, name).get() for name in names]  # MLflow's own
     seen = []
     tracker = MlflowTracker(MlflowConfig(), "x", {})
-    tracker.use("probe", lambda mlflow: seen.append([os.environ.get(name) for name in names]))
+    tracker.use("probe", lambda mlflow: seen.append([getattr(settings, name).get() for name in names]))
     tracker.close()
-    retries, timeout = map(float, seen[-1])
+    retries, timeout = seen[-1]
     assert (retries + 1) * timeout <= 12  # worst case for a server that accepts but never answers
+    assert [getattr(settings, name).get() for name in names] == outside
     assert not [name for name in names if name in os.environ]  # the process environment is left as it was
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     tracker = MlflowTracker(MlflowConfig(), "x", {})
-    tracker.use("probe", lambda mlflow: seen.append([os.environ.get(name) for name in names]))
+    tracker.use("probe", lambda mlflow: seen.append([getattr(settings, name).get() for name in names]))
     tracker.close()
-    assert seen[-1][1] == "77" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+    assert seen[-1][1] == 77 and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
 
 
 @pytest.mark.slow
 def test_a_server_that_never_answers_does_not_hang_the_stage(monkeypatch, tmp_path, caplog):
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)  # connections are accepted by the kernel, then nothing is ever sent
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.getsockname()[1]}")
+    with silent_server() as port:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         start = time.monotonic()
         _exercise(MlflowTracker(MlflowConfig(), "x", {}), tmp_path)
         elapsed = time.monotonic() - start
