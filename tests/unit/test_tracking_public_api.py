@@ -1,7 +1,7 @@
 """tracking: the library talks to MLflow through its public API only. What MLflow offers no public way to do lives
 in lora_pipeline/tracking/mlflow_shims.py, checked against the MLflow versions pyproject.toml allows: no other
-module opens MLflow's database or reads MLflow's private attributes, and no module of the library writes the
-process environment."""
+module opens MLflow's database or reads MLflow's private attributes, and no module of the library or of the stages
+writes the process environment."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.support.builders import ROOT, initialised_store
 
 PACKAGE = ROOT / "lora_pipeline"
 SHIMS = PACKAGE / "tracking" / "mlflow_shims.py"
+STAGES = ROOT / "stages"
 DATABASE_LIBRARIES = ("sqlite3", "sqlalchemy", "alembic")
 ENV_WRITES = {"pop", "popitem", "setdefault", "update", "clear", "__setitem__", "__delitem__"}
 
@@ -31,8 +32,8 @@ def _library() -> list[Path]:
 
 
 def _all_code() -> list[Path]:
-    """The library, its shims included."""
-    return sorted(PACKAGE.rglob("*.py"))
+    """The library, its shims included, and the stage scripts."""
+    return sorted([*PACKAGE.rglob("*.py"), *STAGES.glob("*.py")])
 
 
 def _is_environ(node: ast.AST) -> bool:
@@ -120,7 +121,7 @@ def test_no_library_module_but_the_shims_goes_around_mlflow_s_public_api(check):
     assert not found
 
 
-def test_no_module_of_the_library_writes_the_process_environment():
+def test_no_module_of_the_library_or_the_stages_writes_the_process_environment():
     """Child processes get an environment of their own (``env=`` of subprocess), never a change of this one."""
     found = {str(p.relative_to(ROOT)): hits for p in _all_code()
              if (hits := _env_writes(ast.parse(p.read_text(encoding="utf-8"))))}
