@@ -144,10 +144,10 @@ class MlflowTracker(ClosedOnExit):
         # exists; the same lock keeps two trackers from claiming one orphaned run
         with store_lock(self.uri):
             found = experiment(mlflow, cfg.experiment, self.uri)
-            mlflow.set_experiment(experiment_id=found.experiment_id)
             orphan = _sweep_orphans(mlflow, found.experiment_id, all_tags.get("checkpoint_key"))
-            if orphan is None:
-                mlflow.start_run(run_name=run_display_name(run_name, tags), tags=all_tags)
+            if orphan is None:  # the experiment named here: mlflow.set_experiment would write MLFLOW_EXPERIMENT_ID
+                mlflow.start_run(experiment_id=found.experiment_id, run_name=run_display_name(run_name, tags),
+                                 tags=all_tags)
             else:  # the same training killed and resumed: one run holds its whole curve and final status
                 mlflow.start_run(run_id=orphan.info.run_id)  # last: a retried start must not find a run active
                 self._logged_params = dict(orphan.data.params)

@@ -128,6 +128,20 @@ def test_no_module_of_the_library_or_the_stages_writes_the_process_environment()
     assert not found
 
 
+def test_a_tracker_s_run_leaves_the_process_environment_as_it_was(tmp_path):
+    """Also through MLflow: its fluent API writes the environment where the tracker would ask for it
+    (``set_experiment`` writes MLFLOW_EXPERIMENT_ID; ``set_tracking_uri`` writes MLFLOW_TRACKING_URI, which a stage
+    takes from there when it is set, as here)."""
+    (tmp_path / "a.json").write_text("{}")
+    environ = dict(os.environ)
+    with MlflowTracker(MlflowConfig(experiment="environment-check"), "x", {}) as tracker:
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"m": 1.0}, step=1)
+        tracker.log_artifact(tmp_path / "a.json")
+        during = dict(os.environ)
+    assert during == environ and dict(os.environ) == environ
+
+
 def test_the_scan_sees_what_it_forbids():
     source = ("import os, sqlite3, sys\nimport mlflow\nfluent = sys.modules.get('mlflow.tracking.fluent')\n"
               "stack = fluent._active_run_stack.get()\nos.environ['A'] = '1'\nos.environ.pop('A')\n"
