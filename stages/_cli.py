@@ -53,15 +53,26 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
 def quiet_libraries() -> None:
     """Libraries say only what matters in a stage's log: their warnings, no INFO chatter (MLflow's schema
     migrations and input-example checks), and no progress bars of loading or saving weights, hub downloads or
-    MLflow's artifact transfers; the stage's own training loop keeps its one bar."""
-    for noisy in ("urllib3", "filelock", "great_expectations", "alembic", "httpx", "mlflow"):
+    MLflow's artifact transfers; the stage's own training loop keeps its one bar. The process environment is left
+    as it is, and a user's ``MLFLOW_LOGGING_LEVEL``, ``HF_HUB_DISABLE_PROGRESS_BARS=0`` or
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true`` still shows what it asks for.
+
+    MLflow is imported only once a run is logged, and sets its loggers' levels then: the tracker keeps the level
+    set here (:func:`~lora_pipeline.tracking.mlflow_shims.import_mlflow`) and turns MLflow's artifact bars off
+    for its calls (:func:`~lora_pipeline.tracking.mlflow_shims.no_artifact_bars`).
+    """
+    for noisy in ("urllib3", "filelock", "great_expectations", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its logger's level when imported
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # read when transformers is first imported; a stage module has usually imported it already
-    hf_off = os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1").lower() in ("1", "true", "yes", "on")
-    hf_logging = sys.modules.get("transformers.utils.logging")
-    if hf_off and hf_logging is not None:
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    hub_bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    if hub_bars is not None and hub_bars.upper() not in ("1", "ON", "YES", "TRUE"):  # huggingface_hub's reading
+        return  # the user asked for the bars
+    import huggingface_hub.utils  # a few milliseconds; transformers reads this setting when it is imported
+
+    huggingface_hub.utils.disable_progress_bars()
+    hf_logging = sys.modules.get("transformers.utils.logging")  # already imported by most stage modules
+    if hf_logging is not None:
         hf_logging.disable_progress_bar()
 
 

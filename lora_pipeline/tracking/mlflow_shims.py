@@ -1,10 +1,18 @@
 """What MLflow offers no public way to do, in one place, each checked against the MLflow versions of
 :data:`CHECKED_MLFLOW` (those pyproject.toml allows; a test pins both). Every other module of lora_pipeline uses
-MLflow's public API only: no environment writes, no SQL on MLflow's tables, no private attributes.
+MLflow's public API only: no SQL on MLflow's tables, no private attributes; no module writes the process
+environment.
 
-- :func:`http_limits`: MLflow takes the retries and timeout of a request to a tracking server only from the
-  environment (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``, read at each request by
-  ``mlflow.utils.rest_utils.http_request``); no client, store or call argument sets them.
+- :func:`import_mlflow`: MLflow sets the levels of its loggers when it is first imported (``MLFLOW_LOGGING_LEVEL``,
+  else INFO), over the application's logging configuration, and has no other switch for it than that
+  environment variable; the level the application had given the ``mlflow`` logger is put back after the import.
+- :func:`http_limits` and :func:`no_artifact_bars`: MLflow takes the retries and timeout of a request to a
+  tracking server (read at each request by ``mlflow.utils.rest_utils.http_request``) and whether an artifact
+  transfer shows a progress bar only from the environment; no client, store or call argument sets them. Each
+  setting is a public object of ``mlflow.environment_variables`` whose ``default`` MLflow uses where the
+  environment does not name it: these defaults are changed for a block, and a value the user set in the
+  environment still wins. Only with an MLflow of :data:`CHECKED_MLFLOW`; with another one MLflow's own defaults
+  apply.
 - :func:`relocate_artifacts`: MLflow fixes an experiment's artifact location and a run's artifact URI when it
   creates them and has no API (client, CLI or store) to change either, so a SQLite store moved with its project
   is repointed by an UPDATE of its ``experiments`` and ``runs`` rows; only with an MLflow of
@@ -17,13 +25,14 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-__all__ = ["CHECKED_MLFLOW", "mlflow_checked", "HTTP_RETRIES", "HTTP_TIMEOUT_S", "http_limits",
-           "relocate_artifacts"]
+__all__ = ["CHECKED_MLFLOW", "mlflow_checked", "import_mlflow", "HTTP_RETRIES", "HTTP_TIMEOUT_S", "http_limits",
+           "no_artifact_bars", "relocate_artifacts"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,37 @@ def mlflow_checked(version: str) -> bool:
     return major.isdigit() and CHECKED_MLFLOW[0] <= int(major) < CHECKED_MLFLOW[1]
 
 
+def import_mlflow() -> Any:
+    """``mlflow``; its first import in the process keeps the level the application gave the ``mlflow`` logger
+    (a stage says WARNING), unless the user named one in ``MLFLOW_LOGGING_LEVEL``."""
+    first = "mlflow" not in sys.modules
+    level = logging.getLogger("mlflow").level
+    import mlflow
+
+    if first and level != logging.NOTSET and not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(level)
+    return mlflow
+
+
+@contextlib.contextmanager
+def _defaults(values: Mapping[str, Any]) -> Iterator[None]:
+    """MLflow's settings ``values`` (names of ``mlflow.environment_variables``) as their defaults in the block."""
+    if not mlflow_checked(getattr(import_mlflow(), "__version__", "")):
+        yield
+        return
+    from mlflow import environment_variables
+
+    settings = {getattr(environment_variables, name): value for name, value in values.items()}
+    before = {setting: setting.default for setting in settings}
+    for setting, value in settings.items():
+        setting.default = value
+    try:
+        yield
+    finally:
+        for setting, value in before.items():
+            setting.default = value
+
+
 def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
@@ -46,26 +86,24 @@ def _errors_only(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def http_limits(retries: int = HTTP_RETRIES, timeout_s: int = HTTP_TIMEOUT_S) -> Iterator[None]:
     """Tight retries and timeouts for MLflow's requests inside the block (``retries`` and ``timeout_s`` per
-    request), unless the user set their own, and no urllib3 "Retrying (…)" warnings: when the client gives up,
-    the caller's one message names the final error.
-
-    The environment is MLflow's only setting for these (see the module's docstring): the names the user has not
-    set are set for the block only and removed after it. They are MLflow's documented settings, so an MLflow
-    outside :data:`CHECKED_MLFLOW` at worst ignores them; the test that pins the range checks that MLflow reads
-    them at each request.
-    """
+    request), unless the user set their own (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``),
+    and no urllib3 "Retrying (…)" warnings: when the client gives up, the caller's one message names the final
+    error. The process environment is left as it is (see the module's docstring)."""
     urllib3_log = logging.getLogger("urllib3.connectionpool")
     urllib3_log.addFilter(_errors_only)
-    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
-    added = [name for name in limits if name not in os.environ]
-    for name in added:
-        os.environ[name] = limits[name]
     try:
-        yield
+        with _defaults({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": retries, "MLFLOW_HTTP_REQUEST_TIMEOUT": timeout_s}):
+            yield
     finally:
         urllib3_log.removeFilter(_errors_only)
-        for name in added:
-            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def no_artifact_bars() -> Iterator[None]:
+    """No progress bars of MLflow's artifact uploads and downloads inside the block, unless the user set
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` (see the module's docstring)."""
+    with _defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": False}):
+        yield
 
 
 def relocate_artifacts(db: Path, experiment_id: str, old: str, new: str, mlflow_version: str) -> None:

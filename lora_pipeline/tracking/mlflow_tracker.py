@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from ..config import MlflowConfig
 from ..credentials import redact
-from .mlflow_shims import http_limits
+from .mlflow_shims import http_limits, import_mlflow, no_artifact_bars
 from .protocol import ClosedOnExit, flatten, param_value
-from .store import check_writable, default_tracking_uri, experiment, store_lock
+from .store import check_server, check_writable, default_tracking_uri, experiment, store_lock
 
 __all__ = ["MlflowTracker", "run_display_name", "git_commit"]
 
@@ -107,8 +107,9 @@ class MlflowTracker(ClosedOnExit):
     Transient errors of parallel ``dvc queue start -j 2`` workers on one SQLite file ("database is
     locked", and the schema races of a brand-new store) are retried with backoff; anything else
     disables logging for the rest of the run and is reported once at ``close()`` with counts of
-    what was not logged. A server is asked with tight HTTP retries and timeouts; after it failed, no
-    call of the run (nor MLflow's exit hook) asks it again.
+    what was not logged. A server that does not answer at the start costs seconds (one probe, one retry);
+    MLflow asks it with tight HTTP retries and timeouts, and shows no progress bars of artifact transfers (the
+    user's MLflow settings win); after it failed, no call of the run (nor MLflow's exit hook) asks it again.
 
     A run records its host and pid. A new tracker marks RUNNING runs of dead processes on this host
     KILLED, except the newest one with the same ``checkpoint_key`` tag (the same training, killed and
@@ -131,9 +132,9 @@ class MlflowTracker(ClosedOnExit):
             self.set_tags(self._resume_tags)
 
     def _start(self, cfg: MlflowConfig, run_name: str, tags: Mapping[str, Any]) -> None:
-        import mlflow
-
+        mlflow = import_mlflow()
         check_writable(self.uri)  # before MLflow, which logs tracebacks of its own on a read-only store
+        check_server(self.uri)  # before MLflow, which retries a server that is down for as long as it is told
         mlflow.set_tracking_uri(self.uri)
         all_tags = {"git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), **tags,
                     "host": socket.gethostname(), "pid": os.getpid()}
@@ -143,10 +144,10 @@ class MlflowTracker(ClosedOnExit):
         # exists; the same lock keeps two trackers from claiming one orphaned run
         with store_lock(self.uri):
             found = experiment(mlflow, cfg.experiment, self.uri)
-            mlflow.set_experiment(experiment_id=found.experiment_id)
             orphan = _sweep_orphans(mlflow, found.experiment_id, all_tags.get("checkpoint_key"))
-            if orphan is None:
-                mlflow.start_run(run_name=run_display_name(run_name, tags), tags=all_tags)
+            if orphan is None:  # the experiment named here: mlflow.set_experiment would write MLFLOW_EXPERIMENT_ID
+                mlflow.start_run(experiment_id=found.experiment_id, run_name=run_display_name(run_name, tags),
+                                 tags=all_tags)
             else:  # the same training killed and resumed: one run holds its whole curve and final status
                 mlflow.start_run(run_id=orphan.info.run_id)  # last: a retried start must not find a run active
                 self._logged_params = dict(orphan.data.params)
@@ -162,7 +163,7 @@ class MlflowTracker(ClosedOnExit):
             return
         for attempt in range(self.RETRIES):
             try:
-                with http_limits():  # fail fast instead of retrying for minutes, and quietly
+                with http_limits(), no_artifact_bars():  # fail fast instead of retrying for minutes, and quietly
                     fn()
                 return
             except Exception as err:  # noqa: BLE001 - tracking must never fail a stage

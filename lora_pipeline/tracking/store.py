@@ -1,6 +1,7 @@
 """The MLflow store a process talks to: which one (the environment, params, else a SQLite file at the project
-root), the lock beside a SQLite store (naming its holder), a check that the store can be written before MLflow
-tries, and an experiment whose artifacts stay beside a SQLite store, also after the project is moved."""
+root), the lock beside a SQLite store (naming its holder), checks before MLflow tries (a SQLite store can be
+written, a tracking server answers), and an experiment whose artifacts stay beside a SQLite store, also after the
+project is moved."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import datetime
 import logging
 import os
 import socket
+import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 from time import monotonic
 from time import sleep as wait  # the lock's poll (tests patch it, not time.sleep)
 from typing import IO, Any, Iterator, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from ..config import MlflowConfig
-from .mlflow_shims import relocate_artifacts
+from .mlflow_shims import HTTP_RETRIES, HTTP_TIMEOUT_S, relocate_artifacts
 
 try:
     import fcntl
@@ -23,7 +28,7 @@ except ImportError:  # Windows: no cross-process lock on store creation
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["STORE_LOCK_TIMEOUT", "LOCK_NOTICE_S", "default_tracking_uri", "sqlite_db", "store_lock",
-           "check_writable", "experiment"]
+           "check_writable", "check_server", "experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,35 @@ def check_writable(uri: str) -> None:
     if db.exists() and not os.access(db.parent, os.W_OK):  # SQLite writes its journal beside the file
         raise PermissionError(f"attempt to write a readonly database: the folder {db.parent} is not writable, "
                               "and SQLite needs to write its journal there")
+
+
+def check_server(uri: str, retries: int = HTTP_RETRIES, timeout_s: float = HTTP_TIMEOUT_S) -> None:
+    """Refuse, before MLflow tries, a tracking server at an ``http(s)`` ``uri`` that does not answer: a GET of its
+    ``/health`` gets no HTTP answer within ``timeout_s``, in ``retries`` + 1 tries. Any answer (an error status, a
+    certificate MLflow may be told to accept) is enough; MLflow's own retries and timeouts then apply to a server
+    that was up. Other URIs are not asked.
+
+    Raises:
+        ConnectionError: naming the URL asked (without credentials) and the last error, e.g. "Connection refused"
+            or "timed out".
+    """
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https"):
+        return
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # the probe sends no credentials
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    for attempt in range(retries + 1):
+        try:
+            urllib.request.urlopen(url, timeout=timeout_s).close()
+            return
+        except urllib.error.HTTPError:  # an answer: the server is up
+            return
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLError):  # the server speaks TLS; MLflow applies the user's TLS settings
+                return
+            if attempt == retries:
+                raise ConnectionError(f"no answer from {url}: {reason}") from None
 
 
 def experiment(mlflow: Any, name: str, uri: str) -> Any:

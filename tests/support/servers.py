@@ -1,6 +1,6 @@
-"""Local server processes the tests start: a free port of 127.0.0.1, and one launcher for ``mlflow server``,
-``mlflow models serve`` or any other HTTP server (its own session, killed as a group; its output in a log file;
-waited for until its health URL answers)."""
+"""Local servers the tests start: a free port of 127.0.0.1, a port that accepts connections but never answers, and
+one launcher for ``mlflow server``, ``mlflow models serve`` or any other HTTP server process (its own session,
+killed as a group; its output in a log file; waited for until its health URL answers)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 240
@@ -25,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port of 127.0.0.1 that accepts TCP connections (the kernel's backlog) but never sends a byte: a client
+    waits there until its own timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
 
 
 def server_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:

@@ -33,11 +33,9 @@ from lora_pipeline.lora import (
     wrap_layer,
 )
 from lora_pipeline.lora.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-# `seeded` is the autouse fixture that fixes the RNG seeds.
-from tests.support.tiny_models import seeded  # noqa: F401
+from tests.support.peft_parity import (TIGHT, assert_same_logits_and_grads, copy_adapters_to_peft, grads,
+                                        matched_pair, peft_lora, peft_name_to_ours)
 from tests.support.tiny_models import ARCHS, logits, randomize_lora, tiny_batch, tiny_model, train_steps
-from tests.unit.test_lora_peft import (TIGHT, assert_same_logits_and_grads, copy_adapters_to_peft, grads,
-                                       matched_pair, peft_lora, peft_name_to_ours)
 
 peft = pytest.importorskip("peft")
 

@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from lora_pipeline.lora import DEFAULT_TARGET_MODULES, lora_layers, mark_only_lora_as_trainable
-# `seeded` is the autouse fixture that fixes the RNG seeds.
-from tests.support.tiny_models import seeded  # noqa: F401
+from tests.support.peft_parity import copy_adapters_to_peft, matched_pair, peft_name_to_ours
 from tests.support.tiny_models import ARCHS, VOCAB, tiny_batch, train_steps
-from tests.unit.test_lora_peft import copy_adapters_to_peft, matched_pair, peft_name_to_ours
 
 # (rank, alpha, rslora): scalings 2, 1, 0.5 and 4 (rsLoRA: 16 / sqrt(16)); the pipeline's alpha 16 with its
 # ranks 4 and 16 gives 4 and 1.

@@ -1,6 +1,7 @@
 """tracking: the library talks to MLflow through its public API only. What MLflow offers no public way to do lives
 in lora_pipeline/tracking/mlflow_shims.py, checked against the MLflow versions pyproject.toml allows: no other
-module writes the process environment, opens MLflow's database or reads MLflow's private attributes."""
+module opens MLflow's database or reads MLflow's private attributes, and no module of the library or of the stages
+writes the process environment."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import ast
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -19,12 +22,18 @@ from tests.support.builders import ROOT, initialised_store
 
 PACKAGE = ROOT / "lora_pipeline"
 SHIMS = PACKAGE / "tracking" / "mlflow_shims.py"
+STAGES = ROOT / "stages"
 DATABASE_LIBRARIES = ("sqlite3", "sqlalchemy", "alembic")
 ENV_WRITES = {"pop", "popitem", "setdefault", "update", "clear", "__setitem__", "__delitem__"}
 
 
 def _library() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if p != SHIMS)
+
+
+def _all_code() -> list[Path]:
+    """The library, its shims included, and the stage scripts."""
+    return sorted([*PACKAGE.rglob("*.py"), *STAGES.glob("*.py")])
 
 
 def _is_environ(node: ast.AST) -> bool:
@@ -104,12 +113,33 @@ def _database_imports(tree: ast.AST) -> list[str]:
     return [m for m in modules if m.split(".")[0] in DATABASE_LIBRARIES]
 
 
-@pytest.mark.parametrize("check", [_private_mlflow_uses, _env_writes, _database_imports],
-                         ids=["mlflow-private-attributes", "environment-writes", "database-access"])
+@pytest.mark.parametrize("check", [_private_mlflow_uses, _database_imports],
+                         ids=["mlflow-private-attributes", "database-access"])
 def test_no_library_module_but_the_shims_goes_around_mlflow_s_public_api(check):
     found = {str(p.relative_to(ROOT)): hits for p in _library()
              if (hits := check(ast.parse(p.read_text(encoding="utf-8"))))}
     assert not found
+
+
+def test_no_module_of_the_library_or_the_stages_writes_the_process_environment():
+    """Child processes get an environment of their own (``env=`` of subprocess), never a change of this one."""
+    found = {str(p.relative_to(ROOT)): hits for p in _all_code()
+             if (hits := _env_writes(ast.parse(p.read_text(encoding="utf-8"))))}
+    assert not found
+
+
+def test_a_tracker_s_run_leaves_the_process_environment_as_it_was(tmp_path):
+    """Also through MLflow: its fluent API writes the environment where the tracker would ask for it
+    (``set_experiment`` writes MLFLOW_EXPERIMENT_ID; ``set_tracking_uri`` writes MLFLOW_TRACKING_URI, which a stage
+    takes from there when it is set, as here)."""
+    (tmp_path / "a.json").write_text("{}")
+    environ = dict(os.environ)
+    with MlflowTracker(MlflowConfig(experiment="environment-check"), "x", {}) as tracker:
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"m": 1.0}, step=1)
+        tracker.log_artifact(tmp_path / "a.json")
+        during = dict(os.environ)
+    assert during == environ and dict(os.environ) == environ
 
 
 def test_the_scan_sees_what_it_forbids():
@@ -134,8 +164,18 @@ def test_the_shims_are_checked_against_the_mlflow_that_runs_and_the_versions_pyp
     assert not mlflow_checked(f"{high}.0.0") and not mlflow_checked(f"{low - 1}.9.0") and not mlflow_checked("dev")
 
 
-def test_mlflow_takes_the_http_limits_from_the_environment_at_each_request(monkeypatch):
-    """The only setting MLflow has for the retries and timeout of a request to a tracking server."""
+def test_the_shims_module_names_each_shim_and_why_mlflow_has_no_public_way():
+    from lora_pipeline.tracking import mlflow_shims
+
+    shims = [name for name in mlflow_shims.__all__
+             if callable(getattr(mlflow_shims, name)) and name != "mlflow_checked"]
+    assert shims == ["import_mlflow", "http_limits", "no_artifact_bars", "relocate_artifacts"]
+    assert [name for name in shims if f":func:`{name}`" not in mlflow_shims.__doc__] == []
+
+
+def test_mlflow_takes_the_http_limits_from_its_settings_defaults_at_each_request(monkeypatch):
+    """What http_limits changes (the defaults of MLflow's settings) is what MLflow's next request uses; a value the
+    user set in the environment wins, and the environment is left as it was."""
     import mlflow
     import requests
 
@@ -149,11 +189,49 @@ def test_mlflow_takes_the_http_limits_from_the_environment_at_each_request(monke
 
     monkeypatch.setattr(requests.Session, "request", refuse)
     client = mlflow.MlflowClient(tracking_uri="http://127.0.0.1:9")
+    environ = dict(os.environ)
     for retries, timeout in ((0, 2), (1, 3)):
         with http_limits(retries=retries, timeout_s=timeout), pytest.raises(mlflow.exceptions.MlflowException):
             client.get_experiment("0")
         assert seen[-1] == (timeout, retries)
-    assert not [name for name in os.environ if name.startswith("MLFLOW_HTTP_REQUEST_")]
+    assert dict(os.environ) == environ
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    with http_limits(retries=0, timeout_s=2), pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_experiment("0")
+    assert seen[-1] == (7, 0)
+
+
+def test_mlflow_shows_artifact_progress_bars_as_its_setting_says_at_each_transfer(monkeypatch):
+    """no_artifact_bars changes the default of MLflow's setting, read when a transfer's bar is made; a user's
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true`` wins."""
+    from mlflow.utils.file_utils import ArtifactProgressBar
+
+    from lora_pipeline.tracking.mlflow_shims import no_artifact_bars
+
+    def shown() -> bool:
+        with ArtifactProgressBar.files(desc="Downloading artifacts", total=1) as bar:
+            return bar.pbar is not None
+
+    environ = dict(os.environ)
+    with no_artifact_bars():
+        assert not shown()
+    assert shown() and dict(os.environ) == environ
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    with no_artifact_bars():
+        assert shown()
+
+
+def test_mlflow_s_first_import_keeps_the_level_the_application_gave_its_logger():
+    """MLflow sets its loggers' levels when first imported; import_mlflow puts back the application's, unless the
+    user named one in MLFLOW_LOGGING_LEVEL (a fresh interpreter each: MLflow is imported once per process)."""
+    code = ("import logging; logging.getLogger('mlflow').setLevel(logging.ERROR); "
+            "from lora_pipeline.tracking.mlflow_shims import import_mlflow; import_mlflow(); "
+            "print(logging.getLogger('mlflow').level)")
+    for user, level in ((None, logging.ERROR), ("INFO", logging.INFO)):
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=env if user is None else {**env, "MLFLOW_LOGGING_LEVEL": user}, check=True)
+        assert out.stdout.split()[-1] == str(level), out.stderr[-2000:]
 
 
 def _moved_store(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:

@@ -1,16 +1,23 @@
-"""The MLflow store: its lock names the holder and a wait is announced, a read-only store is one clear warning."""
+"""The MLflow store: its lock names the holder and a wait is announced, a read-only store is one clear warning, and
+a tracking server that does not answer is one clear error within seconds."""
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
+import threading
+import time
 
 import pytest
 
 from lora_pipeline.config import MlflowConfig
 from lora_pipeline.tracking import MlflowTracker
 from lora_pipeline.tracking import store as tracking_store
-from lora_pipeline.tracking.store import store_lock
+from lora_pipeline.tracking.store import check_server, store_lock
+from tests.support.servers import free_port, silent_server
+
+SECRET = "s3cretPW"
 
 
 def test_the_store_lock_names_its_holder_and_a_waiting_process_says_who_it_waits_for(monkeypatch, tmp_path,
@@ -43,3 +50,50 @@ def test_a_read_only_store_is_one_warning_that_says_readonly_database(monkeypatc
     (warning,) = [r.getMessage() for r in records]
     assert "attempt to write a readonly database" in warning and str(db) in warning and "1 metrics" in warning
     assert not [r for r in records if r.exc_info] and "Traceback" not in capfd.readouterr().err
+
+
+# ----------------------------------------------------------------------- a tracking server that is down
+
+
+@pytest.mark.parametrize("path", ["", "/", "/prefix"])
+def test_a_tracking_server_that_answers_anything_passes_the_check(path):
+    """Any HTTP answer counts (here 404): the server is up, and MLflow's own requests say what is wrong."""
+    asked = []
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.append((self.path, self.headers.get("Authorization")))
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Answer) as server:
+        thread = threading.Thread(target=server.handle_request, daemon=True)
+        thread.start()
+        check_server(f"http://alice:{SECRET}@127.0.0.1:{server.server_address[1]}{path}")
+        thread.join(10)
+    assert asked == [(f"{path.rstrip('/')}/health", None)]  # no credentials sent
+
+
+def test_a_refused_tracking_server_is_one_clear_error_at_once():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="Connection refused") as raised:
+        check_server(f"http://alice:{SECRET}@127.0.0.1:{free_port()}")
+    assert time.monotonic() - start < 5
+    assert SECRET not in str(raised.value) and "/health" in str(raised.value)
+
+
+def test_a_tracking_server_that_never_answers_costs_retries_plus_one_timeouts():
+    with silent_server() as port:
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match="timed out"):
+            check_server(f"http://127.0.0.1:{port}", retries=1, timeout_s=0.5)
+        elapsed = time.monotonic() - start
+    assert 1.0 <= elapsed < 5, elapsed
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////nowhere/mlflow.db", "postgresql://u:p@127.0.0.1:9/db", "databricks",
+                                 "file:///nowhere/mlruns"])
+def test_only_an_http_tracking_server_is_asked(uri):
+    check_server(uri, retries=0, timeout_s=0.01)  # no network, no error
