@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from lora_pipeline.config import ConfigError, TrainConfig
 from lora_pipeline.distributed import World, shard, torchrun_argv, torchrun_env
 from tests.support.builders import ROOT, make_frame, save_tiny_bert, write_params, write_split
-from tests.support.servers import free_port
+from tests.support.servers import free_port, silent_server
 
 # dropout 0, fp32: two processes with half batches each must reproduce one process with the whole batch, up to
 # float rounding of another summation order
@@ -226,10 +225,10 @@ def test_a_rendezvous_nobody_joins_times_out(tmp_path, no_dropout_model, split):
     assert "train_full failed: torchrun (1 process(es) per machine x 2 machine(s)) failed" in proc.stderr
 
 
-def _launch_against(busy: socket.socket, tmp_path: Path, model: Path, split: Path, node_rank: int):
+def _launch_against(port: int, tmp_path: Path, model: Path, split: Path, node_rank: int):
     params = _params(tmp_path / "p.yaml", model, 1, **{
         "train.nnodes": 2, "train.dist_timeout_s": 10, "train.dist_start_grace_s": 5,
-        "train.rdzv_endpoint": f"127.0.0.1:{busy.getsockname()[1]}"})
+        "train.rdzv_endpoint": f"127.0.0.1:{port}"})
     t0 = time.monotonic()
     proc = subprocess.run(_cmd("full", tmp_path / f"w{node_rank}", params, split), cwd=ROOT, capture_output=True,
                           text=True, timeout=180, env={**_env(tmp_path), "PET_NODE_RANK": str(node_rank)})
@@ -238,9 +237,7 @@ def _launch_against(busy: socket.socket, tmp_path: Path, model: Path, split: Pat
 
 
 def test_a_rendezvous_port_held_by_another_program_ends_in_an_error(tmp_path, no_dropout_model, split):
-    with socket.socket() as busy:  # listens, never speaks torch's store protocol
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
+    with silent_server() as busy:  # listens, never speaks torch's store protocol
         # node 0 hosts the rendezvous: it cannot listen there, and says so at once
         seconds, err = _launch_against(busy, tmp_path, no_dropout_model, split, 0)
         assert seconds < 60 and "EADDRINUSE" in err

@@ -4,12 +4,9 @@ behave the same with or without internet."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -18,18 +15,9 @@ from lora_pipeline.config import ModelConfig
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path
 from tests.support.builders import EMBEDDED_MODEL
-from tests.support.servers import free_port
+from tests.support.servers import free_port, silent_server
 
 UNKNOWN = "someorg/no-such-model"
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts TCP connections (backlog) but never answers: requests hang until their timeout."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture
