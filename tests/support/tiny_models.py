@@ -1,12 +1,10 @@
-"""Tiny random-weight Hugging Face classifiers, batches for them and shared fixtures for the LoRA and speed-up
+"""Tiny random-weight Hugging Face classifiers and batches for them, shared by the LoRA and speed-up
 tests (no hub downloads)."""
 
 from __future__ import annotations
 
 import copy
-import random
 
-import pytest
 import torch
 from torch import nn
 from transformers import (
@@ -44,13 +42,6 @@ CONFIGS: dict[str, PretrainedConfig] = {
 ARCHS = tuple(CONFIGS)
 # the architectures whose exact classes speedups.first_token_last_layer trims
 FIRST_TOKEN_ARCHS = ("bert", "roberta", "electra", "xlm-roberta")
-
-
-@pytest.fixture(autouse=True)
-def seeded() -> None:
-    """Fix every RNG the tests touch, so failures reproduce."""
-    random.seed(0)
-    torch.manual_seed(0)
 
 
 def tiny_model(arch: str, seed: int = 0) -> nn.Module:

@@ -14,7 +14,6 @@ from lora_pipeline.lora import apply_lora, load_adapter, lora_layers, mark_only_
 from lora_pipeline.lora.adapter_io import ADAPTER_CONFIG
 from lora_pipeline.lora.fingerprint import ARCHITECTURE_FIELDS, UNCHECKED_FIELDS, architecture_config
 # `seeded` is the autouse fixture that fixes the RNG seeds.
-from tests.support.tiny_models import seeded  # noqa: F401
 from tests.support.tiny_models import ARCHS, CONFIGS, logits, tiny_batch, tiny_model, train_steps
 
 

@@ -22,7 +22,6 @@ from lora_pipeline.lora import (
 )
 from lora_pipeline.lora.adapter_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT_VERSION
 # `seeded` is the autouse fixture that fixes the RNG seeds.
-from tests.support.tiny_models import seeded  # noqa: F401
 from tests.support.tiny_models import logits, tiny_batch, tiny_model, train_steps
 
 HEAD = {"classifier.weight", "classifier.bias"}  # what a BERT adapter replaces besides LoRA

@@ -14,7 +14,6 @@ from transformers.pytorch_utils import Conv1D
 from lora_pipeline.lora import LoRAConv1D, LoRALinear, wrap_layer
 from lora_pipeline.lora.layers import LoRALayer
 # `seeded` is the autouse fixture that fixes the RNG seeds.
-from tests.support.tiny_models import seeded  # noqa: F401
 
 IN, OUT, RANK = 12, 7, 4
 

@@ -26,7 +26,6 @@ from lora_pipeline.lora import (
 )
 from lora_pipeline.lora.surgery import module_under
 # `seeded` is the autouse fixture that fixes the RNG seeds.
-from tests.support.tiny_models import seeded  # noqa: F401
 from tests.support.tiny_models import ARCHS, CONFIGS, logits, randomize_lora, tiny_batch, tiny_model, train_steps
 
 LAYERS = 2  # num_hidden_layers of every tiny config
