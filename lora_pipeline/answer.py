@@ -19,10 +19,11 @@ only; the sentences say which. A rank picked post hoc as "closest" is printed wi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from .records import VERDICT_PHRASES as _VERDICT
 from .study import REFERENCE
+from .study_file import Answer, CostRatios, EqualCost, SequenceStep, StudyRow, VsFull
 
 __all__ = ["PROCEDURE", "answer", "rank_status", "registry_pick"]
 
@@ -34,87 +35,81 @@ def _pts(tolerance: float) -> str:
     return f"{100 * tolerance:g} point{'s' if tolerance != 0.01 else ''}"
 
 
-def _covers(d: Mapping[str, Any]) -> str:
-    if d.get("covers") == "method":
+def _covers(d: VsFull) -> str:
+    if d.covers == "method":
         return "interval over seeds and test examples"
     return "interval over test examples: these trained models only, one seed"
 
 
-def _iv(d: Mapping[str, Any]) -> str:
-    return f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+def _iv(d: VsFull) -> str:
+    return f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
 
 
-def _converged(row: Mapping[str, Any]) -> bool:
-    """Every seed stopped on a plateau (records without the field, from older runs, count as converged)."""
-    return all(c is not False for c in row.get("converged") or [])
-
-
-def rank_status(row: Mapping[str, Any], tolerance: float) -> str:
+def rank_status(row: StudyRow, tolerance: float) -> str:
     """``within`` | ``worse`` | ``undecided`` | ``not converged`` | ``degenerate`` for one LoRA row."""
-    if any(row.get("degenerate") or []):
+    if row.is_degenerate:
         return "degenerate"
-    d = row["vs_full"]
-    if d["low"] >= -tolerance:
+    d = row.vs_full
+    if d.low >= -tolerance:
         return "within"
-    if not _converged(row):
+    if not row.all_converged:
         return "not converged"
-    return "worse" if d["high"] < -tolerance else "undecided"
+    return "worse" if d.high < -tolerance else "undecided"
 
 
-def _sequence(lora: Sequence[Mapping[str, Any]], tolerance: float) -> list[dict[str, Any]]:
+def _sequence(lora: Sequence[StudyRow], tolerance: float) -> list[SequenceStep]:
     """Each rank, largest first, with its status; ranks after the first failure are ``not tested``."""
     out, stopped = [], None
-    for row in sorted(lora, key=lambda r: -r["rank"]):
+    for row in sorted(lora, key=lambda r: -r.rank):
         status = "not tested" if stopped is not None else rank_status(row, tolerance)
         if stopped is None and status != "within":
-            stopped = row["rank"]
-        out.append({"rank": row["rank"], "status": status, "unadjusted": rank_status(row, tolerance),
-                    "mc_close": bool(row["vs_full"].get("mc_close"))})
+            stopped = row.rank
+        out.append(SequenceStep(row.rank, status, rank_status(row, tolerance), row.vs_full.mc_close))
     return out
 
 
-def _steps_cap(row: Mapping[str, Any]) -> str:
-    cap = row.get("planned_steps")
+def _steps_cap(row: StudyRow) -> str:
+    cap = row.planned_steps
     return f"{cap:,.0f} steps" if cap else "its step cap"
 
 
-def _failure(row: Mapping[str, Any], status: str, tolerance: float, conf: str) -> str:
+def _failure(row: StudyRow, status: str, tolerance: float, conf: str) -> str:
     """Why the sequence stopped at ``row``, in words."""
-    d, r = row["vs_full"], row["rank"]
+    d, r = row.vs_full, row.rank
     if status == "degenerate":
-        reason = next(x for x in row["degenerate"] if x)
+        reason = next(x for x in row.degenerate if x)
         return f"rank {r} is degenerate ({reason})"
     if status == "not converged":
         return (f"rank {r} did not converge within {_steps_cap(row)} (still improving at the cap), so it is not "
                 "called worse; raise train.max_steps or lora.epochs")
     if status == "worse":
         return (f"rank {r} is worse than full fine-tuning by more than {_pts(tolerance)} "
-                f"({100 * d['difference']:+.1f} points, {conf} {_covers(d)} {_iv(d)})")
-    need = d.get("to_decide") or {}
+                f"({100 * d.difference:+.1f} points, {conf} {_covers(d)} {_iv(d)})")
+    need = d.to_decide
     what = []
-    if need.get("n_examples"):
-        what.append(f"about {need['n_examples']:,} test examples")
-    if need.get("seeds"):
-        what.append(f"about {need['seeds']} seeds per method")
+    if need and need.n_examples:
+        what.append(f"about {need.n_examples:,} test examples")
+    if need and need.seeds:
+        what.append(f"about {need.seeds} seeds per method")
     fix = f"; {' or '.join(what)} would decide it" if what else ""
-    seeds = d.get("seeds_a", 0)
-    cause = (f" Cause: {need['cause']} ({d.get('n_examples', 0):,} test examples, {seeds} "
-             f"seed{'s' if seeds != 1 else ''})") if need.get("cause") else ""
-    return (f"rank {r} is undecided: it differs from full fine-tuning by {100 * d['difference']:+.1f} points "
-            f"({conf} {_covers(d)} {_iv(d)}; {_VERDICT[d['verdict']]} full fine-tuning at {conf}), too wide to tell "
+    seeds = d.seeds_a
+    cause = (f" Cause: {need.cause} ({d.n_examples:,} test examples, {seeds} "
+             f"seed{'s' if seeds != 1 else ''})") if need and need.cause else ""
+    return (f"rank {r} is undecided: it differs from full fine-tuning by {100 * d.difference:+.1f} points "
+            f"({conf} {_covers(d)} {_iv(d)}; {_VERDICT[d.verdict]} full fine-tuning at {conf}), too wide to tell "
             f"whether it is within {_pts(tolerance)}.{cause}{fix}")
 
 
-def _closest(lora: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
-    usable = [r for r in lora if not any(r.get("degenerate") or [])]
-    return max(usable, key=lambda r: (r["vs_full"]["difference"], -r["rank"])) if usable else None
+def _closest(lora: Sequence[StudyRow]) -> Optional[StudyRow]:
+    usable = [r for r in lora if not r.is_degenerate]
+    return max(usable, key=lambda r: (r.vs_full.difference, -r.rank)) if usable else None
 
 
-def _mc_note(seq: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> str:
-    close = [s["rank"] for s in seq if s["mc_close"] and s["status"] != "not tested"]
+def _mc_note(seq: Sequence[SequenceStep], rows: Sequence[StudyRow]) -> str:
+    close = [s.rank for s in seq if s.mc_close and s.status != "not tested"]
     if not close:
         return ""
-    n = max(r["vs_full"].get("n_resamples", 0) for r in rows)
+    n = max(r.vs_full.n_resamples for r in rows)
     return (f" Borderline: for rank{'s' if len(close) > 1 else ''} {', '.join(map(str, close))} the deciding "
             f"interval end lies within the Monte-Carlo error of the threshold even at {n:,} resamples.")
 
@@ -123,13 +118,13 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if not a or not b else a / b
 
 
-def _time(row: Mapping[str, Any]) -> Optional[float]:
+def _time(row: StudyRow) -> Optional[float]:
     """Training cost to the kept checkpoint: CPU seconds to the best validation, else wall train seconds."""
-    return row.get("cpu_seconds_to_best") or row.get("train_seconds")
+    return row.cpu_seconds_to_best or row.train_seconds
 
 
-def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: float = 0.95,
-           equal_cost: Optional[Mapping[str, Any]] = None) -> dict:
+def answer(rows: Mapping[str, StudyRow], tolerance: float, confidence: float = 0.95,
+           equal_cost: Optional[EqualCost] = None) -> Answer:
     """The smallest LoRA rank within ``tolerance`` of full fine-tuning under the fixed-sequence procedure.
 
     Returns:
@@ -139,63 +134,62 @@ def answer(rows: Mapping[str, Mapping[str, Any]], tolerance: float, confidence: 
         ``difference`` and ``cost_ratios``.
     """
     full = rows.get(REFERENCE)
-    lora = sorted((r for r in rows.values() if r["variant"] == "lora"), key=lambda r: r["rank"])
+    lora = sorted((r for r in rows.values() if r.variant == "lora"), key=lambda r: r.rank)
     conf = f"{100 * confidence:g} %"
-    out: dict[str, Any] = {"rank": None, "procedure": PROCEDURE, "sequence": [], "closest_rank": None,
-                           "equal_cost": (equal_cost or {}).get("sentence")}
+    none = {"rank": None, "procedure": PROCEDURE, "sequence": (), "closest_rank": None,
+            "equal_cost": equal_cost.sentence if equal_cost else None, "cost_ratios": None, "difference": None}
     if full is None or not lora:
-        return {**out, "sentence": "The study needs full fine-tuning and at least one LoRA rank."}
-    if any(full.get("degenerate") or []):
-        bad = next(d for d in full["degenerate"] if d)
-        return {**out, "sentence": f"Full fine-tuning is degenerate ({bad}), so it is no reference: no comparison "
-                                   "is stated."}
-    if not _converged(full):
-        return {**out, "sentence": f"Full fine-tuning did not converge within {_steps_cap(full)} (still improving "
-                                   "at the cap), so no rank is compared with it; raise train.max_steps or "
-                                   "full.epochs."}
+        return Answer(**none, sentence="The study needs full fine-tuning and at least one LoRA rank.")
+    if full.is_degenerate:
+        bad = next(d for d in full.degenerate if d)
+        return Answer(**none, sentence=f"Full fine-tuning is degenerate ({bad}), so it is no reference: no "
+                                       "comparison is stated.")
+    if not full.all_converged:
+        return Answer(**none, sentence=f"Full fine-tuning did not converge within {_steps_cap(full)} (still "
+                                       "improving at the cap), so no rank is compared with it; raise "
+                                       "train.max_steps or full.epochs.")
     seq = _sequence(lora, tolerance)
-    out["sequence"] = seq
-    by_rank = {r["rank"]: r for r in lora}
-    passed = [s["rank"] for s in seq if s["status"] == "within"]
-    stop = next((s for s in seq if s["status"] not in ("within", "not tested")), None)
-    why = _failure(by_rank[stop["rank"]], stop["status"], tolerance, conf) if stop else ""
+    by_rank = {r.rank: r for r in lora}
+    passed = [s.rank for s in seq if s.status == "within"]
+    stop = next((s for s in seq if s.status not in ("within", "not tested")), None)
+    why = _failure(by_rank[stop.rank], stop.status, tolerance, conf) if stop else ""
     mc = _mc_note(seq, lora)
     if not passed:
         closest = _closest(lora)
-        out["closest_rank"] = closest["rank"] if closest else None
-        post = (f" Post hoc, the rank closest to full fine-tuning is {closest['rank']} "
-                f"({100 * closest['vs_full']['difference']:+.1f} points; no interval: a post-hoc pick)."
+        post = (f" Post hoc, the rank closest to full fine-tuning is {closest.rank} "
+                f"({100 * closest.vs_full.difference:+.1f} points; no interval: a post-hoc pick)."
                 if closest else "")
-        lead = "Undecided" if stop["status"] == "undecided" else \
+        lead = "Undecided" if stop.status == "undecided" else \
             f"No LoRA rank is shown within {_pts(tolerance)} of full fine-tuning at {conf}"
-        return {**out, "sentence": f"{lead}: testing ranks from the largest down, {why}.{post}{mc}"}
-    return {**out, **_within_sentence(by_rank[passed[-1]], full, passed, why, tolerance, conf, mc)}
+        return Answer(**{**none, "sequence": seq, "closest_rank": closest.rank if closest else None},
+                      sentence=f"{lead}: testing ranks from the largest down, {why}.{post}{mc}")
+    return _within(by_rank[passed[-1]], full, passed, why, tolerance, conf, mc, {**none, "sequence": seq})
 
 
-def _within_sentence(r: Mapping[str, Any], full: Mapping[str, Any], passed: Sequence[int], why: str,
-                     tolerance: float, conf: str, mc: str) -> dict[str, Any]:
-    d, m, f = r["vs_full"], r["macro_f1"], full["macro_f1"]
-    costs = {"trainable_params": _ratio(r.get("trainable_params"), full.get("trainable_params")),
-             "train_time": _ratio(_time(r), _time(full)),
-             "peak_memory_mb": _ratio(r.get("peak_memory_mb"), full.get("peak_memory_mb")),
-             "size_on_disk_mb": _ratio(r.get("size_on_disk_mb"), full.get("size_on_disk_mb"))}
+def _within(r: StudyRow, full: StudyRow, passed: Sequence[int], why: str, tolerance: float, conf: str, mc: str,
+            base: Mapping[str, object]) -> Answer:
+    d, m, f = r.vs_full, r.macro_f1, full.macro_f1
+    costs = CostRatios(trainable_params=_ratio(r.trainable_params, full.trainable_params),
+                       train_time=_ratio(_time(r), _time(full)),
+                       peak_memory_mb=_ratio(r.peak_memory_mb, full.peak_memory_mb),
+                       size_on_disk_mb=_ratio(r.size_on_disk_mb, full.size_on_disk_mb))
     others = f" (ranks {', '.join(map(str, passed))} pass" + (f"; {why}" if why else "") + ")" \
         if len(passed) > 1 or why else ""
-    clock = "CPU time to its best checkpoint" if r.get("cpu_seconds_to_best") else "train time"
-    tt = f"{costs['train_time']:.2f}× the {clock}" if costs["train_time"] else "an unmeasured train time"
-    mem = f" and {costs['peak_memory_mb']:.2f}× the peak memory" if costs["peak_memory_mb"] else ""
+    clock = "CPU time to its best checkpoint" if r.cpu_seconds_to_best else "train time"
+    tt = f"{costs.train_time:.2f}× the {clock}" if costs.train_time else "an unmeasured train time"
+    mem = f" and {costs.peak_memory_mb:.2f}× the peak memory" if costs.peak_memory_mb else ""
     sentence = (
         f"Testing ranks from the largest down, the smallest LoRA rank within {_pts(tolerance)} of full fine-tuning "
-        f"is {r['rank']}{others}: test macro-F1 {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}] vs "
-        f"{f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}], a difference of {100 * d['difference']:+.1f} points "
-        f"({conf} {_covers(d)} {_iv(d)}; {_VERDICT[d['verdict']]} full fine-tuning at {conf}), training "
-        f"{r['trainable_percent']:.2f} % of the parameters ({r['trainable_params']:,} vs "
-        f"{full['trainable_params']:,}), in {tt}{mem}, with {r['size_on_disk_mb']:.2f} MB on disk vs "
-        f"{full['size_on_disk_mb']:.1f} MB.{mc}")
-    return {"rank": r["rank"], "sentence": sentence, "cost_ratios": costs, "difference": d}
+        f"is {r.rank}{others}: test macro-F1 {m.mean:.3f} [{m.low:.3f}, {m.high:.3f}] vs "
+        f"{f.mean:.3f} [{f.low:.3f}, {f.high:.3f}], a difference of {100 * d.difference:+.1f} points "
+        f"({conf} {_covers(d)} {_iv(d)}; {_VERDICT[d.verdict]} full fine-tuning at {conf}), training "
+        f"{r.trainable_percent:.2f} % of the parameters ({r.trainable_params:,} vs "
+        f"{full.trainable_params:,}), in {tt}{mem}, with {r.size_on_disk_mb:.2f} MB on disk vs "
+        f"{full.size_on_disk_mb:.1f} MB.{mc}")
+    return Answer(**{**base, "rank": r.rank, "cost_ratios": costs, "difference": d}, sentence=sentence)
 
 
-def registry_pick(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int]) -> tuple[Optional[str], str]:
+def registry_pick(rows: Mapping[str, StudyRow], answer_rank: Optional[int]) -> tuple[Optional[str], str]:
     """The row whose model the Model Registry gets, and why — chosen on **validation**, never on test.
 
     The answer's LoRA rank when there is one; else the row with the best mean validation macro-F1 among those
@@ -204,8 +198,8 @@ def registry_pick(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[i
     """
     if answer_rank is not None and f"lora_r{answer_rank}" in rows:
         return f"lora_r{answer_rank}", "the study's answer: smallest LoRA rank within tolerance of full"
-    usable = [(name, r) for name, r in rows.items() if not any(r.get("degenerate_val") or [])]
+    usable = [(name, r) for name, r in rows.items() if not any(r.degenerate_val or [])]
     if not usable:
         return None, "every trained model is degenerate on validation"
-    name = max(usable, key=lambda item: (item[1]["val_macro_f1"], item[0]))[0]
+    name = max(usable, key=lambda item: (item[1].val_macro_f1, item[0]))[0]
     return name, "best mean validation macro-F1 (no LoRA rank within tolerance; not a significance claim)"

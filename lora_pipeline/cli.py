@@ -83,16 +83,15 @@ def _parser() -> argparse.ArgumentParser:
 def _rebuild(args: argparse.Namespace) -> None:
     """Per folder: ``study.json``, ``report.md`` and ``figures/`` recomputed from ``record.json.gz`` alone."""
     from .figures import write_report
-    from .files import write_json
     from .record import build_study, read_record
 
     for folder in map(Path, args.folders):
         study = build_study(read_record(folder / "record.json.gz"))
-        write_json(folder / "study.json", study)
+        study.write(folder / "study.json")
         write_report(study, folder / "report.md", folder / "figures")
-        print(f"{folder}: {study['answer']['sentence']}")
-        if study["answer"].get("equal_cost"):
-            print(f"{folder}: {study['answer']['equal_cost']}")
+        print(f"{folder}: {study.answer.sentence}")
+        if study.answer.equal_cost:
+            print(f"{folder}: {study.answer.equal_cost}")
 
 
 def _merge(args: argparse.Namespace) -> None:

@@ -1,5 +1,5 @@
-"""The report's figures, drawn from ``metrics/study.json`` with matplotlib's object API (no pyplot state): the
-rank curve, the adapters' spectra, learning curves (steps and CPU seconds) and confusion matrices.
+"""The report's figures, drawn from the study file (``metrics/study.json``) with matplotlib's object API (no pyplot
+state): the rank curve, the adapters' spectra, learning curves (steps and CPU seconds) and confusion matrices.
 
 Every figure draws something sensible for one rank, one seed, a missing scratch row or only degenerate rows.
 """
@@ -20,11 +20,11 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from .curves import CLOCK
 from .files import atomic_dir, atomic_file
-from .records import detail_rows
-from .reporting import ordered_rows, render_report, row_title
+from .reporting import render_report, row_title
+from .study_file import Detail, SeedCurve, Spectrum, StudyFile, StudyRow
 
-__all__ = ["FIGURE_FILES", "confusion_figure", "curves_figure", "rank_curve_figure", "save_figures",
-           "spectra_figure", "write_report"]
+__all__ = ["FIGURE_FILES", "confusion_figure", "curves_figure", "rank_curve_figure", "report_markdown",
+           "save_figures", "spectra_figure", "write_report"]
 
 FIGURE_FILES = {"rank_curve": "rank_curve.png", "spectra": "spectra.png", "curves": "curves.png",
                 "confusion": "confusion.png"}
@@ -42,10 +42,6 @@ def _empty(ax: Axes, message: str) -> None:
     ax.set_axis_off()
 
 
-def _lora_rows(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [row for _, row in ordered_rows(study) if row.get("variant") == "lora"]
-
-
 def _rank_axis(ax: Axes, ranks: Sequence[int]) -> None:
     """A log2 x axis with a tick at each trained rank (and room around a single one)."""
     ax.set_xscale("log", base=2)
@@ -59,48 +55,46 @@ def _rank_axis(ax: Axes, ranks: Sequence[int]) -> None:
 # ------------------------------------------------------------------------------------------------ rank curve
 
 
-def rank_curve_figure(study: Mapping[str, Any]) -> Figure:
+def rank_curve_figure(study: StudyFile) -> Figure:
     """Left: test macro-F1 against rank with full fine-tuning as a band and the references as dashed lines.
     Right: trainable parameters (log) and train time (twin axis) against rank, full fine-tuning's as flat lines."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     quality, cost = fig.subplots(1, 2)
-    lora = _lora_rows(study)
+    lora = study.lora_rows()
     _quality_panel(quality, study, lora)
     if lora:
-        _cost_panel(cost, study.get("rows", {}).get("full"), lora)
+        _cost_panel(cost, study.rows.get("full"), lora)
     else:
         _empty(cost, "no LoRA rank in the study")
     return fig
 
 
-def _quality_panel(ax: Axes, study: Mapping[str, Any], lora: Sequence[Mapping[str, Any]]) -> None:
+def _quality_panel(ax: Axes, study: StudyFile, lora: Sequence[StudyRow]) -> None:
     """LoRA's means with intervals against rank and full fine-tuning's band, the y axis scaled to those two; a
     reference (scratch, TF-IDF) outside that range is an arrow at the edge with its value, not a stretched axis."""
-    rows = study.get("rows", {})
     if lora:
         _lora_points(ax, lora)
-        _rank_axis(ax, [r["rank"] for r in lora])
+        _rank_axis(ax, [r.rank for r in lora])
     else:
         ax.set_xticks([])
-    full = rows.get("full")
+    full, scratch = study.rows.get("full"), study.rows.get("scratch")
     if full:
-        m = full["macro_f1"]
-        if _finite(m.get("low")) and _finite(m.get("high")):
-            ax.axhspan(m["low"], m["high"], color="C1", alpha=0.2, label="full fine-tuning interval")
-        ax.axhline(m["mean"], color="C1", label=_ref_label("full fine-tuning", full))
+        m = full.macro_f1
+        if _finite(m.low) and _finite(m.high):
+            ax.axhspan(m.low, m.high, color="C1", alpha=0.2, label="full fine-tuning interval")
+        ax.axhline(m.mean, color="C1", label=_ref_label("full fine-tuning", full))
     refs = []
-    if rows.get("scratch"):
-        refs.append((_ref_label("BERT from scratch", rows["scratch"]), rows["scratch"]["macro_f1"]["mean"], "C2"))
-    if study.get("tfidf_logreg"):
-        refs.append(("TF-IDF + logistic regression", study["tfidf_logreg"]["macro_f1"], "C3"))
+    if scratch:
+        refs.append((_ref_label("BERT from scratch", scratch), scratch.macro_f1.mean, "C2"))
+    refs.append(("TF-IDF + logistic regression", study.tfidf_logreg.macro_f1, "C3"))
     _references(ax, refs, _compared_limits([*lora, *([full] if full else [])]))
     ax.set(ylabel="test macro-F1", title="test macro-F1 against LoRA rank" if lora else "no LoRA rank in the study")
     ax.legend(fontsize=8, loc="best")
 
 
-def _compared_limits(rows: Sequence[Mapping[str, Any]], margin: float = 0.15) -> Optional[tuple[float, float]]:
+def _compared_limits(rows: Sequence[StudyRow], margin: float = 0.15) -> Optional[tuple[float, float]]:
     """The y range of the compared rows' means and intervals, widened by ``margin`` of its span (at least 0.01)."""
-    values = [v for r in rows for v in (r["macro_f1"].get(k) for k in ("mean", "low", "high")) if _finite(v)]
+    values = [v for r in rows for v in (r.macro_f1.mean, r.macro_f1.low, r.macro_f1.high) if _finite(v)]
     if not values:
         return None
     pad = max(margin * (max(values) - min(values)), 0.01)
@@ -129,34 +123,33 @@ def _references(ax: Axes, refs: Sequence[tuple[str, float, str]],
                 f"({side} the axis)", transform=ax.transAxes, ha="right", va="center", fontsize=8, color=colour)
 
 
-def _lora_points(ax: Axes, lora: Sequence[Mapping[str, Any]]) -> None:
-    ranks = [r["rank"] for r in lora]
-    mean = np.array([r["macro_f1"]["mean"] for r in lora], dtype=float)
-    low = np.array([r["macro_f1"]["low"] if _finite(r["macro_f1"].get("low")) else np.nan for r in lora], dtype=float)
-    high = np.array([r["macro_f1"]["high"] if _finite(r["macro_f1"].get("high")) else np.nan for r in lora],
-                    dtype=float)
+def _lora_points(ax: Axes, lora: Sequence[StudyRow]) -> None:
+    ranks = [r.rank for r in lora]
+    mean = np.array([r.macro_f1.mean for r in lora], dtype=float)
+    low = np.array([r.macro_f1.low if _finite(r.macro_f1.low) else np.nan for r in lora], dtype=float)
+    high = np.array([r.macro_f1.high if _finite(r.macro_f1.high) else np.nan for r in lora], dtype=float)
     yerr = np.nan_to_num(np.vstack([mean - low, high - mean]))  # no interval: a bare point
     ax.errorbar(ranks, mean, yerr=yerr, marker="o", capsize=4, color="C0", label="LoRA (ours), mean [interval]")
-    bad = [(r["rank"], r["macro_f1"]["mean"]) for r in lora if any(r.get("degenerate", []))]
+    bad = [(r.rank, r.macro_f1.mean) for r in lora if r.is_degenerate]
     if bad:
         ax.scatter(*zip(*bad), marker="x", s=90, color="red", zorder=3, label="degenerate (not a result)")
 
 
-def _ref_label(title: str, row: Mapping[str, Any]) -> str:
-    return title + (" (degenerate)" if any(row.get("degenerate", [])) else "")
+def _ref_label(title: str, row: StudyRow) -> str:
+    return title + (" (degenerate)" if row.is_degenerate else "")
 
 
-def _cost_panel(ax: Axes, full: Optional[Mapping[str, Any]], lora: Sequence[Mapping[str, Any]]) -> None:
-    ranks = [r["rank"] for r in lora]
-    params = [r.get("trainable_params") if _finite(r.get("trainable_params")) else np.nan for r in lora]
-    seconds = [r.get("train_seconds") if _finite(r.get("train_seconds")) else np.nan for r in lora]
+def _cost_panel(ax: Axes, full: Optional[StudyRow], lora: Sequence[StudyRow]) -> None:
+    ranks = [r.rank for r in lora]
+    params = [r.trainable_params if _finite(r.trainable_params) else np.nan for r in lora]
+    seconds = [r.train_seconds if _finite(r.train_seconds) else np.nan for r in lora]
     ax.plot(ranks, params, marker="o", color="C0", label="trainable parameters")
     time_ax = ax.twinx()
     time_ax.plot(ranks, seconds, marker="s", color="C4", label="train time (s)")
-    if full and _finite(full.get("trainable_params")):
-        ax.axhline(full["trainable_params"], color="C0", ls=":", label="full fine-tuning: parameters")
-    if full and _finite(full.get("train_seconds")):
-        time_ax.axhline(full["train_seconds"], color="C4", ls=":", label="full fine-tuning: train time")
+    if full and _finite(full.trainable_params):
+        ax.axhline(full.trainable_params, color="C0", ls=":", label="full fine-tuning: parameters")
+    if full and _finite(full.train_seconds):
+        time_ax.axhline(full.train_seconds, color="C4", ls=":", label="full fine-tuning: train time")
     if any(_finite(p) and p > 0 for p in params):
         ax.set_yscale("log")
     _rank_axis(ax, ranks)
@@ -177,27 +170,27 @@ def _short_layer(name: str) -> str:
     return f"L{match.group(1)} {leaf}" if match else ".".join(name.split(".")[-2:])
 
 
-def _first_seed_spectra(study: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _first_seed_spectra(study: StudyFile) -> list[Spectrum]:
     """One spectrum per LoRA rank: the first seed's."""
-    first: dict[int, Mapping[str, Any]] = {}
-    for spec in sorted(study.get("spectra", []), key=lambda s: (s["rank"], s.get("seed") or 0)):
-        first.setdefault(spec["rank"], spec)
+    first: dict[int, Spectrum] = {}
+    for spec in sorted(study.spectra, key=lambda s: (s.rank, s.seed)):
+        first.setdefault(spec.rank, spec)
     return [first[r] for r in sorted(first)]
 
 
-def _mean_grids(study: Mapping[str, Any]) -> list[tuple[int, int, int, np.ndarray, int]]:
+def _mean_grids(study: StudyFile) -> list[tuple[int, int, int, np.ndarray, int]]:
     """Per smaller rank (first seed): ``(small, large, seed, φ grid averaged over layers, layers)``."""
     cells: dict[tuple[int, int], list] = {}
     seed_of: dict[tuple[int, int], int] = {}
-    for item in sorted(study.get("subspace", []), key=lambda s: s.get("seed") or 0):
-        key = (item["small_rank"], item["large_rank"])
-        seed_of.setdefault(key, item.get("seed"))
-        if item.get("seed") == seed_of[key]:
-            cells.setdefault(key, []).append(np.asarray(item["grid"], dtype=float))
+    for item in sorted(study.subspace, key=lambda s: s.seed):
+        key = (item.small_rank, item.large_rank)
+        seed_of.setdefault(key, item.seed)
+        if item.seed == seed_of[key]:
+            cells.setdefault(key, []).append(np.asarray(item.grid, dtype=float))
     return [(s, l, seed_of[(s, l)], np.mean(np.stack(g), axis=0), len(g)) for (s, l), g in sorted(cells.items())]
 
 
-def spectra_figure(study: Mapping[str, Any]) -> Figure:
+def spectra_figure(study: StudyFile) -> Figure:
     """Top row: normalised singular values of ΔW per targeted layer, one panel per rank (first seed). Bottom row
     (when the study has several ranks): the subspace similarity φ of each smaller rank with the largest."""
     spectra, grids = _first_seed_spectra(study), _mean_grids(study)
@@ -210,7 +203,7 @@ def spectra_figure(study: Mapping[str, Any]) -> Figure:
         _spectrum_panel(ax, spec)
     if spectra:
         fig.suptitle(f"singular values of each update ΔW (one line per targeted layer); effective rank: those holding "
-                     f"{100 * study.get('energy', 0.9):g} % of its energy", fontsize=10)
+                     f"{100 * study.energy:g} % of its energy", fontsize=10)
     for ax, grid in zip(axes[1] if grids else [], grids):
         _subspace_panel(fig, ax, *grid)
     for ax in [*axes[0][max(1, len(spectra)):], *(axes[1][len(grids):] if grids else [])]:
@@ -218,26 +211,26 @@ def spectra_figure(study: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def _spectrum_panel(ax: Axes, spec: Mapping[str, Any]) -> None:
-    layers = spec.get("layers", {})
-    ranks = [v["effective_rank"] for v in layers.values()]
+def _spectrum_panel(ax: Axes, spec: Spectrum) -> None:
+    layers = spec.layers
+    ranks = [v.effective_rank for v in layers.values()]
     colours = [f"C{i % 10}" for i in range(len(layers))] if len(layers) <= MAX_LEGEND_LAYERS else \
         [(0.1 + 0.8 * i / max(1, len(layers) - 1), 0.3, 0.9 - 0.8 * i / max(1, len(layers) - 1))
          for i in range(len(layers))]
     for colour, (name, values) in zip(colours, layers.items()):
-        sv = np.asarray(values["singular_values"], dtype=float)
+        sv = np.asarray(values.singular_values, dtype=float)
         if sv.size == 0 or sv[0] <= 0:
             continue  # an update that never left zero has no spectrum to draw
         ax.plot(np.arange(1, sv.size + 1), np.maximum(sv / sv[0], 1e-12), marker=".", color=colour,
-                label=f"{_short_layer(name)} (eff. {values['effective_rank']})")
+                label=f"{_short_layer(name)} (eff. {values.effective_rank})")
     if not ax.lines:
-        _empty(ax, f"rank {spec['rank']}: every update is zero")
+        _empty(ax, f"rank {spec.rank}: every update is zero")
         return
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     mean = sum(ranks) / len(ranks)
     ax.set(xlabel="singular value index", ylabel="σ / σ₁ (log)")
-    ax.set_title(f"r={spec['rank']} (seed {spec.get('seed')}): effective rank {mean:.1f} ({min(ranks)}–{max(ranks)})",
+    ax.set_title(f"r={spec.rank} (seed {spec.seed}): effective rank {mean:.1f} ({min(ranks)}–{max(ranks)})",
                  fontsize=10)
     if len(layers) <= MAX_LEGEND_LAYERS:
         ax.legend(fontsize=6, ncol=2)
@@ -256,21 +249,21 @@ def _subspace_panel(fig: Figure, ax: Axes, small: int, large: int, seed: int, gr
 # ---------------------------------------------------------------------------------------------------- curves
 
 
-def curves_figure(study: Mapping[str, Any]) -> Figure:
+def curves_figure(study: StudyFile) -> Figure:
     """Left: each run's validation macro-F1 at every validation against optimizer steps (one line per seed of each
     chosen (variant, rank); a study without per-run curves shows the seed-mean best so far instead). Right: the
     best validation macro-F1 so far against CPU seconds of training, mean over seeds with the min–max band; full
     fine-tuning's cost to its best is the dotted vertical line of the equal-cost reading."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     runs_ax, cost_ax = fig.subplots(1, 2)
-    names = [n for n, _ in ordered_rows(study)]
-    if study.get("validation_curves"):
-        _run_lines(runs_ax, study["validation_curves"], names)
+    names = [n for n, _ in study.ordered_rows()]
+    if study.validation_curves:
+        _run_lines(runs_ax, study.validation_curves, names)
         title = "validation macro-F1 of each run at every validation"
     else:
-        _mean_lines(runs_ax, study.get("learning_curves") or {}, names, "step")
+        _mean_lines(runs_ax, study.learning_curves, names, "step")
         title = "best validation macro-F1 so far vs optimizer steps"
-    _mean_lines(cost_ax, study.get("learning_curves") or {}, names, CLOCK)
+    _mean_lines(cost_ax, study.learning_curves, names, CLOCK)
     for ax, label, title in ((runs_ax, "optimizer steps", title),
                              (cost_ax, "CPU seconds of training", "best validation macro-F1 so far vs CPU seconds")):
         if not ax.lines:
@@ -278,27 +271,28 @@ def curves_figure(study: Mapping[str, Any]) -> Figure:
             continue
         ax.set(title=title, xlabel=label, ylabel="validation macro-F1")
         ax.legend(fontsize=8)
-    cost = study.get("equal_cost") or {}
-    if cost.get("budget") and cost_ax.lines:
-        cost_ax.axvline(cost["budget"], color="grey", ls=":", lw=1)
+    cost = study.equal_cost
+    if cost and cost.budget and cost_ax.lines:
+        cost_ax.axvline(cost.budget, color="grey", ls=":", lw=1)
     return fig
 
 
-def _run_lines(ax: Axes, curves: Mapping[str, Sequence[Mapping[str, Any]]], names: Sequence[str]) -> None:
+def _run_lines(ax: Axes, curves: Mapping[str, Sequence[SeedCurve]], names: Sequence[str]) -> None:
     """One line per seed, a colour per row, the row named once in the legend; every validation is a point."""
     for i, name in enumerate(names):
-        for j, curve in enumerate(curves.get(name) or []):
-            points = [(x, y) for x, y in zip(curve.get("step") or [], curve.get("val_macro_f1") or [])
-                      if x is not None and y is not None]
+        for j, curve in enumerate(curves.get(name, ())):  # keyed by row: a row without curves has none
+            points = [(x, y) for x, y in zip(curve.step, curve.val_macro_f1) if x is not None and y is not None]
             if points:
                 ax.plot(*zip(*points), color=f"C{i % 10}", marker=".", lw=1, alpha=0.85,
                         label=row_title(name) if j == 0 else f"_{row_title(name)}")
 
 
-def _mean_lines(ax: Axes, curves: Mapping[str, Any], names: Sequence[str], clock: str) -> None:
-    """Per row, the seed-mean best so far against ``clock`` with its min–max band over seeds."""
+def _mean_lines(ax: Axes, curves: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]], names: Sequence[str],
+                clock: str) -> None:
+    """Per row, the seed-mean best so far against ``clock`` with its min–max band over seeds (the points are keyed
+    by their clock: open-ended)."""
     for i, name in enumerate(names):
-        points = (curves.get(name) or {}).get(clock) or []
+        points = curves.get(name, {}).get(clock, ())
         if not points:
             continue
         x = [p[clock] for p in points]
@@ -316,8 +310,8 @@ def _tick_label(label: str, width: int = 14) -> str:
     return "\n".join(lines[:3]) + ("…" if len(lines) > 3 else "")
 
 
-def confusion_figure(results: Mapping[str, Mapping[str, Any]], labels: Sequence[str]) -> Figure:
-    """Row-normalised confusion matrices side by side, one per row name (``results[name]["confusion_matrix"]``);
+def confusion_figure(results: Mapping[str, Detail], labels: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrices side by side, one per row name (``results[name].confusion_matrix``);
     long class names are wrapped and the x ticks rotated, so none overlap."""
     ticks = [_tick_label(label) for label in labels]
     side = max(4.0, 0.45 * len(labels) + 1.2 * max([t.count("\n") + 1 for t in ticks] or [1]))
@@ -326,13 +320,13 @@ def confusion_figure(results: Mapping[str, Mapping[str, Any]], labels: Sequence[
     if not results:
         _empty(axes[0], "no confusion matrix in the study")
     for ax, (name, res) in zip(axes, results.items()):
-        cm = np.asarray(res["confusion_matrix"], dtype=float)
+        cm = np.asarray(res.confusion_matrix, dtype=float)
         norm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for i in range(len(labels)):
             for j in range(len(labels)):
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.6 else "black")
-        seed = f" (seed {res['seed']})" if res.get("seed") is not None else ""
+        seed = f" (seed {res.seed})" if res.seed is not None else ""
         ax.set(title=row_title(name) + seed, xticks=range(len(labels)), yticks=range(len(labels)),
                xlabel="predicted", ylabel="actual")
         ax.set_xticklabels(ticks, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
@@ -340,12 +334,10 @@ def confusion_figure(results: Mapping[str, Mapping[str, Any]], labels: Sequence[
     return fig
 
 
-def save_figures(study: Mapping[str, Any], folder: Path) -> dict[str, Path]:
+def save_figures(study: StudyFile, folder: Path) -> dict[str, Path]:
     """Draw every figure of the report into ``folder``; returns their paths by key (see ``FIGURE_FILES``)."""
-    detail = study.get("detail", {})
-    shown = {n: detail[n] for n in detail_rows(study.get("record")) if n in detail}
     figures = {"rank_curve": rank_curve_figure(study), "spectra": spectra_figure(study),
-               "curves": curves_figure(study), "confusion": confusion_figure(shown, study.get("labels", []))}
+               "curves": curves_figure(study), "confusion": confusion_figure(study.shown_detail(), study.labels)}
     paths = {}
     for key, fig in figures.items():
         paths[key] = Path(folder) / FIGURE_FILES[key]
@@ -356,15 +348,19 @@ def save_figures(study: Mapping[str, Any], folder: Path) -> dict[str, Path]:
 SETUP_SECTIONS = ("model", "train", "scratch", "full", "lora", "study")  # what the report's Setup section shows
 
 
-def write_report(study: Mapping[str, Any], report: Path, figures: Path) -> None:
-    """``report`` (Markdown) and its PNG figures in ``figures``, from ``study`` alone: it carries the params and
-    the data summary it was made with, so a committed record rebuilds the same report anywhere."""
+def report_markdown(study: StudyFile, figures: str = "figures") -> str:
+    """The report's Markdown, its figures linked under ``figures`` (relative to the report), from ``study`` alone:
+    it carries the params and the data summary it was made with."""
+    links = {key: f"{figures}/{name}" for key, name in FIGURE_FILES.items()}
+    return render_report(study, links, dataset=study.dataset,
+                         params={k: study.params[k] for k in SETUP_SECTIONS if k in study.params})
+
+
+def write_report(study: StudyFile, report: Path, figures: Path) -> None:
+    """``report`` (Markdown) and its PNG figures in ``figures``, from ``study`` alone, so a committed record
+    rebuilds the same report anywhere."""
     with atomic_dir(figures) as tmp:
         save_figures(study, tmp)
     rel = Path(os.path.relpath(Path(figures).resolve(), Path(report).parent.resolve())).as_posix()
-    links = {key: f"{rel}/{name}" for key, name in FIGURE_FILES.items()}
-    params = study.get("params") or {}
     with atomic_file(report) as tmp:
-        tmp.write_text(render_report(study, links, dataset=study.get("dataset"),
-                                     params={k: params[k] for k in SETUP_SECTIONS if k in params}),
-                       encoding="utf-8")
+        tmp.write_text(report_markdown(study, rel), encoding="utf-8")

@@ -5,8 +5,9 @@ grid (its metrics record, its validation curve and the per-example validation pr
 kept), the per-example test predictions of the runs chosen on validation (of every run with ``study.test_every_run``:
 then :func:`merge_records` can join parts of a study run apart), the TF-IDF reference's test predictions,
 the adapters' spectra (numbers read from the weights) and the params that produced it all. :func:`build_study`
-turns a record into ``study.json``; it is pure, so a committed record rebuilds its report anywhere with
-``lora-pipeline rebuild docs/results/<study>`` (:mod:`lora_pipeline.cli`; no model, no data, no training).
+turns a record into the study file (:class:`~lora_pipeline.study_file.StudyFile`, ``study.json``); it is pure, so a
+committed record rebuilds its report anywhere with ``lora-pipeline rebuild docs/results/<study>``
+(:mod:`lora_pipeline.cli`; no model, no data, no training).
 
 Rebuilding checks the record against itself: each run's validation macro-F1 is recomputed from its predictions and
 must equal the one its metrics file states.
@@ -14,6 +15,7 @@ must equal the one its metrics file states.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -28,14 +30,13 @@ from . import curves as curves_lib
 from . import study as study_lib
 from .errors import PipelineError
 from .records import detail_rows
+from .study_file import Detail, EqualCost, StudyFile, StudyRow, StudyRun
 
 __all__ = ["FORMAT", "VERSION", "build_study", "merge_records", "read_record", "write_record"]
 
 FORMAT, VERSION = "lora-pipeline study record", 1
-RUN_FIELDS = ("variant", "rank", "seed", "lr", "tag", "val_macro_f1", "steps", "planned_steps", "epochs",
-              "best_step", "stop_reason", "stopped_by", "converged", "train_seconds", "train_cpu_seconds",
-              "seconds_to_best", "cpu_seconds_to_best", "peak_memory_mb", "trainable_params", "trainable_percent",
-              "total_params", "size_on_disk_mb", "precision", "device", "samples_per_second")
+#: what the record keeps of each train run: the study file's runs table, less whether its row chose it
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(StudyRun) if f.name != "chosen")
 
 
 def write_record(path: str | Path, record: Mapping[str, Any]) -> None:
@@ -160,7 +161,7 @@ def _curves(groups: Sequence[study_lib.Group], runs_by_tag: Mapping[tuple, Mappi
     return out
 
 
-def build_study(record: Mapping[str, Any]) -> dict:
+def build_study(record: Mapping[str, Any]) -> StudyFile:
     """``study.json`` from a record: the lr choice on validation, rows with method-level intervals, the answer
     (fixed sequence), the equal-cost reading, learning curves, per-class detail and the runs table."""
     labels, params = record["labels"], record["params"]
@@ -184,39 +185,41 @@ def build_study(record: Mapping[str, Any]) -> dict:
     rows = study_lib.summarise(groups, preds, y_test, labels, tfidf_pred, tolerance=s["tolerance"],
                                confidence=s["confidence"], n_resamples=s["resamples"], seed=s["bootstrap_seed"],
                                val=(y_val, val_preds) if has_val else None)
-    for row in rows.values():
-        row["degenerate_why"] = study_lib.explain_degenerate(row)
     curves = _curves(groups, by_tag)
     ranks = sorted(g.rank for g in groups if g.variant == "lora")
     first = answer_lib.answer(rows, s["tolerance"], s["confidence"])
-    cost = curves_lib.equal_cost(curves, ranks, s["tolerance"], first["rank"])
+    found = curves_lib.equal_cost(curves, ranks, s["tolerance"], first.rank)
+    cost = EqualCost(**found) if found is not None else None
     result = answer_lib.answer(rows, s["tolerance"], s["confidence"], equal_cost=cost)
-    record_row = study_lib.record_row(rows, result["rank"], s.get("record_rank"), result.get("closest_rank"))
+    record_row = study_lib.record_row(rows, result.rank, s.get("record_rank"), result.closest_rank)
     chosen = {(g.variant, g.rank, g.lr) for g in groups}
     chosen_tags = {(g.variant, r["tag"]) for g in groups for r in g.records}
-    return {"labels": labels, "n_test": int(y_test.size), "n_val": int(y_val.size), "confidence": s["confidence"],
-            "tolerance": s["tolerance"], "rows": rows, "tfidf_logreg": record["tfidf"]["row"], "answer": result,
-            "equal_cost": cost, "record": record_row,
-            "detail": _detail(rows, preds, tfidf_pred, record_row, y_test, labels),
-            "runs": [{**{k: r.get(k) for k in RUN_FIELDS}, "chosen": (r["variant"], r.get("rank"), r["lr"]) in chosen}
-                     for r in runs],
-            "learning_curves": {name: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
-                                for name, c in curves.items()},
-            "validation_curves": curves,  # per chosen row, each seed's own validations (the figures draw them)
-            "spectra": [x for x in record.get("spectra", []) if ("lora", x["tag"]) in chosen_tags],
-            "subspace": [x for x in record.get("subspace", []) if "small_tag" not in x
-                         or {("lora", x["small_tag"]), ("lora", x["large_tag"])} <= chosen_tags],
-            "energy": record.get("energy", 0.9), "params": params, "dataset": record.get("dataset"),
-            **({"parts": record["parts"]} if record.get("parts") else {})}
+    return StudyFile(
+        labels=labels, n_test=int(y_test.size), n_val=int(y_val.size), confidence=s["confidence"],
+        tolerance=s["tolerance"], rows=rows, tfidf_logreg=record["tfidf"]["row"], answer=result, equal_cost=cost,
+        record=record_row, detail=_detail(rows, preds, tfidf_pred, record_row, y_test, labels),
+        runs=[StudyRun(**{k: r.get(k) for k in RUN_FIELDS}, chosen=(r["variant"], r.get("rank"), r["lr"]) in chosen)
+              for r in runs],
+        learning_curves={name: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
+                         for name, c in curves.items()},
+        validation_curves=curves,  # per chosen row, each seed's own validations (the figures draw them)
+        spectra=[x for x in record.get("spectra", []) if ("lora", x["tag"]) in chosen_tags],
+        subspace=[{"small_tag": None, "large_tag": None, **x} for x in record.get("subspace", [])
+                  if "small_tag" not in x or {("lora", x["small_tag"]), ("lora", x["large_tag"])} <= chosen_tags],
+        energy=record.get("energy", 0.9), params=params, dataset=record.get("dataset"),
+        parts=record.get("parts") or None)
 
 
-def _detail(rows: Mapping[str, Any], preds: Mapping[str, Sequence[np.ndarray]], tfidf_pred: np.ndarray,
-            record_row: Optional[str], y_test: np.ndarray, labels: Sequence[str]) -> dict:
+def _detail(rows: Mapping[str, StudyRow], preds: Mapping[str, Sequence[np.ndarray]], tfidf_pred: np.ndarray,
+            record_row: Optional[str], y_test: np.ndarray, labels: Sequence[str]) -> dict[str, Detail]:
     """Per-class F1 and confusion matrices of scratch, full, the record row (first seed) and TF-IDF."""
     from .evaluation import classification_metrics
 
     shown = {n: preds[n][0] for n in detail_rows(record_row) if n in preds} | {"tfidf_logreg": tfidf_pred}
-    return {n: {"seed": rows[n]["seeds"][0] if n in rows else None,
-                **{k: v for k, v in classification_metrics(y_test, p, list(labels)).items()
-                   if k in ("per_class", "confusion_matrix")}} for n, p in shown.items()}
+    out = {}
+    for n, p in shown.items():
+        metrics = classification_metrics(y_test, p, list(labels))
+        out[n] = Detail(seed=rows[n].seeds[0] if n in rows else None, per_class=metrics["per_class"],
+                        confusion_matrix=metrics["confusion_matrix"])
+    return out
 

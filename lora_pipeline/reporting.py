@@ -1,7 +1,9 @@
 """The study report in Markdown: the answer first, then data and setup, the comparison across ranks, the
 learning-rate choice, where each run stopped, the adapters' effective ranks and the per-class detail.
 
-Pure text from ``metrics/study.json`` (see ``stages/evaluate.py``); the figures live in :mod:`figures`.
+Pure text from the study file (:class:`~lora_pipeline.study_file.StudyFile`, ``metrics/study.json``); the figures
+live in :mod:`figures`. The Data and Setup sections read the open-ended parts of the study (the split stage's data
+summary and the params as the record holds them), where a key a study of another day lacks shows as missing.
 """
 
 from __future__ import annotations
@@ -9,27 +11,22 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from .config import VARIANTS
 from .records import VERDICT_PHRASES as _VERDICT
-from .records import detail_rows, row_rank
+from .records import row_rank
+from .study_file import StudyFile, StudyRow, VsFull
 
 __all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
-           "markdown_table", "ordered_rows", "render_report", "row_title", "run_rows", "setup_section"]
+           "markdown_table", "render_report", "row_title", "run_rows", "setup_section"]
 
 VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
                   "tfidf_logreg": "TF-IDF + logistic regression"}
-_ORDER = {"scratch": 0, "full": 1, "lora": 2}
 
 
 def row_title(name: str) -> str:
     """``lora_r8`` → ``LoRA r=8 (ours)``; other rows by their variant's title."""
     rank = row_rank(name)
     return f"LoRA r={rank} (ours)" if rank is not None else VARIANT_TITLES.get(name, name)
-
-
-def ordered_rows(study: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    """The study's rows as scratch, full, then LoRA by rank (study.json is written with sorted keys)."""
-    rows = study.get("rows", {})
-    return sorted(rows.items(), key=lambda kv: (_ORDER.get(kv[1].get("variant"), 9), kv[1].get("rank") or 0))
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -55,9 +52,9 @@ def _interval(low: Any, high: Any, fmt: str = ".4f") -> str:
     return "–" if _missing(low) or _missing(high) else f"[{low:{fmt}}, {high:{fmt}}]"
 
 
-def _points(diff: Mapping[str, Any]) -> str:
+def _points(diff: VsFull) -> str:
     """A paired difference in macro-F1 points with its interval: ``-0.50 [-1.39, +0.40]``."""
-    return f"{100 * diff['difference']:+.2f} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
+    return f"{100 * diff.difference:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
 
 
 def _conf(value: Optional[float]) -> str:
@@ -79,75 +76,72 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 # ----------------------------------------------------------------------------------------------- headline
 
 
-def headline(study: Mapping[str, Any]) -> str:
+def headline(study: StudyFile) -> str:
     """The answer, the equal-cost reading, what the intervals cover, every degenerate model by name and seed (with
     why it could not learn), runs that hit their cap while improving, the TF-IDF notes, and each LoRA rank's
     unadjusted verdict vs full fine-tuning (never a winner the interval does not support)."""
-    ans = study.get("answer", {})
-    paragraphs = [f"**{ans.get('sentence', 'The study has no answer.')}**"]
-    if ans.get("equal_cost"):
-        paragraphs.append(f"**{ans['equal_cost']}**")
-    rows = ordered_rows(study)
+    ans = study.answer
+    paragraphs = [f"**{ans.sentence}**"]
+    if ans.equal_cost:
+        paragraphs.append(f"**{ans.equal_cost}**")
+    rows = study.ordered_rows()
     paragraphs.append(_intervals_paragraph(study, rows))
     for name, row in rows:
-        for seed, reason in zip(row.get("seeds", []), row.get("degenerate", [])):
+        for seed, reason in zip(row.seeds, row.degenerate):
             if reason:
-                why = f" Why: {row['degenerate_why']}." if row.get("degenerate_why") else ""
+                why = f" Why: {row.degenerate_why}." if row.degenerate_why else ""
                 paragraphs.append(f"⚠ **{row_title(name)} (seed {seed}) is degenerate**: {reason}; its numbers "
                                   f"are not a result.{why}")
-        capped = [str(s) for s, c in zip(row.get("seeds", []), row.get("converged") or []) if c is False]
+        capped = [str(s) for s in row.capped_seeds]
         if capped:
             paragraphs.append(f"⏱ **{row_title(name)} did not converge** (seed{'s' if len(capped) > 1 else ''} "
-                              f"{', '.join(capped)}: still improving at the cap of {_count(row.get('planned_steps'))} "
+                              f"{', '.join(capped)}: still improving at the cap of {_count(row.planned_steps)} "
                               "steps); it is never called worse.")
-        notes = [f"seed {s}: {n}" for s, n in zip(row.get("seeds", []), row.get("notes") or []) if n]
+        notes = [f"seed {s}: {n}" for s, n in zip(row.seeds, row.notes) if n]
         if notes:
             paragraphs.append(f"Note — {row_title(name)}: {'; '.join(notes)}.")
-    unsearched = [row_title(name) for name, row in rows if row.get("lr_search") and not row["lr_search"]["searched"]]
+    unsearched = [row_title(name) for name, row in rows if not row.lr_search.searched]
     if unsearched:
         paragraphs.append(f"Learning rates not searched around their optimum ({', '.join(unsearched)}): each was "
                           "chosen at an end of its grid or from one rate (see Learning-rate choice), so a wider grid "
                           "may move these rows.")
-    full = study.get("rows", {}).get("full")
-    if full is not None and not any(full.get("degenerate", [])):  # a degenerate reference supports no verdict
-        lines = [_verdict_line(name, row) for name, row in rows if row.get("vs_full")]
+    full = study.rows.get("full")
+    if full is not None and not full.is_degenerate:  # a degenerate reference supports no verdict
+        lines = [_verdict_line(name, row) for name, row in rows if row.vs_full]
         if lines:
             paragraphs.append("Each rank against full fine-tuning, unadjusted (the answer above controls the family; "
                               "these lines do not):\n\n" + "\n".join(f"- {line}" for line in lines))
     return "\n\n".join(paragraphs)
 
 
-def _intervals_paragraph(study: Mapping[str, Any], rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    covers = {r.get("macro_f1", {}).get("covers") for _, r in rows}
+def _intervals_paragraph(study: StudyFile, rows: Sequence[tuple[str, StudyRow]]) -> str:
+    covers = {r.macro_f1.covers for _, r in rows}
     what = ("over training seeds and test examples: they are about the methods (a new seed, a new test set)"
             if covers == {"method"} else
             "over test examples only where a row has one seed: about these trained models, not the method; over "
             "seeds and test examples where it has several")
-    ans = study.get("answer", {})
-    proc = f" The answer's procedure: {ans['procedure']}." if ans.get("procedure") else ""
+    proc = f" The answer's procedure: {study.answer.procedure}." if study.answer.procedure else ""
     return (f"All rows are scored once, at the checkpoint chosen on validation, on the same held-out test split "
-            f"({study.get('n_test', 0):,} examples). Intervals are {_conf(study.get('confidence'))} {what}; "
+            f"({study.n_test:,} examples). Intervals are {_conf(study.confidence)} {what}; "
             f"differences are paired (same test examples).{proc}")
 
 
-def _verdict_line(name: str, row: Mapping[str, Any]) -> str:
-    d = row["vs_full"]
-    conf = _conf(d.get("confidence"))
-    seeds = d.get("seeds_a", len(row.get("seeds", [])))
-    scope = "seeds and test examples" if d.get("covers") == "method" else "test examples, these models"
-    said = f"is {_VERDICT.get(d['verdict'], d['verdict'])} full fine-tuning at {conf}"
+def _verdict_line(name: str, row: StudyRow) -> str:
+    d = row.vs_full
+    conf = _conf(d.confidence)
+    scope = "seeds and test examples" if d.covers == "method" else "test examples, these models"
+    said = f"is {_VERDICT.get(d.verdict, d.verdict)} full fine-tuning at {conf}"
     if _capped_worse(row):
         said = "did not converge, so it is not ranked against full fine-tuning"
-    mc = " (borderline: at the Monte-Carlo error)" if d.get("mc_close") else ""
+    mc = " (borderline: at the Monte-Carlo error)" if d.mc_close else ""
     return (f"{row_title(name)} {said}: paired difference "
-            f"{100 * d['difference']:+.2f} points, {conf} interval over {scope} [{100 * d['low']:+.2f}, "
-            f"{100 * d['high']:+.2f}] ({seeds} seed{'s' if seeds != 1 else ''}){mc}.")
+            f"{100 * d.difference:+.2f} points, {conf} interval over {scope} [{100 * d.low:+.2f}, "
+            f"{100 * d.high:+.2f}] ({d.seeds_a} seed{'s' if d.seeds_a != 1 else ''}){mc}.")
 
 
-def _capped_worse(row: Mapping[str, Any]) -> bool:
+def _capped_worse(row: StudyRow) -> bool:
     """A "worse" verdict on a row with a seed capped while still improving: it is labelled, never called worse."""
-    d = row.get("vs_full") or {}
-    return d.get("verdict") == "worse" and any(c is False for c in row.get("converged") or [])
+    return row.vs_full is not None and row.vs_full.verdict == "worse" and not row.all_converged
 
 
 # ------------------------------------------------------------------------------------------- data / setup
@@ -226,73 +220,69 @@ COMPARISON_HEADER = ["variant", "test macro-F1 (mean ± std)", "interval", "cove
                      "size on disk (MB)", "precision", "steps", "converged", "degenerate"]
 
 
-def _status(study: Mapping[str, Any], row: Mapping[str, Any]) -> str:
+def _status(study: StudyFile, row: StudyRow) -> str:
     """The rank's place in the answer's fixed sequence (within / worse / undecided / … / not tested)."""
-    seq = {s["rank"]: s["status"] for s in study.get("answer", {}).get("sequence", [])}
-    return seq.get(row.get("rank"), "–") if row.get("variant") == "lora" else "–"
+    seq = {s.rank: s.status for s in study.answer.sequence}
+    return seq.get(row.rank, "–") if row.variant == "lora" else "–"
 
 
-def _converged(row: Mapping[str, Any]) -> str:
-    flags = row.get("converged") or []
-    if not flags or all(c is None for c in flags):
+def _converged(row: StudyRow) -> str:
+    if all(c is None for c in row.converged):
         return "–"
-    capped = [str(s) for s, c in zip(row.get("seeds", []), flags) if c is False]
+    capped = [str(s) for s in row.capped_seeds]
     return "yes" if not capped else "⏱ no (seed " + ", ".join(capped) + ")"
 
 
-def comparison_rows(study: Mapping[str, Any]) -> list[list[str]]:
+def comparison_rows(study: StudyFile) -> list[list[str]]:
     """One row per (variant, rank) and the TF-IDF reference: quality with intervals next to what it cost."""
     out = []
-    full = study.get("rows", {}).get("full", {})
-    ref_ok = not any(full.get("degenerate", []))  # a verdict against a degenerate reference means nothing
-    for name, row in ordered_rows(study):
-        m, a = row["macro_f1"], row["accuracy"]
-        spread = "" if _missing(m.get("std")) else f" ± {m['std']:.4f}"
-        d = row.get("vs_full")
+    full = study.rows.get("full")
+    ref_ok = full is None or not full.is_degenerate  # a verdict against a degenerate reference means nothing
+    for name, row in study.ordered_rows():
+        m, a, d = row.macro_f1, row.accuracy, row.vs_full
+        spread = "" if _missing(m.std) else f" ± {m.std:.4f}"
         versus = _points(d) if d else ("reference" if name == "full" else "–")
         verdict = "–" if not d else "none: full fine-tuning is degenerate" if not ref_ok \
-            else "none: did not converge" if _capped_worse(row) else f"{d['verdict']} at {_conf(d.get('confidence'))}"
-        bad = [str(s) for s, r in zip(row.get("seeds", []), row.get("degenerate", [])) if r]
-        out.append([row_title(name), f"{m['mean']:.4f}{spread}", _interval(m.get("low"), m.get("high")),
-                    m.get("covers", "–"), f"{a['mean']:.4f} {_interval(a.get('low'), a.get('high'))}", versus,
-                    verdict, _status(study, row), _num(row.get("lr"), "g"), len(row.get("seeds", [])),
-                    _count(row.get("trainable_params")), _num(row.get("trainable_percent"), ".2f"),
-                    _num(row.get("cpu_seconds_to_best"), ",.0f"), _num(row.get("train_seconds"), ",.1f"),
-                    _num(row.get("peak_memory_mb"), ",.2f"), _num(row.get("size_on_disk_mb"), ",.2f"),
-                    row.get("precision") or "–", _count(row.get("steps")), _converged(row),
+            else "none: did not converge" if _capped_worse(row) else f"{d.verdict} at {_conf(d.confidence)}"
+        bad = [str(s) for s, r in zip(row.seeds, row.degenerate) if r]
+        out.append([row_title(name), f"{m.mean:.4f}{spread}", _interval(m.low, m.high), m.covers,
+                    f"{a.mean:.4f} {_interval(a.low, a.high)}", versus, verdict, _status(study, row),
+                    _num(row.lr, "g"), len(row.seeds), _count(row.trainable_params),
+                    _num(row.trainable_percent, ".2f"), _num(row.cpu_seconds_to_best, ",.0f"),
+                    _num(row.train_seconds, ",.1f"), _num(row.peak_memory_mb, ",.2f"),
+                    _num(row.size_on_disk_mb, ",.2f"), row.precision or "–", _count(row.steps), _converged(row),
                     ("⚠ seed " + ", ".join(bad)) if bad else "no"])
-    tfidf = study.get("tfidf_logreg")
-    if tfidf:
-        out.append([VARIANT_TITLES["tfidf_logreg"], f"{tfidf['macro_f1']:.4f}",
-                    _interval(tfidf.get("macro_f1_low"), tfidf.get("macro_f1_high")), "these models",
-                    f"{tfidf['accuracy']:.4f} {_interval(tfidf.get('accuracy_low'), tfidf.get('accuracy_high'))}",
-                    *["–"] * (len(COMPARISON_HEADER) - 5)])
+    tfidf = study.tfidf_logreg
+    out.append([VARIANT_TITLES["tfidf_logreg"], f"{tfidf.macro_f1:.4f}",
+                _interval(tfidf.macro_f1_low, tfidf.macro_f1_high), "these models",
+                f"{tfidf.accuracy:.4f} {_interval(tfidf.accuracy_low, tfidf.accuracy_high)}",
+                *["–"] * (len(COMPARISON_HEADER) - 5)])
     return out
 
 
-def lr_rows(study: Mapping[str, Any]) -> list[list[str]]:
+def lr_rows(study: StudyFile) -> list[list[str]]:
     """Per (variant, rank) and learning rate of its grid: the mean validation macro-F1 and whether it won."""
     out = []
-    for name, row in ordered_rows(study):
-        for lr, score in sorted(row.get("val_macro_f1_by_lr", {}).items(), key=lambda kv: float(kv[0])):
-            won = math.isclose(float(lr), float(row["lr"]), rel_tol=1e-6)
+    for name, row in study.ordered_rows():
+        for lr, score in sorted(row.val_macro_f1_by_lr.items(), key=lambda kv: float(kv[0])):
+            won = math.isclose(float(lr), float(row.lr), rel_tol=1e-6)
             out.append([row_title(name), f"{float(lr):g}", f"{score:.4f}", "✓ chosen" if won else ""])
     return out
 
 
-def lr_search_notes(study: Mapping[str, Any]) -> list[str]:
+def lr_search_notes(study: StudyFile) -> list[str]:
     """One sentence per (variant, rank) whose chosen rate is not inside its grid: what was not searched."""
     out = []
-    for name, row in ordered_rows(study):
-        search = row.get("lr_search")
-        if not search or search["searched"]:
+    for name, row in study.ordered_rows():
+        search = row.lr_search
+        if search.searched:
             continue
-        grid = ", ".join(f"{lr:g}" for lr in search["grid"])
-        if search["position"] == "only":
+        grid = ", ".join(f"{lr:g}" for lr in search.grid)
+        if search.position == "only":
             out.append(f"{row_title(name)}: one rate ({grid}): no learning-rate search.")
         else:
-            side, end = ("above", search["grid"][-1]) if search["position"] == "highest" else ("below", search["grid"][0])
-            out.append(f"{row_title(name)}: chosen at the {search['position']} rate of its grid ({grid}): rates "
+            side, end = ("above", search.grid[-1]) if search.position == "highest" else ("below", search.grid[0])
+            out.append(f"{row_title(name)}: chosen at the {search.position} rate of its grid ({grid}): rates "
                        f"{side} {end:g} were not searched.")
     return out
 
@@ -301,25 +291,24 @@ RUN_HEADER = ["variant", "rank", "seed", "lr", "chosen", "validation macro-F1", 
               "CPU s to best", "stopped by", "why"]
 
 
-def run_rows(study: Mapping[str, Any]) -> list[list[str]]:
+def run_rows(study: StudyFile) -> list[list[str]]:
     """Every train instance of the grid: where it stopped, what its best cost, and why it stopped."""
-    runs = sorted(study.get("runs", []), key=lambda r: (_ORDER.get(r.get("variant"), 9), r.get("rank") or 0,
-                                                         float(r.get("lr") or 0), r.get("seed") or 0))
-    return [[VARIANT_TITLES.get(r.get("variant"), r.get("variant")), r.get("rank") or "–", r.get("seed"),
-             _num(r.get("lr"), "g"), "✓" if r.get("chosen") else "", _num(r.get("val_macro_f1"), ".4f"),
-             _count(r.get("steps")), _num(r.get("epochs"), ".2f"), _count(r.get("best_step")),
-             _num(r.get("cpu_seconds_to_best"), ",.0f"),
-             {"plateau": "plateau", "cap": "⏱ cap"}.get(r.get("stopped_by"), r.get("stopped_by") or "–"),
-             r.get("stop_reason") or "–"] for r in runs]
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    runs = sorted(study.runs, key=lambda r: (order.get(r.variant, len(order)), r.rank or 0, r.lr, r.seed))
+    return [[VARIANT_TITLES.get(r.variant, r.variant), r.rank or "–", r.seed, _num(r.lr, "g"),
+             "✓" if r.chosen else "", _num(r.val_macro_f1, ".4f"), _count(r.steps), _num(r.epochs, ".2f"),
+             _count(r.best_step), _num(r.cpu_seconds_to_best, ",.0f"),
+             {"plateau": "plateau", "cap": "⏱ cap"}.get(r.stopped_by, r.stopped_by or "–"),
+             r.stop_reason or "–"] for r in runs]
 
 
-def effective_rank_rows(study: Mapping[str, Any]) -> list[list[str]]:
+def effective_rank_rows(study: StudyFile) -> list[list[str]]:
     """Per LoRA rank: the mean effective rank over every targeted layer (of every seed) and its range."""
     by_rank: dict[int, list[int]] = {}
     seeds: dict[int, set] = {}
-    for spec in study.get("spectra", []):
-        by_rank.setdefault(spec["rank"], []).extend(v["effective_rank"] for v in spec.get("layers", {}).values())
-        seeds.setdefault(spec["rank"], set()).add(spec.get("seed"))
+    for spec in study.spectra:
+        by_rank.setdefault(spec.rank, []).extend(v.effective_rank for v in spec.layers.values())
+        seeds.setdefault(spec.rank, set()).add(spec.seed)
     return [[rank, f"{sum(v) / len(v):.1f}", f"{min(v)}–{max(v)}", len(v), len(seeds[rank])]
             for rank, v in sorted(by_rank.items()) if v]
 
@@ -327,38 +316,35 @@ def effective_rank_rows(study: Mapping[str, Any]) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def _detail_section(study: Mapping[str, Any], confusion: str) -> str:
-    detail = study.get("detail", {})
-    labels = study.get("labels", [])
-    names = [n for n in detail_rows(study.get("record")) if n in detail]
-    rows = [[f"{row_title(n)}" + (f" (seed {detail[n]['seed']})" if detail[n].get("seed") is not None else ""),
-             *(f"{detail[n]['per_class'][c]['f1']:.4f}" for c in labels)] for n in names]
+def _detail_section(study: StudyFile, confusion: str) -> str:
+    shown = study.shown_detail()
+    rows = [[row_title(n) + (f" (seed {d.seed})" if d.seed is not None else ""),
+             *(f"{d.per_class[c].f1:.4f}" for c in study.labels)] for n, d in shown.items()]
     return ("## Per-class F1 and confusion matrices (test)\n\n"
-            + markdown_table(["model", *(f"F1 {c}" for c in labels)], rows)
+            + markdown_table(["model", *(f"F1 {c}" for c in study.labels)], rows)
             + f"\n![confusion matrices]({confusion})\n")
 
 
-def _spectra_section(study: Mapping[str, Any], figure: str) -> str:
-    energy = study.get("energy", 0.9)
+def _spectra_section(study: StudyFile, figure: str) -> str:
     rows = effective_rank_rows(study)
     table = markdown_table(["LoRA rank", "mean effective rank", "min–max", "layers", "seeds"], rows) if rows \
         else "No LoRA adapter in the study.\n"
     subspace = (" The bottom row: subspace similarity φ of each smaller rank's A with the largest rank's (1: one "
                 "contains the other, 0: orthogonal), as in the LoRA paper's Figure 3."
-                if study.get("subspace") else "")
+                if study.subspace else "")
     return (f"## What rank the adapters used\n\n![spectra]({figure})\n\n"
-            f"Effective rank = singular values holding {100 * energy:g} % of the update's energy "
+            f"Effective rank = singular values holding {100 * study.energy:g} % of the update's energy "
             f"(ΔW = (α/r)·B·A per targeted layer). The figure shows the first seed of each rank.{subspace}\n\n"
             + table)
 
 
-def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
+def render_report(study: StudyFile, figures: Mapping[str, str],
                   dataset: Optional[Mapping[str, Any]] = None,
                   params: Optional[Mapping[str, Mapping[str, Any]]] = None) -> str:
     """The whole report.
 
     Args:
-        study: the evaluate stage's ``study.json``.
+        study: the evaluate stage's ``study.json``, read.
         figures: links (relative to the report) of ``rank_curve``, ``spectra``, ``curves`` and ``confusion``.
         dataset: the split stage's ``dataset.json`` (no Data section without it).
         params: params sections as plain dicts, for the Setup section only.
@@ -368,11 +354,11 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         parts.append(dataset_section(dataset).rstrip())
     if params:
         parts.append(setup_section(params).rstrip())
-    if study.get("parts"):
-        runs = "; ".join(f"seeds {', '.join(map(str, p['seeds']))}: {p['runs']} runs" for p in study["parts"])
-        parts.append(f"Merged from {len(study['parts'])} parts run apart ({runs}): a row's seeds column says which "
+    if study.parts:
+        runs = "; ".join(f"seeds {', '.join(map(str, p.seeds))}: {p.runs} runs" for p in study.parts)
+        parts.append(f"Merged from {len(study.parts)} parts run apart ({runs}): a row's seeds column says which "
                      "seeds it holds.")
-    every_run = (study.get("params") or {}).get("study", {}).get("test_every_run")
+    every_run = study.params.get("study", {}).get("test_every_run")  # a record's params of another day may lack it
     scored = ("every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation "
               "only" if every_run else "the test split was scored only for the chosen lr")
     notes = lr_search_notes(study)
@@ -392,7 +378,7 @@ def render_report(study: Mapping[str, Any], figures: Mapping[str, str],
         _detail_section(study, figures["confusion"]).rstrip(),
         f"## Learning curves (validation)\n\n![learning curves]({figures['curves']})\n\n" + (
             "Left: validation macro-F1 of each run of each chosen (variant, rank) at every validation, against "
-            "optimizer steps (one line per seed). " if study.get("validation_curves") else
+            "optimizer steps (one line per seed). " if study.validation_curves else
             "Left: the best validation macro-F1 so far, mean over seeds, against optimizer steps. ") +
         "Right: the best validation macro-F1 so far — the checkpoint a run would keep if stopped there — against "
         "CPU seconds of training (process CPU time: steadier than wall time on a shared machine); mean over seeds, "

@@ -8,6 +8,7 @@ curves and the equal-cost reading in :mod:`lora_pipeline.curves`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -21,6 +22,7 @@ from .errors import PipelineError
 from .records import RunSpec, study_row
 from .statistics import (MethodInterval, degenerate_reason, method_difference, method_mean, needed_to_decide,
                          paired_difference, reference_note)
+from .study_file import FixedModels, LrSearch, MetricSummary, ReferenceScores, StudyRow, ToDecide, VsFull
 
 __all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
            "lr_search", "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "tracking_metrics",
@@ -77,7 +79,7 @@ def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
     return sorted(groups, key=lambda g: (order.get(g.variant, 9), g.rank or 0))
 
 
-def lr_search(group: Group) -> dict[str, Any]:
+def lr_search(group: Group) -> LrSearch:
     """Where the chosen learning rate sits in its grid: ``interior`` (a better rate outside the grid is unlikely),
     ``lowest``/``highest`` (the optimum may lie beyond that end: not searched) or ``only`` (one rate: no search)."""
     grid = sorted(group.val_by_lr)
@@ -85,18 +87,18 @@ def lr_search(group: Group) -> dict[str, Any]:
         position = "only"
     else:
         position = {grid[0]: "lowest", grid[-1]: "highest"}.get(group.lr, "interior")
-    return {"grid": grid, "position": position, "searched": position == "interior"}
+    return LrSearch(tuple(grid), position, position == "interior")
 
 
 def _metric_summary(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str], metric: str,
-                    confidence: float, n_resamples: int, seed: int) -> dict:
+                    confidence: float, n_resamples: int, seed: int) -> MetricSummary:
     """Mean over seeds with its method-level interval (seeds and test examples; one seed: these models only)."""
     iv = method_mean(y_true, list(preds), labels, metric=metric, n_resamples=n_resamples, confidence=confidence,
                      seed=seed)
     scores = [_score(metric, y_true, p, labels) for p in preds]
-    return {"mean": iv.estimate, "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
-            "low": iv.low, "high": iv.high, "interval": iv.method, "covers": iv.covers, "se": iv.se,
-            "se_test": iv.se_test, "se_seeds": iv.se_seeds, "per_seed": scores}
+    return MetricSummary(mean=iv.estimate, std=float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                         low=iv.low, high=iv.high, interval=iv.method, covers=iv.covers, se=iv.se,
+                         se_test=iv.se_test, se_seeds=iv.se_seeds, per_seed=tuple(scores))
 
 
 def _score(metric: str, y_true: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> float:
@@ -117,7 +119,7 @@ def _deciding_ends_near(d: MethodInterval, tolerance: float) -> bool:
 
 
 def vs_reference(y_true: np.ndarray, preds: Sequence[np.ndarray], ref: Sequence[np.ndarray], labels: Sequence[str],
-                 *, tolerance: float, confidence: float, n_resamples: int, seed: int) -> dict:
+                 *, tolerance: float, confidence: float, n_resamples: int, seed: int) -> VsFull:
     """LoRA − full with its method-level interval; resamples are raised (×10, up to ``MAX_RESAMPLES``) when a
     verdict rests on an end within Monte-Carlo error of its threshold, and ``mc_close`` says if it still does.
     When the interval straddles −tolerance, ``to_decide`` says roughly what data would decide it."""
@@ -128,13 +130,11 @@ def vs_reference(y_true: np.ndarray, preds: Sequence[np.ndarray], ref: Sequence[
     d = run(n_resamples)
     if _deciding_ends_near(d, tolerance) and n_resamples < MAX_RESAMPLES:
         d = run(min(10 * n_resamples, MAX_RESAMPLES))
-    out = {**d.to_dict(), "difference": d.estimate, "mc_close": _deciding_ends_near(d, tolerance)}
-    if d.low < -tolerance < d.high:
-        out["to_decide"] = needed_to_decide(d, -tolerance)
     fixed = paired_difference(y_true, list(preds), list(ref), labels, n_resamples=n_resamples,
                               confidence=confidence, seed=seed)
-    out["these_models"] = {"low": fixed.low, "high": fixed.high, "verdict": fixed.verdict}
-    return out
+    return VsFull(**d.to_dict(), difference=d.estimate, mc_close=_deciding_ends_near(d, tolerance),
+                  these_models=FixedModels(fixed.low, fixed.high, fixed.verdict),
+                  to_decide=ToDecide(**needed_to_decide(d, -tolerance)) if d.low < -tolerance < d.high else None)
 
 
 def _seed_flags(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str]) -> list[Optional[str]]:
@@ -144,9 +144,10 @@ def _seed_flags(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequenc
 def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.ndarray]], y_true: np.ndarray,
               labels: Sequence[str], tfidf_pred: np.ndarray, *, tolerance: float = 0.01, confidence: float = 0.95,
               n_resamples: int = 1000, seed: int = 0,
-              val: Optional[tuple[np.ndarray, Mapping[str, Sequence[np.ndarray]]]] = None) -> dict[str, dict]:
+              val: Optional[tuple[np.ndarray, Mapping[str, Sequence[np.ndarray]]]] = None) -> dict[str, StudyRow]:
     """One row per (variant, rank): test metrics with method-level intervals, costs, convergence, degenerate flags
-    (test and validation), the TF-IDF note and, for LoRA, the paired difference with full fine-tuning.
+    (test and validation, with why a degenerate row could not learn), the TF-IDF note and, for LoRA, the paired
+    difference with full fine-tuning.
 
     Args:
         groups: from :func:`choose_learning_rates`.
@@ -157,27 +158,27 @@ def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.nda
         val: validation labels and, per group name, each seed's validation predictions (the checkpoint kept);
             picks (registry) use the validation flags.
     """
-    rows: dict[str, dict] = {}
+    rows: dict[str, StudyRow] = {}
     reference = next((g for g in groups if g.variant == REFERENCE), None)
     for group in groups:
         preds = predictions[group.name]
-        row: dict[str, Any] = {
-            "variant": group.variant, "rank": group.rank, "lr": group.lr, "seeds": [r["seed"] for r in group.records],
-            "val_macro_f1_by_lr": {f"{lr:g}": v for lr, v in sorted(group.val_by_lr.items())},
-            "val_macro_f1": group.val_by_lr[group.lr],
-            "lr_search": lr_search(group),
-            "macro_f1": _metric_summary(y_true, preds, labels, "macro_f1", confidence, n_resamples, seed),
-            "accuracy": _metric_summary(y_true, preds, labels, "accuracy", confidence, n_resamples, seed),
-            "degenerate": _seed_flags(y_true, preds, labels),
-            "degenerate_val": _seed_flags(val[0], val[1][group.name], labels) if val else None,
-            "notes": [reference_note(y_true, p, labels, tfidf_pred, n_resamples=n_resamples, confidence=confidence,
-                                     seed=seed) for p in preds],
-        }
-        row.update(_costs(group.records))
-        if group.variant == "lora" and reference is not None:
-            row["vs_full"] = vs_reference(y_true, preds, predictions[reference.name], labels, tolerance=tolerance,
-                                          confidence=confidence, n_resamples=n_resamples, seed=seed)
-        rows[group.name] = row
+        compared = group.variant == "lora" and reference is not None
+        row = StudyRow(
+            variant=group.variant, rank=group.rank, lr=group.lr, seeds=tuple(r["seed"] for r in group.records),
+            val_macro_f1_by_lr={f"{lr:g}": v for lr, v in sorted(group.val_by_lr.items())},
+            val_macro_f1=group.val_by_lr[group.lr],
+            lr_search=lr_search(group),
+            macro_f1=_metric_summary(y_true, preds, labels, "macro_f1", confidence, n_resamples, seed),
+            accuracy=_metric_summary(y_true, preds, labels, "accuracy", confidence, n_resamples, seed),
+            degenerate=tuple(_seed_flags(y_true, preds, labels)),
+            degenerate_val=tuple(_seed_flags(val[0], val[1][group.name], labels)) if val else None,
+            degenerate_why=None,
+            notes=tuple(reference_note(y_true, p, labels, tfidf_pred, n_resamples=n_resamples, confidence=confidence,
+                                       seed=seed) for p in preds),
+            **_costs(group.records),
+            vs_full=vs_reference(y_true, preds, predictions[reference.name], labels, tolerance=tolerance,
+                                 confidence=confidence, n_resamples=n_resamples, seed=seed) if compared else None)
+        rows[group.name] = dataclasses.replace(row, degenerate_why=explain_degenerate(row))
     return rows
 
 
@@ -189,23 +190,21 @@ def _costs(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 "steps", "planned_steps", "epochs", "best_step"):
         values = [r[key] for r in records if r.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
-    out["stopped"] = [r.get("stop_reason") for r in records]
-    out["stopped_by"] = [r.get("stopped_by") for r in records]
-    out["converged"] = [r.get("converged") for r in records]
+    out["stopped"] = tuple(r.get("stop_reason") for r in records)
+    out["stopped_by"] = tuple(r.get("stopped_by") for r in records)
+    out["converged"] = tuple(r.get("converged") for r in records)
     return out
 
 
-def explain_degenerate(row: Mapping[str, Any]) -> Optional[str]:
+def explain_degenerate(row: StudyRow) -> Optional[str]:
     """Why a degenerate row could not learn, from how its runs stopped (None when no seed is degenerate)."""
-    if not any(row.get("degenerate") or []):
+    if not row.is_degenerate:
         return None
-    lr, cap = row.get("lr"), row.get("planned_steps")
-    if any(c is False for c in row.get("converged") or []):
-        return (f"it was still improving when it hit its cap of {cap:,.0f} steps at lr {lr:g}: it needs more steps "
-                "(train.max_steps or the variant's epochs)")
-    best = row.get("best_step")
-    return (f"it stopped on a validation plateau (best at step {best:,.0f} of {row.get('steps') or 0:,.0f}) "
-            f"without learning beyond the majority class at lr {lr:g}; try other learning rates in the study's "
+    if not row.all_converged:
+        return (f"it was still improving when it hit its cap of {row.planned_steps:,.0f} steps at lr {row.lr:g}: it "
+                "needs more steps (train.max_steps or the variant's epochs)")
+    return (f"it stopped on a validation plateau (best at step {row.best_step:,.0f} of {row.steps or 0:,.0f}) "
+            f"without learning beyond the majority class at lr {row.lr:g}; try other learning rates in the study's "
             "grid, more warm-up, or a smaller model for this little data")
 
 
@@ -240,11 +239,11 @@ def grid_runs(records: Sequence[Mapping[str, Any]], study: StudyConfig) -> list[
     return [found[w] for w in wanted]
 
 
-def record_row(rows: Mapping[str, Mapping[str, Any]], answer_rank: Optional[int],
+def record_row(rows: Mapping[str, StudyRow], answer_rank: Optional[int],
                record_rank: Optional[int], closest_rank: Optional[int] = None) -> Optional[str]:
     """The LoRA row shown in detail: ``record_rank`` if set, else the answer's rank, else (no rank within the
     tolerance) the closest one the answer names, else the largest rank."""
-    ranks = sorted(r["rank"] for r in rows.values() if r["variant"] == "lora")
+    ranks = sorted(r.rank for r in rows.values() if r.variant == "lora")
     if not ranks:
         return None
     rank = next((r for r in (record_rank, answer_rank, closest_rank) if r in ranks), ranks[-1])
@@ -270,26 +269,25 @@ def subspace_overlaps(small: Mapping[str, tuple], large: Mapping[str, tuple]) ->
             for name in small if name in large}
 
 
-def rank_curve(rows: Mapping[str, Mapping[str, Any]], tfidf_macro_f1: float) -> list[dict]:
+def rank_curve(rows: Mapping[str, StudyRow], tfidf_macro_f1: float) -> list[dict]:
     """One row per LoRA rank for ``dvc plots``: test macro-F1 mean and interval, costs, and the reference lines."""
     full, scratch = rows.get(REFERENCE), rows.get("scratch")
     out = []
-    for r in sorted((r for r in rows.values() if r["variant"] == "lora"), key=lambda r: r["rank"]):
-        m = r["macro_f1"]
-        out.append({"rank": r["rank"], "log2_rank": float(np.log2(r["rank"])), "lora_macro_f1": m["mean"],
-                    "lora_low": m["low"], "lora_high": m["high"],
-                    "full_macro_f1": full["macro_f1"]["mean"] if full else None,
-                    "full_low": full["macro_f1"]["low"] if full else None,
-                    "full_high": full["macro_f1"]["high"] if full else None,
-                    "scratch_macro_f1": scratch["macro_f1"]["mean"] if scratch else None,
-                    "tfidf_macro_f1": tfidf_macro_f1, "trainable_params": r["trainable_params"],
-                    "train_seconds": r["train_seconds"], "cpu_seconds_to_best": r.get("cpu_seconds_to_best"),
-                    "peak_memory_mb": r["peak_memory_mb"], "size_on_disk_mb": r["size_on_disk_mb"]})
+    for r in sorted((r for r in rows.values() if r.variant == "lora"), key=lambda r: r.rank):
+        m = r.macro_f1
+        out.append({"rank": r.rank, "log2_rank": float(np.log2(r.rank)), "lora_macro_f1": m.mean,
+                    "lora_low": m.low, "lora_high": m.high,
+                    "full_macro_f1": full.macro_f1.mean if full else None,
+                    "full_low": full.macro_f1.low if full else None,
+                    "full_high": full.macro_f1.high if full else None,
+                    "scratch_macro_f1": scratch.macro_f1.mean if scratch else None,
+                    "tfidf_macro_f1": tfidf_macro_f1, "trainable_params": r.trainable_params,
+                    "train_seconds": r.train_seconds, "cpu_seconds_to_best": r.cpu_seconds_to_best,
+                    "peak_memory_mb": r.peak_memory_mb, "size_on_disk_mb": r.size_on_disk_mb})
     return out
 
 
-def compact_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, float],
-                    answer_rank: Optional[int]) -> dict:
+def compact_metrics(rows: Mapping[str, StudyRow], tfidf: ReferenceScores, answer_rank: Optional[int]) -> dict:
     """The DVC metrics (evaluate's ``--metrics`` file, tracked in Git): what ``dvc metrics diff`` / ``dvc exp show``
     compare across commits and experiments.
 
@@ -300,27 +298,26 @@ def compact_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, f
     """
     out: dict[str, Any] = {"answer_rank": answer_rank if answer_rank is not None else 0}
     for name, r in rows.items():
-        m = r["macro_f1"]
-        out[name] = {"macro_f1": m["mean"], "macro_f1_low": m["low"], "macro_f1_high": m["high"]}
-        if "vs_full" in r:
-            d = r["vs_full"]
-            out[name].update(vs_full=d["difference"], vs_full_low=d["low"], vs_full_high=d["high"])
-    out["tfidf_logreg"] = {k: tfidf[k] for k in ("macro_f1", "macro_f1_low", "macro_f1_high")}
+        m = r.macro_f1
+        out[name] = {"macro_f1": m.mean, "macro_f1_low": m.low, "macro_f1_high": m.high}
+        if r.vs_full is not None:
+            d = r.vs_full
+            out[name].update(vs_full=d.difference, vs_full_low=d.low, vs_full_high=d.high)
+    out["tfidf_logreg"] = {"macro_f1": tfidf.macro_f1, "macro_f1_low": tfidf.macro_f1_low,
+                           "macro_f1_high": tfidf.macro_f1_high}
     return out
 
 
-def tracking_metrics(rows: Mapping[str, Mapping[str, Any]], tfidf: Mapping[str, float],
-                     answer_rank: Optional[int]) -> dict:
+def tracking_metrics(rows: Mapping[str, StudyRow], tfidf: ReferenceScores, answer_rank: Optional[int]) -> dict:
     """Every number of each row for the evaluate stage's MLflow run: :func:`compact_metrics` plus accuracy, the
     chosen learning rate, seeds, flags, validation macro-F1 and the costs (seconds of this machine included)."""
     out = compact_metrics(rows, tfidf, answer_rank)
     for name, r in rows.items():
-        a = r["accuracy"]
-        out[name].update({"accuracy": a["mean"], "accuracy_low": a["low"], "accuracy_high": a["high"],
-                          "macro_f1_std": r["macro_f1"]["std"], "lr": r["lr"], "seeds": len(r["seeds"]),
-                          "degenerate": any(r["degenerate"]),
-                          "converged": all(c is not False for c in r.get("converged") or []),
-                          "val_macro_f1": r.get("val_macro_f1"), "trainable_params": r["trainable_params"],
-                          "train_seconds": r["train_seconds"], "cpu_seconds_to_best": r.get("cpu_seconds_to_best")})
-    out["tfidf_logreg"] = dict(tfidf)
+        a = r.accuracy
+        out[name].update({"accuracy": a.mean, "accuracy_low": a.low, "accuracy_high": a.high,
+                          "macro_f1_std": r.macro_f1.std, "lr": r.lr, "seeds": len(r.seeds),
+                          "degenerate": r.is_degenerate, "converged": r.all_converged,
+                          "val_macro_f1": r.val_macro_f1, "trainable_params": r.trainable_params,
+                          "train_seconds": r.train_seconds, "cpu_seconds_to_best": r.cpu_seconds_to_best})
+    out["tfidf_logreg"] = tfidf.to_json()
     return out

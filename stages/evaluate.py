@@ -33,6 +33,7 @@ from lora_pipeline.pretrained import load_tokenizer
 from lora_pipeline.runtime import resolve_bf16, resolve_device
 from lora_pipeline.speedups import trim_switch
 from lora_pipeline.statistics import bootstrap_metric_ci
+from lora_pipeline.study_file import StudyFile, StudyRow
 from lora_pipeline.tracking import git_commit, log_split_inputs, open_tracker
 from stages._cli import phase, run_stage, timed_tracker
 
@@ -115,18 +116,18 @@ def _tfidf(params: Params, frames, test: EncodedSplit, labels: list[str]) -> tup
     return pred, row
 
 
-def _write_predictions(folder: str, study_json: dict, record: dict) -> None:
+def _write_predictions(folder: str, study: StudyFile, record: dict) -> None:
     """actual/predicted CSVs (label names) of the detail rows' first seed and TF-IDF, for ``dvc plots``."""
     labels, y_true = record["labels"], record["test"]["labels"]
     by_tag = {(r["variant"], r["tag"]): r for r in record["runs"] if r.get("test_predictions") is not None}
     shown = {}
-    for name in study_json["detail"]:
+    for name in study.detail:
         if name == "tfidf_logreg":
             shown[name] = record["tfidf"]["test_predictions"]
             continue
-        row = study_json["rows"][name]
-        run = next(r for (v, _), r in by_tag.items() if v == row["variant"] and r.get("rank") == row["rank"]
-                   and r["seed"] == row["seeds"][0] and r["lr"] == row["lr"])
+        row = study.rows[name]
+        run = next(r for (v, _), r in by_tag.items() if v == row.variant and r.get("rank") == row.rank
+                   and r["seed"] == row.seeds[0] and r["lr"] == row.lr)
         shown[name] = run["test_predictions"]
     with atomic_dir(folder) as tmp:
         for name, p in shown.items():
@@ -134,13 +135,13 @@ def _write_predictions(folder: str, study_json: dict, record: dict) -> None:
                           "predicted": [labels[i] for i in p]}).to_csv(tmp / f"{name}.csv", index=False)
 
 
-def _write_learning_curves(folder: str, study_json: dict) -> None:
+def _write_learning_curves(folder: str, study: StudyFile) -> None:
     """<folder>/<clock>/<row>.csv: mean best-so-far validation macro-F1 with its min-max band over seeds."""
     with atomic_dir(folder) as tmp:
-        for name, by_clock in study_json["learning_curves"].items():
+        for name, by_clock in study.learning_curves.items():
             for clock, points in by_clock.items():
                 (tmp / clock).mkdir(exist_ok=True)
-                pd.DataFrame(points, columns=[clock, "val_macro_f1", "low", "high", "seeds"]).to_csv(
+                pd.DataFrame(list(points), columns=[clock, "val_macro_f1", "low", "high", "seeds"]).to_csv(
                     tmp / clock / f"{name}.csv", index=False)
 
 
@@ -223,32 +224,32 @@ def _study(args: argparse.Namespace, params: Params, tracker) -> None:
     with phase("save"):
         with atomic_file(args.record) as tmp:
             record_lib.write_record(tmp, record)
-        write_json(args.study, result)
-        answer = result["answer"]
+        result.write(args.study)
+        answer, rows, reference = result.answer, result.rows, result.tfidf_logreg
         with atomic_file(args.rank_curve) as tmp:
-            pd.DataFrame(study.rank_curve(result["rows"], tfidf["macro_f1"])).to_csv(tmp, index=False)
+            pd.DataFrame(study.rank_curve(rows, reference.macro_f1)).to_csv(tmp, index=False)
         _write_predictions(args.predictions, result, record)
         _write_learning_curves(args.learning_curves, result)
-        write_json(args.metrics, study.compact_metrics(result["rows"], tfidf, answer["rank"]))
-    log.info("%s", answer["sentence"])
-    if answer.get("equal_cost"):
-        log.info("%s", answer["equal_cost"])
-    tracker.set_tags(answer_tags(answer))
-    tracker.log_metrics(study.tracking_metrics(result["rows"], tfidf, answer["rank"]))
+        write_json(args.metrics, study.compact_metrics(rows, reference, answer.rank))
+    log.info("%s", answer.sentence)
+    if answer.equal_cost:
+        log.info("%s", answer.equal_cost)
+    tracker.set_tags(answer_tags(answer.to_json()))
+    tracker.log_metrics(study.tracking_metrics(rows, reference, answer.rank))
     for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
         tracker.log_artifact(path)
     with phase("mlflow"):  # its git and weights digests are for the registry
-        _register(tracker, params, groups, result["rows"], preds, answer, test, labels, Path(args.models),
+        _register(tracker, params, groups, rows, preds, answer.rank, test, labels, Path(args.models),
                   file_md5(args.study))
 
 
-def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: dict, test: EncodedSplit,
-              labels: list[str], models: Path, study_md5: str) -> None:
+def _register(tracker, params: Params, groups, rows: Mapping[str, StudyRow], preds: dict, answer_rank: int | None,
+              test: EncodedSplit, labels: list[str], models: Path, study_md5: str) -> None:
     """Register the study's pick (its first seed's model) as a new version of ``mlflow.registered_model``; the pick
     is made on validation (answer_lib.registry_pick), the test score is only a tag. No alias moves here, whether
     under ``dvc repro`` or ``dvc exp run``: ``lora-pipeline promote`` moves it to a committed run's version, which
     it recognises by ``study_md5`` (the md5 the committed dvc.lock records for the study file)."""
-    name, why = answer_lib.registry_pick(rows, answer["rank"])
+    name, why = answer_lib.registry_pick(rows, answer_rank)
     if name is None:
         log.warning("Model Registry: nothing registered (%s)", why)
         return
@@ -257,7 +258,7 @@ def _register(tracker, params: Params, groups, rows: dict, preds: dict, answer: 
     directory = models / group.variant / rec["tag"]
     score = classification_metrics(test.labels, preds[name][0], labels)["macro_f1"]
     tags = {"variant": group.variant, "rank": group.rank, "seed": rec["seed"], "lr": rec["lr"], "tag": rec["tag"],
-            "test_macro_f1": round(score, 4), "val_macro_f1": round(rows[name]["val_macro_f1"], 4),
+            "test_macro_f1": round(score, 4), "val_macro_f1": round(rows[name].val_macro_f1, 4),
             "selection": why, "git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
             STUDY_TAG: study_md5}
     digest, cfg = model_digest(weights_files(group.variant, directory)), params.mlflow

@@ -106,7 +106,7 @@ def test_evaluate_chooses_on_validation_and_scores_only_the_chosen_models(repo):
     # the committed form of a study: the record rebuilds the same study.json
     from lora_pipeline.record import build_study, read_record
 
-    rebuilt = json.loads(json.dumps(build_study(read_record(repo / "metrics/record.json.gz"))))
+    rebuilt = json.loads(json.dumps(build_study(read_record(repo / "metrics/record.json.gz")).to_json()))
     assert rebuilt["answer"] == study["answer"] and rebuilt["rows"] == study["rows"]
 
 
@@ -132,11 +132,12 @@ def test_the_study_pick_is_registered_promoted_once_committed_and_predict_serves
     from mlflow import MlflowClient
 
     from lora_pipeline.answer import registry_pick
+    from lora_pipeline.study_file import read_study
 
     repo, env = repo
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    study = json.loads((repo / "metrics/study.json").read_text())
-    name, _ = registry_pick(study["rows"], study["answer"]["rank"])
+    study = read_study(repo / "metrics/study.json")
+    name, _ = registry_pick(study.rows, study.answer.rank)
     if name is None:  # 30 steps of a tiny random BERT: often every row is degenerate
         assert not client.search_model_versions("name = 'lora-pipeline-classifier'")
         train_run = client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id],

@@ -7,7 +7,8 @@ from lora_pipeline.config import ModelConfig
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
 from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, render_report
-from tests.support.studies import FIGURES, make_study, params_dict
+from lora_pipeline.study_file import Detail
+from tests.support.studies import FIGURES, make_study, make_study_json, params_dict, typed
 
 LONG = ["Credit reporting, credit repair services, or other personal consumer reports", "Debt collection",
         "Mortgage", "Checking or savings account", "Student loan servicing and private student loans"]
@@ -19,10 +20,13 @@ DATASET = {"source": "file: /data/complaints.csv (sha256 0123456789ab…)", "row
            "max_length": 64, "truncated_share": {"train": 0.012, "val": 0.0, "test": 0.02}}
 
 
-def _evaluate(labels: list[str]) -> dict:
+def _evaluate(labels: list[str]) -> dict[str, Detail]:
     truth = [i % len(labels) for i in range(20)]
-    return {name: classification_metrics(truth, [(t + k) % len(labels) for t in truth], labels)
-            for k, name in enumerate(["scratch", "full", "lora_r8", "tfidf_logreg"])}
+    out = {}
+    for k, name in enumerate(["scratch", "full", "lora_r8", "tfidf_logreg"]):
+        m = classification_metrics(truth, [(t + k) % len(labels) for t in truth], labels)
+        out[name] = Detail(seed=None, per_class=m["per_class"], confusion_matrix=m["confusion_matrix"])
+    return out
 
 
 def test_report_opens_with_data_model_and_hyperparameters():
@@ -37,10 +41,10 @@ def test_report_opens_with_data_model_and_hyperparameters():
 
 
 def test_sizes_use_one_unit_and_format():
-    study = make_study(ranks=[8])
+    study = make_study_json(ranks=[8])
     study["rows"]["lora_r8"].update(peak_memory_mb=1500.0, size_on_disk_mb=0.3)
     study["rows"]["full"].update(peak_memory_mb=2100.5, size_on_disk_mb=87.0)
-    rows = {r[0]: r for r in comparison_rows(study)}
+    rows = {r[0]: r for r in comparison_rows(typed(study))}
     mem, disk = COMPARISON_HEADER.index("peak memory (MB)"), COMPARISON_HEADER.index("size on disk (MB)")
     assert [rows["LoRA r=8 (ours)"][i] for i in (mem, disk)] == ["1,500.00", "0.30"]
     assert [rows["full fine-tuning"][i] for i in (mem, disk)] == ["2,100.50", "87.00"]

@@ -6,7 +6,8 @@ alone into report.md, PNGs and one MLflow run."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from lora_pipeline import study as study_lib
 from lora_pipeline.config import ModelConfig
 from lora_pipeline.figures import curves_figure, rank_curve_figure, save_figures, spectra_figure
 from lora_pipeline.files import write_json
+from lora_pipeline.record import RUN_FIELDS
 from lora_pipeline.reporting import render_report, setup_section
+from lora_pipeline.study_file import ReferenceScores
 from tests.support.builders import ROOT
 from tests.support.studies import (CURVE_STEPS, FIGURES, LABELS, LAYERS, N_TEST, SCRATCH_REASON, make_study,
-                                   params_dict, table)
+                                   make_study_json, params_dict, table, typed)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TABLE = "variant | test macro-F1 (mean ± std)"
@@ -41,12 +44,12 @@ def test_the_answer_then_the_equal_cost_reading_come_first_then_what_intervals_c
     study = make_study()
     paragraphs = render_report(study, FIGURES).split("\n\n")
     assert paragraphs[0].startswith("# ")
-    assert paragraphs[1] == f"**{study['answer']['sentence']}**"
-    assert study["answer"]["rank"] == 32 and "smallest LoRA rank within 1 point of full fine-tuning is 32" \
+    assert paragraphs[1] == f"**{study.answer.sentence}**"
+    assert study.answer.rank == 32 and "smallest LoRA rank within 1 point of full fine-tuning is 32" \
         in paragraphs[1]
-    cost = study["equal_cost"]
-    assert cost["budget"] == pytest.approx(400.0) and cost["rank"] == 32  # full: best at step 200 × 2 CPU-s
-    assert paragraphs[2] == f"**{study['answer']['equal_cost']}**" == f"**{cost['sentence']}**"
+    cost = study.equal_cost
+    assert cost.budget == pytest.approx(400.0) and cost.rank == 32  # full: best at step 200 × 2 CPU-s
+    assert paragraphs[2] == f"**{study.answer.equal_cost}**" == f"**{cost.sentence}**"
     assert "by the 400 CPU-seconds full fine-tuning needed to reach its best (0.870)" in paragraphs[2]
     assert "Rank 32 came within 1 point of it after 200 CPU-seconds (0.50× full fine-tuning's)" in paragraphs[2]
     assert paragraphs[3].startswith(f"All rows are scored once, at the checkpoint chosen on validation, on the same "
@@ -56,9 +59,9 @@ def test_the_answer_then_the_equal_cost_reading_come_first_then_what_intervals_c
 
 def test_without_learning_curves_no_equal_cost_sentence_is_printed():
     study = make_study(curves=False)
-    assert study["answer"]["equal_cost"] is None
+    assert study.answer.equal_cost is None
     paragraphs = render_report(study, FIGURES).split("\n\n")
-    assert paragraphs[1] == f"**{study['answer']['sentence']}**"
+    assert paragraphs[1] == f"**{study.answer.sentence}**"
     assert paragraphs[2].startswith("All rows are scored once") and "At equal cost" not in "".join(paragraphs)
 
 
@@ -68,16 +71,16 @@ def test_the_intervals_paragraph_says_whether_the_numbers_are_about_the_methods_
     assert "these trained models" not in methods
     one_seed = render_report(make_study(ranks=[8], seeds=[42]), FIGURES)
     assert "about these trained models, not the method" in one_seed and "about the methods" not in one_seed
-    mixed = make_study()
+    mixed = make_study_json()
     mixed["rows"]["scratch"]["macro_f1"]["covers"] = "these models"  # one row without seed variance
-    text = render_report(mixed, FIGURES)
+    text = render_report(typed(mixed), FIGURES)
     assert "about these trained models, not the method" in text and "about the methods" not in text
 
 
 def test_a_degenerate_row_prints_its_reason_and_why_it_could_not_learn():
     study = make_study()
     paragraphs = render_report(study, FIGURES).split("\n\n")
-    why = study["rows"]["scratch"]["degenerate_why"]
+    why = study.rows["scratch"].degenerate_why
     assert why.startswith("it stopped on a validation plateau (best at step 200 of 240) without learning beyond "
                           "the majority class at lr 0.0004")
     assert paragraphs[4] == (f"⚠ **BERT from scratch (seed 42) is degenerate**: {SCRATCH_REASON}; its numbers are "
@@ -129,7 +132,7 @@ def test_a_seed_that_did_not_converge_is_labelled_and_its_rank_is_never_called_w
     row = {r[0]: r for r in table(text, TABLE)}["LoRA r=2 (ours)"]
     assert row[18] == "⏱ no (seed 43)" and row[7] == "not converged"
     assert "worse" not in row[6]  # the unadjusted column does not call it worse either
-    assert [s["status"] for s in study["answer"]["sequence"]] == ["within", "not converged"]
+    assert [s.status for s in study.answer.sequence] == ["within", "not converged"]
     runs = [r for r in table(text, "variant | rank | seed") if r[1] == "2" and r[2] == "43"]
     assert runs and all(r[10] == "⏱ cap" for r in runs)
 
@@ -138,7 +141,7 @@ def test_a_degenerate_reference_supports_no_verdict():
     study = make_study(bad={"full": [42, 43]})
     text = render_report(study, FIGURES)
     assert "⚠ **full fine-tuning (seed 43) is degenerate**" in text
-    assert "no comparison is stated" in study["answer"]["sentence"]
+    assert "no comparison is stated" in study.answer.sentence
     assert "is worse than full fine-tuning" not in text and "indistinguishable from full" not in text
     assert "Each rank against full fine-tuning, unadjusted" not in text
     rows = {r[0]: r for r in table(text, TABLE)}
@@ -202,7 +205,7 @@ def test_runs_table_says_where_each_run_stopped_what_stopped_it_and_why():
     header = next(line for line in text.splitlines() if line.startswith("| variant | rank | seed |"))
     assert [c.strip() for c in header.split("|")[1:-1]][-3:] == ["CPU s to best", "stopped by", "why"]
     rows = table(text, "variant | rank | seed")
-    assert len(rows) == len(study["runs"]) == 2 * (1 + 2 + 2 + 2)
+    assert len(rows) == len(study.runs) == 2 * (1 + 2 + 2 + 2)
     assert ["LoRA (ours)", "32", "43", "0.002", "", "0.8550", "240", "0.79", "200", "200", "plateau",
             r"plateau: no gain > 0.001 in validation macro-F1 for 2 validations (best at step 200) \| lr 0.002"] \
         in rows  # the pipe cannot split a cell
@@ -287,8 +290,8 @@ def test_every_figure_draws_on_every_shape_of_study(tmp_path, case):
         assert [t.get_text() for ax in curves.axes for t in ax.texts] == CURVE_PANELS_EMPTY
     else:
         runs, cost = curves.axes
-        assert len(runs.lines) == sum(len(r["seeds"]) for r in study["rows"].values())  # a line per run
-        assert len(cost.collections) == len(study["rows"])  # a band per row
+        assert len(runs.lines) == sum(len(r.seeds) for r in study.rows.values())  # a line per run
+        assert len(cost.collections) == len(study.rows)  # a band per row
 
 
 def test_rank_curve_plots_the_means_on_a_log2_axis_against_full_and_the_references():
@@ -345,8 +348,7 @@ def test_learning_curves_plot_every_run_against_steps_and_the_seed_mean_best_so_
     budget = cpu_ax.lines[-1]  # where the equal-cost reading is taken
     assert list(budget.get_xdata()) == [pytest.approx(400.0)] * 2 and budget.get_linestyle() == ":"
     assert not any(line.get_linestyle() == ":" for line in runs_ax.lines)
-    no_cost = copy.deepcopy(study)
-    no_cost["equal_cost"] = None
+    no_cost = dataclasses.replace(study, equal_cost=None)
     assert len(curves_figure(no_cost).axes[1].lines) == 4  # no reading: no dotted line
 
 
@@ -374,7 +376,7 @@ DATASET = {"source": "pypi:some-reviews", "rows_raw": 1000, "rows_clean": 990, "
 def test_stage_writes_the_report_figures_and_one_mlflow_run_from_study_json_alone(tmp_path, monkeypatch, shape):
     from stages import report as stage
 
-    study = make_study(**shape)
+    study = make_study_json(**shape)
     study["params"]["model"]["name"] = "tiny-bert-from-the-study"  # Setup is drawn from study.json, not params.yaml
     write_json(tmp_path / "metrics" / "study.json", study)  # sorted keys, as evaluate writes it
     logged = []
@@ -403,21 +405,30 @@ def test_stage_writes_the_report_figures_and_one_mlflow_run_from_study_json_alon
     assert [Path(p).name for p in kw["artifacts"]] == ["report.md", "figures", "study.json"]
 
 
+def _without(key: str) -> dict:
+    study = make_study_json()
+    del study["rows"]["lora_r2"]["vs_full"][key]
+    return study
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "study file '{path}' not found; run the evaluate stage first (`dvc repro evaluate`)"),
-    ('{"rows": {}}', "'{path}' lacks labels, answer, params: it was written by an older evaluate stage"),
-    ('{"labels": [], "rows": {}, "answer": {}}', "'{path}' lacks params: it was written by an older evaluate stage"),
+    ('{"rows": {}}', "'{path}' has no format or version: it was written by an older evaluate stage; rebuild it "
+                     "with this lora-pipeline: `dvc repro -f evaluate`"),
+    ({**make_study_json(), "version": 2}, "'{path}' is study file version 2, but this lora-pipeline reads version 1; "
+                                          "rebuild it with this lora-pipeline"),
+    (_without("low"), "'{path}': rows.lora_r2.vs_full lacks ['low'] (study file version 1); rebuild it"),
     ('{"rows": ', "'{path}' is not valid JSON"),
-], ids=["missing", "stale", "stale: no params", "truncated"])
-def test_stage_names_a_missing_or_stale_study_file(tmp_path, capsys, content, message):
+], ids=["missing", "stale", "another version", "a key missing", "truncated"])
+def test_stage_names_a_missing_stale_or_other_version_study_file_in_one_line(tmp_path, capsys, content, message):
     from stages import report as stage
 
     path = tmp_path / "study.json"
     if content is not None:
-        path.write_text(content)
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
     rc = stage.main(_stage_args(tmp_path, path, tmp_path))
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert rc == 2 and err.startswith("report failed: ") and message.format(path=path) in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("report failed: ") and message.format(path=path) in err[0]
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "figures").exists()
 
 
@@ -445,32 +456,33 @@ def test_report_renders_the_rows_that_study_summarise_builds(tmp_path):
     preds = {g.name: [noisy(accuracy[g.name]) for _ in g.records] for g in groups if g.name in accuracy}
     preds["scratch"] = [np.zeros(300, dtype=int), noisy(0.5)]  # seed 1 collapsed, seed 2 a coin flip
     rows = study_lib.summarise(groups, preds, y_true, LABELS, noisy(0.8), tolerance=0.01)
-    for row in rows.values():
-        row["degenerate_why"] = study_lib.explain_degenerate(row)
     answer = answer_lib.answer(rows, 0.01)
-    study = {"labels": LABELS, "n_test": 300, "rows": rows, "answer": answer,
-             "tfidf_logreg": {"macro_f1": 0.8, "macro_f1_low": 0.75, "macro_f1_high": 0.85, "accuracy": 0.8},
-             "runs": [{**r, "chosen": r["lr"] == 2e-3} for r in records]}
+    study = dataclasses.replace(  # nothing else of the synthetic study: no detail, adapters, curves or params
+        make_study(), n_test=300, rows=rows, answer=answer, equal_cost=None, record=None, detail={}, spectra=(),
+        subspace=(), validation_curves={}, learning_curves={}, params={},
+        tfidf_logreg=ReferenceScores(macro_f1=0.8, macro_f1_low=0.75, macro_f1_high=0.85, accuracy=0.8,
+                                     accuracy_low=0.75, accuracy_high=0.85),
+        runs=[{**dict.fromkeys(RUN_FIELDS), **r, "chosen": r["lr"] == 2e-3} for r in records])
     text = render_report(study, FIGURES)
     paragraphs = text.split("\n\n")
-    assert paragraphs[1] == f"**{answer['sentence']}**"
+    assert paragraphs[1] == f"**{answer.sentence}**"
     assert paragraphs[2].startswith("All rows are scored once") and "about the methods" in paragraphs[2]
     assert paragraphs[3].startswith("⚠ **BERT from scratch (seed 1) is degenerate**: predicts only 'neg' for all 300 "
                                     "test examples (collapsed); its numbers are not a result. Why: it stopped on a "
                                     "validation plateau")
     assert "(seed 2) is degenerate" not in text
-    assert rows["scratch"]["notes"][1].startswith("not better than the TF-IDF reference")
+    assert rows["scratch"].notes[1].startswith("not better than the TF-IDF reference")
     assert "Note — BERT from scratch: seed 1: not better than the TF-IDF reference" in text \
         and "seed 2: not better than the TF-IDF reference" in text
     assert "⏱ **LoRA r=2 (ours) did not converge** (seed 2: still improving at the cap of 240 steps)" in text
-    assert rows["lora_r2"]["vs_full"]["high"] < -0.01  # clearly behind full fine-tuning, and yet:
+    assert rows["lora_r2"].vs_full.high < -0.01  # clearly behind full fine-tuning, and yet:
     r2 = next(line for line in verdict_lines(text) if line.startswith("LoRA r=2"))
     assert "worse" not in r2
     comparison = table(text, TABLE)
     assert [r[0] for r in comparison] == [
         "BERT from scratch", "full fine-tuning", "LoRA r=2 (ours)", "LoRA r=8 (ours)", "TF-IDF + logistic regression"]
     assert [r[3] for r in comparison] == ["method"] * 4 + ["these models"]
-    assert comparison[2][7] == {s["rank"]: s["status"] for s in answer["sequence"]}[2]
+    assert comparison[2][7] == {s.rank: s.status for s in answer.sequence}[2]
     assert "nan" not in text.lower()
     paths = save_figures(study, tmp_path)
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths.values())

@@ -1,11 +1,12 @@
-"""A synthetic study.json with known numbers, in the shape record.build_study writes it (rows, runs, answer,
-learning curves, adapter spectra), for the report tests; and a reader of the report's Markdown tables."""
+"""A synthetic study with known numbers, built as record.build_study builds it (rows, runs, answer, learning
+curves, adapter spectra), for the report tests; complete hand-made rows for the answer's tests; and a reader of the
+report's Markdown tables."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -14,6 +15,8 @@ from lora_pipeline import curves as curves_lib
 from lora_pipeline import study as study_lib
 from lora_pipeline.config import (BaselineConfig, FullConfig, LoraConfig, ModelConfig, ScratchConfig, StudyConfig,
                                   TrainConfig)
+from lora_pipeline.record import RUN_FIELDS
+from lora_pipeline.study_file import EqualCost, StudyFile, StudyRow
 
 LABELS = ["neg", "pos"]
 LAYERS = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value",
@@ -66,17 +69,48 @@ def _vs_full(mean: float, seeds: list[int]) -> dict:
     diff = mean - MEANS["full"]
     low, high = diff - 0.004, diff + 0.006
     verdict = "worse" if high < 0 else "better" if low > 0 else "indistinguishable"
-    d = {"metric": "macro_f1", "difference": diff, "estimate": diff, "low": low, "high": high, "verdict": verdict,
-         "covers": "method" if len(seeds) >= 2 else "these models", "confidence": 0.95, "seeds_a": len(seeds),
-         "seeds_b": len(seeds), "n_examples": N_TEST, "n_resamples": 1000, "mc_error": 0.0003, "mc_close": False,
-         "these_models": {"low": diff - 0.003, "high": diff + 0.005, "verdict": verdict}}
-    if low < -0.01 < high:
-        d["to_decide"] = {"n_examples": 5200, "seeds": 4, "cause": "test-set size", "note": None}
-    return d
+    need = {"n_examples": 5200, "seeds": 4, "cause": "test-set size", "note": None} if low < -0.01 < high else None
+    return vs_full(difference=diff, low=low, high=high, verdict=verdict,
+                   covers="method" if len(seeds) >= 2 else "these models", seeds_a=len(seeds), seeds_b=len(seeds),
+                   these_models={"low": diff - 0.003, "high": diff + 0.005, "verdict": verdict}, to_decide=need)
+
+
+def vs_full(**fields: Any) -> dict:
+    """A LoRA row's ``vs_full`` with every key (placeholders where ``fields`` names none)."""
+    diff = fields.get("difference", 0.0)
+    base = {"metric": "macro_f1", "difference": diff, "estimate": diff, "low": diff - 0.005, "high": diff + 0.005,
+            "verdict": "indistinguishable", "covers": "method", "confidence": 0.95, "se": 0.003, "se_test": 0.0025,
+            "se_seeds": 0.0015, "df": 30.0, "seeds_a": 2, "seeds_b": 2, "n_examples": N_TEST, "n_resamples": 1000,
+            "mc_error": 0.0003, "mc_close": False, "method": "estimate ± t·se (synthetic)",
+            "these_models": {"low": diff - 0.004, "high": diff + 0.004, "verdict": "indistinguishable"},
+            "to_decide": None}
+    return {**base, **fields, "estimate": fields.get("difference", diff)}
+
+
+def study_row(variant: str, rank: Optional[int] = None, **fields: Any) -> StudyRow:
+    """A complete study row with placeholder numbers, ``fields`` replacing any of them (nested parts as dicts)."""
+    seeds = fields.get("seeds", (42,))
+    base = {"variant": variant, "rank": rank, "lr": 1e-3, "seeds": seeds, "val_macro_f1_by_lr": {"0.001": 0.8},
+            "val_macro_f1": 0.8, "lr_search": {"grid": [1e-3], "position": "only", "searched": False},
+            "macro_f1": _metric(0.85, list(seeds)), "accuracy": _metric(0.85, list(seeds)),
+            "degenerate": [None] * len(seeds), "degenerate_val": [None] * len(seeds), "degenerate_why": None,
+            "notes": [None] * len(seeds), "trainable_params": 1000, "trainable_percent": 1.0,
+            "size_on_disk_mb": 1.0, "total_params": 100_000, "precision": "fp32", "train_seconds": 100.0,
+            "train_cpu_seconds": 200.0, "seconds_to_best": 80.0, "cpu_seconds_to_best": 160.0,
+            "peak_memory_mb": 1000.0, "steps": 240.0, "planned_steps": 240.0, "epochs": 1.0, "best_step": 200.0,
+            "stopped": ["plateau"] * len(seeds), "stopped_by": ["plateau"] * len(seeds),
+            "converged": [True] * len(seeds), "vs_full": None}
+    return StudyRow(**{**base, **fields})
+
+
+def equal_cost(sentence: str) -> EqualCost:
+    """An equal-cost reading that only its sentence matters for."""
+    return EqualCost(clock="cpu_seconds", budget=400.0, full_best=0.87, at_budget={8: 0.86}, rank=8,
+                     time_within=200.0, ratio=0.5, sentence=sentence)
 
 
 def _row(variant: str, rank: Optional[int], seeds: list[int], bad: Iterable[int], capped: Iterable[int],
-         tfidf: float) -> dict:
+         tfidf: float) -> StudyRow:
     mean = MEANS[rank if rank is not None else variant]
     grid = GRID[variant]
     params, percent, seconds = COSTS[variant] if rank is None else (rank * 27_648 + 150_000, 0.5 + rank / 100,
@@ -86,7 +120,8 @@ def _row(variant: str, rank: Optional[int], seeds: list[int], bad: Iterable[int]
     row = {"variant": variant, "rank": rank, "lr": grid[0], "seeds": seeds,
            "val_macro_f1_by_lr": {f"{lr:g}": mean - 0.01 * (i + 1) for i, lr in enumerate(grid)},
            "val_macro_f1": mean - 0.01, "macro_f1": _metric(mean, seeds), "accuracy": _metric(mean - 0.04, seeds),
-           "degenerate": reasons, "degenerate_val": list(reasons),
+           "lr_search": {"grid": grid, "position": "interior", "searched": True},  # no "not searched" notes
+           "degenerate": reasons, "degenerate_val": list(reasons), "degenerate_why": None,
            "notes": [_note(v, tfidf) for v in _per_seed(mean, seeds)],
            "trainable_params": params, "trainable_percent": percent, "size_on_disk_mb": params * 4 / 2**20,
            "total_params": 22_714_371, "precision": "fp32", "train_seconds": seconds,
@@ -95,11 +130,9 @@ def _row(variant: str, rank: Optional[int], seeds: list[int], bad: Iterable[int]
            "steps": float(PLANNED), "planned_steps": float(PLANNED), "epochs": 0.79, "best_step": float(BEST_STEP),
            "stopped": [_stop_reason(c) for c in converged],
            "stopped_by": ["plateau" if c else "cap" for c in converged],
-           "converged": converged}
-    if variant == "lora":
-        row["vs_full"] = _vs_full(mean, seeds)
-    row["degenerate_why"] = study_lib.explain_degenerate(row)  # as record.build_study sets it
-    return row
+           "converged": converged, "vs_full": _vs_full(mean, seeds) if variant == "lora" else None}
+    typed = StudyRow(**row)
+    return dataclasses.replace(typed, degenerate_why=study_lib.explain_degenerate(typed))  # as study.summarise does
 
 
 def _stop_reason(converged: bool) -> str:
@@ -108,30 +141,30 @@ def _stop_reason(converged: bool) -> str:
     return f"cap: reached max_steps {PLANNED} (0.79 epochs) while still improving (last gain at step {PLANNED})"
 
 
-def _runs(rows: dict) -> list[dict]:
+def _runs(rows: dict[str, StudyRow]) -> list[dict]:
     runs = []
     for row in rows.values():
-        for lr in GRID[row["variant"]]:
-            for seed, converged in zip(row["seeds"], row["converged"]):
+        for lr in GRID[row.variant]:
+            for seed, converged in zip(row.seeds, row.converged):
                 best = BEST_STEP if converged else PLANNED
-                prefix = f"r{row['rank']}-" if row["rank"] else ""
-                runs.append({"variant": row["variant"], "rank": row["rank"], "seed": seed, "lr": lr,
-                             "tag": f"{prefix}s{seed}-lr{lr:g}", "val_macro_f1": row["val_macro_f1_by_lr"][f"{lr:g}"],
-                             "chosen": lr == row["lr"], "steps": PLANNED, "planned_steps": PLANNED, "epochs": 0.79,
-                             "best_step": best, "converged": converged,
-                             "stopped_by": "plateau" if converged else "cap",
+                prefix = f"r{row.rank}-" if row.rank else ""
+                runs.append({**dict.fromkeys(RUN_FIELDS), "variant": row.variant, "rank": row.rank, "seed": seed,
+                             "lr": lr, "tag": f"{prefix}s{seed}-lr{lr:g}",
+                             "val_macro_f1": row.val_macro_f1_by_lr[f"{lr:g}"], "chosen": lr == row.lr,
+                             "steps": PLANNED, "planned_steps": PLANNED, "epochs": 0.79, "best_step": best,
+                             "converged": converged, "stopped_by": "plateau" if converged else "cap",
                              "stop_reason": _stop_reason(converged) + f" | lr {lr:g}",  # a pipe must not split a cell
-                             "train_seconds": row["train_seconds"],
-                             "cpu_seconds_to_best": best * CPU_PER_STEP[row["variant"]]})
+                             "train_seconds": row.train_seconds,
+                             "cpu_seconds_to_best": best * CPU_PER_STEP[row.variant]})
     return runs
 
 
-def _seed_curves(row: dict) -> list[dict]:
+def _seed_curves(row: StudyRow) -> list[dict]:
     """Each seed's validation curve (curves.curve_from_rows' columns): rising to the row's validation score at
     step 200 then flat-ish, or still rising at the cap when the seed did not converge."""
-    per_cpu = CPU_PER_STEP[row["variant"]]
+    per_cpu = CPU_PER_STEP[row.variant]
     out = []
-    for seed, best, converged in zip(row["seeds"], _per_seed(row["val_macro_f1"], row["seeds"]), row["converged"]):
+    for seed, best, converged in zip(row.seeds, _per_seed(row.val_macro_f1, list(row.seeds)), row.converged):
         top = BEST_STEP if converged else PLANNED
         f1 = [best - 0.2 * (1 - min(s, top) / top) - (0.005 if s > top else 0.0) for s in CURVE_STEPS]
         out.append(curves_lib.curve_from_rows([{"step": s, "seconds": 0.5 * s, "cpu_seconds": per_cpu * s,
@@ -146,7 +179,8 @@ def _adapters(ranks: list[int], seeds: list[int]) -> tuple[list, list]:
                                   "effective_rank": min(r, eff)} for name, eff in zip(LAYERS, LAYER_EFFECTIVE)}}
                for r in ranks for s in seeds]
     subspace = [{"seed": s, "small_rank": r, "large_rank": max(ranks), "layer": name,
-                 "grid": rng.uniform(0, 1, (r, max(ranks))).round(4).tolist()}
+                 "grid": rng.uniform(0, 1, (r, max(ranks))).round(4).tolist(), "small_tag": f"r{r}-s{s}-lr0.001",
+                 "large_tag": f"r{max(ranks)}-s{s}-lr0.001"}
                 for r in ranks[:-1] for s in seeds for name in LAYERS]
     return spectra, subspace
 
@@ -167,8 +201,8 @@ def params_dict() -> dict[str, dict]:
 
 def make_study(ranks: Iterable[int] = (2, 32), seeds: Iterable[int] = (42, 43), *, scratch: bool = True,
                bad: Optional[dict[str, Iterable[int]]] = None, capped: Optional[dict[str, Iterable[int]]] = None,
-               curves: bool = True, tfidf: float = TFIDF, dataset: Optional[dict] = None) -> dict:
-    """A study.json as record.build_study writes it, with known numbers.
+               curves: bool = True, tfidf: float = TFIDF, dataset: Optional[dict] = None) -> StudyFile:
+    """A study as record.build_study builds it, with known numbers.
 
     Args:
         bad: degenerate seeds per row (default: scratch's first seed).
@@ -184,23 +218,33 @@ def make_study(ranks: Iterable[int] = (2, 32), seeds: Iterable[int] = (42, 43), 
                     bad.get(n, []), capped.get(n, []), tfidf) for n in names}
     seed_curves = {n: _seed_curves(r) for n, r in rows.items()} if curves else {}
     first = answer_lib.answer(rows, 0.01, 0.95)
-    cost = curves_lib.equal_cost(seed_curves, ranks, 0.01, first["rank"]) if curves else None
+    found = curves_lib.equal_cost(seed_curves, ranks, 0.01, first.rank) if curves else None
+    cost = EqualCost(**found) if found else None
     answer = answer_lib.answer(rows, 0.01, 0.95, equal_cost=cost)
-    record = study_lib.record_row(rows, answer["rank"], None, answer.get("closest_rank"))
+    record = study_lib.record_row(rows, answer.rank, None, answer.closest_rank)
     spectra, subspace = _adapters(ranks, seeds)
     shown = [n for n in ("scratch", "full", record) if n in rows] + ["tfidf_logreg"]
-    study = {"labels": LABELS, "n_test": N_TEST, "n_val": 900, "confidence": 0.95, "tolerance": 0.01, "rows": rows,
-             "tfidf_logreg": {"macro_f1": tfidf, "macro_f1_low": tfidf - 0.01, "macro_f1_high": tfidf + 0.01,
-                              "accuracy": 0.78, "accuracy_low": 0.77, "accuracy_high": 0.79},
-             "answer": answer, "equal_cost": cost, "record": record,
-             "detail": {n: _detail(n, seeds[0] if n in rows else None) for n in shown},
-             "runs": _runs(rows), "spectra": spectra, "subspace": subspace, "energy": 0.9,
-             "params": params_dict(), "dataset": dataset}
-    if curves:
-        study["validation_curves"] = seed_curves
-        study["learning_curves"] = {n: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
-                                    for n, c in seed_curves.items()}
-    return study
+    return StudyFile(
+        labels=LABELS, n_test=N_TEST, n_val=900, confidence=0.95, tolerance=0.01, rows=rows,
+        tfidf_logreg={"macro_f1": tfidf, "macro_f1_low": tfidf - 0.01, "macro_f1_high": tfidf + 0.01,
+                      "accuracy": 0.78, "accuracy_low": 0.77, "accuracy_high": 0.79},
+        answer=answer, equal_cost=cost, record=record,
+        detail={n: _detail(n, seeds[0] if n in rows else None) for n in shown},
+        runs=_runs(rows), spectra=spectra, subspace=subspace, energy=0.9, params=params_dict(), dataset=dataset,
+        validation_curves=seed_curves,
+        learning_curves={n: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
+                         for n, c in seed_curves.items()},
+        parts=None)
+
+
+def make_study_json(**kwargs: Any) -> dict:
+    """:func:`make_study`'s study as its file holds it (to edit, then read back with :func:`typed`)."""
+    return make_study(**kwargs).to_json()
+
+
+def typed(data: dict) -> StudyFile:
+    """A study file's JSON read as the report stage reads it (checked)."""
+    return StudyFile.from_json(data, "the synthetic study")
 
 
 def table(text: str, first_header: str) -> list[list[str]]:

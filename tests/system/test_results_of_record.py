@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lora_pipeline.figures import report_markdown
 from lora_pipeline.record import build_study, merge_records, read_record
+from lora_pipeline.study_file import read_study
 from tests.support.builders import ROOT
 
 STUDIES = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/record.json.gz"))
@@ -21,9 +23,17 @@ def test_there_is_a_study_of_record():
 @pytest.mark.parametrize("folder", STUDIES, ids=[p.name for p in STUDIES])
 def test_the_committed_study_rebuilds_from_its_record(folder: Path):
     committed = json.loads((folder / "study.json").read_text(encoding="utf-8"))
-    rebuilt = json.loads(json.dumps(build_study(read_record(folder / "record.json.gz")), sort_keys=True))
+    rebuilt = json.loads(json.dumps(build_study(read_record(folder / "record.json.gz")).to_json(), sort_keys=True))
     assert rebuilt == committed
     assert rebuilt["answer"]["sentence"] in (folder / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("folder", STUDIES, ids=[p.name for p in STUDIES])
+def test_the_committed_report_is_the_one_its_committed_study_file_renders(folder: Path):
+    """The report stage's path: the committed study.json read back (format, version and every key checked) renders
+    the committed report.md to the character."""
+    study = read_study(folder / "study.json")
+    assert report_markdown(study, "figures") == (folder / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("folder", [p for p in STUDIES if (p / "parts").is_dir()],

@@ -231,10 +231,11 @@ def test_every_train_run_logs_its_model_and_a_lora_run_only_the_adapter(pipeline
 
 def test_evaluate_registers_the_study_pick_or_says_why_not_and_moves_no_alias(pipeline):
     from lora_pipeline.answer import registry_pick
+    from lora_pipeline.study_file import read_study
 
     base, _, _, uri = pipeline
-    study = json.loads((base / "metrics" / "study.json").read_text())
-    name, why = registry_pick(study["rows"], study["answer"]["rank"])
+    study = read_study(base / "metrics" / "study.json")
+    name, why = registry_pick(study.rows, study.answer.rank)
     client = _client(uri)
     evaluate_run = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                       "tags.stage = 'evaluate'")[0]

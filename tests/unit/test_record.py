@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 from lora_pipeline.cli import main as cli_main
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.record import FORMAT, VERSION, build_study, merge_records, read_record, write_record
+from lora_pipeline.study_file import read_study
 
 LABELS = ["neg", "pos"]
 STUDY = {"seeds": [1, 2], "ranks": [4, 16], "tolerance": 0.01, "confidence": 0.95, "resamples": 300,
@@ -46,7 +47,8 @@ def _record():
     return {"format": FORMAT, "version": VERSION, "labels": LABELS, "params": params, "dataset": None,
             "test": {"labels": y_test.tolist()}, "val": {"labels": y_val.tolist()}, "runs": runs,
             "tfidf": {"test_predictions": _noisy(rng, y_test, 0.8).tolist(),
-                      "row": {"macro_f1": 0.8, "accuracy": 0.8}}, "spectra": [], "subspace": []}
+                      "row": {"macro_f1": 0.8, "macro_f1_low": 0.75, "macro_f1_high": 0.85, "accuracy": 0.8,
+                              "accuracy_low": 0.75, "accuracy_high": 0.85}}, "spectra": [], "subspace": []}
 
 
 def test_a_record_rebuilds_its_study_and_report_with_the_same_answer(tmp_path):
@@ -55,13 +57,13 @@ def test_a_record_rebuilds_its_study_and_report_with_the_same_answer(tmp_path):
     assert read_record(tmp_path / "record.json.gz") == json.loads(json.dumps(record))
     expected = build_study(record)
     assert cli_main(["rebuild", str(tmp_path)]) == 0
-    study = json.loads((tmp_path / "study.json").read_text())
-    assert study["answer"]["sentence"] == expected["answer"]["sentence"]
-    assert study["rows"]["lora_r4"]["vs_full"]["low"] == pytest.approx(expected["rows"]["lora_r4"]["vs_full"]["low"])
-    assert study["equal_cost"]["budget"] == pytest.approx(400.0)  # both full seeds reach their best at 400 s
+    study = read_study(tmp_path / "study.json")
+    assert study == expected  # every number, as the file holds it
+    assert study.answer.sentence == expected.answer.sentence
+    assert study.equal_cost.budget == pytest.approx(400.0)  # both full seeds reach their best at 400 s
     report = (tmp_path / "report.md").read_text()
-    assert expected["answer"]["sentence"] in report and (tmp_path / "figures" / "curves.png").stat().st_size > 0
-    assert study["answer"]["equal_cost"] in report
+    assert expected.answer.sentence in report and (tmp_path / "figures" / "curves.png").stat().st_size > 0
+    assert study.answer.equal_cost in report
 
 
 def test_the_same_record_writes_the_same_bytes(tmp_path):
@@ -99,11 +101,11 @@ def test_parts_of_a_study_merge_into_the_record_of_the_whole():
     assert merged["params"]["study"]["seeds"] == [1, 2]
     assert sorted(r["tag"] for r in merged["runs"]) == sorted(r["tag"] for r in record["runs"])
     whole, again = build_study(record), build_study(merged)
-    assert again["answer"]["sentence"] == whole["answer"]["sentence"]
-    assert again["rows"]["lora_r16"]["vs_full"] == whole["rows"]["lora_r16"]["vs_full"]
+    assert again.answer.sentence == whole.answer.sentence
+    assert again.rows["lora_r16"].vs_full == whole.rows["lora_r16"].vs_full
     merged["spectra"] = [{"tag": "r4-s1-lr0.002", "rank": 4, "seed": 1, "layers": {}},
                          {"tag": "r4-s1-lr0.009", "rank": 4, "seed": 1, "layers": {}}]  # a rate no longer chosen
-    assert [x["tag"] for x in build_study(merged)["spectra"]] == ["r4-s1-lr0.002"]
+    assert [x.tag for x in build_study(merged).spectra] == ["r4-s1-lr0.002"]
     assert merged["parts"] == [{"seeds": [1], "runs": 4}, {"seeds": [2], "runs": 4}]
 
 

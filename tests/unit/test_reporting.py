@@ -10,7 +10,8 @@ import pytest
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
 from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title
-from tests.support.studies import FIGURES, make_study, table
+from lora_pipeline.study_file import Detail
+from tests.support.studies import FIGURES, make_study, make_study_json, table, typed
 
 LABELS = ["neg", "plot", "pos"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,10 +29,10 @@ def test_markdown_table_keeps_one_cell_per_column_whatever_the_text():
 
 def test_unmeasured_costs_show_as_a_dash_never_nan():
     """summarise writes NaN for a cost no seed measured (JSON NaN) and None for a missing count."""
-    study = make_study(ranks=[8], seeds=[42])
+    study = make_study_json(ranks=[8], seeds=[42])
     study["rows"]["lora_r8"].update(train_seconds=math.nan, peak_memory_mb=math.nan, trainable_params=None,
                                     steps=math.nan, precision=None)
-    text = render_report(study, FIGURES)
+    text = render_report(typed(study), FIGURES)
     r8 = next(r for r in table(text, "variant | test macro-F1 (mean ± std)") if r[0] == "LoRA r=8 (ours)")
     cells = {h: r8[COMPARISON_HEADER.index(h)] for h in ("trainable params", "% trainable", "train time (s)",
                                                            "peak memory (MB)", "size on disk (MB)", "precision",
@@ -42,30 +43,31 @@ def test_unmeasured_costs_show_as_a_dash_never_nan():
 
 
 def test_mean_steps_over_seeds_keep_one_decimal_and_counts_get_separators():
-    study = make_study(ranks=[8])
+    study = make_study_json(ranks=[8])
     study["rows"]["lora_r8"]["steps"] = 235.5
-    r8 = next(r for r in comparison_rows(study) if r[0] == "LoRA r=8 (ours)")
+    r8 = next(r for r in comparison_rows(typed(study)) if r[0] == "LoRA r=8 (ours)")
     assert r8[COMPARISON_HEADER.index("steps")] == "235.5"
     assert r8[COMPARISON_HEADER.index("trainable params")] == "371,184"
 
 
 def test_the_headline_names_no_winner_that_the_interval_does_not_support():
     """The report used to print "Best test macro-F1: LoRA (ours)" for a difference inside one dropout draw."""
-    study = make_study(ranks=[8])
+    study = make_study_json(ranks=[8])
     study["rows"]["lora_r8"]["vs_full"].update(difference=0.006, low=-0.008, high=0.02, verdict="indistinguishable")
-    text = headline(study)
+    text = headline(typed(study))
     assert "LoRA r=8 (ours) is indistinguishable from full fine-tuning at 95 %: paired difference +0.60 points, " \
            "95 % interval over seeds and test examples [-0.80, +2.00] (2 seeds)." in text
     assert "better than full" not in text and "best test macro-f1" not in text.lower()
     study["rows"]["lora_r8"]["vs_full"].update(low=0.001, verdict="better")
-    assert "LoRA r=8 (ours) is better than full fine-tuning at 95 %" in headline(study)
+    assert "LoRA r=8 (ours) is better than full fine-tuning at 95 %" in headline(typed(study))
 
 
 def test_confusion_matrices_sit_side_by_side_in_a_png(tmp_path):
     truth = [0, 0, 0, 1, 1, 1, 2, 2, 2]
     preds = {"scratch": [0, 1, 2, 1, 1, 0, 2, 0, 2], "full": [0, 0, 0, 1, 1, 1, 2, 2, 1],
              "lora_r8": [0, 0, 0, 1, 1, 1, 2, 2, 2], "tfidf_logreg": [0, 0, 1, 1, 1, 1, 2, 2, 2]}
-    detail = {name: {"seed": 42, **classification_metrics(truth, p, LABELS)} for name, p in preds.items()}
+    detail = {name: Detail(seed=42, per_class=m["per_class"], confusion_matrix=m["confusion_matrix"])
+              for name, m in ((n, classification_metrics(truth, p, LABELS)) for n, p in preds.items())}
     fig = confusion_figure(detail, LABELS)
     assert [ax.get_title() for ax in fig.axes] == [
         "BERT from scratch (seed 42)", "full fine-tuning (seed 42)", "LoRA r=8 (ours) (seed 42)",
@@ -87,25 +89,24 @@ def test_every_row_of_the_comparison_has_every_column(ranks):
 
 
 def test_the_learning_rate_section_says_which_rates_were_not_searched():
-    study = make_study(ranks=[8])
+    study = make_study_json(ranks=[8])
     study["rows"]["lora_r8"]["lr_search"] = {"grid": [1e-3, 2e-3], "position": "highest", "searched": False}
     study["rows"]["full"]["lr_search"] = {"grid": [1e-4], "position": "only", "searched": False}
     study["rows"]["scratch"]["lr_search"] = {"grid": [2e-4, 4e-4, 1e-3], "position": "interior", "searched": True}
-    text = render_report(study, FIGURES)
+    text = render_report(typed(study), FIGURES)
     assert "LoRA r=8 (ours): chosen at the highest rate of its grid (0.001, 0.002): rates above 0.002 were not " \
            "searched." in text
     assert "full fine-tuning: one rate (0.0001): no learning-rate search." in text
     assert "BERT from scratch: chosen" not in text  # an interior optimum needs no caveat
-    assert "Learning rates not searched around their optimum (full fine-tuning, LoRA r=8 (ours))" in headline(study)
-    del study["rows"]["lora_r8"]["lr_search"]  # a study written before the field: no sentence, no error
-    assert "LoRA r=8 (ours): chosen" not in render_report(study, FIGURES)
+    assert "Learning rates not searched around their optimum (full fine-tuning, LoRA r=8 (ours))" \
+        in headline(typed(study))
 
 
 def test_a_study_merged_from_parts_says_which_part_holds_which_seeds_and_that_every_run_met_test():
-    study = make_study(ranks=[8])
+    study = make_study_json(ranks=[8])
     study["parts"] = [{"seeds": [42], "runs": 18}, {"seeds": [43], "runs": 9}]
     study["params"] = {"study": {"test_every_run": True}}
-    text = render_report(study, FIGURES, params={"model": {}, "train": {}, "study": {"seeds": [42, 43]}})
+    text = render_report(typed(study), FIGURES, params={"model": {}, "train": {}, "study": {"seeds": [42, 43]}})
     assert "Merged from 2 parts run apart (seeds 42: 18 runs; seeds 43: 9 runs): a row's seeds column says which " \
            "seeds it holds." in text
     assert "every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation " \

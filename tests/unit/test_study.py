@@ -11,6 +11,8 @@ from lora_pipeline.answer import answer
 from lora_pipeline.config import StudyConfig
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.study import choose_learning_rates, lr_search, summarise
+from lora_pipeline.study_file import LrSearch, ReferenceScores
+from tests.support.studies import study_row
 
 LABELS = ["neg", "pos"]
 
@@ -19,7 +21,7 @@ def _rec(variant, rank, seed, lr, val, **extra):
     base = {"variant": variant, "rank": rank, "seed": seed, "lr": lr, "val_macro_f1": val,
             "trainable_params": 1000 if variant == "full" else 10 * (rank or 1), "trainable_percent": 1.0,
             "size_on_disk_mb": 80.0 if variant == "full" else 1.0, "train_seconds": 100.0, "peak_memory_mb": 1000.0,
-            "steps": 50, "epochs": 2, "stop_reason": "budget"}
+            "steps": 50, "best_step": 40, "epochs": 2, "stop_reason": "budget"}
     return {**base, **extra}
 
 
@@ -62,13 +64,13 @@ def test_identical_lora_and_full_give_the_smallest_rank_within_tolerance():
     good = np.where(rng.random(600) < 0.9, y, 1 - y)
     bad = np.where(rng.random(600) < 0.6, y, 1 - y)
     rows, result = _study({2: bad, 8: good, 32: good}, good, y)
-    assert result["rank"] == 8
-    assert rows["lora_r8"]["vs_full"]["difference"] == 0.0
+    assert result.rank == 8
+    assert rows["lora_r8"].vs_full.difference == 0.0
     assert "smallest LoRA rank within 1 point of full fine-tuning is 8 (ranks 32, 8 pass; rank 2 is worse" \
-        in result["sentence"] and "indistinguishable from full fine-tuning" in result["sentence"]
-    assert rows["lora_r2"]["vs_full"]["verdict"] == "worse"
-    assert rows["full"]["macro_f1"]["covers"] == "these models"  # one seed: no seed variance to speak of
-    assert rows["full"]["macro_f1"]["low"] < rows["full"]["macro_f1"]["mean"] < rows["full"]["macro_f1"]["high"]
+        in result.sentence and "indistinguishable from full fine-tuning" in result.sentence
+    assert rows["lora_r2"].vs_full.verdict == "worse"
+    assert rows["full"].macro_f1.covers == "these models"  # one seed: no seed variance to speak of
+    assert rows["full"].macro_f1.low < rows["full"].macro_f1.mean < rows["full"].macro_f1.high
 
 
 def test_no_rank_within_tolerance_is_said_in_words_with_the_closest_rank_post_hoc():
@@ -78,12 +80,12 @@ def test_no_rank_within_tolerance_is_said_in_words_with_the_closest_rank_post_ho
     bad = np.where(rng.random(600) < 0.75, y, 1 - y)
     worse = np.where(rng.random(600) < 0.70, y, 1 - y)
     rows, result = _study({2: worse, 8: bad}, good, y)
-    assert result["rank"] is None
-    assert result["sentence"].startswith("No LoRA rank is shown within 1 point of full fine-tuning at 95 %: testing "
+    assert result.rank is None
+    assert result.sentence.startswith("No LoRA rank is shown within 1 point of full fine-tuning at 95 %: testing "
                                          "ranks from the largest down, rank 8 is worse")
-    closest = max((2, 8), key=lambda r: rows[f"lora_r{r}"]["vs_full"]["difference"])
-    assert f"the rank closest to full fine-tuning is {closest}" in result["sentence"]
-    assert result["closest_rank"] == closest
+    closest = max((2, 8), key=lambda r: rows[f"lora_r{r}"].vs_full.difference)
+    assert f"the rank closest to full fine-tuning is {closest}" in result.sentence
+    assert result.closest_rank == closest
 
 
 def test_a_collapsed_model_is_flagged_and_cannot_be_the_answer():
@@ -91,8 +93,8 @@ def test_a_collapsed_model_is_flagged_and_cannot_be_the_answer():
     y = rng.integers(0, 2, 400)
     good = np.where(rng.random(400) < 0.9, y, 1 - y)
     rows, result = _study({4: np.zeros(400, dtype=int)}, good, y, tolerance=1.0)
-    assert "collapsed" in rows["lora_r4"]["degenerate"][0]
-    assert result["rank"] is None
+    assert "collapsed" in rows["lora_r4"].degenerate[0]
+    assert result.rank is None
 
 
 def test_below_the_tfidf_reference_is_a_note_and_never_removes_a_rank_from_the_answer():
@@ -102,9 +104,9 @@ def test_below_the_tfidf_reference_is_a_note_and_never_removes_a_rank_from_the_a
     model = np.where(rng.random(800) < 0.80, y, 1 - y)
     tfidf = np.where(rng.random(800) < 0.95, y, 1 - y)
     rows, result = _study({8: model}, model, y, tfidf=tfidf)
-    assert rows["lora_r8"]["degenerate"] == [None] and rows["full"]["degenerate"] == [None]
-    assert rows["lora_r8"]["notes"][0].startswith("not better than the TF-IDF reference")
-    assert result["rank"] == 8
+    assert rows["lora_r8"].degenerate == (None,) and rows["full"].degenerate == (None,)
+    assert rows["lora_r8"].notes[0].startswith("not better than the TF-IDF reference")
+    assert result.rank == 8
 
 
 def test_confidence_reaches_every_check():
@@ -113,9 +115,9 @@ def test_confidence_reaches_every_check():
     model = np.where(rng.random(800) < 0.80, y, 1 - y)
     tfidf = np.where(rng.random(800) < 0.95, y, 1 - y)
     rows, result = _study({8: model}, model, y, tfidf=tfidf, confidence=0.80)
-    assert "80% paired interval" in rows["lora_r8"]["notes"][0] or "80 % paired interval" in rows["lora_r8"]["notes"][0]
-    assert rows["lora_r8"]["vs_full"]["confidence"] == 0.80
-    assert "at 80 %" in result["sentence"]
+    assert "80% paired interval" in rows["lora_r8"].notes[0] or "80 % paired interval" in rows["lora_r8"].notes[0]
+    assert rows["lora_r8"].vs_full.confidence == 0.80
+    assert "at 80 %" in result.sentence
 
 
 def test_several_seeds_give_a_method_level_interval_wider_than_the_fixed_model_one():
@@ -125,10 +127,10 @@ def test_several_seeds_give_a_method_level_interval_wider_than_the_fixed_model_o
     records = [_rec("full", None, s, 5e-5, 0.8) for s in range(2)] + [_rec("lora", 8, s, 2e-3, 0.8) for s in range(2)]
     rows = summarise(choose_learning_rates(records), {"full": seeds, "lora_r8": seeds[::-1]}, y, LABELS, y,
                      n_resamples=300)
-    m = rows["lora_r8"]["macro_f1"]
-    assert m["covers"] == "method" and rows["lora_r8"]["seeds"] == [0, 1]
-    d = rows["lora_r8"]["vs_full"]
-    assert d["covers"] == "method" and d["high"] - d["low"] > d["these_models"]["high"] - d["these_models"]["low"]
+    m = rows["lora_r8"].macro_f1
+    assert m.covers == "method" and rows["lora_r8"].seeds == (0, 1)
+    d = rows["lora_r8"].vs_full
+    assert d.covers == "method" and d.high - d.low > d.these_models.high - d.these_models.low
 
 
 def test_grid_runs_keeps_the_current_grid_and_names_missing_instances():
@@ -149,8 +151,7 @@ def test_grid_runs_keeps_the_current_grid_and_names_missing_instances():
 def test_record_row_prefers_the_param_then_the_answer_then_the_closest_then_the_largest_rank():
     from lora_pipeline.study import record_row
 
-    rows = {n: {"variant": "lora", "rank": r} for n, r in (("lora_r2", 2), ("lora_r8", 8))} | \
-        {"full": {"variant": "full", "rank": None}}
+    rows = {n: study_row("lora", r) for n, r in (("lora_r2", 2), ("lora_r8", 8))} | {"full": study_row("full")}
     assert record_row(rows, answer_rank=2, record_rank=8) == "lora_r8"
     assert record_row(rows, answer_rank=2, record_rank=None) == "lora_r2"
     assert record_row(rows, answer_rank=None, record_rank=None, closest_rank=2) == "lora_r2"  # no rank qualified
@@ -172,8 +173,8 @@ def test_adapter_spectrum_and_subspace_overlaps_on_known_factors():
     assert list(grid) == ["q"] and np.allclose(np.diag(grid["q"]), 1.0)
 
 
-TFIDF = {"macro_f1": 0.6, "macro_f1_low": 0.55, "macro_f1_high": 0.65, "accuracy": 0.7, "accuracy_low": 0.65,
-         "accuracy_high": 0.75}
+TFIDF = ReferenceScores(macro_f1=0.6, macro_f1_low=0.55, macro_f1_high=0.65, accuracy=0.7, accuracy_low=0.65,
+                        accuracy_high=0.75)
 
 
 def _ranks_2_and_8():
@@ -189,16 +190,16 @@ def test_rank_curve_and_compact_metrics_carry_the_numbers_dvc_compares():
     rows, result = _ranks_2_and_8()
     curve = rank_curve(rows, tfidf_macro_f1=0.6)
     assert [c["rank"] for c in curve] == [2, 8] and [c["log2_rank"] for c in curve] == [1.0, 3.0]
-    assert curve[0]["lora_macro_f1"] == pytest.approx(rows["lora_r2"]["macro_f1"]["mean"])
+    assert curve[0]["lora_macro_f1"] == pytest.approx(rows["lora_r2"].macro_f1.mean)
     assert curve[0]["full_low"] <= curve[0]["full_macro_f1"] <= curve[0]["full_high"]
-    compact = compact_metrics(rows, TFIDF, result["rank"])
+    compact = compact_metrics(rows, TFIDF, result.rank)
     assert compact["lora_r8"]["vs_full"] == 0.0 and compact["lora_r8"]["vs_full_low"] == 0.0
     assert compact["answer_rank"] == 2 and "vs_full" not in compact["full"]
-    assert compact["full"]["macro_f1_low"] == rows["full"]["macro_f1"]["low"]
+    assert compact["full"]["macro_f1_low"] == rows["full"].macro_f1.low
     # the MLflow run keeps every number of each row, the machine's clock included
-    tracked = tracking_metrics(rows, TFIDF, result["rank"])
-    assert tracked["full"]["seeds"] == 1 and tracked["full"]["train_seconds"] == rows["full"]["train_seconds"]
-    assert tracked["tfidf_logreg"] == TFIDF and tracked["answer_rank"] == 2
+    tracked = tracking_metrics(rows, TFIDF, result.rank)
+    assert tracked["full"]["seeds"] == 1 and tracked["full"]["train_seconds"] == rows["full"].train_seconds
+    assert tracked["tfidf_logreg"] == TFIDF.to_json() and tracked["answer_rank"] == 2
 
 
 def test_dvc_metrics_hold_the_answer_and_quality_only():
@@ -208,7 +209,7 @@ def test_dvc_metrics_hold_the_answer_and_quality_only():
     from lora_pipeline.study import compact_metrics
 
     rows, result = _ranks_2_and_8()
-    compact = compact_metrics(rows, TFIDF, result["rank"])
+    compact = compact_metrics(rows, TFIDF, result.rank)
     interval = {"macro_f1", "macro_f1_low", "macro_f1_high"}
     assert {name: set(row) for name, row in compact.items() if name != "answer_rank"} == {
         "full": interval, "tfidf_logreg": interval,
@@ -226,8 +227,8 @@ def test_dvc_metrics_hold_the_answer_and_quality_only():
 def test_where_the_chosen_rate_sits_in_its_grid_says_what_was_not_searched(vals, where):
     (group,) = choose_learning_rates([_rec("lora", 8, 1, lr, v) for lr, v in vals.items()])
     search = lr_search(group)
-    assert search["position"] == where and search["grid"] == sorted(vals)
-    assert search["searched"] == (where == "interior")
+    assert search.position == where and list(search.grid) == sorted(vals)
+    assert search.searched == (where == "interior")
 
 
 def test_each_row_carries_its_grid_search():
@@ -236,5 +237,5 @@ def test_each_row_carries_its_grid_search():
     y = np.array([0, 1] * 20)
     groups = choose_learning_rates(records)
     rows = summarise(groups, {g.name: [y] for g in groups}, y, LABELS, y, n_resamples=1000)
-    assert rows["lora_r8"]["lr_search"] == {"grid": [1e-3, 2e-3], "position": "highest", "searched": False}
-    assert rows["full"]["lr_search"]["position"] == "only"
+    assert rows["lora_r8"].lr_search == LrSearch(grid=(1e-3, 2e-3), position="highest", searched=False)
+    assert rows["full"].lr_search.position == "only"
