@@ -159,11 +159,13 @@ def _resolve_model(model: str, workdir: Path) -> Path:
     import mlflow
 
     from .tracking.mlflow_shims import http_limits
+    from .tracking.store import check_server
 
     uri = _tracking_uri(MlflowConfig(), f"model {excerpt(model)}")
     mlflow.set_tracking_uri(uri)
     try:
-        with http_limits():  # a server that is down costs seconds, not minutes of retries
+        check_server(uri)  # a server that is down costs seconds, not minutes of retries
+        with http_limits():  # and one that goes down during the download too
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(workdir)))
     except Exception as err:  # noqa: BLE001 - MLflow raises many types for a missing model or an unreachable store
         raise PipelineError(f"model {excerpt(model)}: cannot download it from MLflow at {uri} "
