@@ -225,9 +225,11 @@ class TrainRecord:
     precision: str  # the compute (autocast) dtype: bf16 | fp32
     param_dtype: str  # the dtype the trained parameters were held and updated in
     # lora: the run's target set and adapter (None for the other variants). A record written before the study
-    # had these axes has neither key; its run used the default set and LoRA (the only ones then).
+    # had these axes has neither key (nor adapter_params); its run used the default set and LoRA (the only ones).
     target_set: Optional[str] = None
     adapter: Optional[str] = None
+    # the parameters the adapter layers add (A, B, DoRA's magnitudes): 0 for scratch/full, None in such older records
+    adapter_params: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.variant == "lora" and self.target_set is None:
@@ -267,7 +269,7 @@ def read_train_record(path: str | Path) -> TrainRecord:
                             f"reads version {TrainRecord.VERSION}; use the lora-pipeline that wrote it, or retrain "
                             "(`dvc repro -f train_<variant>`)")
     names = [f.name for f in dataclasses.fields(TrainRecord)]
-    missing = [n for n in names if n not in data and n not in ("target_set", "adapter")]
+    missing = [n for n in names if n not in data and n not in ("target_set", "adapter", "adapter_params")]
     if missing:
         raise PipelineError(f"{path}: a train run record without {listing(missing)}; retrain "
                             "(`dvc repro -f train_<variant>`) with this lora-pipeline")

@@ -20,7 +20,7 @@ from lora_pipeline.distributed import (World, current_world, destroy_process_gro
                                        wants_launch)
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_dir, atomic_file, read_split, split_digests, write_json
-from lora_pipeline.lora import count_parameters
+from lora_pipeline.lora import count_parameters, lora_layers
 from lora_pipeline.records import ModelCard, RunSpec, TrainRecord
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
@@ -280,6 +280,7 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
         "samples_per_second": round(result.samples_per_second, 2),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "trainable_params": trainable,
+        "adapter_params": adapter_params(model),
         "total_params": total,
         "trainable_percent": round(100.0 * trainable / total, 4),
         "size_on_disk_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 3),  # weights + their config
@@ -287,6 +288,12 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
         "precision": "bf16" if cfg.bf16 else "fp32",  # the compute (autocast) dtype
         "param_dtype": trained_dtype(model),  # the dtype the trained parameters were held and updated in
     }
+
+
+def adapter_params(model) -> int:
+    """The parameters LoRA (or DoRA) layers add (A, B, magnitudes): the trainable count a study's equal-budget
+    table compares, without the head and modules_to_save every configuration trains alike; 0 without adapters."""
+    return sum(p.numel() for _, layer in lora_layers(model) for p in layer.adapter_parameters().values())
 
 
 def trained_dtype(model) -> str:

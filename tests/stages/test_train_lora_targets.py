@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from lora_pipeline.config import load_params
-from tests.support.builders import instance_args, write_params
+from tests.support.builders import RANK, instance_args, write_params
 
 LAYERS = ("bert.encoder.layer.0", "bert.encoder.layer.1")
 
@@ -67,6 +67,9 @@ def test_each_documented_target_form_trains_the_modules_it_names(form, tmp_path,
     assert set(config["target_modules"]) == _expected(form, tiny_model_dir)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert (record["target_set"], record["adapter"]) == ("mine", "lora") and not config["use_dora"]
+    shapes = {n: m for n, m in AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, use_safetensors=True).named_modules() if n in config["target_modules"]}
+    assert record["adapter_params"] == sum(RANK * (m.in_features + m.out_features) for m in shapes.values())
 
 
 def test_the_dora_adapter_trains_dora_layers_and_records_it(tmp_path, tiny_model_dir, split_dir, capsys):
@@ -78,6 +81,8 @@ def test_the_dora_adapter_trains_dora_layers_and_records_it(tmp_path, tiny_model
     assert config["use_dora"] and set(config["target_modules"]) == _expected("names", tiny_model_dir)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert (record["target_set"], record["adapter"]) == ("default", "dora")
+    lora = json.loads((tmp_path / "metrics.json").read_text())["adapter_params"]
+    assert lora == 2 * 2 * (RANK * (32 + 32) + 32)  # 2 layers x (query, value): r(in + out) + out magnitudes
 
 
 def test_a_target_set_that_matches_nothing_is_refused_with_its_unmatched_names(tmp_path, tiny_model_dir, split_dir,

@@ -154,7 +154,7 @@ RECORD = TrainRecord(
     stopped_by="cap", converged=False, validations=8, seconds_to_best=12.5, cpu_seconds_to_best=20.25,
     train_seconds=17.0, train_cpu_seconds=30.5, samples_per_second=150.25, peak_memory_mb=812.3,
     trainable_params=1234, total_params=22_000_000, trainable_percent=0.0056, size_on_disk_mb=0.123, device="cpu",
-    precision="fp32", param_dtype="float32", target_set="default", adapter="lora")
+    precision="fp32", param_dtype="float32", target_set="default", adapter="lora", adapter_params=1024)
 
 
 def test_a_train_record_writes_the_metrics_files_keys_and_reads_back_equal(tmp_path) -> None:
@@ -166,21 +166,21 @@ def test_a_train_record_writes_the_metrics_files_keys_and_reads_back_equal(tmp_p
                                  "validations", "seconds_to_best", "cpu_seconds_to_best", "train_seconds",
                                  "train_cpu_seconds", "samples_per_second", "peak_memory_mb", "trainable_params",
                                  "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision",
-                                 "param_dtype", "target_set", "adapter"])  # no format/version keys: flat
+                                 "param_dtype", "target_set", "adapter", "adapter_params"])  # no format/version
     assert read_train_record(path) == RECORD
     assert RECORD.spec() == RunSpec("lora", 42, 0.002, 8, "default", "lora")
+    assert set(RECORD.metrics()) == set(data) - set(TrainRecord.RUN_KEYS)
 
 
 def test_a_lora_train_record_from_before_the_target_set_and_adapter_axes_reads_as_the_default_lora(tmp_path):
     """Such a record has neither key; its run used the default set and LoRA, the only ones there were."""
     path = tmp_path / "lora-r8-s42-lr0.002.json"
-    data = {k: v for k, v in RECORD.to_json().items() if k not in ("target_set", "adapter")}
-    write_json(path, data)
-    assert read_train_record(path) == RECORD
-    full = dataclasses.replace(RECORD, variant="full", rank=None, target_set=None, adapter=None)
-    write_json(path, {k: v for k, v in full.to_json().items() if k not in ("target_set", "adapter")})
+    new = ("target_set", "adapter", "adapter_params")
+    write_json(path, {k: v for k, v in RECORD.to_json().items() if k not in new})
+    assert read_train_record(path) == dataclasses.replace(RECORD, adapter_params=None)
+    full = dataclasses.replace(RECORD, variant="full", rank=None, target_set=None, adapter=None, adapter_params=None)
+    write_json(path, {k: v for k, v in full.to_json().items() if k not in new})
     assert read_train_record(path) == full and (full.target_set, full.adapter) == (None, None)
-    assert set(RECORD.metrics()) == set(data) - set(TrainRecord.RUN_KEYS)
 
 
 def test_the_study_record_keeps_fields_every_train_record_has() -> None:
