@@ -20,12 +20,12 @@ from typing import Optional, Union
 import numpy as np
 from torch import nn
 
+from .config import ADAPTERS  # lora: B·A per target; dora: plus a magnitude per output unit
 from .lora.targets import TargetModules, check_ranks, select_targets
 
-__all__ = ["ADAPTERS", "EQUAL_BUDGET_HEADER", "Configuration", "adapter_parameters", "cheapest_within",
+__all__ = ["EQUAL_BUDGET_HEADER", "Configuration", "adapter_parameters", "cheapest_within",
            "configurations", "equal_budget_groups", "equal_budget_rows"]
 
-ADAPTERS: tuple[str, ...] = ("lora", "dora")  # lora: B·A per target; dora: plus a magnitude per output unit
 
 EQUAL_BUDGET_HEADER: tuple[str, ...] = ("budget (adapter params)", "configuration", "adapter params",
                                         "test macro-F1 [interval]", "vs full, points [interval]")
@@ -85,7 +85,7 @@ class Configuration:
     """One point of the study's adapter grid, with what it trains.
 
     Attributes:
-        adapter: one of :data:`ADAPTERS`.
+        adapter: one of :data:`~lora_pipeline.config.ADAPTERS`.
         target_set: the name of a ``study.target_sets`` entry (e.g. ``attention_qv``).
         rank: the LoRA rank (>= 1).
         adapter_params: the parameters the adapter adds (:func:`adapter_parameters`; the head is not counted).
