@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, not the repo, on sys.path
     sys.path.insert(0, str(ROOT))
 
-from lora_pipeline.config import EMBEDDED_MODEL, LoraConfig, ModelConfig, Params, SplitConfig, load_params  # noqa: E402
+from lora_pipeline.config import DEFAULT_TARGET_SET, EMBEDDED_MODEL, LoraConfig, ModelConfig, Params, SplitConfig, load_params  # noqa: E402
 from lora_pipeline.files import LABELS_FILE, read_json, read_split, split_part_file, write_split  # noqa: E402
 from lora_pipeline.models import HEAD_MODULES, build_model  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer, resolve_model_path  # noqa: E402
@@ -238,10 +238,10 @@ class Models:
         return model
 
 
-def peft_target_modules(lora: LoraConfig):
-    """``lora.target_modules`` for peft's ``LoraConfig``: a string (regex, all-linear) as is, names as a list,
-    None for the architecture's default."""
-    targets = lora.target_modules
+def peft_target_modules(lora: LoraConfig, target_set: str = DEFAULT_TARGET_SET):
+    """The modules of ``lora.target_sets[target_set]`` for peft's ``LoraConfig``: a string (regex, all-linear) as
+    is, names as a list, None for the architecture's default."""
+    targets = lora.targets(target_set)
     return targets if targets is None or isinstance(targets, str) else list(targets)
 
 

@@ -21,8 +21,8 @@ from ruamel.yaml import YAML, YAMLError
 from .config_data import DataConfig, ModelConfig, SplitConfig, ValidateConfig
 from .config_data import EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID  # noqa: F401 -- re-exported (models, pretrained)
 from .config_parsing import build_section, check
-from .config_train import (VARIANTS, BaselineConfig, FullConfig, LoraConfig, ScratchConfig, StudyConfig, TrainConfig,
-                           Variant)
+from .config_train import (ADAPTERS, DEFAULT_TARGET_SET, VARIANTS, Adapter, BaselineConfig, FullConfig, LoraConfig,
+                           ScratchConfig, StudyConfig, TrainConfig, Variant)
 from .credentials import has_credentials
 from .errors import ConfigError  # defined with the other error types; importable from here as before
 
@@ -30,6 +30,9 @@ __all__ = [
     "ConfigError",
     "Variant",
     "VARIANTS",
+    "Adapter",
+    "ADAPTERS",
+    "DEFAULT_TARGET_SET",
     "DataConfig",
     "ValidateConfig",
     "SplitConfig",
@@ -105,6 +108,9 @@ def parse_params(raw: Any, sections: Optional[typing.Iterable[str]] = None) -> P
     required = list(fields) if sections is None else list(sections)
     for name in required:
         check(name in raw, name, "section is missing from params.yaml")
+    if "study" in built and "lora" in built:
+        for name in built["study"].target_sets:
+            built["lora"].targets(name)  # every set the study names is defined
     return Params(**built)
 
 

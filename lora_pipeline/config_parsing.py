@@ -91,9 +91,13 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-# keys each stage instance takes from the study grid, never from its section
-_PER_RUN = {"lora.rank": "study.ranks", "lora.lr": "study.lora_lrs", "full.lr": "study.full_lrs",
-            "scratch.lr": "study.scratch_lrs", "train.seed": "study.seeds"}
+# keys each stage instance takes from the study grid, never from its section, and what to write instead
+_PER_RUN = {"lora.rank": "list the values in 'study.ranks'", "lora.lr": "list the values in 'study.lora_lrs'",
+            "full.lr": "list the values in 'study.full_lrs'", "scratch.lr": "list the values in 'study.scratch_lrs'",
+            "train.seed": "list the values in 'study.seeds'",
+            "lora.target_modules": "name the modules under 'lora.target_sets' (e.g. all_linear: all-linear) and "
+                                   "list that name in 'study.target_sets'",
+            "lora.use_dora": "list the adapters in 'study.adapters' (lora, dora)"}
 
 
 def build_section(cls: type, raw: Any, section: str) -> Any:
@@ -102,8 +106,8 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     check(isinstance(raw, dict), section, f"must be a mapping of keys, got {raw!r}")
     for key in raw:
         check(f"{section}.{key}" not in _PER_RUN, f"{section}.{key}",
-              f"is set per stage instance now: list the values in '{_PER_RUN.get(f'{section}.{key}')}' "
-              "(one value trains one instance)")
+              f"is set per stage instance now: {_PER_RUN.get(f'{section}.{key}')} (one value trains one "
+              "instance)")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)

@@ -6,18 +6,30 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from .config_parsing import check
 from .errors import ConfigError
 
-__all__ = ["Variant", "VARIANTS", "ScratchConfig", "FullConfig", "LoraConfig", "TrainConfig", "StudyConfig",
+__all__ = ["Variant", "VARIANTS", "Adapter", "ADAPTERS", "DEFAULT_TARGET_SET", "ScratchConfig", "FullConfig", "LoraConfig", "TrainConfig", "StudyConfig",
            "BaselineConfig"]
 
 # The three trained variants, in stage order; each has its own params section (scratch, full, lora).
 Variant = Literal["scratch", "full", "lora"]
 VARIANTS: tuple[Variant, ...] = typing.get_args(Variant)
+# What a train_lora instance adds to the frozen encoder: LoRA (arXiv:2106.09685) or DoRA (arXiv:2402.09353, LoRA's
+# update as a direction times a trained magnitude per output unit, as peft's use_dora); a study axis
+Adapter = Literal["lora", "dora"]
+ADAPTERS: tuple[Adapter, ...] = typing.get_args(Adapter)
+# the target set a LoRA run uses unless its run spec names another: left empty, the architecture's default
+DEFAULT_TARGET_SET = "default"
+# a target set: module names/suffixes (a list), a full-match regex or all-linear (a string), or None (the default)
+Targets = Optional[Union[str, tuple[str, ...]]]
+# the sets params.yaml defines: the default (BERT: W_q, W_v), all of attention (BERT names), every linear layer
+TARGET_SETS: dict[str, Targets] = {DEFAULT_TARGET_SET: None,
+                                   "attention_all": ("query", "key", "value", "attention.output.dense"),
+                                   "all_linear": "all-linear"}
 
 
 @dataclass(frozen=True)
@@ -50,17 +62,19 @@ class FullConfig:
 class LoraConfig:
     """LoRA adapters on the frozen encoder (section ``lora``; arXiv:2106.09685).
 
-    The rank is not here: each ``train_lora`` instance takes its rank from ``study.ranks`` (its run spec,
-    :class:`~lora_pipeline.records.RunSpec`), and ``lora.rank`` in params.yaml is refused, naming that list.
+    What varies per ``train_lora`` instance is not here but in its run spec
+    (:class:`~lora_pipeline.records.RunSpec`): the rank (``study.ranks``), the target set (a name of
+    :attr:`target_sets`, listed in ``study.target_sets``) and the adapter (``study.adapters``: lora or dora).
+    ``lora.rank``, ``lora.target_modules`` and ``lora.use_dora`` in params.yaml are refused, naming those lists.
     """
 
     alpha: float = 16.0
     dropout: float = 0.0
-    # a list: module names or name suffixes; a string: "all-linear" or a full-match regex; None: the model's default
-    target_modules: Optional[Union[str, tuple[str, ...]]] = None
+    # named sets of modules to adapt: a list of module names or name suffixes, a string ("all-linear" or a
+    # full-match regex), or empty for the model's default (BERT: query, value); study.target_sets picks from them
+    target_sets: dict[str, Targets] = field(default_factory=lambda: dict(TARGET_SETS))
     modules_to_save: tuple[str, ...] = ("pooler",)
     rslora: bool = False
-    use_dora: bool = False  # DoRA (arXiv:2402.09353): a trained magnitude per output unit times the adapted direction
     bias: Literal["none", "all", "lora_only"] = "none"
     epochs: int = 20
     save_merged: bool = False
@@ -69,12 +83,22 @@ class LoraConfig:
         check(self.alpha > 0, "lora.alpha", "must be > 0")
         check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
         check(self.epochs >= 1, "lora.epochs", "must be >= 1")
-        _check_targets(self.target_modules)
+        check(bool(self.target_sets), "lora.target_sets", "must name at least one set of modules")
+        for name, targets in self.target_sets.items():
+            check(bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name)), f"lora.target_sets.{name}",
+                  "is not a usable set name: letters, digits and _ only, starting with a letter (it names "
+                  "folders and study rows)")
+            _check_targets(targets, f"lora.target_sets.{name}")
+
+    def targets(self, name: str) -> Targets:
+        """The modules target set ``name`` adapts (None: the architecture's default)."""
+        check(name in self.target_sets, "study.target_sets",
+              f"names {name!r}, which lora.target_sets does not define; defined: {sorted(self.target_sets)}")
+        return self.target_sets[name]
 
 
-def _check_targets(targets: Optional[Union[str, tuple[str, ...]]]) -> None:
-    """``lora.target_modules``: no empty names; a string other than all-linear must compile as a regex."""
-    key = "lora.target_modules"
+def _check_targets(targets: Targets, key: str) -> None:
+    """A target set: no empty names; a string other than all-linear must compile as a regex."""
     if isinstance(targets, tuple):
         check(bool(targets) and all(targets), key, "must not be empty (or contain an empty name): list module "
               "names/suffixes, or give a regex or all-linear")
@@ -149,7 +173,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """The rank × seed × learning-rate grid the train stages fan out over, and how evaluate summarises it
+    """The grid the train stages fan out over (LoRA: rank × target set × adapter × seed × learning rate; the
+    other variants: seed × learning rate), and how evaluate summarises it
     (section ``study``; read by dvc.yaml's ``matrix:`` and by evaluate/report, never by one train instance)."""
 
     seeds: tuple[int, ...] = (42,)
@@ -157,6 +182,8 @@ class StudyConfig:
     scratch_lrs: tuple[float, ...] = (4e-4,)
     full_lrs: tuple[float, ...] = (1e-4,)
     lora_lrs: tuple[float, ...] = (2e-3,)
+    target_sets: tuple[str, ...] = (DEFAULT_TARGET_SET,)  # names of lora.target_sets, one train_lora instance each
+    adapters: tuple[Adapter, ...] = ("lora",)  # lora | dora, one train_lora instance each
     tolerance: float = 0.01
     confidence: float = 0.95
     resamples: int = 1000
@@ -165,7 +192,7 @@ class StudyConfig:
     test_every_run: bool = False  # also score every run of the grid on test (the choice still reads validation only)
 
     def __post_init__(self) -> None:
-        for key in ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs"):
+        for key in ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs", "target_sets", "adapters"):
             values = getattr(self, key)
             check(bool(values), f"study.{key}", "must list at least one value")
             check(len(set(values)) == len(values), f"study.{key}", f"lists a value twice: {list(values)}")

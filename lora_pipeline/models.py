@@ -13,7 +13,7 @@ from typing import Optional
 
 from torch import nn
 
-from .config import VARIANTS, LoraConfig, ModelConfig, ScratchConfig, Variant
+from .config import DEFAULT_TARGET_SET, VARIANTS, LoraConfig, ModelConfig, ScratchConfig, Variant
 from .errors import PipelineError, excerpt
 from .files import atomic_dir
 from .lora.surgery import HEAD_NAMES
@@ -30,7 +30,7 @@ HEAD_MODULES: tuple[str, ...] = HEAD_NAMES
 
 def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tokenizer, *,
                 scratch: Optional[ScratchConfig] = None, lora: Optional[LoraConfig] = None,
-                rank: Optional[int] = None) -> nn.Module:
+                rank: Optional[int] = None, target_set: str = DEFAULT_TARGET_SET, adapter: str = "lora") -> nn.Module:
     """Build one variant; the caller seeds torch first so initialisation is reproducible.
 
     Args:
@@ -40,13 +40,15 @@ def build_model(variant: Variant, model_cfg: ModelConfig, labels: list[str], tok
         labels: class names; index = class id.
         tokenizer: from :func:`lora_pipeline.pretrained.load_tokenizer`.
         scratch, lora: the variant's own section.
-        rank: the LoRA rank (lora only; a run spec's, one of ``study.ranks``).
+        rank, target_set, adapter: a LoRA run's rank, target set (a name of ``lora.target_sets``) and adapter
+            (lora or dora): its run spec's.
 
     Raises:
         PipelineError: unknown variant, missing section or rank, unloadable model, or LoRA settings the model refuses
             (the message starts with the `lora.*` key).
     """
-    return model_variant(variant).build(model_cfg, labels, tokenizer, scratch=scratch, lora=lora, rank=rank)
+    return model_variant(variant).build(model_cfg, labels, tokenizer, scratch=scratch, lora=lora, rank=rank,
+                                        target_set=target_set, adapter=adapter)
 
 
 def save_trained(variant: Variant, model: nn.Module, tokenizer, directory: str | Path, *, card: ModelCard,

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional
 
-from .config import VARIANTS, StudyConfig, Variant
+from .config import ADAPTERS, DEFAULT_TARGET_SET, VARIANTS, StudyConfig, Variant
 from .config_parsing import check
 from .errors import PipelineError, excerpt, listing
 
-__all__ = ["RunSpec", "study_row", "row_rank", "TrainRecord", "read_train_record", "CARD", "ModelCard", "read_card",
+__all__ = ["RunSpec", "study_row", "row_rank", "row_configuration", "TrainRecord", "read_train_record", "CARD",
+           "ModelCard", "read_card",
            "VERDICT_PHRASES", "ANSWER_TAG_CHARS", "answer_tags", "detail_rows"]
 
 
@@ -32,9 +33,13 @@ class RunSpec:
         seed: one of ``study.seeds``.
         lr: the peak learning rate, one of ``study.<variant>_lrs``.
         rank: the LoRA rank, one of ``study.ranks``; None for the other variants.
+        target_set: the LoRA target set, a name of ``lora.target_sets`` listed in ``study.target_sets``
+            (lora: ``default`` unless given; None for the other variants).
+        adapter: lora or dora, one of ``study.adapters`` (lora: ``lora`` unless given; None for the others).
 
     Raises:
-        PipelineError: an unknown variant, or a rank on a variant other than lora (or none on lora).
+        PipelineError: an unknown variant or adapter, or a rank, target set or adapter on a variant other than
+            lora (or no rank on lora).
         ConfigError: a rank below 1 (named ``lora.rank``, the key a LoRA run's params record it under).
     """
 
@@ -42,6 +47,8 @@ class RunSpec:
     seed: int
     lr: float
     rank: Optional[int] = None
+    target_set: Optional[str] = None
+    adapter: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -49,6 +56,16 @@ class RunSpec:
         if (self.rank is None) == (self.variant == "lora"):
             raise PipelineError(f"a {self.variant} run {'needs a' if self.rank is None else 'takes no'} LoRA rank")
         check(self.rank is None or self.rank >= 1, "lora.rank", "must be >= 1")
+        if self.variant != "lora":
+            if self.target_set is not None or self.adapter is not None:
+                raise PipelineError(f"a {self.variant} run takes no LoRA target set or adapter")
+            return
+        if self.target_set is None:  # frozen: the defaults are filled in once, here
+            object.__setattr__(self, "target_set", DEFAULT_TARGET_SET)
+        if self.adapter is None:
+            object.__setattr__(self, "adapter", "lora")
+        if self.adapter not in ADAPTERS:
+            raise PipelineError(f"unknown adapter {excerpt(self.adapter)}; expected one of {', '.join(ADAPTERS)}")
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser, variant: Variant) -> None:
@@ -58,26 +75,37 @@ class RunSpec:
                             help=f"peak learning rate (one of study.{variant}_lrs)")
         if variant == "lora":
             parser.add_argument("--rank", type=int, required=True, help="LoRA rank (one of study.ranks)")
+            parser.add_argument("--target-set", default=DEFAULT_TARGET_SET,
+                                help="modules to adapt: a name of lora.target_sets (one of study.target_sets)")
+            parser.add_argument("--adapter", default="lora", choices=ADAPTERS,
+                                help="lora or dora (one of study.adapters)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, variant: Variant) -> RunSpec:
         """The spec that :meth:`add_arguments`' flags parsed into ``args`` name."""
-        return cls(variant, args.seed, args.lr, args.rank if variant == "lora" else None)
+        if variant != "lora":
+            return cls(variant, args.seed, args.lr)
+        return cls(variant, args.seed, args.lr, args.rank, args.target_set, args.adapter)
 
     @classmethod
     def grid(cls, study: StudyConfig) -> list[RunSpec]:
         """Every train instance of the study, in dvc.yaml's order: the stages scratch, full, lora, each one's
-        ``matrix:`` expanded as DVC does (the product of its lists in their order: seed, lr; lora: rank, seed, lr)."""
+        ``matrix:`` expanded as DVC does (the product of its lists in their order: seed, lr; lora: rank, target
+        set, adapter, seed, lr)."""
         specs = []
         for variant in VARIANTS:
-            ranks = study.ranks if variant == "lora" else (None,)
-            specs += [cls(variant, seed, lr, rank) for rank in ranks for seed in study.seeds
-                      for lr in study.lrs(variant)]
+            if variant == "lora":
+                specs += [cls(variant, seed, lr, rank, targets, adapter) for rank in study.ranks
+                          for targets in study.target_sets for adapter in study.adapters for seed in study.seeds
+                          for lr in study.lrs(variant)]
+            else:
+                specs += [cls(variant, seed, lr) for seed in study.seeds for lr in study.lrs(variant)]
         return specs
 
     @property
     def tag(self) -> str:
-        """``r8-s42-lr0.002`` (lora) or ``s42-lr0.0001``: the name dvc.yaml gives the instance's folders.
+        """``lora-default-r8-s42-lr0.002`` (lora: adapter, target set, rank) or ``s42-lr0.0001``: the name dvc.yaml
+        gives the instance's folders.
 
         DVC writes ``${item.lr}`` with Python's ``str`` of the float it read from params.yaml, and the stage reads
         that text back with ``float``; ``str`` of a float is the shortest text that reads back as it, so this is
@@ -85,12 +113,13 @@ class RunSpec:
         ``5.0e-5`` -> ``lr5e-05``). A learning rate written as a YAML integer (``1``) is the exception: DVC
         writes ``lr1``, this ``lr1.0``; the train stage therefore records the name of its ``--out`` folder.
         """
-        return (f"r{self.rank}-" if self.rank is not None else "") + f"s{self.seed}-lr{self.lr}"
+        lora = f"{self.adapter}-{self.target_set}-r{self.rank}-" if self.variant == "lora" else ""
+        return lora + f"s{self.seed}-lr{self.lr}"
 
     @property
     def row(self) -> str:
-        """``lora_r8`` for a LoRA rank, the variant's own name otherwise: the study row the run belongs to."""
-        return study_row(self.variant, self.rank)
+        """The study row the run belongs to: :func:`study_row` of its configuration."""
+        return study_row(self.variant, self.rank, self.target_set, self.adapter)
 
     @property
     def stage(self) -> str:
@@ -99,35 +128,57 @@ class RunSpec:
 
     @property
     def run_name(self) -> str:
-        """The name of the instance's MLflow run, ``train_lora r8 s42 lr0.002`` (with `` [<exp>]`` appended under
-        ``dvc exp run``): what the tracker builds from :attr:`stage` and :meth:`tracking_tags`."""
-        rank = f" r{self.rank}" if self.rank is not None else ""
-        return f"{self.stage}{rank} s{self.seed} lr{self.lr}"
+        """The name of the instance's MLflow run, ``train_lora r8 s42 lr0.002`` (``train_lora dora all_linear r8 …``
+        for another adapter or target set; `` [<exp>]`` appended under ``dvc exp run``): what the tracker builds
+        from :attr:`stage` and :meth:`tracking_tags`."""
+        unusual = [v for v, usual in ((self.adapter, "lora"), (self.target_set, DEFAULT_TARGET_SET)) if v != usual]
+        lora = "".join(f" {v}" for v in unusual) + f" r{self.rank}" if self.variant == "lora" else ""
+        return f"{self.stage}{lora} s{self.seed} lr{self.lr}"
 
     def fields(self) -> dict[str, Any]:
-        """``variant``, ``rank``, ``seed``, ``lr``: the grid point as the run record and MLflow's ``run.*``
-        params hold it."""
-        return {"variant": self.variant, "rank": self.rank, "seed": self.seed, "lr": self.lr}
+        """``variant``, ``rank``, ``target_set``, ``adapter``, ``seed``, ``lr``: the grid point as the run record
+        and MLflow's ``run.*`` params hold it."""
+        return {"variant": self.variant, "rank": self.rank, "target_set": self.target_set, "adapter": self.adapter,
+                "seed": self.seed, "lr": self.lr}
 
     def tracking_tags(self, **extra: Any) -> dict[str, Any]:
-        """The MLflow tags of the instance's run: stage, variant, seed, lr, ``extra``, and for lora ``lora_rank``
-        and ``rank``."""
+        """The MLflow tags of the instance's run: stage, variant, seed, lr, ``extra``, and for lora ``lora_rank``,
+        ``rank``, ``target_set`` and ``adapter``."""
         tags = {"stage": self.stage, "variant": self.variant, "seed": self.seed, "lr": self.lr, **extra}
         if self.rank is not None:
             tags["lora_rank"] = tags["rank"] = self.rank
+            tags["target_set"], tags["adapter"] = self.target_set, self.adapter
         return tags
 
 
-def study_row(variant: str, rank: Optional[int]) -> str:
-    """The name of a study row (a key of ``rows`` in evaluate.json and study.json): ``lora_r8`` for a LoRA rank,
-    the variant's own name otherwise."""
-    return f"{variant}_r{rank}" if rank is not None else variant
+def study_row(variant: str, rank: Optional[int], target_set: Optional[str] = None,
+              adapter: Optional[str] = None) -> str:
+    """The name of a study row (a key of ``rows`` in evaluate.json and study.json): the variant's own name, or for
+    a LoRA configuration ``<adapter>_r<rank>``, with ``_<target set>`` unless it is the default set: ``lora_r8``,
+    ``dora_r8``, ``lora_r8_all_linear``."""
+    if rank is None:
+        return variant
+    suffix = f"_{target_set}" if target_set not in (None, DEFAULT_TARGET_SET) else ""
+    return f"{adapter or 'lora'}_r{rank}{suffix}"
+
+
+_ROW = re.compile(r"(lora|dora)_r(\d+)(?:_([A-Za-z][A-Za-z0-9_]*))?")
 
 
 def row_rank(name: str) -> Optional[int]:
-    """The LoRA rank a study row's name holds (``lora_r8`` -> 8), or None for any other row."""
-    match = re.fullmatch(r"lora_r(\d+)", name)
-    return int(match.group(1)) if match else None
+    """The LoRA rank a study row's name holds (``lora_r8``, ``dora_r8_all_linear`` -> 8), or None for any other
+    row."""
+    match = _ROW.fullmatch(name)
+    return int(match.group(2)) if match else None
+
+
+def row_configuration(name: str) -> Optional[tuple[str, str, int]]:
+    """The (adapter, target set, rank) a LoRA study row's name holds (``lora_r8`` -> ("lora", "default", 8)), or
+    None for any other row."""
+    match = _ROW.fullmatch(name)
+    if not match:
+        return None
+    return match.group(1), match.group(3) or DEFAULT_TARGET_SET, int(match.group(2))
 
 
 @dataclass(frozen=True)
@@ -142,7 +193,8 @@ class TrainRecord:
 
     FORMAT: ClassVar[str] = "lora-pipeline-train-run"
     VERSION: ClassVar[int] = 1
-    RUN_KEYS: ClassVar[tuple[str, ...]] = ("variant", "rank", "seed", "lr", "tag")  # which run; the rest: its metrics
+    # which run; the rest: its metrics
+    RUN_KEYS: ClassVar[tuple[str, ...]] = ("variant", "rank", "seed", "lr", "tag", "target_set", "adapter")
 
     variant: Variant
     rank: Optional[int]  # None unless lora
@@ -172,6 +224,22 @@ class TrainRecord:
     device: str
     precision: str  # the compute (autocast) dtype: bf16 | fp32
     param_dtype: str  # the dtype the trained parameters were held and updated in
+    # lora: the run's target set and adapter (None for the other variants). A record written before the study
+    # had these axes has neither key (nor adapter_params); its run used the default set and LoRA (the only ones).
+    target_set: Optional[str] = None
+    adapter: Optional[str] = None
+    # the parameters the adapter layers add (A, B, DoRA's magnitudes): 0 for scratch/full, None in such older records
+    adapter_params: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.variant == "lora" and self.target_set is None:
+            object.__setattr__(self, "target_set", DEFAULT_TARGET_SET)
+        if self.variant == "lora" and self.adapter is None:
+            object.__setattr__(self, "adapter", "lora")
+
+    def spec(self) -> RunSpec:
+        """The grid point the run trained."""
+        return RunSpec(self.variant, self.seed, self.lr, self.rank, self.target_set, self.adapter)
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object: every field under its name."""
@@ -201,11 +269,11 @@ def read_train_record(path: str | Path) -> TrainRecord:
                             f"reads version {TrainRecord.VERSION}; use the lora-pipeline that wrote it, or retrain "
                             "(`dvc repro -f train_<variant>`)")
     names = [f.name for f in dataclasses.fields(TrainRecord)]
-    missing = [n for n in names if n not in data]
+    missing = [n for n in names if n not in data and n not in ("target_set", "adapter", "adapter_params")]
     if missing:
         raise PipelineError(f"{path}: a train run record without {listing(missing)}; retrain "
                             "(`dvc repro -f train_<variant>`) with this lora-pipeline")
-    return TrainRecord(**{n: data[n] for n in names})
+    return TrainRecord(**{n: data[n] for n in names if n in data})
 
 CARD = "classifier.json"
 _FORMAT = "lora-pipeline-classifier"

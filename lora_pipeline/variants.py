@@ -19,7 +19,7 @@ from typing import ClassVar, Optional
 
 from torch import nn
 
-from .config import EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID, LoraConfig, ModelConfig, ScratchConfig, Variant
+from .config import DEFAULT_TARGET_SET, EMBEDDED_MODEL, EMBEDDED_MODEL_HUB_ID, LoraConfig, ModelConfig, ScratchConfig, Variant
 from .errors import PipelineError
 from .lora.surgery import HEAD_NAMES, module_under
 from .pretrained import resolve_model_path
@@ -48,11 +48,12 @@ class ModelVariant(abc.ABC):
 
     @abc.abstractmethod
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None,
+              target_set: str = DEFAULT_TARGET_SET, adapter: str = "lora") -> nn.Module:
         """A freshly initialised model with its trainable parameters marked; the caller seeds torch first.
 
-        ``scratch`` / ``lora`` are the variant's own params section; ``rank`` is a LoRA run's rank (its run spec's,
-        one of ``study.ranks``)."""
+        ``scratch`` / ``lora`` are the variant's own params section; ``rank``, ``target_set`` and ``adapter`` are a
+        LoRA run's (its run spec's: one of ``study.ranks``, a name of ``lora.target_sets``, lora or dora)."""
 
     @abc.abstractmethod
     def save(self, model: nn.Module, tokenizer, directory: Path, *, card: ModelCard,
@@ -94,7 +95,8 @@ class Scratch(_WholeModel):
     name = "scratch"
 
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None,
+              target_set: str = DEFAULT_TARGET_SET, adapter: str = "lora") -> nn.Module:
         if scratch is None:
             raise PipelineError("build_model('scratch') needs the scratch params section")
         from transformers import BertConfig, BertForSequenceClassification
@@ -114,7 +116,8 @@ class Full(_WholeModel):
     name = "full"
 
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None,
+              target_set: str = DEFAULT_TARGET_SET, adapter: str = "lora") -> nn.Module:
         return pretrained_with_head(model_cfg, labels, tokenizer.pad_token_id)
 
 
@@ -126,13 +129,14 @@ class Lora(ModelVariant):
     weight_names = ("adapter.safetensors", "adapter_config.json")
 
     def build(self, model_cfg: ModelConfig, labels: list[str], tokenizer, *, scratch: Optional[ScratchConfig] = None,
-              lora: Optional[LoraConfig] = None, rank: Optional[int] = None) -> nn.Module:
+              lora: Optional[LoraConfig] = None, rank: Optional[int] = None,
+              target_set: str = DEFAULT_TARGET_SET, adapter: str = "lora") -> nn.Module:
         model = pretrained_with_head(model_cfg, labels, tokenizer.pad_token_id)
         if lora is None:
             raise PipelineError("build_model('lora') needs the lora params section")
         if rank is None:
             raise PipelineError("build_model('lora') needs the LoRA rank (a run spec's, one of study.ranks)")
-        _add_lora(model, lora, rank)
+        _add_lora(model, lora, rank, target_set, adapter)
         return model
 
     def save(self, model: nn.Module, tokenizer, directory: Path, *, card: ModelCard,
@@ -252,8 +256,9 @@ def pretrained_with_head(cfg: ModelConfig, labels: list[str], pad_token_id: int)
     return model
 
 
-def _add_lora(model: nn.Module, lora: LoraConfig, rank: int) -> None:
-    """Apply LoRA of rank ``rank`` as ``lora`` says and freeze all but adapters, head and modules_to_save.
+def _add_lora(model: nn.Module, lora: LoraConfig, rank: int, target_set: str, adapter: str) -> None:
+    """Apply LoRA (or DoRA: ``adapter``) of rank ``rank`` to the modules of ``lora.target_sets[target_set]``, as
+    ``lora`` says, and freeze all but adapters, head and modules_to_save.
 
     Raises:
         PipelineError: one line naming the ``lora.*`` key when the LoRA package refuses the settings.
@@ -261,15 +266,16 @@ def _add_lora(model: nn.Module, lora: LoraConfig, rank: int) -> None:
     from .lora import LoRAArgumentError, apply_lora, mark_only_lora_as_trainable, trainable_summary
 
     # a string is a regex or "all-linear" and must stay one; a YAML list (a tuple here) is names/suffixes
-    targets = lora.target_modules
+    targets = lora.targets(target_set)
     if targets is not None and not isinstance(targets, str):
         targets = list(targets)
     extra = tuple(lora.modules_to_save)
     try:
         apply_lora(model, target_modules=targets, rank=rank, alpha=lora.alpha, dropout=lora.dropout,
-                   rslora=lora.rslora, use_dora=lora.use_dora, bias=lora.bias, modules_to_save=extra)
+                   rslora=lora.rslora, use_dora=adapter == "dora", bias=lora.bias, modules_to_save=extra)
     except LoRAArgumentError as err:
-        raise PipelineError(f"lora.{err.argument}: {err}") from err
+        key = f"target_sets.{target_set}" if err.argument == "target_modules" else err.argument
+        raise PipelineError(f"lora.{key}: {err}") from err
     except ValueError as err:
         raise PipelineError(f"lora: {err}") from err
     missing = [m for m in extra if not any(module_under(n, (m,)) for n, _ in model.named_modules())]

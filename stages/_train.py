@@ -13,14 +13,14 @@ from typing import Any, NamedTuple
 import torch
 
 from lora_pipeline.checkpoint import DirCheckpointer, run_key
-from lora_pipeline.config import Params, load_params
+from lora_pipeline.config import DEFAULT_TARGET_SET, Params, load_params
 from lora_pipeline.data.loaders import EncodedSplit
 from lora_pipeline.distributed import (World, current_world, destroy_process_group, die_with_parent,
                                        init_process_group, mark_started, run_torchrun, torchrun_argv, torchrun_env,
                                        wants_launch)
 from lora_pipeline.errors import PipelineError
 from lora_pipeline.files import atomic_dir, atomic_file, read_split, split_digests, write_json
-from lora_pipeline.lora import count_parameters
+from lora_pipeline.lora import count_parameters, lora_layers
 from lora_pipeline.records import ModelCard, RunSpec, TrainRecord
 from lora_pipeline.models import Variant, build_model, model_digest, save_trained, weights_files
 from lora_pipeline.pretrained import load_tokenizer
@@ -143,10 +143,16 @@ def _train(spec: RunSpec, paths: Paths, argv: list[str]) -> None:
 
 def run_sections(params: Params, spec: RunSpec) -> dict:
     """The params sections a run depends on (``model``, ``train``, its variant's), as MLflow's params show them and
-    the checkpoint key hashes them: a LoRA run's section also holds its rank, ``lora.rank``."""
+    the checkpoint key hashes them. A LoRA run's section holds its own grid point and modules: ``rank``,
+    ``target_set`` with the ``target_modules`` that set names (None: the model's default) and ``adapter`` — not
+    the other sets of ``lora.target_sets``, so defining another set changes neither its key nor its params."""
     own = dataclasses.asdict(getattr(params, spec.variant))
-    if spec.rank is not None:
-        own = {"rank": spec.rank, **own}
+    if spec.variant == "lora":
+        own.pop("target_sets")
+        targets = params.lora.targets(spec.target_set)
+        own = {"rank": spec.rank, "target_set": spec.target_set,
+               "target_modules": list(targets) if isinstance(targets, tuple) else targets,
+               "adapter": spec.adapter, **own}
     return {"model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train), spec.variant: own}
 
 
@@ -191,7 +197,8 @@ def _fit(spec: RunSpec, paths: Paths, params: Params, cfg: FitConfig, device: to
     with phase("model"):
         tokenizer = load_tokenizer(params.model)
         model = build_model(spec.variant, params.model, labels, tokenizer, scratch=params.scratch, lora=params.lora,
-                            rank=spec.rank)
+                            rank=spec.rank, target_set=spec.target_set or DEFAULT_TARGET_SET,
+                            adapter=spec.adapter or "lora")
     timings: dict[str, float] = {}
     with phase("train"):
         result = fit(model, train, val, cfg, pad_id=tokenizer.pad_token_id, device=device, tracker=tracker,
@@ -273,6 +280,7 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
         "samples_per_second": round(result.samples_per_second, 2),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "trainable_params": trainable,
+        "adapter_params": adapter_params(model),
         "total_params": total,
         "trainable_percent": round(100.0 * trainable / total, 4),
         "size_on_disk_mb": round(sum(f.stat().st_size for f in weights) / 2**20, 3),  # weights + their config
@@ -280,6 +288,12 @@ def _metrics(model, result, device: torch.device, weights: list[Path], cfg: FitC
         "precision": "bf16" if cfg.bf16 else "fp32",  # the compute (autocast) dtype
         "param_dtype": trained_dtype(model),  # the dtype the trained parameters were held and updated in
     }
+
+
+def adapter_params(model) -> int:
+    """The parameters LoRA (or DoRA) layers add (A, B, magnitudes): the trainable count a study's equal-budget
+    table compares, without the head and modules_to_save every configuration trains alike; 0 without adapters."""
+    return sum(p.numel() for _, layer in lora_layers(model) for p in layer.adapter_parameters().values())
 
 
 def trained_dtype(model) -> str:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from ..config import MlflowConfig
+from ..config import DEFAULT_TARGET_SET, MlflowConfig
 from ..credentials import redact
 from .mlflow_shims import http_limits, import_mlflow, no_artifact_bars
 from .protocol import ClosedOnExit, flatten, param_value
@@ -42,11 +42,14 @@ _TRANSIENT = re.compile(r"(?i)database is locked|already exists|duplicate column
 
 
 def run_display_name(stage: str, tags: Mapping[str, Any]) -> str:
-    """``train_lora r8 s42 lr0.002 [exp-name]``: stage, variant (when not in the stage name), rank, seed, learning
-    rate (instances of one lr grid differ only there), DVC exp."""
+    """``train_lora r8 s42 lr0.002 [exp-name]``: stage, variant (when not in the stage name), adapter and target set
+    (unless LoRA and the default set), rank, seed, learning rate (instances of one lr grid differ only there), DVC
+    exp."""
     parts = [stage]
     if tags.get("variant") and str(tags["variant"]) not in stage:
         parts.append(str(tags["variant"]))
+    parts += [str(tags[key]) for key, usual in (("adapter", "lora"), ("target_set", DEFAULT_TARGET_SET))
+              if tags.get(key) not in (None, usual)]
     parts += [f"{prefix}{tags[key]}" for key, prefix in (("lora_rank", "r"), ("seed", "s"), ("lr", "lr"))
               if tags.get(key) is not None]
     if os.environ.get("DVC_EXP_NAME"):

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lora_pipeline.records import RunSpec
 from tests.support.dvc_project import (BIN, exp_names_by_rank, exp_values, ran, readme_compare_command, run,
                                       write_project)
 SEEDS, RANKS, FULL_LRS, LORA_LR = (1, 2), (2, 4), (1e-3, 3e-3), 5e-3
@@ -53,7 +54,7 @@ def _instances(repo: Path, env: dict) -> list[str]:
 
 
 def _lora_tag(rank: int, seed: int) -> str:
-    return f"r{rank}-s{seed}-lr{LORA_LR}"
+    return RunSpec("lora", seed, LORA_LR, rank).tag
 
 
 def test_every_instance_of_the_grid_has_its_outputs(repo):

@@ -26,6 +26,7 @@ from typing import Optional
 import pytest
 import yaml
 
+from lora_pipeline.records import RunSpec
 from tests.support.builders import ROOT
 from tests.support.dvc_project import BIN, exp_names_by_rank, ran, run, write_project
 from tests.support.servers import Server, free_port, start_mlflow_server
@@ -35,7 +36,7 @@ A_SHARE, B_SHARE = (3, 5), 7  # ranks machine A queues (two workers), and the on
 
 
 def _tag(rank: int) -> str:
-    return f"r{rank}-s{SEED}-lr{LORA_LR}"
+    return RunSpec("lora", SEED, LORA_LR, rank).tag
 
 
 # ------------------------------------------------------------------------------------------ the server

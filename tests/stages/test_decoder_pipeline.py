@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages import evaluate, split, train_lora
+from lora_pipeline.records import RunSpec
 from tests.support.builders import LRS, RANK, SEED, instance_args, make_frame, write_clean, write_params
 
 
@@ -37,7 +38,7 @@ def _train(variant: str, base: Path, params: Path, lr: float) -> int:
     """One train instance at write_params' seed (and rank), laid out as dvc.yaml lays it out for evaluate."""
     from stages import train_full, train_scratch
 
-    tag = (f"r{RANK}-" if variant == "lora" else "") + f"s{SEED}-lr{lr}"
+    tag = RunSpec(variant, SEED, lr, RANK if variant == "lora" else None).tag
     stage = {"scratch": train_scratch, "full": train_full, "lora": train_lora}[variant]
     return stage.main(["--params", str(params), "--split", str(base / "split"), *instance_args(variant, lr=lr),
                        "--out", str(base / "models" / variant / tag),
@@ -53,14 +54,14 @@ def test_gpt2_trains_with_lora_through_the_stages(tmp_path):
     model_dir = _tiny_gpt2(tmp_path / "gpt2", df["text"].tolist())
     lrs = {"scratch": LRS["scratch"], "full": LRS["full"], "lora": 2e-2}
     params = write_params(tmp_path / "params.yaml", model_dir, {
-        "lora.epochs": 8, "lora.target_modules": None, "scratch.epochs": 1, "full.epochs": 1,
+        "lora.epochs": 8, "scratch.epochs": 1, "full.epochs": 1,
         **{f"study.{v}_lrs": [lr] for v, lr in lrs.items()}})
     clean = write_clean(tmp_path / "clean", df)
     assert split.main(["--params", str(params), "--clean", str(clean), "--out", str(tmp_path / "split"),
                        "--metrics", str(tmp_path / "split.json")]) == 0
     for variant, lr in lrs.items():  # evaluate scores the whole grid: scratch and full train one epoch
         assert _train(variant, tmp_path, params, lr) == 0, variant
-    lora = tmp_path / "models" / "lora" / f"r{RANK}-s{SEED}-lr{lrs['lora']}"
+    lora = tmp_path / "models" / "lora" / RunSpec("lora", SEED, lrs["lora"], RANK).tag
     config = json.loads((lora / "adapter_config.json").read_text())
     assert all(name.endswith("attn.c_attn") for name in config["target_modules"])  # GPT-2 default targets
     assert config["rank"] == RANK

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_pipeline.records import RunSpec
 from tests.support.builders import (LRS, SEED, instance_args, isolate_env, make_frame, restored_logging, write_clean,
                                     write_params)
 
@@ -18,7 +19,7 @@ INSTANCES = [("scratch", None), ("full", None)] + [("lora", rank) for rank in RA
 
 def instance_tag(variant: str, rank: int | None) -> str:
     """The instance's folder name, as dvc.yaml builds it (evaluate reads it back from the metrics' ``tag``)."""
-    return (f"r{rank}-" if rank is not None else "") + f"s{SEED}-lr{LRS[variant]}"
+    return RunSpec(variant, SEED, LRS[variant], rank).tag
 
 
 def instance_paths(base: Path, variant: str, rank: int | None = None) -> dict[str, Path]:

@@ -88,7 +88,7 @@ def test_out_of_range_values_name_their_key(dotted, value):
     ("lora.rslora", "yes"),
     ("study.full_lrs", ["5e-5"]),  # YAML 1.1 reads 5e-5 (no dot) as a string: must not pass silently
     ("lora.bias", "some"),
-    ("lora.target_modules", 3),
+    ("lora.target_sets", {"qv": 3}),
     ("mlflow.enabled", 1),
     ("model.name", 42),
 ])
@@ -98,9 +98,12 @@ def test_wrong_types_name_their_key(dotted, value):
 
 
 @pytest.mark.parametrize("dotted, home", [("lora.rank", "study.ranks"), ("lora.lr", "study.lora_lrs"),
-                                          ("full.lr", "study.full_lrs"), ("train.seed", "study.seeds")])
+                                          ("full.lr", "study.full_lrs"), ("train.seed", "study.seeds"),
+                                          ("lora.target_modules", "study.target_sets"),
+                                          ("lora.use_dora", "study.adapters")])
 def test_per_instance_keys_point_to_the_study_lists(dotted, home):
-    """A rank, seed or learning rate in a variant's section would be silently overridden by the grid: refuse it."""
+    """A rank, seed, learning rate, target set or adapter in a variant's section would be silently overridden by
+    the grid: refuse it, naming the study list to use."""
     with pytest.raises(ConfigError, match=rf"'{re.escape(dotted)}' is set per stage instance.*'{re.escape(home)}'"):
         parse_params(_with(dotted, 8))
 
@@ -165,7 +168,7 @@ def test_config_error_is_a_value_error_and_a_pipeline_error_type_is_exported():
     assert errors.ConfigError is ConfigError
 
 
-# ---------------------------------------------------------------------------- lora.target_modules forms
+# ---------------------------------------------------------------------------- lora.target_sets forms
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -175,16 +178,18 @@ def test_config_error_is_a_value_error_and_a_pipeline_error_type_is_exported():
     (["attention.self.query"], ("attention.self.query",)),
     (None, None),  # the model type's default targets
 ])
-def test_target_modules_keeps_a_string_a_string_and_a_list_a_tuple(value, expected):
-    assert parse_params(_with("lora.target_modules", value)).lora.target_modules == expected
+def test_a_target_set_keeps_a_string_a_string_and_a_list_a_tuple(value, expected):
+    assert parse_params(_with("lora.target_sets", {"default": value})).lora.targets("default") == expected
 
 
-def test_target_modules_from_yaml_text(tmp_path: Path):
+def test_target_sets_from_yaml_text(tmp_path: Path):
     raw = copy.deepcopy(RAW)
-    raw["lora"]["target_modules"] = "all-linear"
+    raw["lora"]["target_sets"] = {"default": None, "all_linear": "all-linear"}
+    raw["study"]["target_sets"] = ["default", "all_linear"]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert load_params(path).lora.target_modules == "all-linear"
+    params = load_params(path)
+    assert params.lora.targets("all_linear") == "all-linear" and params.study.target_sets == ("default", "all_linear")
 
 
 @pytest.mark.parametrize("value, message", [
@@ -195,9 +200,27 @@ def test_target_modules_from_yaml_text(tmp_path: Path):
     ([3], "must be a string"),
     ({"a": 1}, "string"),
 ])
-def test_bad_target_modules_name_their_key(value, message):
-    with pytest.raises(ConfigError, match=rf"'lora\.target_modules.*{message}"):
-        parse_params(_with("lora.target_modules", value))
+def test_bad_target_sets_name_their_key(value, message):
+    with pytest.raises(ConfigError, match=rf"'lora\.target_sets\.qv.*{message}"):
+        parse_params(_with("lora.target_sets", {"qv": value}))
+
+
+def test_a_study_target_set_lora_does_not_define_is_refused_with_the_defined_names():
+    raw = _with("study.target_sets", ["default", "all_lnear"])
+    with pytest.raises(ConfigError, match=r"'study\.target_sets' names 'all_lnear', which lora\.target_sets does "
+                                          r"not define; defined: \['all_linear', 'attention_all', 'default'\]"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("study.adapters", ["lora", "dora", "vera"], r"'study\.adapters\[2\]' must be one of \['lora', 'dora'\]"),
+    ("study.adapters", ["lora", "lora"], r"'study\.adapters' lists a value twice"),
+    ("study.target_sets", [], r"'study\.target_sets' must list at least one value"),
+    ("lora.target_sets", {"all linear": "all-linear"}, r"'lora\.target_sets\.all linear' is not a usable set name"),
+])
+def test_bad_study_axes_name_their_key(dotted, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_params(_with(dotted, value))
 
 
 # ------------------------------------------------------------------------------ train.first_token_last_layer

@@ -4,12 +4,15 @@ the params sections it reads, or DVC reruns too little (or too much)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from lora_pipeline.config import LoraConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -127,6 +130,10 @@ def test_params_match_sections_read(name):
     declared = {p.split(".")[0] for p in stage.get("params", [])}
     assert declared == _sections_read(_stage_script(stage), name) - NOT_RESULT_SECTIONS
     dotted = {p for p in stage.get("params", []) if "." in p}  # e.g. evaluate: train.seed, train.device, …
+    if name == "train_lora":  # every lora key, but of lora.target_sets the instance's own set only
+        assert dotted == {f"lora.{f.name}" for f in dataclasses.fields(LoraConfig) if f.name != "target_sets"} \
+            | {"lora.target_sets.${item.targets}"}
+        return
     for section in sorted({p.split(".")[0] for p in dotted}):
         read, whole = _keys_read(_stage_script(stage), section)
         assert not whole, f"stage {name} uses params.{section} whole but declares only some of its keys"
@@ -178,7 +185,8 @@ def test_the_answer_is_the_only_dvc_metrics_file():
 
 def _sample(path: str) -> str:
     """A matrix out path with its ``${item.*}`` filled in (an instance's path)."""
-    return re.sub(r"\$\{item\.(\w+)\}", lambda m: {"rank": "8", "seed": "42", "lr": "0.002"}[m.group(1)], path)
+    values = {"rank": "8", "seed": "42", "lr": "0.002", "targets": "default", "adapter": "lora"}
+    return re.sub(r"\$\{item\.(\w+)\}", lambda m: values[m.group(1)], path)
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -211,14 +219,16 @@ def test_train_stages_fan_out_over_the_study_lists_without_declaring_them(varian
     adding a rank, seed or learning rate leaves every existing instance up to date."""
     stage = STAGES[f"train_{variant}"]
     matrix = {"seed": "${study.seeds}", "lr": f"${{study.{variant}_lrs}}"}
+    flags = {"seed": "seed", "lr": "lr", "rank": "rank", "targets": "target-set", "adapter": "adapter"}
     if variant == "lora":
-        matrix = {"rank": "${study.ranks}", **matrix}
+        matrix = {"rank": "${study.ranks}", "targets": "${study.target_sets}", "adapter": "${study.adapters}",
+                  **matrix}
     assert stage["matrix"] == matrix
     assert not any(p.split(".")[0] == "study" for p in stage["params"])
     cmd = " ".join(stage["cmd"].split())
     outs = _paths(stage["outs"] + stage.get("metrics", []))
     for key in matrix:  # each value reaches the script and names every output, so instances never share a file
-        assert f"--{key} ${{item.{key}}}" in cmd
+        assert f"--{flags[key]} ${{item.{key}}}" in cmd
         assert all(f"${{item.{key}}}" in out for out in outs), outs
 
 

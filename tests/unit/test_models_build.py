@@ -28,10 +28,11 @@ def _batch() -> dict[str, torch.Tensor]:
             "labels": torch.tensor([0, 1] * 4)}
 
 
-def lora_model(tiny_model_dir: Path, tiny_tokenizer, **lora) -> nn.Module:
+def lora_model(tiny_model_dir: Path, tiny_tokenizer, target_modules=None, **lora) -> nn.Module:
+    """A LoRA model of rank 4 on the tiny BERT, adapting ``target_modules`` (a target set named "t")."""
     torch.manual_seed(0)
     return build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer,
-                       lora=LoraConfig(alpha=8, **lora), rank=4)
+                       lora=LoraConfig(alpha=8, target_sets={"t": target_modules}, **lora), rank=4, target_set="t")
 
 
 @pytest.mark.parametrize("targets, expected", [
@@ -75,16 +76,16 @@ def test_targets_inside_modules_trained_in_full_are_left_unwrapped_and_round_tri
 @pytest.mark.parametrize("settings, message", [
     ({"rank": 10**9}, r"^lora\.rank: rank 1000000000 exceeds min\(in_features, out_features\) = 32 of "
                       r"bert\.encoder\.layer\.0\.attention\.self\.query \(32 -> 32\)"),
-    ({"target_modules": ("nonexistent",)}, r"^lora\.target_modules: target_modules=\['nonexistent'\] matched no "
+    ({"target_modules": ("nonexistent",)}, r"^lora\.target_sets\.t: target_modules=\['nonexistent'\] matched no "
                                            r".*candidate names \(suffixes\): \[.*'query'"),
-    ({"target_modules": "classifier"}, r"^lora\.target_modules: .*matched only \['classifier'\]"),
+    ({"target_modules": "classifier"}, r"^lora\.target_sets\.t: .*matched only \['classifier'\]"),
 ])
 def test_bad_lora_settings_are_one_line_pipeline_errors(settings, message, tiny_model_dir, tiny_tokenizer) -> None:
     rank = settings.get("rank", 4)
-    lora = {k: v for k, v in settings.items() if k != "rank"}
+    lora = LoraConfig(target_sets={"t": settings.get("target_modules")})
     with pytest.raises(PipelineError, match=message) as err:
-        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=LoraConfig(**lora),
-                    rank=rank)
+        build_model("lora", ModelConfig(name=str(tiny_model_dir)), LABELS, tiny_tokenizer, lora=lora, rank=rank,
+                    target_set="t")
     assert "\n" not in str(err.value) and len(str(err.value)) < 1000
 
 
@@ -144,17 +145,17 @@ def test_a_half_precision_checkpoint_trains_in_fp32(variant, bf16_model_dir, tin
     assert min(changed) > 0.99  # in bf16, a 5e-5 step leaves about half of the entries where they were
 
 
-def test_lora_use_dora_builds_dora_layers_that_save_and_load_to_the_same_logits(tiny_model_dir, tiny_tokenizer,
-                                                                                tmp_path) -> None:
-    """`lora.use_dora: true` gives every adapted layer a trained magnitude; the saved adapter records it and
-    load_trained (the evaluate stage) rebuilds the same model."""
+def test_the_dora_adapter_builds_dora_layers_that_save_and_load_to_the_same_logits(tiny_model_dir, tiny_tokenizer,
+                                                                                  tmp_path) -> None:
+    """A run of the study's dora adapter gives every adapted layer a trained magnitude; the saved adapter records
+    it and load_trained (the evaluate stage) rebuilds the same model."""
     from lora_pipeline.records import ModelCard
     from lora_pipeline.models import save_trained
 
-    lora = LoraConfig(alpha=8, use_dora=True)
+    lora = LoraConfig(alpha=8)
     torch.manual_seed(0)
     model = build_model("lora", ModelConfig(name=str(tiny_model_dir), max_length=32), LABELS, tiny_tokenizer, lora=lora,
-                        rank=4)
+                        rank=4, adapter="dora")
     layers = lora_layers(model)
     assert layers and all(layer.use_dora for _, layer in layers)
     assert all(layer.lora_magnitude.requires_grad for _, layer in layers)

@@ -87,4 +87,4 @@ def test_benchmarks_give_peft_the_lora_targets_as_params_say(targets, expected):
     from benchmarks._common import peft_target_modules
     from lora_pipeline.config import LoraConfig
 
-    assert peft_target_modules(LoraConfig(target_modules=targets)) == expected
+    assert peft_target_modules(LoraConfig(target_sets={"t": targets}), "t") == expected
