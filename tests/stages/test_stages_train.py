@@ -23,7 +23,7 @@ TRAIN_KEYS = {"variant", "rank", "seed", "lr", "tag", "val_macro_f1", "best_epoc
               "planned_steps", "stop_reason", "stopped_by", "converged", "validations", "seconds_to_best",
               "cpu_seconds_to_best", "train_seconds", "train_cpu_seconds", "samples_per_second", "peak_memory_mb",
               "trainable_params", "total_params", "trainable_percent", "size_on_disk_mb", "device", "precision",
-              "param_dtype"}
+              "param_dtype", "target_set", "adapter", "adapter_params"}
 # the metrics that read a clock: wall (conftest's) and process CPU seconds
 CLOCK_KEYS = WALL_CLOCK_KEYS | {"train_cpu_seconds", "seconds_to_best", "cpu_seconds_to_best"}
 
@@ -70,8 +70,10 @@ def test_train_outputs(pipeline, variant, rank):
     metrics = _read(base, variant, rank)
     assert set(metrics) == TRAIN_KEYS
     assert (metrics["precision"], metrics["param_dtype"]) == ("fp32", "float32")
-    assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag")} == \
-           {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": instance_tag(variant, rank)}
+    assert {k: metrics[k] for k in ("variant", "rank", "seed", "lr", "tag", "target_set", "adapter")} == \
+           {"variant": variant, "rank": rank, "seed": SEED, "lr": LRS[variant], "tag": instance_tag(variant, rank),
+            "target_set": "default" if rank else None, "adapter": "lora" if rank else None}
+    assert (metrics["adapter_params"] > 0) == (variant == "lora") and metrics["adapter_params"] >= 0
     record = read_train_record(instance_paths(base, variant, rank)["metrics"])
     assert record.to_json() == metrics and record.tag == RunSpec(variant, SEED, LRS[variant], rank).tag
     per_epoch = -(-len(pd.read_parquet(base / "split" / "train.parquet")) // 16)

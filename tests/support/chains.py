@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lora_pipeline.records import RunSpec
-from tests.support.builders import (LRS, SEED, instance_args, isolate_env, make_frame, restored_logging, write_clean,
+from tests.support.builders import (LRS, RANK, SEED, instance_args, isolate_env, make_frame, restored_logging, write_clean,
                                     write_params)
 
 EXPERIMENT = "stages-test"
@@ -18,8 +18,9 @@ INSTANCES = [("scratch", None), ("full", None)] + [("lora", rank) for rank in RA
 
 
 def instance_tag(variant: str, rank: int | None) -> str:
-    """The instance's folder name, as dvc.yaml builds it (evaluate reads it back from the metrics' ``tag``)."""
-    return RunSpec(variant, SEED, LRS[variant], rank).tag
+    """The instance's folder name, as dvc.yaml builds it (evaluate reads it back from the metrics' ``tag``); a
+    LoRA instance without a rank has write_params' rank, as instance_args gives it."""
+    return RunSpec(variant, SEED, LRS[variant], RANK if variant == "lora" and rank is None else rank).tag
 
 
 def instance_paths(base: Path, variant: str, rank: int | None = None) -> dict[str, Path]:
