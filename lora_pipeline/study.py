@@ -264,9 +264,9 @@ def grid_runs(records: Sequence[Mapping[str, Any]], study: StudyConfig) -> list[
         return *config, seed, float(f"{lr:.6g}")
 
     found = {key(configuration(r), r["seed"], r["lr"]): r for r in records}
-    def order(s: RunSpec) -> tuple:  # the record's order: variant, lr, seed, rank, adapter, target set
-        lora = (-1, -1, -1) if s.rank is None else (study.ranks.index(s.rank), study.adapters.index(s.adapter),
-                                                    study.target_sets.index(s.target_set))
+    def order(s: RunSpec) -> tuple:  # the record's order: variant, lr, seed, rank, target set, adapter
+        lora = (-1, -1, -1) if s.rank is None else (study.ranks.index(s.rank), study.target_sets.index(s.target_set),
+                                                    study.adapters.index(s.adapter))
         return (VARIANTS.index(s.variant), study.lrs(s.variant).index(s.lr), study.seeds.index(s.seed), *lora)
 
     wanted = [key(configuration(s.fields()), s.seed, s.lr) for s in sorted(RunSpec.grid(study), key=order)]
@@ -335,7 +335,7 @@ def rank_curve(rows: Mapping[str, StudyRow], tfidf_macro_f1: float) -> list[dict
     out = []
     for r in lora:
         m = r.macro_f1
-        which = {"adapter": r.adapter, "target_set": r.target_set} if several else {}
+        which = dict(zip(("adapter", "target_set"), r.family)) if several else {}
         out.append({**which, "rank": r.rank, "log2_rank": float(np.log2(r.rank)), "lora_macro_f1": m.mean,
                     "lora_low": m.low, "lora_high": m.high,
                     "full_macro_f1": full.macro_f1.mean if full else None,
