@@ -6,8 +6,9 @@ number of trainable parameters: W_q, W_v at r=8 against W_q, W_k, W_v, W_o at r=
 here: :func:`equal_budget_groups` pairs configurations of different (adapter, target set) whose adapter
 parameter counts are close, and :func:`equal_budget_rows` lays them out as a Markdown table.
 
-Pure functions; no I/O and no dependence on the study file's format (scores and verdicts come in as plain
-mappings keyed by :attr:`Configuration.label`).
+Pure functions; no I/O, no torch (the report stage renders the table) and no dependence on the study file's format
+(scores and verdicts come in as plain mappings keyed by :attr:`Configuration.label`). The counts themselves are read
+from a model's shapes in :mod:`lora_pipeline.adapter_budget`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from fractions import Fraction
 from typing import Optional, Union
 
 import numpy as np
-from torch import nn
-
 from .config import ADAPTERS  # lora: B·A per target; dora: plus a magnitude per output unit
-from .lora.targets import TargetModules, check_ranks, select_targets
 
-__all__ = ["EQUAL_BUDGET_HEADER", "Configuration", "adapter_parameters", "cheapest_within",
-           "configurations", "equal_budget_groups", "equal_budget_rows"]
+__all__ = ["EQUAL_BUDGET_HEADER", "EQUAL_BUDGET_RATIO", "Configuration", "cheapest_within", "equal_budget_groups",
+           "equal_budget_rows"]
+
+EQUAL_BUDGET_RATIO = 1.25  # the pairing rule: adapter parameter counts within this factor of the group's cheapest
 
 
 EQUAL_BUDGET_HEADER: tuple[str, ...] = ("budget (adapter params)", "configuration", "adapter params",
@@ -35,51 +35,6 @@ EQUAL_BUDGET_HEADER: tuple[str, ...] = ("budget (adapter params)", "configuratio
 Score = tuple[Optional[float], Optional[float], Optional[float], Optional[float], Optional[float], Optional[float]]
 
 
-def _features(module: nn.Module) -> tuple[int, int]:
-    """``(in, out)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (which stores its weight ``(in, out)``)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    n_in, n_out = module.weight.shape
-    return int(n_in), int(n_out)
-
-
-def adapter_parameters(model: nn.Module, target_modules: TargetModules, rank: int, use_dora: bool = False,
-                       modules_to_save: Sequence[str] = ()) -> int:
-    """The number of parameters :func:`~lora_pipeline.lora.apply_lora` adds to ``model`` for these settings.
-
-    Counted from the shapes of the layers the LoRA package's own target selection picks (nothing is applied or
-    copied, so a model on the ``meta`` device works): ``rank·(in + out)`` per wrapped layer (A is ``(r, in)``,
-    B is ``(out, r)``), plus ``out`` per layer with DoRA (its magnitude vector). The head, ``modules_to_save``
-    and any trained biases are not adapter parameters and are not counted.
-
-    Args:
-        model: a model without LoRA layers.
-        target_modules: as :func:`~lora_pipeline.lora.apply_lora` takes it (names/suffixes, a regex,
-            ``"all-linear"``, or None for the model type's default).
-        rank: the rank of every wrapped layer.
-        use_dora: count DoRA's magnitude vectors too.
-        modules_to_save: as :func:`~lora_pipeline.lora.apply_lora` (the pipeline passes ``lora.modules_to_save``,
-            ``[pooler]`` by default, which keeps ``"all-linear"`` off BERT's pooler).
-
-    Returns:
-        The adapter parameter count.
-
-    Raises:
-        LoRAArgumentError: as :func:`~lora_pipeline.lora.apply_lora` would (nothing matches, a rank above
-            ``min(in, out)`` of a layer, …).
-        ValueError: a rank below 1, or a model that already has LoRA layers.
-    """
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    chosen, _ = select_targets(model, target_modules, tuple(modules_to_save))
-    check_ranks(chosen, {name: rank for name in chosen})
-    total = 0
-    for module in chosen.values():
-        n_in, n_out = _features(module)
-        total += rank * (n_in + n_out) + (n_out if use_dora else 0)
-    return total
-
-
 @dataclass(frozen=True)
 class Configuration:
     """One point of the study's adapter grid, with what it trains.
@@ -88,7 +43,8 @@ class Configuration:
         adapter: one of :data:`~lora_pipeline.config.ADAPTERS`.
         target_set: the name of a ``study.target_sets`` entry (e.g. ``attention_qv``).
         rank: the LoRA rank (>= 1).
-        adapter_params: the parameters the adapter adds (:func:`adapter_parameters`; the head is not counted).
+        adapter_params: the parameters the adapter adds (:func:`~lora_pipeline.adapter_budget.adapter_parameters`;
+            the head is not counted).
 
     Raises:
         ValueError: an unknown adapter, an empty target set name, a rank below 1 or a negative count.
@@ -124,29 +80,6 @@ class Configuration:
         return self.adapter_params, self.rank, self.adapter, self.target_set
 
 
-def configurations(model: nn.Module, target_sets: Mapping[str, TargetModules], ranks: Iterable[int],
-                   adapters: Iterable[str] = ("lora",), modules_to_save: Sequence[str] = ()
-                   ) -> list[Configuration]:
-    """Every (adapter, target set, rank) of a grid with its adapter parameter count on ``model``.
-
-    Returns:
-        Configurations in the order adapter, target set, rank (each as given).
-
-    Raises:
-        ValueError: an unknown adapter; anything :func:`adapter_parameters` raises.
-    """
-    ranks = list(ranks)
-    out = []
-    for adapter in adapters:
-        if adapter not in ADAPTERS:
-            raise ValueError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}")
-        for name, targets in target_sets.items():
-            out += [Configuration(adapter, name, rank, adapter_parameters(
-                model, targets, rank, use_dora=adapter == "dora", modules_to_save=modules_to_save))
-                for rank in ranks]
-    return out
-
-
 def _check_unique(configs: Sequence[Configuration]) -> None:
     labels = [c.label for c in configs]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
@@ -154,7 +87,7 @@ def _check_unique(configs: Sequence[Configuration]) -> None:
         raise ValueError(f"configurations given more than once: {repeated}")
 
 
-def equal_budget_groups(configs: Iterable[Configuration], ratio: float = 1.25) -> list[list[Configuration]]:
+def equal_budget_groups(configs: Iterable[Configuration], ratio: float = EQUAL_BUDGET_RATIO) -> list[list[Configuration]]:
     """Configurations of different (adapter, target set) that train about as many parameters.
 
     The rule: sort by (adapter params, rank, adapter, target set). Repeatedly take the cheapest configuration

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .records import row_rank
+
 __all__ = ["CLOCK", "best_so_far", "curve_from_rows", "equal_cost", "mean_curve"]
 
 CLOCK = "cpu_seconds"  # the steadier clock (see the module docstring)
@@ -79,21 +81,24 @@ def _first_within(curves: Sequence[Mapping[str, Any]], clock: str, target: float
     return next((p[clock] for p in mean_curve(curves, clock) if p["val_macro_f1"] >= target), None)
 
 
-def equal_cost(curves: Mapping[str, Sequence[Mapping[str, Any]]], ranks: Sequence[int], tolerance: float,
-               chosen_rank: Optional[int], clock: str = CLOCK) -> Optional[dict[str, Any]]:
-    """Where each LoRA rank stood on validation when full fine-tuning reached its best, at equal ``clock`` cost.
+def equal_cost(curves: Mapping[str, Sequence[Mapping[str, Any]]], configs: Mapping[str, str], tolerance: float,
+               chosen: Optional[str], clock: str = CLOCK) -> Optional[dict[str, Any]]:
+    """Where each LoRA configuration stood on validation when full fine-tuning reached its best, at equal ``clock``
+    cost.
 
     Args:
         curves: per row name (``full``, ``lora_r8``…), one curve per seed (:func:`curve_from_rows`).
-        ranks: the LoRA ranks of the study.
+        configs: the LoRA rows of the study, in the order the sentence lists them, each with how the sentence names
+            it (``rank 8``; ``DoRA on all_linear at rank 2`` in a study of several adapters or target sets).
         tolerance: "within" = mean best-so-far ≥ full's mean best − tolerance (validation, point estimates).
-        chosen_rank: the rank whose time to come within the tolerance is reported (the answer's rank, else the
-            rank closest at equal cost).
+        chosen: the row whose time to come within the tolerance is reported (the answer's row, else the row
+            closest at equal cost: ties to the smaller rank).
 
     Returns:
         None when full fine-tuning has no curve on this clock; else ``budget`` (full's mean cost to its best),
-        ``full_best`` (its mean best validation macro-F1), ``at_budget`` per rank, ``rank`` and its
-        ``time_within`` (None: never within the tolerance) and ``ratio`` (time_within / budget), and ``sentence``.
+        ``full_best`` (its mean best validation macro-F1), ``at_budget`` per row name, ``row`` and its ``rank``,
+        its ``time_within`` (None: never within the tolerance) and ``ratio`` (time_within / budget), and
+        ``sentence``.
     """
     full = curves.get("full") or []
     costs = [_cost_to_best(c, clock) for c in full]
@@ -102,32 +107,34 @@ def equal_cost(curves: Mapping[str, Sequence[Mapping[str, Any]]], ranks: Sequenc
     budget = float(np.mean(costs))
     full_best = float(np.mean([max(y for y in c["val_macro_f1"] if y is not None) for c in full]))
     at_budget = {}
-    for rank in ranks:
-        seeds = curves.get(f"lora_r{rank}") or []
+    for name in configs:
+        seeds = curves.get(name) or []
         values = [best_so_far(c, clock, budget) for c in seeds]
-        at_budget[rank] = None if not seeds or any(v is None for v in values) else float(np.mean(values))
-    known = {r: v for r, v in at_budget.items() if v is not None}
-    if chosen_rank not in known:
-        chosen_rank = max(known, key=lambda r: (known[r], -r)) if known else None
-    within = None if chosen_rank is None else _first_within(curves.get(f"lora_r{chosen_rank}") or [], clock,
-                                                             full_best - tolerance)
+        at_budget[name] = None if not seeds or any(v is None for v in values) else float(np.mean(values))
+    known = {n: v for n, v in at_budget.items() if v is not None}
+    if chosen not in known:
+        chosen = max(known, key=lambda n: (known[n], -(row_rank(n) or 0))) if known else None
+    within = None if chosen is None else _first_within(curves.get(chosen) or [], clock, full_best - tolerance)
     result = {"clock": clock, "budget": budget, "full_best": full_best, "at_budget": at_budget,
-              "rank": chosen_rank, "time_within": within, "ratio": None if within is None else within / budget}
-    result["sentence"] = _sentence(result, tolerance)
+              "rank": row_rank(chosen) if chosen else None, "row": chosen, "time_within": within,
+              "ratio": None if within is None else within / budget}
+    result["sentence"] = _sentence(result, configs, tolerance)
     return result
 
 
-def _sentence(res: Mapping[str, Any], tolerance: float) -> str:
+def _sentence(res: Mapping[str, Any], configs: Mapping[str, str], tolerance: float) -> str:
     unit = "CPU-seconds" if res["clock"] == "cpu_seconds" else "seconds" if res["clock"] == "seconds" else "steps"
-    stood = ", ".join(f"rank {r} at {v:.3f}" if v is not None else f"rank {r} not yet validated"
-                      for r, v in res["at_budget"].items())
+    stood = ", ".join(f"{configs[n]} at {v:.3f}" if v is not None else f"{configs[n]} not yet validated"
+                      for n, v in res["at_budget"].items())
     said = (f"At equal cost (validation, means over seeds; clock: {CLOCK_WORDS[res['clock']]}): by the "
             f"{res['budget']:,.0f} {unit} full fine-tuning needed to reach its best ({res['full_best']:.3f}), "
             f"{stood}.")
-    if res["rank"] is None:
+    if res["row"] is None:
         return said
     pts = f"{100 * tolerance:g} point{'s' if tolerance != 0.01 else ''}"
+    who = configs[res["row"]]
+    who = who[:1].upper() + who[1:]
     if res["time_within"] is None:
-        return said + f" Rank {res['rank']} never came within {pts} of that best."
-    return said + (f" Rank {res['rank']} came within {pts} of it after {res['time_within']:,.0f} {unit} "
+        return said + f" {who} never came within {pts} of that best."
+    return said + (f" {who} came within {pts} of it after {res['time_within']:,.0f} {unit} "
                    f"({res['ratio']:.2f}× full fine-tuning's).")

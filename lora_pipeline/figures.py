@@ -18,8 +18,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
+from .config import DEFAULT_TARGET_SET
 from .curves import CLOCK
+from .records import row_configuration
 from .files import atomic_dir, atomic_file
+from .report_configurations import ADAPTER_TITLES
 from .reporting import render_report, row_title
 from .study_file import Detail, SeedCurve, Spectrum, StudyFile, StudyRow
 
@@ -74,7 +77,7 @@ def _quality_panel(ax: Axes, study: StudyFile, lora: Sequence[StudyRow]) -> None
     reference (scratch, TF-IDF) outside that range is an arrow at the edge with its value, not a stretched axis."""
     if lora:
         _lora_points(ax, lora)
-        _rank_axis(ax, [r.rank for r in lora])
+        _rank_axis(ax, sorted({r.rank for r in lora}))
     else:
         ax.set_xticks([])
     full, scratch = study.rows.get("full"), study.rows.get("scratch")
@@ -123,16 +126,34 @@ def _references(ax: Axes, refs: Sequence[tuple[str, float, str]],
                 f"({side} the axis)", transform=ax.transAxes, ha="right", va="center", fontsize=8, color=colour)
 
 
+SERIES_COLOURS = ("C0", "C4", "C5", "C6", "C7", "C8", "C9")  # C1–C3 are the references'
+
+
+def _families(lora: Sequence[StudyRow]) -> list[tuple[str, str, list[StudyRow]]]:
+    """The LoRA rows by (adapter, target set): ``(label, colour, rows)``; one series labelled as before in a study
+    of ranks only."""
+    kinds = list(dict.fromkeys(r.family for r in lora))
+    if len(kinds) == 1:
+        return [("LoRA (ours)", "C0", list(lora))]
+    return [(f"{ADAPTER_TITLES.get(k[0], k[0])} on {k[1]}", SERIES_COLOURS[i % len(SERIES_COLOURS)],
+             [r for r in lora if r.family == k]) for i, k in enumerate(kinds)]
+
+
 def _lora_points(ax: Axes, lora: Sequence[StudyRow]) -> None:
+    for label, colour, rows in _families(lora):
+        _series_points(ax, rows, f"{label}, mean [interval]", colour)
+    bad = [(r.rank, r.macro_f1.mean) for r in lora if r.is_degenerate]
+    if bad:
+        ax.scatter(*zip(*bad), marker="x", s=90, color="red", zorder=3, label="degenerate (not a result)")
+
+
+def _series_points(ax: Axes, lora: Sequence[StudyRow], label: str, colour: str) -> None:
     ranks = [r.rank for r in lora]
     mean = np.array([r.macro_f1.mean for r in lora], dtype=float)
     low = np.array([r.macro_f1.low if _finite(r.macro_f1.low) else np.nan for r in lora], dtype=float)
     high = np.array([r.macro_f1.high if _finite(r.macro_f1.high) else np.nan for r in lora], dtype=float)
     yerr = np.nan_to_num(np.vstack([mean - low, high - mean]))  # no interval: a bare point
-    ax.errorbar(ranks, mean, yerr=yerr, marker="o", capsize=4, color="C0", label="LoRA (ours), mean [interval]")
-    bad = [(r.rank, r.macro_f1.mean) for r in lora if r.is_degenerate]
-    if bad:
-        ax.scatter(*zip(*bad), marker="x", s=90, color="red", zorder=3, label="degenerate (not a result)")
+    ax.errorbar(ranks, mean, yerr=yerr, marker="o", capsize=4, color=colour, label=label)
 
 
 def _ref_label(title: str, row: StudyRow) -> str:
@@ -140,19 +161,25 @@ def _ref_label(title: str, row: StudyRow) -> str:
 
 
 def _cost_panel(ax: Axes, full: Optional[StudyRow], lora: Sequence[StudyRow]) -> None:
-    ranks = [r.rank for r in lora]
-    params = [r.trainable_params if _finite(r.trainable_params) else np.nan for r in lora]
-    seconds = [r.train_seconds if _finite(r.train_seconds) else np.nan for r in lora]
-    ax.plot(ranks, params, marker="o", color="C0", label="trainable parameters")
+    families = _families(lora)
     time_ax = ax.twinx()
-    time_ax.plot(ranks, seconds, marker="s", color="C4", label="train time (s)")
+    params = []
+    for label, colour, rows in families:
+        which = "" if len(families) == 1 else f"{label}: "
+        ranks = [r.rank for r in rows]
+        values = [r.trainable_params if _finite(r.trainable_params) else np.nan for r in rows]
+        seconds = [r.train_seconds if _finite(r.train_seconds) else np.nan for r in rows]
+        params += values
+        ax.plot(ranks, values, marker="o", color=colour, label=f"{which}trainable parameters")
+        time_ax.plot(ranks, seconds, marker="s", color="C4" if len(families) == 1 else colour, ls="-" if len(
+            families) == 1 else "--", label=f"{which}train time (s)")
     if full and _finite(full.trainable_params):
         ax.axhline(full.trainable_params, color="C0", ls=":", label="full fine-tuning: parameters")
     if full and _finite(full.train_seconds):
         time_ax.axhline(full.train_seconds, color="C4", ls=":", label="full fine-tuning: train time")
     if any(_finite(p) and p > 0 for p in params):
         ax.set_yscale("log")
-    _rank_axis(ax, ranks)
+    _rank_axis(ax, sorted({r.rank for r in lora}))
     ax.set(ylabel="trainable parameters (log)", title="what each rank costs")
     time_ax.set_ylabel("train time (s)")
     time_ax.set_ylim(bottom=0)
@@ -171,23 +198,25 @@ def _short_layer(name: str) -> str:
 
 
 def _first_seed_spectra(study: StudyFile) -> list[Spectrum]:
-    """One spectrum per LoRA rank: the first seed's."""
-    first: dict[int, Spectrum] = {}
+    """One spectrum per LoRA row (each rank of each (adapter, target set)): the first seed's, in report order."""
+    first: dict[str, Spectrum] = {}
     for spec in sorted(study.spectra, key=lambda s: (s.rank, s.seed)):
-        first.setdefault(spec.rank, spec)
-    return [first[r] for r in sorted(first)]
+        first.setdefault(spec.row or f"lora_r{spec.rank}", spec)
+    order = {name: i for i, (name, _) in enumerate(study.ordered_rows())}
+    return [first[r] for r in sorted(first, key=lambda n: (order.get(n, len(order)), first[n].rank))]
 
 
-def _mean_grids(study: StudyFile) -> list[tuple[int, int, int, np.ndarray, int]]:
-    """Per smaller rank (first seed): ``(small, large, seed, φ grid averaged over layers, layers)``."""
-    cells: dict[tuple[int, int], list] = {}
-    seed_of: dict[tuple[int, int], int] = {}
+def _mean_grids(study: StudyFile) -> list[tuple[str, int, int, int, np.ndarray, int]]:
+    """Per (adapter, target set) and smaller rank (first seed): ``(family, small, large, seed, φ grid averaged over
+    layers, layers)``; grids pair two ranks of one (adapter, target set) only."""
+    cells: dict[tuple[str, int, int], list] = {}
+    seed_of: dict[tuple[str, int, int], int] = {}
     for item in sorted(study.subspace, key=lambda s: s.seed):
-        key = (item.small_rank, item.large_rank)
+        key = (item.family or "", item.small_rank, item.large_rank)
         seed_of.setdefault(key, item.seed)
         if item.seed == seed_of[key]:
             cells.setdefault(key, []).append(np.asarray(item.grid, dtype=float))
-    return [(s, l, seed_of[(s, l)], np.mean(np.stack(g), axis=0), len(g)) for (s, l), g in sorted(cells.items())]
+    return [(*k, seed_of[k], np.mean(np.stack(g), axis=0), len(g)) for k, g in sorted(cells.items())]
 
 
 def spectra_figure(study: StudyFile) -> Figure:
@@ -226,23 +255,27 @@ def _spectrum_panel(ax: Axes, spec: Spectrum) -> None:
     if not ax.lines:
         _empty(ax, f"rank {spec.rank}: every update is zero")
         return
+    config = row_configuration(spec.row) if spec.row else None
+    which = "" if config is None or config[:2] == ("lora", DEFAULT_TARGET_SET) else f"{config[0]} {config[1]}, "
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     mean = sum(ranks) / len(ranks)
     ax.set(xlabel="singular value index", ylabel="σ / σ₁ (log)")
-    ax.set_title(f"r={spec.rank} (seed {spec.seed}): effective rank {mean:.1f} ({min(ranks)}–{max(ranks)})",
+    ax.set_title(f"{which}r={spec.rank} (seed {spec.seed}): effective rank {mean:.1f} ({min(ranks)}–{max(ranks)})",
                  fontsize=10)
     if len(layers) <= MAX_LEGEND_LAYERS:
         ax.legend(fontsize=6, ncol=2)
 
 
-def _subspace_panel(fig: Figure, ax: Axes, small: int, large: int, seed: int, grid: np.ndarray, layers: int) -> None:
+def _subspace_panel(fig: Figure, ax: Axes, family: str, small: int, large: int, seed: int, grid: np.ndarray,
+                    layers: int) -> None:
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest",
                       extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=f"j (top-j directions of r={large})", ylabel=f"i (top-i directions of r={small})")
-    ax.set_title(f"φ(r={small}, r={large}), mean over {layers} layers, seed {seed}", fontsize=10)
+    which = f"{family}: " if family else ""
+    ax.set_title(f"{which}φ(r={small}, r={large}), mean over {layers} layers, seed {seed}", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
 
 

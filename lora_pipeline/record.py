@@ -29,10 +29,11 @@ from . import answer as answer_lib
 from . import curves as curves_lib
 from . import study as study_lib
 from .errors import PipelineError
-from .records import detail_rows
-from .study_file import Detail, EqualCost, StudyFile, StudyRow, StudyRun
+from .config import DEFAULT_TARGET_SET
+from .records import detail_rows, row_configuration
+from .study_file import Detail, EqualCost, StudyFile, StudyRow, StudyRun, row_order
 
-__all__ = ["FORMAT", "VERSION", "build_study", "merge_records", "read_record", "write_record"]
+__all__ = ["FORMAT", "VERSION", "build_study", "merge_records", "read_record", "run_fields", "run_row", "write_record"]
 
 FORMAT, VERSION = "lora-pipeline study record", 1
 #: what the record keeps of each train run: the study file's runs table, less whether its row chose it
@@ -64,8 +65,8 @@ def read_record(path: str | Path) -> dict:
     return record
 
 
-#: the study lists a part may hold a subset of (unioned by a merge)
-GRID_KEYS = ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs")
+#: the study lists a part may hold a subset of (unioned by a merge; the last two only where a part's params hold them)
+GRID_KEYS = ("seeds", "ranks", "scratch_lrs", "full_lrs", "lora_lrs", "target_sets", "adapters")
 #: how a part was launched, not what it computed: parts may differ here (one ran on 1 thread, another under torchrun)
 LAUNCH_KEYS = ("num_threads", "processes", "nnodes", "rdzv_endpoint", "dist_timeout_s", "dist_start_grace_s")
 
@@ -126,11 +127,12 @@ def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
             seen.setdefault(key, where)
     study = {**first["params"]["study"]}
     for key in GRID_KEYS:
-        study[key] = sorted({v for p in parts for v in p["params"]["study"][key]})
+        if any(key in p["params"]["study"] for p in parts):
+            study[key] = sorted({v for p in parts for v in p["params"]["study"].get(key) or ()})
     spectra = {s["tag"]: s for p in parts for s in p.get("spectra", [])}
     with_subspace = [p for p in parts if p.get("subspace")]
     return {**first, "params": {**first["params"], "study": study},
-            "runs": sorted(runs.values(), key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"])),
+            "runs": sorted(runs.values(), key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"], r["tag"])),
             "spectra": [spectra[t] for t in sorted(spectra)],
             "subspace": with_subspace[0]["subspace"] if len(with_subspace) == 1 else [],
             "parts": [{"seeds": p["params"]["study"]["seeds"], "runs": len(p["runs"])} for p in parts]}
@@ -161,6 +163,29 @@ def _curves(groups: Sequence[study_lib.Group], runs_by_tag: Mapping[tuple, Mappi
     return out
 
 
+def run_fields(run: Mapping[str, Any]) -> dict[str, Any]:
+    """What the study file's runs table holds of a record's run; a LoRA run of a record from before the target-set
+    and adapter axes (neither key) trained the default set with LoRA, and its adapter parameters are unknown."""
+    out = {k: run.get(k) for k in RUN_FIELDS}
+    _, _, out["target_set"], out["adapter"] = study_lib.configuration(run)
+    return out
+
+
+def run_row(run: Mapping[str, Any]) -> str:
+    """The study row a record's run belongs to (``lora_r8``, ``dora_r8_all_linear``, ``full``)."""
+    return study_lib.row_name(*study_lib.configuration(run))
+
+
+def _equal_cost(curves: Mapping[str, list], rows: Mapping[str, StudyRow], tolerance: float,
+                chosen: Optional[str]) -> Optional[EqualCost]:
+    """The equal-cost reading over the LoRA rows, in report order, named as the answer names them."""
+    lora = sorted((r for r in rows.values() if r.variant == "lora"), key=row_order)
+    several = len({r.family for r in lora}) > 1
+    found = curves_lib.equal_cost(curves, {r.name: answer_lib.configuration_words(r, several) for r in lora},
+                                  tolerance, chosen)
+    return EqualCost(**found) if found is not None else None
+
+
 def build_study(record: Mapping[str, Any]) -> StudyFile:
     """``study.json`` from a record: the lr choice on validation, rows with method-level intervals, the answer
     (fixed sequence), the equal-cost reading, learning curves, per-class detail and the runs table."""
@@ -169,7 +194,7 @@ def build_study(record: Mapping[str, Any]) -> StudyFile:
     y_test, y_val = _ids(record["test"]["labels"]), _ids(record["val"]["labels"])
     runs = record["runs"]
     _check_runs(runs, y_val, len(labels))
-    groups = study_lib.choose_learning_rates([{k: r.get(k) for k in RUN_FIELDS} for r in runs])
+    groups = study_lib.choose_learning_rates([run_fields(r) for r in runs])
     by_tag = {(r["variant"], r["tag"]): r for r in runs}
     for g in groups:
         for r in g.records:
@@ -186,28 +211,37 @@ def build_study(record: Mapping[str, Any]) -> StudyFile:
                                confidence=s["confidence"], n_resamples=s["resamples"], seed=s["bootstrap_seed"],
                                val=(y_val, val_preds) if has_val else None)
     curves = _curves(groups, by_tag)
-    ranks = sorted(g.rank for g in groups if g.variant == "lora")
     first = answer_lib.answer(rows, s["tolerance"], s["confidence"])
-    found = curves_lib.equal_cost(curves, ranks, s["tolerance"], first.rank)
-    cost = EqualCost(**found) if found is not None else None
+    cost = _equal_cost(curves, rows, s["tolerance"], first.row)
     result = answer_lib.answer(rows, s["tolerance"], s["confidence"], equal_cost=cost)
-    record_row = study_lib.record_row(rows, result.rank, s.get("record_rank"), result.closest_rank)
-    chosen = {(g.variant, g.rank, g.lr) for g in groups}
+    record_row = study_lib.record_row(rows, result.row, s.get("record_rank"), result.closest_row)
+    chosen = {(g.name, g.lr) for g in groups}
     chosen_tags = {(g.variant, r["tag"]) for g in groups for r in g.records}
+    row_of = {r["tag"]: run_row(r) for r in runs if r["variant"] == "lora"}
     return StudyFile(
         labels=labels, n_test=int(y_test.size), n_val=int(y_val.size), confidence=s["confidence"],
         tolerance=s["tolerance"], rows=rows, tfidf_logreg=record["tfidf"]["row"], answer=result, equal_cost=cost,
         record=record_row, detail=_detail(rows, preds, tfidf_pred, record_row, y_test, labels),
-        runs=[StudyRun(**{k: r.get(k) for k in RUN_FIELDS}, chosen=(r["variant"], r.get("rank"), r["lr"]) in chosen)
-              for r in runs],
+        runs=[StudyRun(**run, chosen=(run_row(run), run["lr"]) in chosen) for run in map(run_fields, runs)],
         learning_curves={name: {x: curves_lib.mean_curve(c, x) for x in ("step", curves_lib.CLOCK)}
                          for name, c in curves.items()},
         validation_curves=curves,  # per chosen row, each seed's own validations (the figures draw them)
-        spectra=[x for x in record.get("spectra", []) if ("lora", x["tag"]) in chosen_tags],
-        subspace=[{"small_tag": None, "large_tag": None, **x} for x in record.get("subspace", [])
+        spectra=[{**x, "row": row_of.get(x["tag"])} for x in record.get("spectra", [])
+                 if ("lora", x["tag"]) in chosen_tags],
+        subspace=[{"small_tag": None, "large_tag": None, **x, "family": _family(row_of.get(x.get("small_tag")))}
+                  for x in record.get("subspace", [])
                   if "small_tag" not in x or {("lora", x["small_tag"]), ("lora", x["large_tag"])} <= chosen_tags],
         energy=record.get("energy", 0.9), params=params, dataset=record.get("dataset"),
         parts=record.get("parts") or None)
+
+
+def _family(row: Optional[str]) -> Optional[str]:
+    """``dora/all_linear``: the (adapter, target set) a subspace grid's runs share; None for the default pair (and
+    for a record whose grids do not name their runs)."""
+    config = row_configuration(row) if row else None
+    if config is None or config[:2] == ("lora", DEFAULT_TARGET_SET):
+        return None
+    return f"{config[0]}/{config[1]}"
 
 
 def _detail(rows: Mapping[str, StudyRow], preds: Mapping[str, Sequence[np.ndarray]], tfidf_pred: np.ndarray,

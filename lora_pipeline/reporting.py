@@ -11,23 +11,14 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from .budget import EQUAL_BUDGET_HEADER
 from .config import VARIANTS
 from .records import VERDICT_PHRASES as _VERDICT
-from .records import row_rank
+from .report_configurations import VARIANT_TITLES, equal_budget_section, row_title, run_title
 from .study_file import StudyFile, StudyRow, VsFull
 
 __all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
            "markdown_table", "render_report", "row_title", "run_rows", "setup_section"]
-
-VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
-                  "tfidf_logreg": "TF-IDF + logistic regression"}
-
-
-def row_title(name: str) -> str:
-    """``lora_r8`` → ``LoRA r=8 (ours)``; other rows by their variant's title."""
-    rank = row_rank(name)
-    return f"LoRA r={rank} (ours)" if rank is not None else VARIANT_TITLES.get(name, name)
-
 
 # --------------------------------------------------------------------------------------------- formatting
 
@@ -221,9 +212,9 @@ COMPARISON_HEADER = ["variant", "test macro-F1 (mean ± std)", "interval", "cove
 
 
 def _status(study: StudyFile, row: StudyRow) -> str:
-    """The rank's place in the answer's fixed sequence (within / worse / undecided / … / not tested)."""
-    seq = {s.rank: s.status for s in study.answer.sequence}
-    return seq.get(row.rank, "–") if row.variant == "lora" else "–"
+    """The configuration's place in the answer's fixed sequence (within / worse / undecided / … / not tested)."""
+    seq = {s.row or f"lora_r{s.rank}": s.status for s in study.answer.sequence}
+    return seq.get(row.name, "–") if row.variant == "lora" else "–"
 
 
 def _converged(row: StudyRow) -> str:
@@ -294,8 +285,11 @@ RUN_HEADER = ["variant", "rank", "seed", "lr", "chosen", "validation macro-F1", 
 def run_rows(study: StudyFile) -> list[list[str]]:
     """Every train instance of the grid: where it stopped, what its best cost, and why it stopped."""
     order = {v: i for i, v in enumerate(VARIANTS)}
-    runs = sorted(study.runs, key=lambda r: (order.get(r.variant, len(order)), r.rank or 0, r.lr, r.seed))
-    return [[VARIANT_TITLES.get(r.variant, r.variant), r.rank or "–", r.seed, _num(r.lr, "g"),
+    several = len(study.families()) > 1
+    rows = {name: i for i, (name, _) in enumerate(study.ordered_rows())}
+    runs = sorted(study.runs, key=lambda r: (order.get(r.variant, len(order)), rows.get(r.row, 0) if several else 0,
+                                             r.rank or 0, r.lr, r.seed))
+    return [[run_title(r.row) if several else VARIANT_TITLES.get(r.variant, r.variant), r.rank or "–", r.seed, _num(r.lr, "g"),
              "✓" if r.chosen else "", _num(r.val_macro_f1, ".4f"), _count(r.steps), _num(r.epochs, ".2f"),
              _count(r.best_step), _num(r.cpu_seconds_to_best, ",.0f"),
              {"plateau": "plateau", "cap": "⏱ cap"}.get(r.stopped_by, r.stopped_by or "–"),
@@ -303,14 +297,19 @@ def run_rows(study: StudyFile) -> list[list[str]]:
 
 
 def effective_rank_rows(study: StudyFile) -> list[list[str]]:
-    """Per LoRA rank: the mean effective rank over every targeted layer (of every seed) and its range."""
-    by_rank: dict[int, list[int]] = {}
-    seeds: dict[int, set] = {}
+    """Per LoRA row: the mean effective rank over every targeted layer (of every seed) and its range; the first
+    column is the rank, or the row's title in a study of several (adapter, target set)."""
+    by_row: dict[tuple, list[int]] = {}
+    seeds: dict[tuple, set] = {}
     for spec in study.spectra:
-        by_rank.setdefault(spec.rank, []).extend(v.effective_rank for v in spec.layers.values())
-        seeds.setdefault(spec.rank, set()).add(spec.seed)
-    return [[rank, f"{sum(v) / len(v):.1f}", f"{min(v)}–{max(v)}", len(v), len(seeds[rank])]
-            for rank, v in sorted(by_rank.items()) if v]
+        key = (spec.row or f"lora_r{spec.rank}", spec.rank)
+        by_row.setdefault(key, []).extend(v.effective_rank for v in spec.layers.values())
+        seeds.setdefault(key, set()).add(spec.seed)
+    several = len(study.families()) > 1
+    order = {name: i for i, (name, _) in enumerate(study.ordered_rows())}
+    return [[row_title(key[0]) if several else key[1], f"{sum(v) / len(v):.1f}", f"{min(v)}–{max(v)}", len(v),
+             len(seeds[key])] for key, v in sorted(by_row.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1]))
+            if v]
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -336,6 +335,16 @@ def _spectra_section(study: StudyFile, figure: str) -> str:
             f"Effective rank = singular values holding {100 * study.energy:g} % of the update's energy "
             f"(ΔW = (α/r)·B·A per targeted layer). The figure shows the first seed of each rank.{subspace}\n\n"
             + table)
+
+
+def _equal_budget(study: StudyFile) -> list[str]:
+    """The equal-parameter-budget section, in a study of several (adapter, target set) only."""
+    section = equal_budget_section(study)
+    if section is None:
+        return []
+    before, rows, after = section
+    table = "\n\n" + markdown_table(EQUAL_BUDGET_HEADER, rows).rstrip() if rows else ""
+    return [before + table + (f"\n\n{after}" if after else "")]
 
 
 def render_report(study: StudyFile, figures: Mapping[str, str],
@@ -369,6 +378,7 @@ def render_report(study: StudyFile, figures: Mapping[str, str],
         "TF-IDF) outside it is a note with its value at that edge, inside it a dashed line. Right: what each rank "
         "cost, with full fine-tuning's values as flat lines.",
         "## Comparison (test)\n\n" + markdown_table(COMPARISON_HEADER, comparison_rows(study)).rstrip(),
+        *_equal_budget(study),
         f"## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); {scored}.\n\n"
         + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
                                                    lr_rows(study)).rstrip()

@@ -17,14 +17,15 @@ import numpy as np
 
 from sklearn.metrics import accuracy_score, f1_score
 
-from .config import VARIANTS, StudyConfig
+from .config import ADAPTERS, DEFAULT_TARGET_SET, VARIANTS, StudyConfig
 from .errors import PipelineError
 from .records import RunSpec, study_row
 from .statistics import (MethodInterval, degenerate_reason, method_difference, method_mean, needed_to_decide,
                          paired_difference, reference_note)
-from .study_file import FixedModels, LrSearch, MetricSummary, ReferenceScores, StudyRow, ToDecide, VsFull
+from .study_file import (FixedModels, LrSearch, MetricSummary, ReferenceScores, StudyRow, ToDecide, VsFull,
+                         row_order)
 
-__all__ = ["Group", "adapter_spectrum", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
+__all__ = ["Group", "adapter_spectrum", "configuration", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
            "lr_search", "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "tracking_metrics",
            "vs_reference"]
 
@@ -34,49 +35,77 @@ MAX_RESAMPLES = 20_000  # ceiling when resamples are raised for a verdict at its
 
 @dataclass(frozen=True)
 class Group:
-    """One (variant, rank) cell of the study: its chosen learning rate and the records of every seed."""
+    """One cell of the study — a variant, or a LoRA configuration (adapter, target set, rank) — with its chosen
+    learning rate and the records of every seed."""
 
     variant: str
     rank: Optional[int]
     lr: float
     records: tuple[Mapping[str, Any], ...]  # one train-metrics record per seed, sorted by seed
     val_by_lr: Mapping[float, float]  # mean validation macro-F1 of each learning rate of the grid
+    target_set: Optional[str] = None  # lora: the target set; None for scratch/full
+    adapter: Optional[str] = None  # lora: lora | dora; None for scratch/full
 
     @property
     def name(self) -> str:
-        return row_name(self.variant, self.rank)
+        return row_name(self.variant, self.rank, self.target_set, self.adapter)
 
 
-def row_name(variant: str, rank: Optional[int]) -> str:
-    """``lora_r8`` for a LoRA rank, the variant's own name otherwise (the key in evaluate.json)."""
-    return study_row(variant, rank)
+def row_name(variant: str, rank: Optional[int], target_set: Optional[str] = None,
+             adapter: Optional[str] = None) -> str:
+    """``lora_r8``, ``dora_r8_all_linear`` for a LoRA configuration, the variant's own name otherwise (the key in
+    evaluate.json; records.study_row)."""
+    return study_row(variant, rank, target_set, adapter)
+
+
+def configuration(rec: Mapping[str, Any]) -> tuple[str, Optional[int], Optional[str], Optional[str]]:
+    """``(variant, rank, target set, adapter)`` of a run record; a LoRA record from before the target-set and
+    adapter axes (neither key) trained the default set with LoRA."""
+    variant = rec["variant"]
+    if variant != "lora":
+        return variant, rec.get("rank"), None, None
+    return variant, rec.get("rank"), rec.get("target_set") or DEFAULT_TARGET_SET, rec.get("adapter") or "lora"
 
 
 def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
-    """Per (variant, rank), the learning rate with the best mean **validation** macro-F1 over its seeds.
+    """Per variant and LoRA configuration (adapter, target set, rank), the learning rate with the best mean
+    **validation** macro-F1 over its seeds.
 
     Ties go to the smaller learning rate. Only learning rates trained with every seed of the cell compete, so a
-    grid point with a missing seed cannot win on fewer runs.
+    grid point with a missing seed cannot win on fewer runs. Configurations never share a cell: two target sets
+    (or adapters) at one rank are two groups.
 
     Args:
         records: train-stage metrics, each with ``variant``, ``rank`` (None unless LoRA), ``seed``, ``lr`` and
-            ``val_macro_f1``.
+            ``val_macro_f1``; LoRA ones with ``target_set`` and ``adapter`` (missing: the default set, LoRA).
+
+    Returns:
+        Groups as scratch, full, then LoRA by (adapter in ADAPTERS order, default set first then target set by
+        name, rank).
     """
     cells: dict[tuple, dict[float, list]] = defaultdict(lambda: defaultdict(list))
     for rec in records:
-        cells[(rec["variant"], rec.get("rank"))][float(rec["lr"])].append(rec)
+        cells[configuration(rec)][float(rec["lr"])].append(rec)
     groups = []
-    for (variant, rank), by_lr in cells.items():
+    for (variant, rank, target_set, adapter), by_lr in cells.items():
         seeds = set().union(*({r["seed"] for r in recs} for recs in by_lr.values()))
         complete = {lr: recs for lr, recs in by_lr.items() if {r["seed"] for r in recs} == seeds}
         if not complete:
-            raise PipelineError(f"{row_name(variant, rank)}: no learning rate was trained with every seed "
-                                f"{sorted(seeds)}; run `dvc repro` to train the missing instances")
+            raise PipelineError(f"{row_name(variant, rank, target_set, adapter)}: no learning rate was trained with "
+                                f"every seed {sorted(seeds)}; run `dvc repro` to train the missing instances")
         val = {lr: float(np.mean([r["val_macro_f1"] for r in recs])) for lr, recs in complete.items()}
         best = min(val, key=lambda lr: (-val[lr], lr))
-        groups.append(Group(variant, rank, best, tuple(sorted(complete[best], key=lambda r: r["seed"])), val))
-    order = {"scratch": 0, "full": 1, "lora": 2}
-    return sorted(groups, key=lambda g: (order.get(g.variant, 9), g.rank or 0))
+        groups.append(Group(variant, rank, best, tuple(sorted(complete[best], key=lambda r: r["seed"])), val,
+                            target_set, adapter))
+    return sorted(groups, key=_group_order)
+
+
+def _group_order(g: Group) -> tuple:
+    variant = VARIANTS.index(g.variant) if g.variant in VARIANTS else len(VARIANTS)
+    if g.variant != "lora":
+        return variant, 0, 0, "", g.rank or 0
+    return (variant, ADAPTERS.index(g.adapter) if g.adapter in ADAPTERS else len(ADAPTERS),
+            g.target_set != DEFAULT_TARGET_SET, g.target_set, g.rank or 0)
 
 
 def lr_search(group: Group) -> LrSearch:
@@ -145,7 +174,7 @@ def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.nda
               labels: Sequence[str], tfidf_pred: np.ndarray, *, tolerance: float = 0.01, confidence: float = 0.95,
               n_resamples: int = 1000, seed: int = 0,
               val: Optional[tuple[np.ndarray, Mapping[str, Sequence[np.ndarray]]]] = None) -> dict[str, StudyRow]:
-    """One row per (variant, rank): test metrics with method-level intervals, costs, convergence, degenerate flags
+    """One row per group (variant or LoRA configuration): test metrics with method-level intervals, costs, convergence, degenerate flags
     (test and validation, with why a degenerate row could not learn), the TF-IDF note and, for LoRA, the paired
     difference with full fine-tuning.
 
@@ -177,7 +206,8 @@ def summarise(groups: Sequence[Group], predictions: Mapping[str, Sequence[np.nda
                                        seed=seed) for p in preds),
             **_costs(group.records),
             vs_full=vs_reference(y_true, preds, predictions[reference.name], labels, tolerance=tolerance,
-                                 confidence=confidence, n_resamples=n_resamples, seed=seed) if compared else None)
+                                 confidence=confidence, n_resamples=n_resamples, seed=seed) if compared else None,
+            target_set=group.target_set, adapter=group.adapter, adapter_params=_adapter_params(group.records))
         rows[group.name] = dataclasses.replace(row, degenerate_why=explain_degenerate(row))
     return rows
 
@@ -196,6 +226,13 @@ def _costs(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _adapter_params(records: Sequence[Mapping[str, Any]]) -> Optional[int]:
+    """The parameters the adapter layers add, as every seed's record states it; None when a record lacks it (a run
+    from before the count) or the seeds disagree."""
+    values = {r.get("adapter_params") for r in records}
+    return values.pop() if len(values) == 1 else None
+
+
 def explain_degenerate(row: StudyRow) -> Optional[str]:
     """Why a degenerate row could not learn, from how its runs stopped (None when no seed is degenerate)."""
     if not row.is_degenerate:
@@ -209,45 +246,64 @@ def explain_degenerate(row: StudyRow) -> Optional[str]:
 
 
 def grid_runs(records: Sequence[Mapping[str, Any]], study: StudyConfig) -> list[Mapping[str, Any]]:
-    """The train-stage records of the current grid, one per (variant, rank, seed, lr); stale ones are ignored.
+    """The train-stage records of the current grid, one per (variant, rank, target set, adapter, seed, lr); stale
+    ones are ignored.
 
     A train instance whose value was removed from a study list leaves its files on disk; they are not part of the
     answer. Learning rates compare with a relative tolerance (YAML ``2.0e-3`` and the CLI's ``0.002`` agree).
 
     Args:
-        records: every train-stage metrics record found (``variant``, ``rank``, ``seed``, ``lr``).
+        records: every train-stage metrics record found (``variant``, ``rank``, ``seed``, ``lr``; LoRA ones with
+            ``target_set`` and ``adapter``, missing: the default set and LoRA).
         study: the grid (:meth:`RunSpec.grid <lora_pipeline.records.RunSpec.grid>`).
 
     Raises:
         PipelineError: a grid point has no record (its instance has not run), naming the missing instances.
     """
-    def key(variant: str, rank: Optional[int], seed: int, lr: float) -> tuple:
-        return variant, rank, seed, float(f"{lr:.6g}")
+    def key(config: tuple, seed: int, lr: float) -> tuple:
+        return *config, seed, float(f"{lr:.6g}")
 
-    found = {key(r["variant"], r.get("rank"), r["seed"], r["lr"]): r for r in records}
-    def order(s: RunSpec) -> tuple:  # the record's order: variant, lr, seed, rank
-        return (VARIANTS.index(s.variant), study.lrs(s.variant).index(s.lr), study.seeds.index(s.seed),
-                -1 if s.rank is None else study.ranks.index(s.rank))
+    found = {key(configuration(r), r["seed"], r["lr"]): r for r in records}
+    def order(s: RunSpec) -> tuple:  # the record's order: variant, lr, seed, rank, target set, adapter
+        lora = (-1, -1, -1) if s.rank is None else (study.ranks.index(s.rank), study.target_sets.index(s.target_set),
+                                                    study.adapters.index(s.adapter))
+        return (VARIANTS.index(s.variant), study.lrs(s.variant).index(s.lr), study.seeds.index(s.seed), *lora)
 
-    wanted = [key(s.variant, s.rank, s.seed, s.lr) for s in sorted(RunSpec.grid(study), key=order)]
+    wanted = [key(configuration(s.fields()), s.seed, s.lr) for s in sorted(RunSpec.grid(study), key=order)]
     missing = [w for w in wanted if w not in found]
     if missing:
-        shown = ", ".join(f"{v}{'' if r is None else f' r{r}'} seed {s} lr {lr:g}" for v, r, s, lr in missing[:5])
+        shown = ", ".join(f"{_instance(v, r, t, a)} seed {s} lr {lr:g}" for v, r, t, a, s, lr in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise PipelineError(f"evaluate: no trained model for {shown}{more}; run `dvc repro` so every instance of "
                             "the study grid trains")
     return [found[w] for w in wanted]
 
 
-def record_row(rows: Mapping[str, StudyRow], answer_rank: Optional[int],
-               record_rank: Optional[int], closest_rank: Optional[int] = None) -> Optional[str]:
-    """The LoRA row shown in detail: ``record_rank`` if set, else the answer's rank, else (no rank within the
-    tolerance) the closest one the answer names, else the largest rank."""
-    ranks = sorted(r.rank for r in rows.values() if r.variant == "lora")
-    if not ranks:
+def _instance(variant: str, rank: Optional[int], target_set: Optional[str], adapter: Optional[str]) -> str:
+    """``lora r8``, ``dora all_linear r8``, ``full``: a train instance in a message."""
+    if rank is None:
+        return variant
+    unusual = [v for v, usual in ((adapter, "lora"), (target_set, DEFAULT_TARGET_SET)) if v != usual]
+    return " ".join([adapter if adapter != "lora" else variant, *unusual[1 if adapter != "lora" else 0:], f"r{rank}"])
+
+
+def record_row(rows: Mapping[str, StudyRow], answer_row: Optional[str], record_rank: Optional[int],
+               closest_row: Optional[str] = None) -> Optional[str]:
+    """The LoRA row shown in detail: the row of ``record_rank`` if set (in the answer's (adapter, target set) when
+    it has that rank, else the first in report order), else the answer's row, else (none within the tolerance) the
+    closest one the answer names, else the largest rank (the last such in report order)."""
+    lora = sorted((r for r in rows.values() if r.variant == "lora"), key=row_order)
+    if not lora:
         return None
-    rank = next((r for r in (record_rank, answer_rank, closest_rank) if r in ranks), ranks[-1])
-    return row_name("lora", rank)
+    names = [r.name for r in lora]
+    if record_rank is not None:
+        family = rows[answer_row].family if answer_row in rows else None
+        at = [r for r in lora if r.rank == record_rank]
+        pick = next((r for r in at if r.family == family), at[0] if at else None)
+        if pick is not None:
+            return pick.name
+    found = next((n for n in (answer_row, closest_row) if n in names), None)
+    return found or max(lora, key=lambda r: (r.rank, -names.index(r.name))).name
 
 
 def adapter_spectrum(factors: Mapping[str, tuple[np.ndarray, np.ndarray, float]], energy: float = 0.9) -> dict:
@@ -270,12 +326,17 @@ def subspace_overlaps(small: Mapping[str, tuple], large: Mapping[str, tuple]) ->
 
 
 def rank_curve(rows: Mapping[str, StudyRow], tfidf_macro_f1: float) -> list[dict]:
-    """One row per LoRA rank for ``dvc plots``: test macro-F1 mean and interval, costs, and the reference lines."""
+    """One row per LoRA rank for ``dvc plots``: test macro-F1 mean and interval, costs, and the reference lines.
+    A study of several (adapter, target set) has one series per pair: its rows lead with ``adapter`` and
+    ``target_set`` columns, by pair then rank."""
     full, scratch = rows.get(REFERENCE), rows.get("scratch")
+    lora = sorted((r for r in rows.values() if r.variant == "lora"), key=row_order)
+    several = len({r.family for r in lora}) > 1
     out = []
-    for r in sorted((r for r in rows.values() if r.variant == "lora"), key=lambda r: r.rank):
+    for r in lora:
         m = r.macro_f1
-        out.append({"rank": r.rank, "log2_rank": float(np.log2(r.rank)), "lora_macro_f1": m.mean,
+        which = dict(zip(("adapter", "target_set"), r.family)) if several else {}
+        out.append({**which, "rank": r.rank, "log2_rank": float(np.log2(r.rank)), "lora_macro_f1": m.mean,
                     "lora_low": m.low, "lora_high": m.high,
                     "full_macro_f1": full.macro_f1.mean if full else None,
                     "full_low": full.macro_f1.low if full else None,

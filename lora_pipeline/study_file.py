@@ -14,19 +14,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .checked_json import Mismatch, Record, check_header, decode, load_json
-from .config import VARIANTS
+from .config import ADAPTERS, DEFAULT_TARGET_SET, VARIANTS
 from .errors import PipelineError
 from .files import write_json
 from .records import detail_rows, study_row
+from .study_parts import LayerSpectrum, Part, SeedCurve, Spectrum, Subspace
 
 __all__ = ["FORMAT", "VERSION", "Answer", "ClassScores", "CostRatios", "Detail", "EqualCost", "FixedModels",
            "LayerSpectrum", "LrSearch", "MetricSummary", "Part", "ReferenceScores", "SeedCurve", "SequenceStep",
-           "Spectrum", "StudyFile", "StudyRow", "StudyRun", "Subspace", "ToDecide", "VsFull", "read_study"]
+           "Spectrum", "StudyFile", "StudyRow", "StudyRun", "Subspace", "ToDecide", "VsFull", "read_study", "row_order"]
 
-FORMAT, VERSION = "lora-pipeline-study", 1
+FORMAT, VERSION = "lora-pipeline-study", 2
 REBUILD = ("rebuild it with this lora-pipeline: `dvc repro -f evaluate`, or `lora-pipeline rebuild <folder>` for a "
            "folder holding its record.json.gz")
 
@@ -106,8 +107,9 @@ class VsFull(Record):
 
 @dataclass(frozen=True)
 class StudyRow(Record):
-    """One (variant, rank) of the study: the learning rate chosen on validation, the test metrics over its seeds,
-    flags and notes per seed, costs (sizes of the first seed, means over seeds) and how each seed stopped."""
+    """One row of the study, a variant or a LoRA configuration (adapter, target set, rank): the learning rate chosen
+    on validation, the test metrics over its seeds, flags and notes per seed, costs (sizes of the first seed, means
+    over seeds) and how each seed stopped."""
 
     variant: str
     rank: Optional[int]  # None unless lora
@@ -140,11 +142,21 @@ class StudyRow(Record):
     stopped_by: tuple[Optional[str], ...]  # per seed: plateau | cap
     converged: tuple[Optional[bool], ...]  # per seed (None: a run from before the field)
     vs_full: Optional[VsFull]  # LoRA rows, where the study has full fine-tuning
+    target_set: Optional[str] = None  # LoRA rows: the name of the target set (None for scratch/full)
+    adapter: Optional[str] = None  # LoRA rows: lora | dora (None for scratch/full)
+    adapter_params: Optional[int] = None  # the parameters the adapter layers add (None: a seed's record lacks it)
 
     @property
     def name(self) -> str:
-        """``lora_r8`` or the variant: the row's key in ``rows``."""
-        return study_row(self.variant, self.rank)
+        """``lora_r8``, ``dora_r8_all_linear`` or the variant: the row's key in ``rows`` (records.study_row)."""
+        return study_row(self.variant, self.rank, self.target_set, self.adapter)
+
+    @property
+    def family(self) -> Optional[tuple[str, str]]:
+        """``(adapter, target set)`` of a LoRA row (its ranks differ only in rank); None for scratch/full."""
+        if self.variant != "lora":
+            return None
+        return self.adapter or "lora", self.target_set or DEFAULT_TARGET_SET
 
     @property
     def is_degenerate(self) -> bool:
@@ -164,12 +176,14 @@ class StudyRow(Record):
 
 @dataclass(frozen=True)
 class SequenceStep(Record):
-    """One rank of the answer's fixed sequence: its status there, its own (unadjusted) status, borderline or not."""
+    """One LoRA configuration of the answer's fixed sequence: its status there, its own (unadjusted) status,
+    borderline or not."""
 
     rank: int
     status: str  # within | worse | undecided | not converged | degenerate | not tested
     unadjusted: str
     mc_close: bool
+    row: Optional[str] = None  # the configuration's row name (None only in a hand-built step)
 
 
 @dataclass(frozen=True)
@@ -184,10 +198,11 @@ class CostRatios(Record):
 
 @dataclass(frozen=True)
 class Answer(Record):
-    """The study's answer (lora_pipeline.answer): the smallest rank within the tolerance under the fixed sequence,
-    its sentence, the sequence, and for a passing rank its difference and cost ratios."""
+    """The study's answer (lora_pipeline.answer): the LoRA configuration with the fewest trainable parameters within
+    the tolerance under the fixed sequence, its sentence, the sequence, and for a passing one its difference and
+    cost ratios."""
 
-    rank: Optional[int]  # None: no rank passed
+    rank: Optional[int]  # None: no configuration passed
     sentence: str
     sequence: tuple[SequenceStep, ...]
     procedure: str
@@ -195,21 +210,24 @@ class Answer(Record):
     equal_cost: Optional[str]  # the equal-cost sentence
     cost_ratios: Optional[CostRatios]
     difference: Optional[VsFull]
+    row: Optional[str] = None  # the answer's row name (``lora_r8``, ``dora_r2_all_linear``); None: none passed
+    closest_row: Optional[str] = None  # the post-hoc closest row, when none passed
 
 
 @dataclass(frozen=True)
 class EqualCost(Record):
-    """Where each rank stood on validation when full fine-tuning reached its best, on ``clock``
+    """Where each LoRA configuration stood on validation when full fine-tuning reached its best, on ``clock``
     (lora_pipeline.curves.equal_cost)."""
 
     clock: str
     budget: float  # full fine-tuning's mean cost to its best
     full_best: float
-    at_budget: Mapping[int, Optional[float]]  # per rank (JSON keys are text)
+    at_budget: Mapping[str, Optional[float]]  # per LoRA row name
     rank: Optional[int]
     time_within: Optional[float]
     ratio: Optional[float]
     sentence: str
+    row: Optional[str] = None  # the row whose time to come within is reported (``rank`` is its rank)
 
 
 @dataclass(frozen=True)
@@ -271,54 +289,14 @@ class StudyRun(Record):
     device: Optional[str]
     samples_per_second: Optional[float]
     chosen: bool  # its row chose its learning rate
+    target_set: Optional[str] = None  # lora: its target set (a record from before the axis: the default set)
+    adapter: Optional[str] = None  # lora: lora | dora (a record from before the axis: lora)
+    adapter_params: Optional[int] = None  # the parameters its adapter layers add (None: not recorded)
 
-
-@dataclass(frozen=True)
-class LayerSpectrum(Record):
-    singular_values: tuple[float, ...]  # of ΔW, descending
-    effective_rank: int
-
-
-@dataclass(frozen=True)
-class Spectrum(Record):
-    """The singular values of each targeted layer's update of one LoRA run."""
-
-    rank: int
-    seed: int
-    tag: str
-    layers: Mapping[str, LayerSpectrum]
-
-
-@dataclass(frozen=True)
-class Subspace(Record):
-    """φ(A_small, A_large, i, j) of one layer between two chosen adapters of one seed (LoRA paper, Figure 3)."""
-
-    seed: int
-    small_rank: int
-    large_rank: int
-    layer: str
-    grid: tuple[tuple[float, ...], ...]
-    small_tag: Optional[str]  # the runs it pairs (None in a study whose record predates them)
-    large_tag: Optional[str]
-
-
-@dataclass(frozen=True)
-class SeedCurve(Record):
-    """One run's validations as columns (lora_pipeline.curves.curve_from_rows)."""
-
-    seed: int
-    step: tuple[Optional[float], ...]
-    seconds: tuple[Optional[float], ...]
-    cpu_seconds: tuple[Optional[float], ...]
-    val_macro_f1: tuple[Optional[float], ...]
-
-
-@dataclass(frozen=True)
-class Part(Record):
-    """A part of a study run apart (``lora-pipeline merge``): its seeds and how many runs it held."""
-
-    seeds: tuple[int, ...]
-    runs: int
+    @property
+    def row(self) -> str:
+        """The study row the run belongs to."""
+        return study_row(self.variant, self.rank, self.target_set, self.adapter)
 
 
 @dataclass(frozen=True)
@@ -370,17 +348,35 @@ class StudyFile(Record):
             raise PipelineError(f"{where}: {bad} (study file version {VERSION}); {REBUILD}") from None
 
     def ordered_rows(self) -> list[tuple[str, StudyRow]]:
-        """The rows as scratch, full, then LoRA by rank (the file holds them with sorted keys)."""
-        order = {v: i for i, v in enumerate(VARIANTS)}
-        return sorted(self.rows.items(), key=lambda kv: (order.get(kv[1].variant, len(order)), kv[1].rank or 0))
+        """The rows as scratch, full, then the LoRA configurations by (adapter in :data:`ADAPTERS` order, target set
+        in the study's order, then by name, rank) (the file holds them with sorted keys)."""
+        return sorted(self.rows.items(), key=lambda kv: row_order(kv[1], self.params.get("study", {})
+                                                                  .get("target_sets") or ()))
 
     def lora_rows(self) -> list[StudyRow]:
-        """The LoRA rows by rank."""
+        """The LoRA rows in report order (by rank within each (adapter, target set))."""
         return [row for _, row in self.ordered_rows() if row.variant == "lora"]
+
+    def families(self) -> list[tuple[str, str]]:
+        """The (adapter, target set) of the LoRA rows, in report order: one for a study of ranks only."""
+        return list(dict.fromkeys(row.family for row in self.lora_rows()))
 
     def shown_detail(self) -> dict[str, Detail]:
         """The detail rows in report order (records.detail_rows): scratch, full, the record LoRA row, TF-IDF."""
         return {n: self.detail[n] for n in detail_rows(self.record) if n in self.detail}
+
+
+def row_order(row: StudyRow, target_sets: Sequence[str] = ()) -> tuple:
+    """Sort key of a study row: scratch, full, then LoRA by adapter (:data:`ADAPTERS` order), target set (the
+    default set first, then ``target_sets``' order, then by name) and rank."""
+    variant = VARIANTS.index(row.variant) if row.variant in VARIANTS else len(VARIANTS)
+    if row.variant != "lora":
+        return variant, 0, 0, "", row.rank or 0
+    adapter, targets = row.family
+    where = list(target_sets)
+    place = -1 if targets == DEFAULT_TARGET_SET else where.index(targets) if targets in where else len(where)
+    return (variant, ADAPTERS.index(adapter) if adapter in ADAPTERS else len(ADAPTERS), place, targets,
+            row.rank or 0)
 
 
 def read_study(path: str | Path) -> StudyFile:

@@ -1,4 +1,4 @@
-"""evaluate: the study's answer. Per (variant, rank) the learning rate with the best validation macro-F1 is chosen,
+"""evaluate: the study's answer. Per variant and LoRA configuration (adapter, target set, rank) the learning rate with the best validation macro-F1 is chosen,
 only the chosen models are scored on the test split (every seed; every run with ``study.test_every_run``, so a part
 of a study keeps what a merged study may choose); every input of the numbers is written to the
 study record (record.json.gz), and study.json is computed from it alone (lora_pipeline.record.build_study): rows
@@ -83,21 +83,25 @@ def _score_runs(runs: Sequence[tuple[str, str]], args, params: Params, labels: l
 
 def _adapters(groups, models: Path, every: Sequence[Mapping[str, Any]] = ()) -> tuple[list[dict], list[dict]]:
     """Spectra of every chosen LoRA adapter (and of each run in ``every``), and φ(small, largest rank) per seed
-    between the chosen adapters (LoRA paper, Figure 3), each entry naming the two runs it pairs."""
+    between the chosen adapters of one (adapter, target set) (LoRA paper, Figure 3; never across target sets or
+    adapters, whose layers differ), each entry naming the two runs it pairs."""
     lora = [g for g in groups if g.variant == "lora"]
-    chosen = {(g.rank, rec["seed"]): rec["tag"] for g in lora for rec in g.records}
+    chosen = {(g.adapter, g.target_set, g.rank, rec["seed"]): rec["tag"] for g in lora for rec in g.records}
     runs = {r["tag"]: (r["rank"], r["seed"]) for r in every if r["variant"] == "lora"}
-    runs.update({tag: key for key, tag in chosen.items()})
+    runs.update({tag: key[2:] for key, tag in chosen.items()})
     factors = {tag: {k: (a.float().numpy(), b.float().numpy(), s) for k, (a, b, s)
                      in adapter_factors(models / "lora" / tag).items()} for tag in runs}
     spectra = [{"rank": rank, "seed": seed, "tag": tag, "layers": study.adapter_spectrum(factors[tag], ENERGY)}
                for tag, (rank, seed) in sorted(runs.items(), key=lambda kv: (kv[1], kv[0]))]
     subspace = []
-    if len(lora) > 1:
-        largest = max(g.rank for g in lora)
-        for (rank, seed), tag in sorted(chosen.items()):
-            big = chosen.get((largest, seed))
-            if rank != largest and big is not None:
+    for family in sorted({(g.adapter, g.target_set) for g in lora}):
+        ranks = [g.rank for g in lora if (g.adapter, g.target_set) == family]
+        if len(ranks) < 2:
+            continue
+        largest = max(ranks)
+        for (adapter, targets, rank, seed), tag in sorted(chosen.items()):
+            big = chosen.get((*family, largest, seed))
+            if (adapter, targets) == family and rank != largest and big is not None:
                 for layer, grid in study.subspace_overlaps(factors[tag], factors[big]).items():
                     subspace.append({"seed": seed, "small_rank": rank, "large_rank": largest, "layer": layer,
                                      "grid": grid, "small_tag": tag, "large_tag": big})
@@ -126,7 +130,7 @@ def _write_predictions(folder: str, study: StudyFile, record: dict) -> None:
             shown[name] = record["tfidf"]["test_predictions"]
             continue
         row = study.rows[name]
-        run = next(r for (v, _), r in by_tag.items() if v == row.variant and r.get("rank") == row.rank
+        run = next(r for (v, _), r in by_tag.items() if v == row.variant and record_lib.run_row(r) == name
                    and r["seed"] == row.seeds[0] and r["lr"] == row.lr)
         shown[name] = run["test_predictions"]
     with atomic_dir(folder) as tmp:
@@ -239,17 +243,17 @@ def _study(args: argparse.Namespace, params: Params, tracker) -> None:
     for path in (args.metrics, args.study, args.record, args.rank_curve, args.predictions):
         tracker.log_artifact(path)
     with phase("mlflow"):  # its git and weights digests are for the registry
-        _register(tracker, params, groups, rows, preds, answer.rank, test, labels, Path(args.models),
+        _register(tracker, params, groups, rows, preds, answer.row, test, labels, Path(args.models),
                   file_md5(args.study))
 
 
-def _register(tracker, params: Params, groups, rows: Mapping[str, StudyRow], preds: dict, answer_rank: int | None,
+def _register(tracker, params: Params, groups, rows: Mapping[str, StudyRow], preds: dict, answer_row: str | None,
               test: EncodedSplit, labels: list[str], models: Path, study_md5: str) -> None:
     """Register the study's pick (its first seed's model) as a new version of ``mlflow.registered_model``; the pick
     is made on validation (answer_lib.registry_pick), the test score is only a tag. No alias moves here, whether
     under ``dvc repro`` or ``dvc exp run``: ``lora-pipeline promote`` moves it to a committed run's version, which
     it recognises by ``study_md5`` (the md5 the committed dvc.lock records for the study file)."""
-    name, why = answer_lib.registry_pick(rows, answer_rank)
+    name, why = answer_lib.registry_pick(rows, answer_row)
     if name is None:
         log.warning("Model Registry: nothing registered (%s)", why)
         return
@@ -257,7 +261,8 @@ def _register(tracker, params: Params, groups, rows: Mapping[str, StudyRow], pre
     rec = group.records[0]
     directory = models / group.variant / rec["tag"]
     score = classification_metrics(test.labels, preds[name][0], labels)["macro_f1"]
-    tags = {"variant": group.variant, "rank": group.rank, "seed": rec["seed"], "lr": rec["lr"], "tag": rec["tag"],
+    tags = {"variant": group.variant, "rank": group.rank, "target_set": group.target_set, "adapter": group.adapter,
+            "row": name, "seed": rec["seed"], "lr": rec["lr"], "tag": rec["tag"],
             "test_macro_f1": round(score, 4), "val_macro_f1": round(rows[name].val_macro_f1, 4),
             "selection": why, "git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
             STUDY_TAG: study_md5}

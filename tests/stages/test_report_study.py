@@ -415,9 +415,9 @@ def _without(key: str) -> dict:
     (None, "study file '{path}' not found; run the evaluate stage first (`dvc repro evaluate`)"),
     ('{"rows": {}}', "'{path}' has no format or version: it was written by an older evaluate stage; rebuild it "
                      "with this lora-pipeline: `dvc repro -f evaluate`"),
-    ({**make_study_json(), "version": 2}, "'{path}' is study file version 2, but this lora-pipeline reads version 1; "
+    ({**make_study_json(), "version": 1}, "'{path}' is study file version 1, but this lora-pipeline reads version 2; "
                                           "rebuild it with this lora-pipeline"),
-    (_without("low"), "'{path}': rows.lora_r2.vs_full lacks ['low'] (study file version 1); rebuild it"),
+    (_without("low"), "'{path}': rows.lora_r2.vs_full lacks ['low'] (study file version 2); rebuild it"),
     ('{"rows": ', "'{path}' is not valid JSON"),
 ], ids=["missing", "stale", "another version", "a key missing", "truncated"])
 def test_stage_names_a_missing_stale_or_other_version_study_file_in_one_line(tmp_path, capsys, content, message):

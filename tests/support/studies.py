@@ -105,7 +105,7 @@ def study_row(variant: str, rank: Optional[int] = None, **fields: Any) -> StudyR
 
 def equal_cost(sentence: str) -> EqualCost:
     """An equal-cost reading that only its sentence matters for."""
-    return EqualCost(clock="cpu_seconds", budget=400.0, full_best=0.87, at_budget={8: 0.86}, rank=8,
+    return EqualCost(clock="cpu_seconds", budget=400.0, full_best=0.87, at_budget={"lora_r8": 0.86}, rank=8,
                      time_within=200.0, ratio=0.5, sentence=sentence)
 
 
@@ -174,13 +174,13 @@ def _seed_curves(row: StudyRow) -> list[dict]:
 
 def _adapters(ranks: list[int], seeds: list[int]) -> tuple[list, list]:
     rng = np.random.default_rng(0)
-    spectra = [{"rank": r, "seed": s, "tag": f"r{r}-s{s}-lr0.001",
+    spectra = [{"rank": r, "seed": s, "tag": f"r{r}-s{s}-lr0.001", "row": f"lora_r{r}",
                 "layers": {name: {"singular_values": sorted(rng.uniform(0.01, 1.0, r).tolist(), reverse=True),
                                   "effective_rank": min(r, eff)} for name, eff in zip(LAYERS, LAYER_EFFECTIVE)}}
                for r in ranks for s in seeds]
     subspace = [{"seed": s, "small_rank": r, "large_rank": max(ranks), "layer": name,
                  "grid": rng.uniform(0, 1, (r, max(ranks))).round(4).tolist(), "small_tag": f"r{r}-s{s}-lr0.001",
-                 "large_tag": f"r{max(ranks)}-s{s}-lr0.001"}
+                 "large_tag": f"r{max(ranks)}-s{s}-lr0.001", "family": None}
                 for r in ranks[:-1] for s in seeds for name in LAYERS]
     return spectra, subspace
 
@@ -218,10 +218,11 @@ def make_study(ranks: Iterable[int] = (2, 32), seeds: Iterable[int] = (42, 43), 
                     bad.get(n, []), capped.get(n, []), tfidf) for n in names}
     seed_curves = {n: _seed_curves(r) for n, r in rows.items()} if curves else {}
     first = answer_lib.answer(rows, 0.01, 0.95)
-    found = curves_lib.equal_cost(seed_curves, ranks, 0.01, first.rank) if curves else None
+    found = curves_lib.equal_cost(seed_curves, {f"lora_r{r}": f"rank {r}" for r in ranks}, 0.01, first.row) \
+        if curves else None
     cost = EqualCost(**found) if found else None
     answer = answer_lib.answer(rows, 0.01, 0.95, equal_cost=cost)
-    record = study_lib.record_row(rows, answer.rank, None, answer.closest_rank)
+    record = study_lib.record_row(rows, answer.row, None, answer.closest_row)
     spectra, subspace = _adapters(ranks, seeds)
     shown = [n for n in ("scratch", "full", record) if n in rows] + ["tfidf_logreg"]
     return StudyFile(

@@ -130,4 +130,4 @@ def test_registry_pick_without_an_answer_uses_validation_not_test():
     rows["scratch"] = _row("scratch", val=0.99, degenerate_val=["predicts only 'a'"])
     assert registry_pick(rows, None)[0] == "lora_r8"
     assert "validation" in registry_pick(rows, None)[1]
-    assert registry_pick(rows, 8) == ("lora_r8", "the study's answer: smallest LoRA rank within tolerance of full")
+    assert registry_pick(rows, "lora_r8") == ("lora_r8", "the study's answer: smallest LoRA rank within tolerance of full")

@@ -11,14 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
-from lora_pipeline.budget import (
-    Configuration,
-    adapter_parameters,
-    cheapest_within,
-    configurations,
-    equal_budget_groups,
-    equal_budget_rows,
-)
+from lora_pipeline.adapter_budget import adapter_parameters, configurations
+from lora_pipeline.budget import Configuration, cheapest_within, equal_budget_groups, equal_budget_rows
 from lora_pipeline.lora import LoRAArgumentError, apply_lora, count_parameters, mark_only_lora_as_trainable
 from tests.support.tiny_models import CONFIGS, tiny_model
 

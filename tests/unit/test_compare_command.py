@@ -39,3 +39,16 @@ def test_the_readme_command_keeps_the_answer_each_ranks_difference_and_the_seeds
     ranks = yaml.safe_load((ROOT / "params.yaml").read_text())["study"]["ranks"]
     assert [c for c in columns if keep.match(c)] == \
         ["Experiment", "answer_rank", *sorted(f"lora_r{r}.vs_full" for r in ranks), "study.seeds"]
+
+
+def test_the_guides_command_keeps_the_difference_of_every_lora_configuration_row():
+    """Rows of other adapters and target sets (``dora_r8``, ``lora_r8_all_linear``) are columns too; other metrics of
+    those rows are not."""
+    line = next(x for x in (ROOT / "docs" / "pipeline.md").read_text().splitlines()
+                if x.startswith("dvc exp show --no-pager"))
+    import shlex
+
+    keep = re.compile(_option(shlex.split(line), "--keep"))
+    rows = ["lora_r8", "dora_r8", "lora_r8_all_linear", "dora_r2_attention_all", "lora_r64"]
+    columns = [f"{r}.{m}" for r in rows for m in ("vs_full", "vs_full_low", "macro_f1")] + ["full.macro_f1"]
+    assert [c for c in columns if keep.match(c)] == [f"{r}.vs_full" for r in rows]

@@ -6,6 +6,8 @@ import pytest
 
 from lora_pipeline.curves import best_so_far, curve_from_rows, equal_cost, mean_curve
 
+RANKS_2_8 = {"lora_r2": "rank 2", "lora_r8": "rank 8"}  # the LoRA rows, as the sentence names them
+
 
 def _curve(seed, points):
     """points: (step, cpu_seconds, val_macro_f1)."""
@@ -38,9 +40,10 @@ def test_equal_cost_reads_each_rank_at_full_fine_tunings_time_to_its_best():
     fast = [_curve(1, [(10, 50.0, 0.84), (20, 100.0, 0.86), (30, 150.0, 0.865)]),
             _curve(2, [(10, 50.0, 0.83), (20, 100.0, 0.855), (30, 150.0, 0.87)])]
     slow = [_curve(1, [(10, 200.0, 0.70), (20, 400.0, 0.87)]), _curve(2, [(10, 210.0, 0.72), (20, 420.0, 0.86)])]
-    res = equal_cost({"full": full, "lora_r2": slow, "lora_r8": fast}, [2, 8], tolerance=0.01, chosen_rank=8)
+    res = equal_cost({"full": full, "lora_r2": slow, "lora_r8": fast}, RANKS_2_8, tolerance=0.01,
+                     chosen="lora_r8")
     assert res["budget"] == pytest.approx(220.0) and res["full_best"] == pytest.approx(0.87)
-    assert res["at_budget"] == pytest.approx({2: 0.71, 8: 0.8675})
+    assert res["at_budget"] == pytest.approx({"lora_r2": 0.71, "lora_r8": 0.8675})
     # mean best-so-far of rank 8 reaches 0.86 (= 0.87 - 0.01) at 150 CPU seconds: 150 / 220 of full's time
     assert res["time_within"] == pytest.approx(150.0) and res["ratio"] == pytest.approx(150 / 220)
     assert "by the 220 CPU-seconds full fine-tuning needed to reach its best (0.870)" in res["sentence"]
@@ -52,12 +55,13 @@ def test_equal_cost_says_when_a_rank_never_comes_within_and_picks_the_closest_wi
     full = [_curve(1, [(10, 100.0, 0.9)])]
     low = [_curve(1, [(10, 50.0, 0.6), (20, 300.0, 0.7)])]
     lower = [_curve(1, [(10, 50.0, 0.5)])]
-    res = equal_cost({"full": full, "lora_r4": low, "lora_r16": lower}, [4, 16], tolerance=0.01, chosen_rank=None)
+    res = equal_cost({"full": full, "lora_r4": low, "lora_r16": lower}, {"lora_r4": "rank 4", "lora_r16": "rank 16"},
+                     tolerance=0.01, chosen=None)
     assert res["rank"] == 4 and res["time_within"] is None and res["ratio"] is None
     assert "Rank 4 never came within 1 point of that best." in res["sentence"]
 
 
 def test_equal_cost_needs_full_fine_tunings_curve_on_that_clock():
     no_clock = [curve_from_rows([{"step": 10, "val_macro_f1": 0.8}], 1)]  # a run recorded before cpu_seconds
-    assert equal_cost({"full": no_clock}, [8], 0.01, 8) is None
-    assert equal_cost({}, [8], 0.01, 8) is None
+    assert equal_cost({"full": no_clock}, {"lora_r8": "rank 8"}, 0.01, "lora_r8") is None
+    assert equal_cost({}, {"lora_r8": "rank 8"}, 0.01, "lora_r8") is None

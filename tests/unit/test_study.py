@@ -152,10 +152,10 @@ def test_record_row_prefers_the_param_then_the_answer_then_the_closest_then_the_
     from lora_pipeline.study import record_row
 
     rows = {n: study_row("lora", r) for n, r in (("lora_r2", 2), ("lora_r8", 8))} | {"full": study_row("full")}
-    assert record_row(rows, answer_rank=2, record_rank=8) == "lora_r8"
-    assert record_row(rows, answer_rank=2, record_rank=None) == "lora_r2"
-    assert record_row(rows, answer_rank=None, record_rank=None, closest_rank=2) == "lora_r2"  # no rank qualified
-    assert record_row(rows, answer_rank=None, record_rank=None) == "lora_r8"
+    assert record_row(rows, answer_row="lora_r2", record_rank=8) == "lora_r8"
+    assert record_row(rows, answer_row="lora_r2", record_rank=None) == "lora_r2"
+    assert record_row(rows, answer_row=None, record_rank=None, closest_row="lora_r2") == "lora_r2"  # none qualified
+    assert record_row(rows, answer_row=None, record_rank=None) == "lora_r8"
     assert record_row({"full": rows["full"]}, None, None) is None
 
 

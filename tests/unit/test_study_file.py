@@ -52,11 +52,11 @@ def test_an_unknown_value_is_an_explicit_null_never_a_missing_key(tmp_path):
 
 
 def test_equal_cost_ranks_read_back_as_numbers():
-    cost = EqualCost(clock="cpu_seconds", budget=400.0, full_best=0.87, at_budget={2: 0.8, 16: None}, rank=2,
+    cost = EqualCost(clock="cpu_seconds", budget=400.0, full_best=0.87, at_budget={"lora_r2": 0.8, "lora_r16": None}, rank=2,
                      time_within=None, ratio=None, sentence="…")
     text = json.loads(json.dumps(cost.to_json()))
-    assert text["at_budget"] == {"2": 0.8, "16": None}
-    assert EqualCost(**text) == cost and list(EqualCost(**text).at_budget) == [2, 16]
+    assert text["at_budget"] == {"lora_r2": 0.8, "lora_r16": None}
+    assert EqualCost(**text) == cost and list(EqualCost(**text).at_budget) == ["lora_r2", "lora_r16"]
 
 
 def test_another_version_is_refused_in_one_line_that_says_how_to_rebuild(tmp_path):
