@@ -94,13 +94,23 @@ def _same_runs(runs: Mapping[tuple, Mapping[str, Any]], part: Sequence[Mapping[s
                                 "other results: a part must not retrain a run another part holds")
 
 
+def _merged_subspace(parts: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Every part's subspace grids, each pair of runs and layer once; untagged grids only from a lone part."""
+    held = [p["subspace"] for p in parts if p.get("subspace")]
+    if any("small_tag" not in x for grids in held for x in grids):
+        return list(held[0]) if len(held) == 1 else []
+    unique = {(x["small_tag"], x["large_tag"], x["layer"]): x for grids in held for x in grids}
+    return list(unique.values())
+
+
 def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
     """One record from parts of one study run apart (other seeds, ranks or rates; other machines or days).
 
     Parts must share the split (labels of val and test), the TF-IDF reference and every param that changes what is
     computed; the study's grid lists are unioned and the launch keys (:data:`LAUNCH_KEYS`) may differ. A run held
-    by two parts must be the same run. Spectra are kept by run; the subspace similarities are kept only when one
-    part holds them all (they pair two ranks' adapters, whose weights a merge does not have).
+    by two parts must be the same run. Spectra are kept by run, and the subspace similarities by the two runs
+    they pair (a merge cannot compute new ones: it has no adapter weights); grids that do not name their runs
+    (older records) are kept only when one part holds them all.
     """
     if not parts:
         raise PipelineError("merge: no parts given")
@@ -130,11 +140,11 @@ def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
         if any(key in p["params"]["study"] for p in parts):
             study[key] = sorted({v for p in parts for v in p["params"]["study"].get(key) or ()})
     spectra = {s["tag"]: s for p in parts for s in p.get("spectra", [])}
-    with_subspace = [p for p in parts if p.get("subspace")]
+    subspace = _merged_subspace(parts)
     return {**first, "params": {**first["params"], "study": study},
             "runs": sorted(runs.values(), key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"], r["tag"])),
             "spectra": [spectra[t] for t in sorted(spectra)],
-            "subspace": with_subspace[0]["subspace"] if len(with_subspace) == 1 else [],
+            "subspace": subspace,
             "parts": [{"seeds": p["params"]["study"]["seeds"], "runs": len(p["runs"])} for p in parts]}
 
 

@@ -109,6 +109,21 @@ def test_parts_of_a_study_merge_into_the_record_of_the_whole():
     assert merged["parts"] == [{"seeds": [1], "runs": 4}, {"seeds": [2], "runs": 4}]
 
 
+def test_merged_parts_keep_every_parts_tagged_subspace_grids_once():
+    """Each part's grids name the two runs they pair, so a merge keeps them all (a grid held by two parts once)
+    and the study shows those of the chosen runs; untagged grids (older records) are kept only from a lone part."""
+    a, b = _parts(_record())
+    grid = {"layer": "q", "grid": [[1.0]], "small_rank": 4, "large_rank": 16}
+    a["subspace"] = [{**grid, "seed": 1, "small_tag": "r4-s1-lr0.002", "large_tag": "r16-s1-lr0.002"}]
+    b["subspace"] = [{**grid, "seed": 2, "small_tag": "r4-s2-lr0.002", "large_tag": "r16-s2-lr0.002"}]
+    merged = merge_records([a, b, json.loads(json.dumps(b))])
+    assert [x["seed"] for x in merged["subspace"]] == [1, 2]
+    a["subspace"] = [{**grid, "seed": 1}]
+    b["subspace"] = [{**grid, "seed": 2}]
+    assert merge_records([a, b])["subspace"] == [] and merge_records([a, _parts(_record())[1]])["subspace"] == \
+        a["subspace"]
+
+
 def test_parts_that_differ_in_what_they_compute_are_refused():
     a, b = _parts(_record())
     b["params"]["train"]["batch_size"] = 16
