@@ -1,5 +1,6 @@
-"""The report's words for LoRA configurations (adapter, target set, rank) and its equal-parameter-budget section:
-in a study of several (adapter, target set), the configurations that train about as many parameters side by side.
+"""The report's words for LoRA configurations (adapter, target set, rank): their titles, what the Setup section
+says LoRA trained, and the equal-parameter-budget section (in a study of several (adapter, target set), the
+configurations that train about as many parameters side by side).
 
 Pure text from the study file (:class:`~lora_pipeline.study_file.StudyFile`); :mod:`lora_pipeline.reporting`
 assembles the report.
@@ -7,14 +8,14 @@ assembles the report.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .budget import EQUAL_BUDGET_RATIO, Configuration, equal_budget_groups, equal_budget_rows
 from .config import DEFAULT_TARGET_SET
 from .records import row_configuration
 from .study_file import StudyFile, StudyRow
 
-__all__ = ["ADAPTER_TITLES", "VARIANT_TITLES", "equal_budget_section", "row_title", "run_title"]
+__all__ = ["ADAPTER_TITLES", "VARIANT_TITLES", "equal_budget_section", "lora_setup", "row_title", "run_title"]
 
 VARIANT_TITLES = {"scratch": "BERT from scratch", "full": "full fine-tuning", "lora": "LoRA (ours)",
                   "tfidf_logreg": "TF-IDF + logistic regression"}
@@ -38,6 +39,38 @@ def run_title(row: str) -> str:
     if config is None:
         return VARIANT_TITLES.get(row, row)
     return f"{ADAPTER_TITLES.get(config[0], config[0])} on {config[1]} (ours)"
+
+
+def _and(words: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 2 else words)
+
+
+def _modules(targets: Any) -> str:
+    """A target set's modules as params hold them: the model's default (empty), a list of names or suffixes, or a
+    string (all-linear, a regex)."""
+    if not targets:
+        return "model default"
+    return targets if isinstance(targets, str) else ", ".join(map(str, targets))
+
+
+def lora_setup(lora: Mapping[str, Any], study: Mapping[str, Any]) -> str:
+    """What the Setup table says LoRA trained: ranks, alpha, dropout, each target set the study trained with its
+    modules (``default (model default) and all_linear (all-linear)``) and the adapters, what else was trained, and
+    rsLoRA. Params of a study from before the target-set and adapter axes (``lora.target_modules``,
+    ``lora.use_dora``) read as they always did."""
+    ranks = ", ".join(str(r) for r in study.get("ranks") or []) or "–"
+    saved = ", ".join(lora.get("modules_to_save") or []) or "head only"
+    head = f"ranks {ranks}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
+    rslora = ", rsLoRA" if lora.get("rslora") else ""
+    if "target_sets" not in lora and "target_sets" not in study:  # a study of another day: its single set
+        return (head + f"targets {lora.get('target_modules') or 'model default'}, also trained {saved}" + rslora
+                + (", DoRA" if lora.get("use_dora") else ""))
+    sets, names = lora.get("target_sets") or {}, list(study.get("target_sets") or [DEFAULT_TARGET_SET])
+    adapters = [ADAPTER_TITLES.get(a, a) for a in study.get("adapters") or ["lora"]]
+    targets = _and([f"{n} ({_modules(sets[n])})" if n in sets else n for n in names])
+    return (head + f"target set{'s' if len(names) > 1 else ''} {targets}, adapter{'s' if len(adapters) > 1 else ''} "
+            f"{_and(adapters)}, also trained {saved}" + rslora)
 
 
 RULE = (f"Configurations of different (adapter, target set) are paired when their adapter parameters (the A, B and "

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .budget import EQUAL_BUDGET_HEADER
 from .config import VARIANTS
 from .records import VERDICT_PHRASES as _VERDICT
-from .report_configurations import VARIANT_TITLES, equal_budget_section, row_title, run_title
+from .report_configurations import VARIANT_TITLES, equal_budget_section, lora_setup, row_title, run_title
 from .study_file import StudyFile, StudyRow, VsFull
 
 __all__ = ["VARIANT_TITLES", "comparison_rows", "dataset_section", "effective_rank_rows", "headline", "lr_rows",
@@ -190,16 +190,11 @@ def setup_section(params: Mapping[str, Mapping[str, Any]]) -> str:
 def _variant_rows(params: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     """Per variant: what was trained, its learning-rate grid and epochs."""
     scratch, full, lora, study = (params.get(k, {}) for k in ("scratch", "full", "lora", "study"))
-    ranks = ", ".join(str(r) for r in study.get("ranks") or []) or "–"
-    saved = ", ".join(lora.get("modules_to_save") or []) or "head only"
-    adapters = (f"ranks {ranks}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, targets "
-                f"{lora.get('target_modules') or 'model default'}, also trained {saved}"
-                + (", rsLoRA" if lora.get("rslora") else "") + (", DoRA" if lora.get("use_dora") else ""))
     shape = f"{scratch.get('num_layers')} layers × {scratch.get('hidden_size')}, {scratch.get('num_heads')} heads"
     return [
         ["BERT from scratch", shape, _lrs(study.get("scratch_lrs")), scratch.get("epochs")],
         ["full fine-tuning", "every parameter", _lrs(study.get("full_lrs")), full.get("epochs")],
-        ["LoRA (ours)", adapters, _lrs(study.get("lora_lrs")), lora.get("epochs")],
+        ["LoRA (ours)", lora_setup(lora, study), _lrs(study.get("lora_lrs")), lora.get("epochs")],
     ]
 
 

@@ -57,11 +57,16 @@ def _lora_tag(rank: int, seed: int) -> str:
     return RunSpec("lora", seed, LORA_LR, rank).tag
 
 
+def _lora_stage(rank: int, seed: int, targets: str = "default", adapter: str = "lora") -> str:
+    """The name DVC gives a train_lora instance: its matrix values (rank, target set, adapter, seed, lr) joined."""
+    return f"train_lora@{rank}-{targets}-{adapter}-{seed}-{LORA_LR}"
+
+
 def test_every_instance_of_the_grid_has_its_outputs(repo):
     repo, env = repo
     names = _instances(repo, env)
     expected = {f"train_scratch@{s}-0.001" for s in SEEDS} | {f"train_full@{s}-{lr}" for s in SEEDS for lr in FULL_LRS} \
-        | {f"train_lora@{r}-{s}-{LORA_LR}" for r in RANKS for s in SEEDS}
+        | {_lora_stage(r, s) for r in RANKS for s in SEEDS}
     assert expected <= set(names) and len([n for n in names if "@" in n]) == len(expected), names
     for path in (repo / "metrics/train").glob("*.json"):
         rec = json.loads(path.read_text())
@@ -250,7 +255,7 @@ def test_retraining_with_other_timings_changes_only_dvc_lock(repo):
     repo, env = repo
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "a run", "--allow-empty"], repo, env)
-    stage = f"train_lora@{RANKS[0]}-{SEEDS[0]}-{LORA_LR}"
+    stage = _lora_stage(RANKS[0], SEEDS[0])
     assert ran(run(["dvc", "repro", "--force", "--single-item", stage], repo, env)) == {stage}
     assert "evaluate" in ran(run(["dvc", "repro"], repo, env))  # its run file, an input of evaluate, changed
     changed = {line[3:] for line in run(["git", "status", "--porcelain"], repo, env).stdout.splitlines()}
@@ -265,7 +270,7 @@ def test_adding_a_rank_trains_only_its_instances(repo):
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "baseline run", "--allow-empty"], repo, env)
     proc = run(["dvc", "exp", "run", "-S", "study.ranks=[2,4,8]"], repo, env)
-    assert ran(proc) == {f"train_lora@8-{s}-{LORA_LR}" for s in SEEDS} | {"evaluate", "report"}, proc.stdout
+    assert ran(proc) == {_lora_stage(8, s) for s in SEEDS} | {"evaluate", "report"}, proc.stdout
     assert "up to date" in run(["dvc", "status"], repo, env).stdout
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)
     moved = diff["metrics/evaluate.json"]
@@ -291,6 +296,26 @@ def test_removing_a_rank_drops_it_without_training(repo):
     assert "rank 4" not in (repo / "reports/report.md").read_text().split("##")[0]
 
 
+def test_adding_a_target_set_trains_only_its_instances(repo):
+    """`study.target_sets` is a list like the ranks: adding all_linear (defined in the project's lora.target_sets)
+    trains one instance per rank and seed of the new set; every instance of the default set stays up to date, and
+    the experiment's metrics hold the new rows' difference from full fine-tuning."""
+    repo, env = repo
+    ranks = yaml.safe_load((repo / "params.yaml").read_text())["study"]["ranks"]  # what the tests before left
+    proc = run(["dvc", "exp", "run", "-S", "study.target_sets=[default,all_linear]"], repo, env)
+    assert ran(proc) == {_lora_stage(r, s, "all_linear") for r in ranks for s in SEEDS} | {"evaluate", "report"}, \
+        proc.stdout
+    assert "up to date" in run(["dvc", "status"], repo, env).stdout
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    assert ["default", "all_linear"] in exp_values(shown, "target_sets")
+    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
+    for rank in ranks:
+        assert isinstance(evaluate[f"lora_r{rank}_all_linear"]["vs_full"], float), evaluate
+        assert isinstance(evaluate[f"lora_r{rank}"]["vs_full"], float), evaluate
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)["metrics/evaluate.json"]
+    assert diff[f"lora_r{ranks[0]}_all_linear.vs_full"]["old"] is None, diff
+
+
 def test_a_rank_seen_before_is_restored_from_the_run_cache(repo):
     """Rank 8 was trained by an earlier experiment: adding it to the baseline, whose dvc.lock never had it, restores
     its instances from the run-cache without training. (Its outputs are DVC-cached: while the workspace's dvc.lock
@@ -299,7 +324,7 @@ def test_a_rank_seen_before_is_restored_from_the_run_cache(repo):
     run(["git", "checkout", "--", "params.yaml", "dvc.lock"], repo, env)
     proc = run(["dvc", "exp", "run", "-S", "study.ranks=[2,4,8]"], repo, env)
     assert not {n for n in ran(proc) if n.startswith("train_")}, proc.stdout
-    assert f"Stage 'train_lora@8-1-{LORA_LR}' is cached - skipping run" in proc.stdout, proc.stdout
+    assert f"Stage '{_lora_stage(8, 1)}' is cached - skipping run" in proc.stdout, proc.stdout
 
 
 def test_a_failed_stage_is_recovered_from_the_run_cache(repo):

@@ -240,8 +240,8 @@ def test_setup_describes_convergence_based_training_and_what_each_variant_traine
         in text
     assert "stays above −1 point (1000 bootstrap resamples, raised near a threshold)" in text
     assert "| variant | what was trained | learning-rate grid | max epochs |" in text
-    assert ("| LoRA (ours) | ranks 4, 16, alpha 16.0, dropout 0.0, targets model default, also trained pooler | "
-            "0.002 | 20 |") in text
+    assert ("| LoRA (ours) | ranks 4, 16, alpha 16.0, dropout 0.0, target set default (model default), adapter "
+            "LoRA, also trained pooler | 0.002 | 20 |") in text
     assert "| full fine-tuning | every parameter | 0.0001 | 10 |" in text
     params["train"].update(eval_every=50, max_steps=0, min_delta=0.0, patience=4)
     text = setup_section(params)

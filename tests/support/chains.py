@@ -25,19 +25,37 @@ def instance_tag(variant: str, rank: int | None) -> str:
 
 def instance_paths(base: Path, variant: str, rank: int | None = None) -> dict[str, Path]:
     """Where one train instance writes: model, metrics JSON, curve folder, val predictions, checkpoints."""
-    tag = instance_tag(variant, rank)
+    return spec_paths(base, variant, instance_tag(variant, rank))
+
+
+def spec_paths(base: Path, variant: str, tag: str) -> dict[str, Path]:
+    """Where the train instance of ``variant`` named ``tag`` (a :attr:`RunSpec.tag`) writes, as dvc.yaml lays it
+    out."""
     return {"out": base / "models" / variant / tag, "metrics": base / "metrics" / "train" / f"{variant}-{tag}.json",
             "curve": base / "metrics" / "curves" / variant / tag,
             "predictions": base / "metrics" / "val_predictions" / variant / f"{tag}.csv",
             "checkpoints": base / "checkpoints" / variant / tag}
 
 
+def _output_args(paths: dict[str, Path]) -> list[str]:
+    return ["--out", str(paths["out"]), "--metrics", str(paths["metrics"]), "--curve", str(paths["curve"]),
+            "--predictions", str(paths["predictions"]), "--checkpoints", str(paths["checkpoints"]), "--no-progress"]
+
+
 def train_args(base: Path, variant: str, params: Path, split: Path, rank: int | None = None) -> list[str]:
     """A train stage's argv, writing to ``instance_paths(base, variant, rank)``."""
-    paths = instance_paths(base, variant, rank)
     return ["--params", str(params), "--split", str(split), *instance_args(variant, **({"rank": rank} if rank else {})),
-            "--out", str(paths["out"]), "--metrics", str(paths["metrics"]), "--curve", str(paths["curve"]),
-            "--predictions", str(paths["predictions"]), "--checkpoints", str(paths["checkpoints"]), "--no-progress"]
+            *_output_args(instance_paths(base, variant, rank))]
+
+
+def spec_train_args(base: Path, spec: RunSpec, params: Path, split: Path) -> list[str]:
+    """The argv dvc.yaml gives the train instance of ``spec`` (``--target-set``/``--adapter`` for LoRA), writing to
+    ``spec_paths(base, spec.variant, spec.tag)``."""
+    point = ["--seed", str(spec.seed), "--lr", str(spec.lr)]
+    if spec.variant == "lora":
+        point += ["--rank", str(spec.rank), "--target-set", str(spec.target_set), "--adapter", str(spec.adapter)]
+    return ["--params", str(params), "--split", str(split), *point,
+            *_output_args(spec_paths(base, spec.variant, spec.tag))]
 
 
 def evaluate_args(base: Path, params: Path, split: Path) -> list[str]:
@@ -49,6 +67,12 @@ def evaluate_args(base: Path, params: Path, split: Path) -> list[str]:
             "--study", str(metrics / "study.json"), "--record", str(metrics / "record.json.gz"),
             "--rank-curve", str(metrics / "rank_curve.csv"), "--learning-curves", str(metrics / "learning_curves"),
             "--predictions", str(metrics / "predictions")]
+
+
+def report_args(base: Path, params: Path) -> list[str]:
+    """The report stage's argv, reading evaluate's study file under ``base``, writing ``base/reports``."""
+    return ["--params", str(params), "--study", str(base / "metrics" / "study.json"),
+            "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")]
 
 
 def run_train(variant: str, argv: list[str]) -> int:
@@ -81,7 +105,5 @@ def run_chain(tmp_path_factory, tiny_model_dir, overrides: dict | None = None):
             argv = train_args(base, variant, params, base / "split", rank)
             codes[stage_key(variant, rank)] = run_train(variant, argv)
         codes["evaluate"] = evaluate.main(evaluate_args(base, params, base / "split"))
-        codes["report"] = report.main([
-            "--params", str(params), "--study", str(base / "metrics" / "study.json"),
-            "--report", str(base / "reports" / "report.md"), "--figures", str(base / "reports" / "figures")])
+        codes["report"] = report.main(report_args(base, params))
     return base, params, codes, uri

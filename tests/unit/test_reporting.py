@@ -9,7 +9,8 @@ import pytest
 
 from lora_pipeline.evaluation import classification_metrics
 from lora_pipeline.figures import confusion_figure
-from lora_pipeline.reporting import COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title
+from lora_pipeline.reporting import (COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title,
+                                     setup_section)
 from lora_pipeline.study_file import Detail
 from tests.support.studies import FIGURES, make_study, make_study_json, table, typed
 
@@ -113,3 +114,33 @@ def test_a_study_merged_from_parts_says_which_part_holds_which_seeds_and_that_ev
            "only" in text
     assert "Merged from" not in render_report(make_study(ranks=[8]), FIGURES, params={"model": {}, "train": {},
                                                                                      "study": {}})
+
+
+def _lora_cell(params: dict) -> str:
+    """The Setup table's "what was trained" cell of the LoRA row."""
+    line = next(l for l in setup_section(params).splitlines() if l.startswith("| LoRA (ours) |"))
+    return line.split(" | ")[1]
+
+
+def test_setup_lists_the_target_sets_the_study_trained_with_their_modules_and_the_adapters():
+    lora = {"alpha": 16.0, "dropout": 0.0, "modules_to_save": ["pooler"], "rslora": True,
+            "target_sets": {"default": None, "attention_all": ["query", "key", "value", "attention.output.dense"],
+                            "all_linear": "all-linear", "late": r"layer\.1\.(query|key)"}}
+    study = {"ranks": [4, 16], "target_sets": ["default", "all_linear", "attention_all"], "adapters": ["lora", "dora"]}
+    assert _lora_cell({"lora": lora, "study": study}) == (
+        "ranks 4, 16, alpha 16.0, dropout 0.0, target sets default (model default), all_linear (all-linear) and "
+        "attention_all (query, key, value, attention.output.dense), adapters LoRA and DoRA, also trained pooler, "
+        "rsLoRA")  # only the sets the study trained, in its order; "late" is defined but not trained
+    one = _lora_cell({"lora": {**lora, "rslora": False}, "study": {**study, "target_sets": ["late"],
+                                                                    "adapters": ["dora"]}})
+    assert "target set late (layer\\.1\\.(query\\|key)), adapter DoRA, also trained pooler" in one  # pipe escaped
+
+
+def test_setup_of_a_study_from_before_the_target_set_and_adapter_axes_reads_as_it_always_did():
+    old = {"alpha": 16.0, "dropout": 0.0, "modules_to_save": ["pooler"], "rslora": False, "target_modules": None,
+           "use_dora": False}
+    assert _lora_cell({"lora": old, "study": {"ranks": [4, 16]}}) == (
+        "ranks 4, 16, alpha 16.0, dropout 0.0, targets model default, also trained pooler")
+    listed = {**old, "target_modules": ["query", "key"], "use_dora": True, "rslora": True}
+    assert _lora_cell({"lora": listed, "study": {"ranks": [8]}}) == (
+        "ranks 8, alpha 16.0, dropout 0.0, targets ['query', 'key'], also trained pooler, rsLoRA, DoRA")
