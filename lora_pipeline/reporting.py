@@ -324,8 +324,9 @@ def _spectra_section(study: StudyFile, figure: str) -> str:
     table = markdown_table(["LoRA rank", "mean effective rank", "min–max", "layers", "seeds"], rows) if rows \
         else "No LoRA adapter in the study.\n"
     subspace = (" The bottom row: subspace similarity φ of each smaller rank's A with the largest rank's (1: one "
-                "contains the other, 0: orthogonal), as in the LoRA paper's Figure 3."
-                if study.subspace else "")
+                "contains the other, 0: orthogonal), as in the LoRA paper's Figure 3." if study.subspace else
+                " No subspace similarity: each part of this merged study computed it for the runs it chose itself, "
+                "and the runs chosen across the parts are other ones." if study.parts and len(rows) > 1 else "")
     return (f"## What rank the adapters used\n\n![spectra]({figure})\n\n"
             f"Effective rank = singular values holding {100 * study.energy:g} % of the update's energy "
             f"(ΔW = (α/r)·B·A per targeted layer). The figure shows the first seed of each rank.{subspace}\n\n"

@@ -12,6 +12,7 @@ from lora_pipeline.figures import confusion_figure
 from lora_pipeline.reporting import (COMPARISON_HEADER, comparison_rows, headline, markdown_table, render_report, row_title,
                                      setup_section)
 from lora_pipeline.study_file import Detail
+from tests.support.builders import ROOT
 from tests.support.studies import FIGURES, make_study, make_study_json, table, typed
 
 LABELS = ["neg", "plot", "pos"]
@@ -144,3 +145,13 @@ def test_setup_of_a_study_from_before_the_target_set_and_adapter_axes_reads_as_i
     listed = {**old, "target_modules": ["query", "key"], "use_dora": True, "rslora": True}
     assert _lora_cell({"lora": listed, "study": {"ranks": [8]}}) == (
         "ranks 8, alpha 16.0, dropout 0.0, targets ['query', 'key'], also trained pooler, rsLoRA, DoRA")
+
+
+def test_a_merged_study_without_subspace_grids_for_its_chosen_runs_says_why():
+    from lora_pipeline.study_file import read_study
+
+    merged = read_study(ROOT / "docs" / "results" / "sms_spam" / "study.json")
+    assert merged.parts and not merged.subspace
+    assert "No subspace similarity: each part of this merged study" in render_report(merged, FIGURES)
+    single = read_study(ROOT / "docs" / "results" / "default_corpus_seed42" / "study.json")
+    assert not single.parts and "No subspace similarity" not in render_report(single, FIGURES)
