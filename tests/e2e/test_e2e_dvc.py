@@ -59,7 +59,7 @@ def _lora_tag(rank: int, seed: int) -> str:
 
 def _lora_stage(rank: int, seed: int, targets: str = "default", adapter: str = "lora") -> str:
     """The name DVC gives a train_lora instance: its matrix values (rank, target set, adapter, seed, lr) joined."""
-    return f"train_lora@{rank}-{targets}-{adapter}-{seed}-{LORA_LR}"
+    return RunSpec("lora", seed, LORA_LR, rank, targets, adapter).instance
 
 
 def test_every_instance_of_the_grid_has_its_outputs(repo):

@@ -366,7 +366,7 @@ def test_a_server_that_dies_mid_stage_costs_no_result_and_no_minutes(server, pro
     from mlflow import MlflowClient
 
     repo, env = project
-    instance = f"train_lora@{BASE_RANK}-{SEED}-{LORA_LR}"
+    instance = RunSpec("lora", SEED, LORA_LR, BASE_RANK).instance
     metrics_file = repo / "metrics" / "train" / f"lora-{_tag(BASE_RANK)}.json"
     steps_per_epoch = json.loads(metrics_file.read_text())["steps"]
     client = MlflowClient(tracking_uri=server.url)

@@ -143,7 +143,7 @@ def test_the_grid_and_its_tags_are_those_dvc_builds_from_dvc_yaml(tmp_path, monk
         parser.add_argument("--out")
         args, _ = parser.parse_known_args(stage["cmd"].split()[3:])
         spec = RunSpec.from_args(args, variant)
-        assert spec.tag == Path(args.out).name, name
+        assert spec.tag == Path(args.out).name and spec.instance == name, name
         built.append(spec)
     assert built == RunSpec.grid(load_params(tmp_path / "params.yaml", sections=["study"]).study)
 
