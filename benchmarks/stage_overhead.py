@@ -94,7 +94,9 @@ def write_params(args: argparse.Namespace, work: Path) -> dict:
 def commands(params: dict) -> dict[str, list[str]]:
     """Each stage's command from dvc.yaml, for the first point of every matrix."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    item = {"seed": params["study"]["seeds"][0], "rank": params["study"]["ranks"][0]}
+    study = params["study"]
+    item = {"seed": study["seeds"][0], "rank": study["ranks"][0], "targets": (study.get("target_sets") or ["default"])[0],
+            "adapter": (study.get("adapters") or ["lora"])[0]}
     out = {}
     for name in STAGES:
         cmd = " ".join(dvc[name]["cmd"].split())

@@ -143,11 +143,11 @@ def test_a_queued_grid_logs_every_run_with_its_tags_to_the_shared_server(server,
         (train,) = [r for r in mine if r.data.tags["stage"] == "train_lora"]
         tags = train.data.tags
         assert (tags["variant"], tags["lora_rank"], tags["seed"]) == ("lora", str(rank), str(SEED)), tags
-        assert train.info.run_name == f"train_lora r{rank} s{SEED} lr{LORA_LR} [{name}]"
+        assert train.info.run_name == f"{RunSpec('lora', SEED, LORA_LR, rank).run_name} [{name}]"
         # artifacts went through the server (--serve-artifacts) into its artifact root, not into the clone
         assert train.info.artifact_uri.startswith("mlflow-artifacts:"), train.info.artifact_uri
-        assert f"lora-r{rank}-s{SEED}-lr{LORA_LR}.json" in {a.path for a in client.list_artifacts(train.info.run_id)}
-    assert list(server.artifacts.rglob(f"lora-r{A_SHARE[0]}-s{SEED}-lr{LORA_LR}.json"))
+        assert f"lora-{_tag(rank)}.json" in {a.path for a in client.list_artifacts(train.info.run_id)}
+    assert list(server.artifacts.rglob(f"lora-{_tag(A_SHARE[0])}.json"))
     assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()
 
 

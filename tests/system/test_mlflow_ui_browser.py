@@ -50,10 +50,11 @@ def test_the_ui_shows_the_logged_model_and_the_registered_version_with_its_alias
     digest = model_digest(weights_files("lora", tmp_path / "m"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment("ui-check")
-    with mlflow.start_run(run_name="train_lora r4 s42") as run:
+    # not mlflow.set_experiment: it would leave this process's active experiment set for later tests
+    experiment = mlflow.MlflowClient().get_experiment(mlflow.MlflowClient().create_experiment("ui-check"))
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="train_lora r4 s42") as run:
         mlflow_model.log_trained(mlflow, tmp_path / "m", digest)
-    with mlflow.start_run(run_name="evaluate"):
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="evaluate"):
         version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "ui-check-classifier",
                                              {"variant": "lora", "rank": 4})
     mlflow_model.promote(mlflow.MlflowClient(), "ui-check-classifier", "champion", version)

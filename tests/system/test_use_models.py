@@ -262,9 +262,9 @@ def test_registration_logs_the_model_itself_when_no_train_run_did(tiny_model_dir
     model, lora, card = nonzero_lora_model(tiny_model_dir, tiny_tokenizer)
     save_trained("lora", model, tiny_tokenizer, tmp_path / "m", card=card, lora=lora)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'fresh.db'}")
-    mlflow.set_experiment("empty")
+    empty = mlflow.MlflowClient().create_experiment("empty")  # not set_experiment: no process-wide state left
     digest = model_digest(weights_files("lora", tmp_path / "m"))
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=empty) as run:
         version = mlflow_model.register_pick(mlflow, tmp_path / "m", digest, "reg-test", {"rank": 4})
     assert mlflow.MlflowClient().get_registered_model("reg-test").aliases == {}  # registering moves no alias
     mlflow_model.promote(mlflow.MlflowClient(), "reg-test", "champion", version)
@@ -326,8 +326,7 @@ def test_a_model_registered_on_a_tracking_server_is_served_with_the_right_labels
     texts = ["a good film", "a bad film", "something else entirely"]
     try:
         mlflow.set_tracking_uri(tracking.url)
-        mlflow.set_experiment("serve")
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=mlflow.MlflowClient().create_experiment("serve")):
             version = mlflow_model.register_pick(mlflow, tmp_path / "m",
                                                  model_digest(weights_files("lora", tmp_path / "m")), "serve-test", {})
             mlflow_model.promote(mlflow.MlflowClient(), "serve-test", "champion", version)
