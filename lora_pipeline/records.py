@@ -127,13 +127,6 @@ class RunSpec:
         return f"train_{self.variant}"
 
     @property
-    def instance(self) -> str:
-        """The name DVC gives the stage instance, its matrix values joined in dvc.yaml's order:
-        ``train_lora@8-default-lora-42-0.002``, ``train_full@42-0.0001``."""
-        values = (self.rank, self.target_set, self.adapter) if self.variant == "lora" else ()
-        return f"{self.stage}@" + "-".join(map(str, (*values, self.seed, self.lr)))
-
-    @property
     def run_name(self) -> str:
         """The name of the instance's MLflow run, ``train_lora r8 s42 lr0.002`` (``train_lora dora all_linear r8 …``
         for another adapter or target set; `` [<exp>]`` appended under ``dvc exp run``): what the tracker builds

@@ -18,7 +18,7 @@ import yaml
 
 from lora_pipeline.records import RunSpec
 from tests.support.dvc_project import (BIN, exp_names_by_rank, exp_values, ran, readme_compare_command, run,
-                                      write_project)
+                                      stage_instance, write_project)
 SEEDS, RANKS, FULL_LRS, LORA_LR = (1, 2), (2, 4), (1e-3, 3e-3), 5e-3
 
 
@@ -59,7 +59,7 @@ def _lora_tag(rank: int, seed: int) -> str:
 
 def _lora_stage(rank: int, seed: int, targets: str = "default", adapter: str = "lora") -> str:
     """The name DVC gives a train_lora instance: its matrix values (rank, target set, adapter, seed, lr) joined."""
-    return RunSpec("lora", seed, LORA_LR, rank, targets, adapter).instance
+    return stage_instance(RunSpec("lora", seed, LORA_LR, rank, targets, adapter))
 
 
 def test_every_instance_of_the_grid_has_its_outputs(repo):

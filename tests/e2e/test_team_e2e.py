@@ -28,7 +28,7 @@ import yaml
 
 from lora_pipeline.records import RunSpec
 from tests.support.builders import ROOT
-from tests.support.dvc_project import BIN, exp_names_by_rank, ran, run, write_project
+from tests.support.dvc_project import BIN, exp_names_by_rank, ran, run, stage_instance, write_project
 from tests.support.servers import Server, free_port, start_mlflow_server
 
 SEED, LORA_LR, BASE_RANK = 1, 5e-3, 2
@@ -366,7 +366,7 @@ def test_a_server_that_dies_mid_stage_costs_no_result_and_no_minutes(server, pro
     from mlflow import MlflowClient
 
     repo, env = project
-    instance = RunSpec("lora", SEED, LORA_LR, BASE_RANK).instance
+    instance = stage_instance(RunSpec("lora", SEED, LORA_LR, BASE_RANK))
     metrics_file = repo / "metrics" / "train" / f"lora-{_tag(BASE_RANK)}.json"
     steps_per_epoch = json.loads(metrics_file.read_text())["steps"]
     client = MlflowClient(tracking_uri=server.url)

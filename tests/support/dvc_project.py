@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from lora_pipeline.records import RunSpec
 from tests.support.builders import ROOT, make_frame, save_tiny_bert
 
 BIN = Path(sys.executable).parent
@@ -88,3 +89,10 @@ def exp_names_by_rank(shown) -> dict[int, str]:
                 if rev.get("name") and len(ranks) == 1:
                     names[ranks[0]] = rev["name"]
     return names
+
+
+def stage_instance(spec: RunSpec) -> str:
+    """The name DVC gives a train stage instance: its matrix values joined in dvc.yaml's order
+    (``train_lora@8-default-lora-42-0.002``, ``train_full@42-0.0001``)."""
+    values = (spec.rank, spec.target_set, spec.adapter) if spec.variant == "lora" else ()
+    return f"{spec.stage}@" + "-".join(map(str, (*values, spec.seed, spec.lr)))

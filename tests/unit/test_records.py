@@ -18,6 +18,7 @@ from lora_pipeline.errors import ConfigError, PipelineError
 from lora_pipeline.files import write_json
 from lora_pipeline.records import RunSpec, TrainRecord, read_train_record, row_configuration, row_rank, study_row
 from tests.support.builders import LABELS, ROOT
+from tests.support.dvc_project import stage_instance
 
 SPECS = [  # (spec, tag, row, MLflow run name)
     (RunSpec("scratch", 42, 4e-4), "s42-lr0.0004", "scratch", "train_scratch s42 lr0.0004"),
@@ -143,7 +144,7 @@ def test_the_grid_and_its_tags_are_those_dvc_builds_from_dvc_yaml(tmp_path, monk
         parser.add_argument("--out")
         args, _ = parser.parse_known_args(stage["cmd"].split()[3:])
         spec = RunSpec.from_args(args, variant)
-        assert spec.tag == Path(args.out).name and spec.instance == name, name
+        assert spec.tag == Path(args.out).name and stage_instance(spec) == name, name
         built.append(spec)
     assert built == RunSpec.grid(load_params(tmp_path / "params.yaml", sections=["study"]).study)
 
