@@ -30,7 +30,7 @@ from . import curves as curves_lib
 from . import study as study_lib
 from .errors import PipelineError
 from .config import DEFAULT_TARGET_SET
-from .records import detail_rows, row_configuration
+from .records import detail_rows, row_configuration, study_row
 from .study_file import Detail, EqualCost, StudyFile, StudyRow, StudyRun, row_order
 
 __all__ = ["FORMAT", "VERSION", "build_study", "merge_records", "read_record", "run_fields", "run_row", "write_record"]
@@ -183,7 +183,7 @@ def run_fields(run: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_row(run: Mapping[str, Any]) -> str:
     """The study row a record's run belongs to (``lora_r8``, ``dora_r8_all_linear``, ``full``)."""
-    return study_lib.row_name(*study_lib.configuration(run))
+    return study_row(*study_lib.configuration(run))
 
 
 def _equal_cost(curves: Mapping[str, list], rows: Mapping[str, StudyRow], tolerance: float,

@@ -26,7 +26,7 @@ from .study_file import (FixedModels, LrSearch, MetricSummary, ReferenceScores, 
                          row_order)
 
 __all__ = ["Group", "adapter_spectrum", "configuration", "choose_learning_rates", "compact_metrics", "explain_degenerate", "grid_runs",
-           "lr_search", "rank_curve", "record_row", "row_name", "subspace_overlaps", "summarise", "tracking_metrics",
+           "lr_search", "rank_curve", "record_row", "subspace_overlaps", "summarise", "tracking_metrics",
            "vs_reference"]
 
 REFERENCE = "full"  # the method LoRA is compared with
@@ -48,14 +48,7 @@ class Group:
 
     @property
     def name(self) -> str:
-        return row_name(self.variant, self.rank, self.target_set, self.adapter)
-
-
-def row_name(variant: str, rank: Optional[int], target_set: Optional[str] = None,
-             adapter: Optional[str] = None) -> str:
-    """``lora_r8``, ``dora_r8_all_linear`` for a LoRA configuration, the variant's own name otherwise (the key in
-    evaluate.json; records.study_row)."""
-    return study_row(variant, rank, target_set, adapter)
+        return study_row(self.variant, self.rank, self.target_set, self.adapter)
 
 
 def configuration(rec: Mapping[str, Any]) -> tuple[str, Optional[int], Optional[str], Optional[str]]:
@@ -91,7 +84,7 @@ def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
         seeds = set().union(*({r["seed"] for r in recs} for recs in by_lr.values()))
         complete = {lr: recs for lr, recs in by_lr.items() if {r["seed"] for r in recs} == seeds}
         if not complete:
-            raise PipelineError(f"{row_name(variant, rank, target_set, adapter)}: no learning rate was trained with "
+            raise PipelineError(f"{study_row(variant, rank, target_set, adapter)}: no learning rate was trained with "
                                 f"every seed {sorted(seeds)}; run `dvc repro` to train the missing instances")
         val = {lr: float(np.mean([r["val_macro_f1"] for r in recs])) for lr, recs in complete.items()}
         best = min(val, key=lambda lr: (-val[lr], lr))
