@@ -77,11 +77,60 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
         out = []
         for key in sorted(set(a) | set(b)):
             dotted = f"{path}.{key}" if path else str(key)
-            if dotted in {f"study.{k}" for k in GRID_KEYS} | {f"train.{k}" for k in LAUNCH_KEYS}:
+            if dotted in {f"study.{k}" for k in GRID_KEYS} | {f"train.{k}" for k in LAUNCH_KEYS} | {SETS}:
                 continue
             out += _differences(a.get(key), b.get(key), dotted)
         return out
     return [] if a == b else [f"{path} ({b!r} vs {a!r})"]
+
+
+#: the named target sets: parts may define different ones, but a name two parts define must mean the same modules
+SETS = "lora.target_sets"
+#: LoRA params of a record from before the target-set and adapter axes: its one set and its one adapter
+ONE_SET_KEYS = ("target_modules", "use_dora")
+
+
+def _one_set(part: Mapping[str, Any]) -> bool:
+    return any(k in (part["params"].get("lora") or {}) for k in ONE_SET_KEYS)
+
+
+def _in_sets_format(part: Mapping[str, Any], where: str, parts: Sequence[Mapping[str, Any]]) -> dict:
+    """A part from before the target-set and adapter axes, as a part of today writes it: its one set
+    (``lora.target_modules``) under the name the other parts give those modules (``default`` for the model's
+    default), its adapter (``lora.use_dora``) in ``study.adapters``, and both on each of its LoRA runs."""
+    lora = dict(part["params"]["lora"])
+    targets, dora = lora.pop("target_modules", None), lora.pop("use_dora", False)
+    defined = {n: m for p in parts if not _one_set(p) for n, m in (p["params"]["lora"].get("target_sets") or {}).items()}
+    name = DEFAULT_TARGET_SET if not targets else next((n for n, m in defined.items() if m == targets), None)
+    if name is None:
+        raise PipelineError(f"record: {where} is from before target sets and adapted {str(targets)[:80]!r} "
+                            f"(lora.target_modules), which no other part names in {SETS}: name those modules there")
+    adapter = "dora" if dora else "lora"
+    runs = [{**r, "target_set": r.get("target_set") or name, "adapter": r.get("adapter") or adapter}
+            if r["variant"] == "lora" else r for r in part["runs"]]
+    study = {**part["params"]["study"], "target_sets": [name], "adapters": [adapter]}
+    return {**part, "runs": runs, "params": {**part["params"], "lora": {**lora, "target_sets": {name: targets}},
+                                             "study": study}}
+
+
+def _merged_sets(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The union of the parts' named target sets; a name two parts define differently is refused."""
+    sets: dict[str, Any] = {}
+    for i, part in enumerate(parts, 1):
+        for name, modules in (part["params"]["lora"].get("target_sets") or {}).items():
+            if name in sets and sets[name] != modules:
+                raise PipelineError(f"record: part {i} names target set {name!r} {str(modules)[:80]!r} but an "
+                                    f"earlier part {str(sets[name])[:80]!r} ({SETS}): one name, one set of modules")
+            sets.setdefault(name, modules)
+    return dict(sorted(sets.items()))
+
+
+def _fill_adapter_params(runs: Sequence[dict]) -> list[dict]:
+    """A run from before adapter counts were recorded gets its configuration's count from a run that has it: the
+    count depends only on the model, the target set, the rank and the adapter, which the merge checked are one."""
+    known = {study_lib.configuration(r): r["adapter_params"] for r in runs if r.get("adapter_params") is not None}
+    return [{**r, "adapter_params": known[study_lib.configuration(r)]}
+            if r.get("adapter_params") is None and study_lib.configuration(r) in known else r for r in runs]
 
 
 def _same_runs(runs: Mapping[tuple, Mapping[str, Any]], part: Sequence[Mapping[str, Any]], where: str,
@@ -110,10 +159,15 @@ def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
     computed; the study's grid lists are unioned and the launch keys (:data:`LAUNCH_KEYS`) may differ. A run held
     by two parts must be the same run. Spectra are kept by run, and the subspace similarities by the two runs
     they pair (a merge cannot compute new ones: it has no adapter weights); grids that do not name their runs
-    (older records) are kept only when one part holds them all.
+    (older records) are kept only when one part holds them all. The named target sets (``lora.target_sets``) are
+    unioned, one name meaning one set of modules; a part from before the target-set and adapter axes joins parts
+    that have them in their format (its one set and adapter named on its runs), and a run without an adapter
+    count takes its configuration's from a run that has one.
     """
     if not parts:
         raise PipelineError("merge: no parts given")
+    if not all(_one_set(p) for p in parts):  # a part of another day beside parts with target sets: in their format
+        parts = [_in_sets_format(p, f"part {i}", parts) if _one_set(p) else p for i, p in enumerate(parts, 1)]
     first = parts[0]
     runs: dict[tuple, dict] = {}
     seen: dict[tuple, str] = {}
@@ -141,8 +195,10 @@ def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
             study[key] = sorted({v for p in parts for v in p["params"]["study"].get(key) or ()})
     spectra = {s["tag"]: s for p in parts for s in p.get("spectra", [])}
     subspace = _merged_subspace(parts)
-    return {**first, "params": {**first["params"], "study": study},
-            "runs": sorted(runs.values(), key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"], r["tag"])),
+    lora = {**first["params"]["lora"], **({"target_sets": _merged_sets(parts)} if not _one_set(first) else {})}
+    return {**first, "params": {**first["params"], "lora": lora, "study": study},
+            "runs": sorted(_fill_adapter_params(list(runs.values())),
+                           key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"], r["tag"])),
             "spectra": [spectra[t] for t in sorted(spectra)],
             "subspace": subspace,
             "parts": [{"seeds": p["params"]["study"]["seeds"], "runs": len(p["runs"])} for p in parts]}

@@ -139,6 +139,51 @@ def test_parts_that_differ_in_what_they_compute_are_refused():
         merge_records([a, b])
 
 
+def _in_sets_format(part, sets=None):
+    """A part as code with the target-set and adapter axes writes it: named sets, and both on each LoRA run."""
+    part = json.loads(json.dumps(part))
+    part["params"]["lora"] = {"alpha": 16.0, "target_sets": sets or {"default": None, "all_linear": "all-linear"}}
+    part["params"]["study"].update(target_sets=["default"], adapters=["lora"])
+    for r in part["runs"]:
+        if r["variant"] == "lora":
+            r.update(tag=f"lora-default-{r['tag']}", target_set="default", adapter="lora", adapter_params=9216 * r["rank"])
+    return part
+
+
+def test_a_part_from_before_target_sets_merges_with_parts_that_have_them():
+    """Its one set (lora.target_modules: null, the model's default) is the set the others call default, its
+    adapter LoRA; its runs join the same rows and take the adapter counts the newer runs recorded."""
+    old, new = _parts(_record())
+    old["params"]["lora"] = {"alpha": 16.0, "target_modules": None, "use_dora": False}
+    new = _in_sets_format(new)
+    merged = merge_records([old, new])
+    assert merged["params"]["lora"] == {"alpha": 16.0, "target_sets": {"all_linear": "all-linear", "default": None}}
+    assert merged["params"]["study"]["target_sets"] == ["default"] and merged["params"]["study"]["adapters"] == ["lora"]
+    lora = [r for r in merged["runs"] if r["variant"] == "lora"]
+    assert {(r["tag"], r["target_set"], r["adapter"], r["adapter_params"]) for r in lora if r["seed"] == 1} == \
+        {("r4-s1-lr0.002", "default", "lora", 36864), ("r16-s1-lr0.002", "default", "lora", 147456)}
+    study = build_study(merged)
+    assert study.rows["lora_r4"].seeds == (1, 2) and study.rows["lora_r4"].adapter_params == 36864
+    assert study.answer.sentence == build_study(_record()).answer.sentence
+    assert merge_records([new, old])["params"]["lora"] == merged["params"]["lora"]  # either part first
+
+
+def test_parts_that_name_one_target_set_differently_are_refused():
+    a, b = _parts(_record())
+    a, b = _in_sets_format(a), _in_sets_format(b, {"default": ["query", "key"]})
+    with pytest.raises(PipelineError, match=r"part 2 names target set 'default' \"\['query', 'key'\]\" but an earlier "
+                                            r"part 'None'"):
+        merge_records([a, b])
+    a, b = _parts(_record())
+    a["params"]["lora"] = {"alpha": 16.0, "target_modules": ["dense"], "use_dora": False}
+    with pytest.raises(PipelineError, match=r"part 1 is from before target sets and adapted \"\['dense'\]\" "
+                                            r"\(lora.target_modules\), which no other part names"):
+        merge_records([a, _in_sets_format(b)])
+    b = _in_sets_format(b, {"default": None, "dense_only": ["dense"]})
+    assert {r["target_set"] for r in merge_records([a, b])["runs"] if r["variant"] == "lora"} == {"dense_only",
+                                                                                                  "default"}
+
+
 def test_how_a_part_was_launched_may_differ():
     a, b = _parts(_record())
     b["params"]["train"]["num_threads"] = 1
