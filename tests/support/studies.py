@@ -32,6 +32,7 @@ TFIDF = 0.81
 N_TEST = 2767
 SCRATCH_REASON = f"predicts only 'neg' for all {N_TEST} test examples (collapsed)"  # statistics.degenerate_reason
 CURVE_STEPS = [40, 80, 120, 160, 200, 240]  # validations of every run; the best is at step 200 unless capped
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 BEST_STEP, PLANNED = 200, 240
 
 

@@ -13,10 +13,9 @@ from lora_pipeline.reporting import (COMPARISON_HEADER, comparison_rows, headlin
                                      setup_section)
 from lora_pipeline.study_file import Detail
 from tests.support.builders import ROOT
-from tests.support.studies import FIGURES, make_study, make_study_json, table, typed
+from tests.support.studies import FIGURES, PNG_MAGIC, make_study, make_study_json, table, typed
 
 LABELS = ["neg", "plot", "pos"]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_row_titles_name_the_lora_rank():
