@@ -6,12 +6,12 @@ Both models are built as the pipeline builds them (``benchmarks._common.Models``
 ``params.yaml``; peft with the same rank, alpha, targets and head, and our initial weights). The batch is
 synthetic (no split needed): ``--batch`` rows of random token ids, lengths uniform in [8, ``--length``],
 padded to ``--length``. Each step is the loop's ``train_step`` split into phases (forward, backward, clipping,
-AdamW, schedule, zero_grad) under ``torch.profiler``. Every top-level forward op is put in one part by the module
-it runs in (forward hooks open a profiler range around frozen ``nn.Linear`` layers, the LoRA wrappers and the
-head) or by its kind (attention, dropout, LayerNorm/GELU/residual, embeddings, loss, reshapes); every backward
-node goes to the part of the forward op that made it (autograd sequence numbers). What no op accounts for is
-Python and dispatch. The profiler's own overhead inflates the small ops, so the step times and the ratio come
-from a separate round-robin timing without the profiler (medians).
+AdamW, schedule, zero_grad) under ``torch.profiler``. Every top-level forward op is put in one part by the module it
+runs in (forward hooks open a profiler range around frozen ``nn.Linear`` layers, the LoRA wrappers and the head) or
+by its kind (attention, dropout, LayerNorm/GELU/residual, embeddings, loss, reshapes); every backward node goes to
+the part of the forward op that made it (autograd sequence numbers; ``benchmarks/_attribution.py``). What no op
+accounts for is Python and dispatch. The profiler's own overhead inflates the small ops, so the step times and the
+ratio come from a separate round-robin timing without the profiler (medians).
 
 ``--smoke`` runs the same on a tiny random BERT (saved with the real tokenizer into a temporary directory and
 built through the same code path) in seconds. The last line printed is one JSON object.
@@ -23,14 +23,13 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import re
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,25 +40,14 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import get_linear_schedule_with_warmup  # noqa: E402
 
 from benchmarks.step_time import measure_levers  # noqa: E402
+from benchmarks._attribution import attribute, module_ranges  # noqa: E402
 from benchmarks._common import ROOT, Models, load_bench_params, machine, ratio  # noqa: E402
-from lora_pipeline.lora import LoRALayer  # noqa: E402
-from lora_pipeline.models import HEAD_MODULES  # noqa: E402
 from lora_pipeline.pretrained import load_tokenizer  # noqa: E402
 from lora_pipeline.runtime import seed_everything  # noqa: E402
 from lora_pipeline.speedups import first_token_last_layer  # noqa: E402
 from lora_pipeline.training import FitConfig, make_optimizer, train_step  # noqa: E402
 
 LABELS = ["fresh", "rotten", "plot"]
-PHASES = ("forward", "backward", "clip", "optimizer", "scheduler", "zero_grad")
-_ATTENTION_OPS = ("aten::scaled_dot_product_attention", "aten::matmul", "aten::bmm", "aten::softmax",
-                  "aten::_softmax", "aten::baddbmm")
-_DROPOUT_OPS = ("aten::dropout", "aten::feature_dropout", "aten::native_dropout", "aten::bernoulli_")
-_ELEMENTWISE_OPS = ("aten::layer_norm", "aten::gelu", "aten::add", "aten::add_", "aten::tanh", "aten::mul",
-                    "aten::div", "aten::sub", "aten::where", "aten::rsub")
-_LAYOUT_OPS = ("aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous",
-               "aten::clone", "aten::copy_", "aten::expand", "aten::t", "aten::select", "aten::slice",
-               "aten::unsqueeze", "aten::to", "aten::_to_copy", "aten::squeeze", "aten::narrow",
-               "aten::detach", "aten::alias", "aten::as_strided", "aten::empty", "aten::ones", "aten::zeros")
 
 
 # --------------------------------------------------------------------------------------------- models, batch
@@ -165,151 +153,6 @@ def interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 
 
 
 # ---------------------------------------------------------------------------------------------- profiling
-def _module_kind(name: str, module: nn.Module) -> Optional[str]:
-    """Which part a module's forward is accounted to: the LoRA wrapper, a frozen linear, or the head."""
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in HEAD_MODULES or leaf in ("pooler",):
-        return "head"
-    if isinstance(module, LoRALayer) or type(module).__module__.startswith("peft.tuners.lora"):
-        return "lora" if hasattr(module, "lora_a") or hasattr(module, "lora_A") else None
-    if isinstance(module, nn.Linear) and not module.weight.requires_grad:
-        return "frozen"
-    return None
-
-
-@contextlib.contextmanager
-def module_ranges(model: nn.Module) -> Iterator[None]:
-    """Profiler ranges ``module:<kind>`` around the forward of the head, LoRA wrappers and frozen linears, and
-    ``layer:<i>`` around each encoder layer."""
-    handles, stack = [], []
-    for name, module in model.named_modules():
-        layer = re.search(r"encoder\.layer\.(\d+)$", name)
-        label = f"layer:{layer.group(1)}" if layer else _module_kind(name, module)
-        if label is None:
-            continue
-        label = label if layer else f"module:{label}"
-
-        def pre(_m, _args, label=label):
-            rf = record_function(label)
-            rf.__enter__()
-            stack.append(rf)
-
-        def post(_m, _args, _out):
-            stack.pop().__exit__(None, None, None)
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _ours(evt) -> bool:
-    return evt.name.startswith(("phase:", "module:", "layer:"))
-
-
-def _top_op(evt) -> tuple[Any, Optional[str], str]:
-    """The outermost aten op above ``evt`` (itself if none), the innermost module range around it and the encoder
-    layer it ran in (``"outside the encoder"`` if none)."""
-    top, module, layer, node = evt, None, "outside the encoder", evt.cpu_parent
-    while node is not None:
-        if node.name.startswith("module:"):
-            module = module or node.name[len("module:"):]
-        elif node.name.startswith("layer:"):
-            layer = "encoder layer " + node.name[len("layer:"):]
-        elif not _ours(node) and not node.name.startswith("autograd::"):
-            top = node
-        node = node.cpu_parent
-    return top, module, layer
-
-
-def _classify_forward(top, module: Optional[str], _layer: str = "") -> str:
-    """The part a top-level forward op belongs to."""
-    name = top.name
-    if name in _DROPOUT_OPS:
-        return "dropout"
-    if module in ("head", "lora", "frozen"):
-        return {"head": "head (pooler + classifier)", "lora": "LoRA path", "frozen": "frozen GEMMs"}[module]
-    if name in _ATTENTION_OPS:
-        return "attention"
-    if name in ("aten::embedding",):
-        return "embeddings"
-    if "cross_entropy" in name or "nll_loss" in name or "log_softmax" in name:
-        return "loss"
-    if name in _LAYOUT_OPS:
-        return "reshapes & copies"
-    if name in _ELEMENTWISE_OPS:
-        return "LayerNorm, GELU, residual adds"
-    return "other ops"
-
-
-def _phase(evt) -> Optional[str]:
-    node = evt
-    while node is not None:
-        if node.name.startswith("phase:"):
-            return node.name[len("phase:"):]
-        node = node.cpu_parent
-    return None
-
-
-def attribute(events) -> tuple[dict[str, float], dict[str, float]]:
-    """Microseconds of one profiled step per part (``<part> fwd`` / ``<part> bwd`` and the step phases), and per
-    place (each encoder layer, forward + backward; outside the encoder; the phases after backward)."""
-    by_seq: dict[int, Any] = {}
-    for evt in events:  # the outermost forward op that recorded each autograd sequence number
-        if evt.sequence_nr >= 0 and not evt.name.startswith("autograd::") and _phase(evt) == "forward":
-            by_seq.setdefault(evt.sequence_nr, _top_op(evt))
-    parts: dict[str, float] = defaultdict(float)
-    places: dict[str, float] = defaultdict(float)
-    for evt in events:
-        if not evt.name.startswith("phase:"):
-            continue
-        phase = evt.name[len("phase:"):]
-        covered = 0.0
-        for child in _descend_ops(evt):
-            us = child.cpu_time_total
-            covered += us
-            if phase == "forward":
-                found = _top_op(child)
-                parts[_classify_forward(*found) + " fwd"] += us
-                places[found[2]] += us
-            elif phase == "backward":
-                part, place = _classify_backward(child, by_seq)
-                parts[part] += us
-                places[place] += us
-            else:
-                parts[phase] += us
-                places["clip, AdamW, schedule, zero_grad"] += us
-        rest = evt.cpu_time_total - covered
-        parts[{"forward": "Python & dispatch fwd", "backward": "autograd engine bwd"}.get(phase, phase)] += rest
-        places["outside the encoder" if phase in ("forward", "backward") else
-               "clip, AdamW, schedule, zero_grad"] += rest
-    return dict(parts), dict(places)
-
-
-def _descend_ops(evt) -> Iterator[Any]:
-    """The top-level ops under a phase range, looking through module and layer ranges."""
-    for child in evt.cpu_children:
-        if child.name.startswith(("module:", "layer:")):
-            yield from _descend_ops(child)
-        else:
-            yield child
-
-
-def _classify_backward(evt, by_seq: dict[int, Any]) -> tuple[str, str]:
-    """A backward node's part (that of the forward op that made it) and place."""
-    if "AccumulateGrad" in evt.name:
-        return "grad accumulation bwd", "outside the encoder"
-    if not evt.name.startswith("autograd::engine::evaluate_function"):
-        return "autograd engine bwd", "outside the encoder"
-    found = by_seq.get(evt.sequence_nr)
-    if found is None:
-        return "other bwd", "outside the encoder"
-    part = _classify_forward(*found)
-    return part + (" input-grad bwd" if part == "frozen GEMMs" else " bwd"), found[2]
-
-
 def profile_steps(variants: dict[str, Variant], batch: dict, steps: int) -> tuple[dict, dict]:
     """Per variant, the median over ``steps`` profiled steps (round-robin) of the ms of each part and place."""
     samples = {name: (defaultdict(list), defaultdict(list)) for name in variants}
@@ -395,7 +238,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print()
     print(table(places, "place"))
     losses = {n: torch.stack(v.losses) for n, v in variants.items()}
-    result = {"repeats": args.repeats, "profiled_steps": args.steps, "median_ms": ms, "ours_over_peft_step": ratio(ms["ours"], ms["peft"]),
+    result = {"repeats": args.repeats, "profiled_steps": args.steps, "median_ms": ms,
+              "ours_over_peft_step": ratio(ms["ours"], ms["peft"]),
               "max_loss_diff_ours_vs_peft": float((losses["ours"] - losses["peft"]).abs().max()),
               "profile_ms": profiles, "place_ms": places,
               "shared_share_of_peft": shared_share(places)}

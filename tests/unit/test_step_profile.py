@@ -9,7 +9,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig, BertForSequenceClassification
 
-from benchmarks.step_profile import Variant, attribute, module_ranges, phased_step
+from benchmarks._attribution import attribute, module_ranges
+from benchmarks.step_profile import Variant, phased_step
 from benchmarks.step_time import prescale_lora
 from lora_pipeline.lora import apply_lora, lora_layers, mark_only_lora_as_trainable
 
