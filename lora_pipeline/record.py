@@ -201,7 +201,9 @@ def merge_records(parts: Sequence[Mapping[str, Any]]) -> dict:
                            key=lambda r: (r["variant"], r.get("rank") or 0, r["seed"], r["lr"], r["tag"])),
             "spectra": [spectra[t] for t in sorted(spectra)],
             "subspace": subspace,
-            "parts": [{"seeds": p["params"]["study"]["seeds"], "runs": len(p["runs"])} for p in parts]}
+            "parts": [{"seeds": p["params"]["study"]["seeds"],
+                       "runs": sum(seen[(r["variant"], r["tag"])] == f"part {i}" for r in p["runs"])}
+                      for i, p in enumerate(parts, 1)]}
 
 
 def _ids(values: Optional[Sequence[int]]) -> Optional[np.ndarray]:

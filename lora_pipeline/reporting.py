@@ -361,8 +361,8 @@ def render_report(study: StudyFile, figures: Mapping[str, str],
         parts.append(setup_section(params).rstrip())
     if study.parts:
         runs = "; ".join(f"seeds {', '.join(map(str, p.seeds))}: {p.runs} runs" for p in study.parts)
-        parts.append(f"Merged from {len(study.parts)} parts run apart ({runs}): a row's seeds column says which "
-                     "seeds it holds.")
+        parts.append(f"Merged from {len(study.parts)} parts run apart (each part's seeds and the runs it adds to the "
+                     f"parts before it: {runs}): a row's seeds column says which seeds it holds.")
     every_run = study.params.get("study", {}).get("test_every_run")  # a record's params of another day may lack it
     scored = ("every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation "
               "only" if every_run else "the test split was scored only for the chosen lr")

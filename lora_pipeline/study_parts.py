@@ -56,7 +56,8 @@ class SeedCurve(Record):
 
 @dataclass(frozen=True)
 class Part(Record):
-    """A part of a study run apart (``lora-pipeline merge``): its seeds and how many runs it held."""
+    """A part of a study run apart (``lora-pipeline merge``): its seeds and how many runs it added to the parts
+    before it (a run two parts hold, such as full fine-tuning evaluated again beside a new rank, counts once)."""
 
     seeds: tuple[int, ...]
     runs: int

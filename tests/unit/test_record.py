@@ -109,6 +109,15 @@ def test_parts_of_a_study_merge_into_the_record_of_the_whole():
     assert merged["parts"] == [{"seeds": [1], "runs": 4}, {"seeds": [2], "runs": 4}]
 
 
+def test_each_part_counts_the_runs_it_adds_so_the_counts_sum_to_the_merged_runs():
+    """A part that holds runs an earlier part holds (the same full fine-tuning run, evaluated again beside a new
+    rank) counts only what it adds."""
+    a, b = _parts(_record(), (1,), (1, 2))
+    merged = merge_records([a, b])
+    assert merged["parts"] == [{"seeds": [1], "runs": 4}, {"seeds": [1, 2], "runs": 4}]
+    assert sum(p["runs"] for p in merged["parts"]) == len(merged["runs"]) == 8
+
+
 def test_merged_parts_keep_every_parts_tagged_subspace_grids_once():
     """Each part's grids name the two runs they pair, so a merge keeps them all (a grid held by two parts once)
     and the study shows those of the chosen runs; untagged grids (older records) are kept only from a lone part."""

@@ -108,8 +108,8 @@ def test_a_study_merged_from_parts_says_which_part_holds_which_seeds_and_that_ev
     study["parts"] = [{"seeds": [42], "runs": 18}, {"seeds": [43], "runs": 9}]
     study["params"] = {"study": {"test_every_run": True}}
     text = render_report(typed(study), FIGURES, params={"model": {}, "train": {}, "study": {"seeds": [42, 43]}})
-    assert "Merged from 2 parts run apart (seeds 42: 18 runs; seeds 43: 9 runs): a row's seeds column says which " \
-           "seeds it holds." in text
+    assert "Merged from 2 parts run apart (each part's seeds and the runs it adds to the parts before it: seeds 42: " \
+           "18 runs; seeds 43: 9 runs): a row's seeds column says which seeds it holds." in text
     assert "every run was scored on test (study.test_every_run, so parts can merge), the choice reads validation " \
            "only" in text
     assert "Merged from" not in render_report(make_study(ranks=[8]), FIGURES, params={"model": {}, "train": {},
