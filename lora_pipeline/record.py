@@ -126,11 +126,21 @@ def _merged_sets(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _fill_adapter_params(runs: Sequence[dict]) -> list[dict]:
-    """A run from before adapter counts were recorded gets its configuration's count from a run that has it: the
-    count depends only on the model, the target set, the rank and the adapter, which the merge checked are one."""
+    """A LoRA run from before adapter counts were recorded gets its count from runs that have one: the count depends
+    only on the model, the target set, the rank and the adapter (which the merge checked are one), and LoRA's is the
+    rank times Σ(in + out features) over the set's modules, so one LoRA rank of a set gives every rank of it (DoRA
+    adds a magnitude per output unit: only a run of its own rank gives its count)."""
     known = {study_lib.configuration(r): r["adapter_params"] for r in runs if r.get("adapter_params") is not None}
-    return [{**r, "adapter_params": known[study_lib.configuration(r)]}
-            if r.get("adapter_params") is None and study_lib.configuration(r) in known else r for r in runs]
+    per_rank = {(targets, adapter): count // rank for (variant, rank, targets, adapter), count in known.items()
+                if variant == "lora" and adapter == "lora" and count % rank == 0}
+
+    def count(run: Mapping[str, Any]) -> Optional[int]:
+        config = study_lib.configuration(run)
+        variant, rank, targets, adapter = config
+        return known.get(config, per_rank[(targets, adapter)] * rank if (targets, adapter) in per_rank else None)
+
+    return [{**r, "adapter_params": count(r)} if r["variant"] == "lora" and r.get("adapter_params") is None else r
+            for r in runs]
 
 
 def _same_runs(runs: Mapping[tuple, Mapping[str, Any]], part: Sequence[Mapping[str, Any]], where: str,

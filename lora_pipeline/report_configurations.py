@@ -122,19 +122,21 @@ def equal_budget_section(study: StudyFile) -> Optional[tuple[str, list[list[str]
     if len(study.families()) < 2:
         return None
     head = "## Equal parameter budget\n\n"
-    lora = study.lora_rows()
-    lacking = [row_title(r.name) for r in lora if r.adapter_params is None]
-    if lacking:
+    lora = [r for r in study.lora_rows() if r.adapter_params is not None]
+    lacking = [row_title(r.name) for r in study.lora_rows() if r.adapter_params is None]
+    if len({r.family for r in lora}) < 2:
         return (head + f"No table: {', '.join(lacking)} {'have' if len(lacking) > 1 else 'has'} no adapter parameter "
                 "count (a run recorded before the count, or seeds that disagree), so configurations cannot be paired "
                 "by budget; retrain them with this lora-pipeline (`dvc repro -f train_lora`).", [], "")
+    left_out = (f" Left out (no adapter parameter count: a run recorded before the count, or seeds that disagree): "
+                f"{', '.join(lacking)}." if lacking else "")
     by_label = {_configuration(r).label: r for r in lora}
     groups = equal_budget_groups([_configuration(r) for r in lora])
     if not groups:
-        return head + RULE + " No two configurations of different (adapter, target set) are that close: no table.", \
-            [], ""
+        return (head + RULE + " No two configurations of different (adapter, target set) are that close: no table."
+                + left_out, [], "")
     rows = equal_budget_rows(groups, {label: _score(row) for label, row in by_label.items()})
     sentences = " ".join(_group_sentence([by_label[c.label] for c in g]) for g in groups)
     return (head + RULE + " Intervals as in the comparison; \"did better\" needs non-overlapping intervals of the "
             "differences from full fine-tuning (a conservative reading: no paired interval between two "
-            "configurations is computed).", rows, sentences)
+            "configurations is computed)." + left_out, rows, sentences)

@@ -161,6 +161,17 @@ def test_rows_without_adapter_parameter_counts_get_no_table_and_the_reason():
     assert "| budget (adapter params) |" not in text
 
 
+def test_rows_with_counts_are_paired_and_those_without_are_named_as_left_out():
+    study = _several_families()
+    rows = dict(study.rows)
+    rows["lora_r32"] = dataclasses.replace(rows["lora_r32"], adapter_params=None)
+    text = report_markdown(dataclasses.replace(study, rows=rows))
+    budget = table(text, "budget (adapter params)")
+    assert [r[1] for r in budget] == ["lora · default · r2", "dora · all_linear · r2"]
+    assert "Left out (no adapter parameter count: a run recorded before the count, or seeds that disagree): LoRA " \
+           "r=32 (ours)." in text
+
+
 def test_a_study_of_one_family_has_no_budget_table_and_one_rank_curve_series():
     study = make_study(ranks=(2, 32))
     assert "Equal parameter budget" not in report_markdown(study)

@@ -175,6 +175,16 @@ def test_a_part_from_before_target_sets_merges_with_parts_that_have_them():
     assert study.rows["lora_r4"].seeds == (1, 2) and study.rows["lora_r4"].adapter_params == 36864
     assert study.answer.sentence == build_study(_record()).answer.sentence
     assert merge_records([new, old])["params"]["lora"] == merged["params"]["lora"]  # either part first
+    for r in new["runs"]:  # LoRA's count is rank × Σ(in + out): rank 4's count gives rank 16's
+        if r.get("rank") == 16:
+            r["adapter_params"] = None
+    assert {r["adapter_params"] for r in merge_records([old, new])["runs"] if r.get("rank") == 16} == {147456}
+    for r in new["runs"]:  # DoRA's adds a magnitude per output unit: no other rank gives it
+        if r["variant"] == "lora":
+            r.update(adapter="dora", adapter_params=None if r["rank"] == 16 else r["adapter_params"] + 2304)
+    old["params"]["lora"]["use_dora"] = True
+    dora = [r for r in merge_records([old, new])["runs"] if r["variant"] == "lora"]
+    assert {(r["rank"], r["adapter_params"]) for r in dora} == {(4, 39168), (16, None)}
 
 
 def test_parts_that_name_one_target_set_differently_are_refused():
