@@ -257,10 +257,15 @@ def lr_rows(study: StudyFile) -> list[list[str]]:
 
 
 def lr_search_notes(study: StudyFile) -> list[str]:
-    """One sentence per (variant, rank) whose chosen rate is not inside its grid: what was not searched."""
+    """One sentence per row whose chosen rate is not inside its grid (what was not searched), and per row holding
+    seeds its rates were not compared on (seeds added where the rate was chosen)."""
     out = []
     for name, row in study.ordered_rows():
         search = row.lr_search
+        if len(search.grid) > 1 and set(row.seeds) != set(search.seeds):
+            out.append(f"{row_title(name)}: the rates were compared on seeds {', '.join(map(str, search.seeds))} "
+                       f"(those every rate was trained with); its row holds seeds {', '.join(map(str, row.seeds))} "
+                       f"of the chosen rate {row.lr:g}.")
         if search.searched:
             continue
         grid = ", ".join(f"{lr:g}" for lr in search.grid)
@@ -375,7 +380,7 @@ def render_report(study: StudyFile, figures: Mapping[str, str],
         "cost, with full fine-tuning's values as flat lines.",
         "## Comparison (test)\n\n" + markdown_table(COMPARISON_HEADER, comparison_rows(study)).rstrip(),
         *_equal_budget(study),
-        f"## Learning-rate choice\n\nChosen on validation macro-F1 (mean over seeds); {scored}.\n\n"
+        f"## Learning-rate choice\n\nChosen on validation macro-F1 (mean over the seeds every rate was trained with); {scored}.\n\n"
         + markdown_table(["variant", "lr", "validation macro-F1", "chosen"],
                                                    lr_rows(study)).rstrip()
         + lr_notes,

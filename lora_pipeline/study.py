@@ -41,10 +41,11 @@ class Group:
     variant: str
     rank: Optional[int]
     lr: float
-    records: tuple[Mapping[str, Any], ...]  # one train-metrics record per seed, sorted by seed
-    val_by_lr: Mapping[float, float]  # mean validation macro-F1 of each learning rate of the grid
+    records: tuple[Mapping[str, Any], ...]  # one train-metrics record per seed of the chosen rate, sorted by seed
+    val_by_lr: Mapping[float, float]  # mean validation macro-F1 of each rate of the grid over the selection seeds
     target_set: Optional[str] = None  # lora: the target set; None for scratch/full
     adapter: Optional[str] = None  # lora: lora | dora; None for scratch/full
+    selection_seeds: tuple[int, ...] = ()  # the seeds every rate was trained with: what the rates were compared on
 
     @property
     def name(self) -> str:
@@ -62,11 +63,13 @@ def configuration(rec: Mapping[str, Any]) -> tuple[str, Optional[int], Optional[
 
 def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
     """Per variant and LoRA configuration (adapter, target set, rank), the learning rate with the best mean
-    **validation** macro-F1 over its seeds.
+    **validation** macro-F1 over the seeds every rate of the cell was trained with.
 
-    Ties go to the smaller learning rate. Only learning rates trained with every seed of the cell compete, so a
-    grid point with a missing seed cannot win on fewer runs. Configurations never share a cell: two target sets
-    (or adapters) at one rank are two groups.
+    Those shared seeds (the selection seeds) make the comparison fair whatever else was trained: a rate trained with
+    further seeds (a study that adds seeds only where the rate was chosen) is compared on the shared ones, and a rate
+    missing a seed still competes, on the seeds it shares, so the search's ends stay where the grid put them. The
+    chosen rate's row then holds every seed it was trained with. Ties go to the smaller learning rate.
+    Configurations never share a cell: two target sets (or adapters) at one rank are two groups.
 
     Args:
         records: train-stage metrics, each with ``variant``, ``rank`` (None unless LoRA), ``seed``, ``lr`` and
@@ -75,21 +78,27 @@ def choose_learning_rates(records: Sequence[Mapping[str, Any]]) -> list[Group]:
     Returns:
         Groups as scratch, full, then LoRA by (adapter in ADAPTERS order, default set first then target set by
         name, rank).
+
+    Raises:
+        PipelineError: the rates of a cell share no seed.
     """
     cells: dict[tuple, dict[float, list]] = defaultdict(lambda: defaultdict(list))
     for rec in records:
         cells[configuration(rec)][float(rec["lr"])].append(rec)
     groups = []
     for (variant, rank, target_set, adapter), by_lr in cells.items():
-        seeds = set().union(*({r["seed"] for r in recs} for recs in by_lr.values()))
-        complete = {lr: recs for lr, recs in by_lr.items() if {r["seed"] for r in recs} == seeds}
-        if not complete:
-            raise PipelineError(f"{study_row(variant, rank, target_set, adapter)}: no learning rate was trained with "
-                                f"every seed {sorted(seeds)}; run `dvc repro` to train the missing instances")
-        val = {lr: float(np.mean([r["val_macro_f1"] for r in recs])) for lr, recs in complete.items()}
+        shared = set.intersection(*({r["seed"] for r in recs} for recs in by_lr.values()))
+        if not shared:
+            trained = "; ".join(f"{lr:g}: seeds {sorted({r['seed'] for r in recs})}"
+                                for lr, recs in sorted(by_lr.items()))
+            raise PipelineError(f"{study_row(variant, rank, target_set, adapter)}: no seed was trained at every "
+                                f"learning rate ({trained}), so the rates cannot be compared; train one seed at "
+                                "every rate (`dvc repro`)")
+        val = {lr: float(np.mean([r["val_macro_f1"] for r in recs if r["seed"] in shared]))
+               for lr, recs in by_lr.items()}
         best = min(val, key=lambda lr: (-val[lr], lr))
-        groups.append(Group(variant, rank, best, tuple(sorted(complete[best], key=lambda r: r["seed"])), val,
-                            target_set, adapter))
+        groups.append(Group(variant, rank, best, tuple(sorted(by_lr[best], key=lambda r: r["seed"])), val,
+                            target_set, adapter, tuple(sorted(shared))))
     return sorted(groups, key=_group_order)
 
 
@@ -109,7 +118,7 @@ def lr_search(group: Group) -> LrSearch:
         position = "only"
     else:
         position = {grid[0]: "lowest", grid[-1]: "highest"}.get(group.lr, "interior")
-    return LrSearch(tuple(grid), position, position == "interior")
+    return LrSearch(tuple(grid), position, position == "interior", group.selection_seeds)
 
 
 def _metric_summary(y_true: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str], metric: str,

@@ -27,7 +27,7 @@ __all__ = ["FORMAT", "VERSION", "Answer", "ClassScores", "CostRatios", "Detail",
            "LayerSpectrum", "LrSearch", "MetricSummary", "Part", "ReferenceScores", "SeedCurve", "SequenceStep",
            "Spectrum", "StudyFile", "StudyRow", "StudyRun", "Subspace", "ToDecide", "VsFull", "read_study", "row_order"]
 
-FORMAT, VERSION = "lora-pipeline-study", 2
+FORMAT, VERSION = "lora-pipeline-study", 3
 REBUILD = ("rebuild it with this lora-pipeline: `dvc repro -f evaluate`, or `lora-pipeline rebuild <folder>` for a "
            "folder holding its record.json.gz")
 
@@ -57,6 +57,7 @@ class LrSearch(Record):
     grid: tuple[float, ...]
     position: str
     searched: bool
+    seeds: tuple[int, ...]  # the seeds every rate was trained with: the rates' validation means are over these
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def study_row(variant: str, rank: Optional[int] = None, **fields: Any) -> StudyR
     """A complete study row with placeholder numbers, ``fields`` replacing any of them (nested parts as dicts)."""
     seeds = fields.get("seeds", (42,))
     base = {"variant": variant, "rank": rank, "lr": 1e-3, "seeds": seeds, "val_macro_f1_by_lr": {"0.001": 0.8},
-            "val_macro_f1": 0.8, "lr_search": {"grid": [1e-3], "position": "only", "searched": False},
+            "val_macro_f1": 0.8, "lr_search": {"grid": [1e-3], "position": "only", "searched": False, "seeds": list(seeds)},
             "macro_f1": _metric(0.85, list(seeds)), "accuracy": _metric(0.85, list(seeds)),
             "degenerate": [None] * len(seeds), "degenerate_val": [None] * len(seeds), "degenerate_why": None,
             "notes": [None] * len(seeds), "trainable_params": 1000, "trainable_percent": 1.0,
@@ -121,7 +121,7 @@ def _row(variant: str, rank: Optional[int], seeds: list[int], bad: Iterable[int]
     row = {"variant": variant, "rank": rank, "lr": grid[0], "seeds": seeds,
            "val_macro_f1_by_lr": {f"{lr:g}": mean - 0.01 * (i + 1) for i, lr in enumerate(grid)},
            "val_macro_f1": mean - 0.01, "macro_f1": _metric(mean, seeds), "accuracy": _metric(mean - 0.04, seeds),
-           "lr_search": {"grid": grid, "position": "interior", "searched": True},  # no "not searched" notes
+           "lr_search": {"grid": grid, "position": "interior", "searched": True, "seeds": list(seeds)},  # no "not searched" notes
            "degenerate": reasons, "degenerate_val": list(reasons), "degenerate_why": None,
            "notes": [_note(v, tfidf) for v in _per_seed(mean, seeds)],
            "trainable_params": params, "trainable_percent": percent, "size_on_disk_mb": params * 4 / 2**20,

@@ -92,9 +92,11 @@ def test_every_row_of_the_comparison_has_every_column(ranks):
 
 def test_the_learning_rate_section_says_which_rates_were_not_searched():
     study = make_study_json(ranks=[8])
-    study["rows"]["lora_r8"]["lr_search"] = {"grid": [1e-3, 2e-3], "position": "highest", "searched": False}
-    study["rows"]["full"]["lr_search"] = {"grid": [1e-4], "position": "only", "searched": False}
-    study["rows"]["scratch"]["lr_search"] = {"grid": [2e-4, 4e-4, 1e-3], "position": "interior", "searched": True}
+    study["rows"]["lora_r8"]["lr_search"] = {"grid": [1e-3, 2e-3], "position": "highest", "searched": False,
+                                             "seeds": [42]}
+    study["rows"]["full"]["lr_search"] = {"grid": [1e-4], "position": "only", "searched": False, "seeds": [42]}
+    study["rows"]["scratch"]["lr_search"] = {"grid": [2e-4, 4e-4, 1e-3], "position": "interior", "searched": True,
+                                             "seeds": [42]}
     text = render_report(typed(study), FIGURES)
     assert "LoRA r=8 (ours): chosen at the highest rate of its grid (0.001, 0.002): rates above 0.002 were not " \
            "searched." in text
@@ -145,6 +147,16 @@ def test_setup_of_a_study_from_before_the_target_set_and_adapter_axes_reads_as_i
     listed = {**old, "target_modules": ["query", "key"], "use_dora": True, "rslora": True}
     assert _lora_cell({"lora": listed, "study": {"ranks": [8]}}) == (
         "ranks 8, alpha 16.0, dropout 0.0, targets ['query', 'key'], also trained pooler, rsLoRA, DoRA")
+
+
+def test_the_learning_rate_section_says_on_which_seeds_rates_were_compared_when_a_row_holds_more():
+    study = make_study_json(ranks=[8], seeds=(42, 43, 44))
+    study["rows"]["lora_r8"]["lr_search"] = {"grid": [1e-3, 2e-3, 4e-3], "position": "interior", "searched": True,
+                                             "seeds": [42, 43]}
+    text = render_report(typed(study), FIGURES)
+    assert ("LoRA r=8 (ours): the rates were compared on seeds 42, 43 (those every rate was trained with); its row "
+            "holds seeds 42, 43, 44 of the chosen rate 0.001.") in text
+    assert "full fine-tuning: the rates were compared" not in text  # its row holds the seeds it was compared on
 
 
 def test_a_merged_study_without_subspace_grids_for_its_chosen_runs_says_why():

@@ -27,11 +27,37 @@ def _rec(variant, rank, seed, lr, val, **extra):
 
 def test_learning_rate_is_chosen_on_mean_validation_over_seeds():
     records = [_rec("lora", 8, s, lr, val) for s, lr, val in
+               [(1, 1e-3, 0.70), (2, 1e-3, 0.80), (1, 2e-3, 0.76), (2, 2e-3, 0.76), (1, 4e-3, 0.74), (2, 4e-3, 0.70)]]
+    (group,) = choose_learning_rates(records)
+    assert group.lr == 2e-3 and [r["seed"] for r in group.records] == [1, 2]  # 0.76 beats 0.75 and 0.72
+    assert group.val_by_lr == {1e-3: pytest.approx(0.75), 2e-3: pytest.approx(0.76), 4e-3: pytest.approx(0.72)}
+    assert group.selection_seeds == (1, 2)
+
+
+def test_rates_are_compared_on_the_seeds_every_rate_has_and_the_chosen_one_keeps_its_further_seeds():
+    """Seeds 3-5 trained at 2e-3 only (more seeds where the rate was chosen) neither move the comparison nor are
+    lost: the rates compete on seeds 1 and 2, and the chosen row holds all five."""
+    grid = [(1, 1e-3, 0.70), (2, 1e-3, 0.80), (1, 2e-3, 0.76), (2, 2e-3, 0.76), (1, 4e-3, 0.74), (2, 4e-3, 0.70)]
+    extra = [(3, 2e-3, 0.10), (4, 2e-3, 0.10), (5, 2e-3, 0.10)]  # low: they would sink 2e-3 if they were compared
+    (group,) = choose_learning_rates([_rec("lora", 8, s, lr, v) for s, lr, v in grid + extra])
+    assert group.lr == 2e-3 and [r["seed"] for r in group.records] == [1, 2, 3, 4, 5]
+    assert group.val_by_lr[2e-3] == pytest.approx(0.76) and group.selection_seeds == (1, 2)
+    assert lr_search(group) == LrSearch(grid=(1e-3, 2e-3, 4e-3), position="interior", searched=True, seeds=(1, 2))
+    # further seeds at a rate that loses change nothing
+    losing = [(3, 1e-3, 0.99), (4, 1e-3, 0.99)]
+    (group,) = choose_learning_rates([_rec("lora", 8, s, lr, v) for s, lr, v in grid + losing])
+    assert group.lr == 2e-3 and [r["seed"] for r in group.records] == [1, 2]
+    assert group.val_by_lr[1e-3] == pytest.approx(0.75)
+
+
+def test_a_rate_missing_a_seed_is_compared_on_the_seeds_it_shares():
+    """A grid point without seed 2 is not left out of the search (that would misplace the search's ends): every rate
+    is compared on seed 1, the seed all of them have."""
+    records = [_rec("lora", 8, s, lr, val) for s, lr, val in
                [(1, 1e-3, 0.70), (2, 1e-3, 0.80), (1, 2e-3, 0.76), (2, 2e-3, 0.76), (1, 5e-3, 0.9)]]
     (group,) = choose_learning_rates(records)
-    # 5e-3 lacks seed 2: it may not win on fewer runs; 2e-3 (0.76) beats 1e-3 (0.75)
-    assert group.lr == 2e-3 and [r["seed"] for r in group.records] == [1, 2]
-    assert group.val_by_lr == {1e-3: pytest.approx(0.75), 2e-3: pytest.approx(0.76)}
+    assert group.lr == 5e-3 and [r["seed"] for r in group.records] == [1] and group.selection_seeds == (1,)
+    assert group.val_by_lr == {1e-3: pytest.approx(0.70), 2e-3: pytest.approx(0.76), 5e-3: pytest.approx(0.9)}
 
 
 def test_ties_go_to_the_smaller_learning_rate_and_groups_are_ordered():
@@ -42,8 +68,8 @@ def test_ties_go_to_the_smaller_learning_rate_and_groups_are_ordered():
     assert groups[2].lr == 1e-3
 
 
-def test_a_cell_without_any_complete_learning_rate_is_a_clear_error():
-    with pytest.raises(PipelineError, match="lora_r8: no learning rate was trained with every seed"):
+def test_a_cell_whose_rates_share_no_seed_is_a_clear_error():
+    with pytest.raises(PipelineError, match="lora_r8: no seed was trained at every learning rate"):
         choose_learning_rates([_rec("lora", 8, 1, 1e-3, 0.5), _rec("lora", 8, 2, 2e-3, 0.5)])
 
 
@@ -237,5 +263,6 @@ def test_each_row_carries_its_grid_search():
     y = np.array([0, 1] * 20)
     groups = choose_learning_rates(records)
     rows = summarise(groups, {g.name: [y] for g in groups}, y, LABELS, y, n_resamples=1000)
-    assert rows["lora_r8"].lr_search == LrSearch(grid=(1e-3, 2e-3), position="highest", searched=False)
+    assert rows["lora_r8"].lr_search == LrSearch(grid=(1e-3, 2e-3), position="highest", searched=False,
+                                                 seeds=(1,))
     assert rows["full"].lr_search.position == "only"
