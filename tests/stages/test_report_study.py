@@ -21,7 +21,7 @@ from lora_pipeline.figures import save_figures
 from lora_pipeline.files import write_json
 from lora_pipeline.record import RUN_FIELDS
 from lora_pipeline.reporting import render_report, setup_section
-from lora_pipeline.study_file import ReferenceScores
+from lora_pipeline.study_file import VERSION, ReferenceScores
 from tests.support.builders import ROOT
 from tests.support.studies import (FIGURES, LABELS, N_TEST, PNG_MAGIC, SCRATCH_REASON, make_study, make_study_json,
                                    params_dict, table, typed)
@@ -312,9 +312,10 @@ def _without(key: str) -> dict:
     (None, "study file '{path}' not found; run the evaluate stage first (`dvc repro evaluate`)"),
     ('{"rows": {}}', "'{path}' has no format or version: it was written by an older evaluate stage; rebuild it "
                      "with this lora-pipeline: `dvc repro -f evaluate`"),
-    ({**make_study_json(), "version": 1}, "'{path}' is study file version 1, but this lora-pipeline reads version 2; "
-                                          "rebuild it with this lora-pipeline"),
-    (_without("low"), "'{path}': rows.lora_r2.vs_full lacks ['low'] (study file version 2); rebuild it"),
+    ({**make_study_json(), "version": VERSION - 1}, f"'{{path}}' is study file version {VERSION - 1}, but this "
+                                                    f"lora-pipeline reads version {VERSION}; rebuild it with this "
+                                                    "lora-pipeline"),
+    (_without("low"), f"'{{path}}': rows.lora_r2.vs_full lacks ['low'] (study file version {VERSION}); rebuild it"),
     ('{"rows": ', "'{path}' is not valid JSON"),
 ], ids=["missing", "stale", "another version", "a key missing", "truncated"])
 def test_stage_names_a_missing_stale_or_other_version_study_file_in_one_line(tmp_path, capsys, content, message):
