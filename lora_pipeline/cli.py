@@ -102,7 +102,8 @@ def _merge(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_record(folder / "record.json.gz", merged)
-    print(f"{folder / 'record.json.gz'}: {len(merged['runs'])} runs from {len(args.parts)} parts; seeds "
+    print(f"{folder / 'record.json.gz'}: {len(merged['runs'])} runs from {len(args.parts)} "
+          f"part{'s' * (len(args.parts) != 1)}; seeds "
           f"{merged['params']['study']['seeds']} (rebuild the folder for its report)")
 
 

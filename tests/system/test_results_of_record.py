@@ -40,5 +40,5 @@ def test_the_committed_report_is_the_one_its_committed_study_file_renders(folder
                          ids=[p.name for p in STUDIES if (p / "parts").is_dir()])
 def test_a_study_run_in_parts_is_the_merge_of_its_committed_parts(folder: Path):
     parts = sorted((folder / "parts").glob("*.json.gz"))
-    assert len(parts) >= 2
+    assert parts  # a study run in parts may have landed only its first
     assert merge_records([read_record(p) for p in parts]) == read_record(folder / "record.json.gz")
