@@ -4,6 +4,7 @@ split), and the tier markers: each test is marked with its folder (unit, stages,
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,11 @@ import torch
 from tests.support.builders import end_mlflow_runs, isolate_env, make_frame, restored_logging, save_tiny_bert, write_split
 
 TIERS = ("unit", "stages", "system", "e2e", "gpu")
+
+# MLflow's telemetry, on where MLflow is first imported outside a test (at collection), fetches its config on a
+# thread and, offline, removes its session variable from os.environ when that fails — at a moment no test chooses, so
+# a test comparing the environment before and after a run saw it vanish. Tests send no telemetry.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
